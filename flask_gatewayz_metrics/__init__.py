@@ -1,0 +1,22 @@
+"""Prometheus metrics for Flask AI/LLM gateways, correct under gunicorn with many workers."""
+
+from __future__ import annotations
+
+from .collector import InvalidMetric, MetricsCollector, get_metrics_collector
+from .exposition import PrometheusExporter
+from .request_state import label_request
+from .snapshot import Snapshot
+from .tracking import track_request
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "InvalidMetric",
+    "MetricsCollector",
+    "PrometheusExporter",
+    "Snapshot",
+    "__version__",
+    "get_metrics_collector",
+    "label_request",
+    "track_request",
+]

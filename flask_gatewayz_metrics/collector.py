@@ -1,0 +1,525 @@
+"""MetricsCollector: the recording API of the spec, writing into per-process storage.
+
+Every ``record_*`` call resolves its series to float64 offsets in this process's worker
+file once (cached per label tuple), then does a few in-place additions under a
+process-local lock. Bad input is dropped and counted in
+``gatewayz_metrics_dropped_total{reason}``; with ``strict=True`` it raises instead.
+Nothing here imports Flask.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import math
+import os
+import shutil
+import struct
+import tempfile
+import threading
+import time
+import weakref
+from bisect import bisect_left
+from collections import Counter
+from collections.abc import Callable
+
+from . import sketch
+from .request_state import current_request
+from .snapshot import Snapshot
+from .storage import Storage, StorageUnavailable, merge
+from .storage import layout
+
+log = logging.getLogger("flask_gatewayz_metrics")
+
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE"})
+MAX_LABEL_LENGTH = 200
+MAX_CACHED_LABEL_SETS = 10_000
+LOG_INTERVAL_SECONDS = 60.0
+
+_INF = math.inf
+_BOUNDS = layout.HISTOGRAM_BOUNDS
+_SKETCH_STRIDE = layout.slot_stride(True)
+_PLAIN_STRIDE = layout.slot_stride(False)
+_SLOT_HEADER = layout.SLOT_HEADER
+_SKETCH_LOWEST = 2.0**sketch.MIN_KEY_EXPONENT
+_SKETCH_HIGHEST = 2.0**sketch.MAX_KEY_EXPONENT
+_log2 = math.log2
+_ceil = math.ceil
+_EPOCH_INDEX = layout.CONTROL_EPOCH_INDEX
+_EMPTY_SLOT_TAIL = memoryview(struct.pack(f"<{_SLOT_HEADER - 1}d", *layout.EMPTY_SLOT[1:])).cast("d")
+_ZERO_BUCKETS = memoryview(bytes(8 * sketch.BUCKET_COUNT)).cast("d")
+
+
+_RequestTargets = tuple[int, int, int, int]
+"""Payload offsets one (endpoint, method, status, provider, model, failed) combination
+writes: its request record, endpoint, provider and model windows (-1 = none)."""
+
+
+class InvalidMetric(ValueError):
+    """Raised in strict mode for input that would otherwise be dropped and counted."""
+
+
+class MetricsCollector:
+    """Records requests, provider/model calls, cache, database and external API use.
+
+    ``directory`` is the metrics directory shared by all worker processes (default:
+    ``$GATEWAYZ_METRICS_DIR``, else a private temporary directory). Windowed gauges
+    cover the last ``window_seconds`` (0 = since start), kept as ``window_slots``
+    clock-aligned slots. A status code ``>= error_status`` counts as an error.
+    """
+
+    def __init__(
+        self,
+        directory: str | None = None,
+        *,
+        window_seconds: float = 300.0,
+        window_slots: int = 5,
+        error_status: int = 500,
+        strict: bool = False,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if not window_seconds >= 0 or not math.isfinite(window_seconds):
+            raise ValueError("window_seconds must be a finite number >= 0 (0 = since start)")
+        if not 1 <= window_slots <= 1024:
+            raise ValueError("window_slots must be between 1 and 1024")
+        if not 100 <= error_status <= 600:
+            raise ValueError("error_status must be an HTTP status between 100 and 600")
+        self.directory = directory or os.environ.get("GATEWAYZ_METRICS_DIR") or _private_directory()
+        os.makedirs(self.directory, mode=0o700, exist_ok=True)
+        self.window_seconds = float(window_seconds)
+        slots = window_slots if window_seconds > 0 else 1
+        self._slot_seconds = self.window_seconds / slots
+        self._slots = slots
+        self.error_status = error_status
+        self.strict = strict
+        self._clock = clock
+        self._storage = Storage(self.directory, self._slot_seconds, slots)
+        self._lock = threading.Lock()
+        self._read_lock = threading.Lock()
+        self._generation = -1
+        self._doubles: memoryview | None = None
+        self._file_epoch = -1
+        self._epoch_words = self._storage.control.words
+        self._request_targets: dict[tuple[object, ...], _RequestTargets] = {}
+        self._fixed_offsets: dict[tuple[str, tuple[str, ...]], int] = {}
+        self._unrecorded: Counter[str] = Counter()
+        """Drops that could not be written to storage (it was unavailable)."""
+        self._last_log = -_INF
+        _live_collectors.add(self)
+
+    # ----------------------------------------------------------------- requests
+    def record_request(
+        self,
+        endpoint: str,
+        method: str,
+        latency_seconds: float,
+        status_code: int,
+        provider: str | None = None,
+        model: str | None = None,
+    ) -> None:
+        """Record one HTTP request (and, if given, its provider and model).
+
+        Inside a request already timed by ``GatewayzMetrics`` the HTTP request is not
+        counted again: only the provider and model metrics are recorded.
+        """
+        state = current_request.get()
+        if state is not None and state.collector is self:
+            if provider is None and model is None:
+                return
+            state.provider_recorded = True
+            self.record_provider_call(provider, model, latency_seconds, status_code)
+            return
+        self.observe_request(endpoint, method, latency_seconds, status_code, provider, model)
+
+    def record_provider_call(
+        self,
+        provider: str | None,
+        model: str | None,
+        latency_seconds: float,
+        status_code: int = 200,
+        error: bool | None = None,
+    ) -> None:
+        """Record one upstream call to ``provider``/``model`` (not an HTTP request of ours).
+
+        A gateway that tries several providers for one request calls this once per
+        attempt. ``error`` defaults to ``status_code >= error_status``.
+        """
+        state = current_request.get()
+        if state is not None and state.collector is self:
+            state.provider_recorded = True
+        self.observe_request(None, None, latency_seconds, status_code, provider, model, bool(error))
+
+    def observe_request(
+        self,
+        endpoint: str | None,
+        method: str | None,
+        latency: float,
+        status: int,
+        provider: str | None = None,
+        model: str | None = None,
+        failed: bool = False,
+    ) -> None:
+        """Record a request unconditionally (the Flask hooks call this; ``failed`` = exception).
+
+        ``endpoint`` and ``method`` None: a provider call that is not an HTTP request.
+        This is the hot path: about a dozen float additions into the mmap, no
+        allocation beyond the cache-key tuple, no syscall.
+        """
+        if latency.__class__ is not float:
+            latency = _as_number(latency)
+        if not 0.0 <= latency < _INF:
+            return self._drop("invalid_latency")
+        if status.__class__ is not int or not 100 <= status <= 599:
+            return self._drop("invalid_status")
+        now = self._clock()
+        try:
+            with self._lock:
+                d = self._doubles
+                if self._file_epoch != self._epoch_words[_EPOCH_INDEX]:
+                    d = self._refresh_file()
+                key = (endpoint, method, status, provider, model, failed)
+                targets = self._request_targets.get(key) or self._resolve_request(key)
+                if targets is None:
+                    raise _InvalidLabel
+                request, endpoint_window, provider_window, model_window = targets
+                # Since start: count, latency sum, histogram bucket. Errors, statuses and
+                # per-provider/model totals are sums of these records at read time.
+                d[request] += 1.0
+                d[request + 1] += latency
+                d[request + 2 + bisect_left(_BOUNDS, latency)] += 1.0
+                # Windows: the current clock-aligned slot of each windowed record.
+                slot = int(now // self._slot_seconds) if self._slot_seconds else 0
+                position = slot % self._slots
+                error = failed or status >= self.error_status
+                if latency <= _SKETCH_LOWEST:
+                    index = _SLOT_HEADER + sketch.UNDERFLOW_INDEX
+                elif latency > _SKETCH_HIGHEST:
+                    index = _SLOT_HEADER + sketch.OVERFLOW_INDEX
+                else:
+                    index = _SLOT_HEADER - sketch.MIN_KEY + _ceil(_log2(latency) * 32)
+                if endpoint_window >= 0:
+                    o = endpoint_window + position * _SKETCH_STRIDE
+                    if d[o] != slot:
+                        _rotate(d, o, slot, True)
+                    d[o + 2] += latency
+                    d[o + index] += 1.0
+                    if error:
+                        d[o + 3] += 1.0
+                if provider_window >= 0:
+                    o = provider_window + position * _SKETCH_STRIDE
+                    if d[o] != slot:
+                        _rotate(d, o, slot, True)
+                    d[o + 2] += latency
+                    d[o + index] += 1.0
+                    if error:
+                        d[o + 3] += 1.0
+                    if latency < d[o + 4]:
+                        d[o + 4] = latency
+                    if latency > d[o + 5]:
+                        d[o + 5] = latency
+                if model_window >= 0:
+                    o = model_window + position * _PLAIN_STRIDE
+                    if d[o] != slot:
+                        _rotate(d, o, slot, False)
+                    d[o + 1] += 1.0
+                    d[o + 2] += latency
+                    if error:
+                        d[o + 3] += 1.0
+                return None
+        except _InvalidLabel:
+            return self._drop("invalid_label")
+        except StorageUnavailable:
+            return self._drop("storage_unavailable")
+        except Exception as exc:  # never break the caller
+            return self._internal_error(exc)
+
+    def _resolve_request(self, key: tuple[object, ...]) -> _RequestTargets | None:
+        """Validate a new label combination and allocate its records (slow path)."""
+        endpoint, method, status, provider, model, failed = key
+        storage = self._storage
+        endpoint_label = method_label = provider_label = model_label = None
+        endpoint_window = provider_window = model_window = -1
+        if endpoint is not None or method is not None:
+            endpoint_label = _label(endpoint)
+            if endpoint_label is None or not isinstance(method, str):
+                return None
+            method_label = method.upper()
+            if method_label not in KNOWN_METHODS:
+                method_label = "OTHER"
+            endpoint_window = storage.offset("endpoint_window", (endpoint_label,))
+        if provider is not None:
+            provider_label = _label(provider)
+            if provider_label is None:
+                return None
+            provider_window = storage.offset("provider_window", (provider_label,))
+        if model is not None:
+            model_label = _label(model)
+            if model_label is None:
+                return None
+            model_window = storage.offset("model_window", (model_label,))
+        labels = (endpoint_label, method_label, str(status), provider_label, model_label, "1" if failed else "0")
+        targets = (storage.offset("request", labels), endpoint_window, provider_window, model_window)
+        if len(self._request_targets) >= MAX_CACHED_LABEL_SETS:
+            self._request_targets.clear()
+        self._request_targets[key] = targets
+        return targets
+
+    # ------------------------------------------------------- cache, db, external
+    def record_cache_hit(self) -> None:
+        """Count one cache lookup that found its entry."""
+        self._record_cache(hit=True)
+
+    def record_cache_miss(self) -> None:
+        """Count one cache lookup that did not find its entry."""
+        self._record_cache(hit=False)
+
+    def _record_cache(self, hit: bool) -> None:
+        now = self._clock()
+        try:
+            with self._lock:
+                d = self._writable()
+                d[self._fixed("cache") + (0 if hit else 1)] += 1.0
+                _plain_window_add(d, self._window_slot("cache_window", now), self._slot(now), 0.0, not hit)
+        except StorageUnavailable:
+            self._drop("storage_unavailable")
+        except Exception as exc:
+            self._internal_error(exc)
+
+    def record_db_query(self, latency_seconds: float) -> None:
+        """Count one database query that took ``latency_seconds``."""
+        latency = _as_number(latency_seconds)
+        if not 0.0 <= latency < _INF:
+            return self._drop("invalid_latency")
+        now = self._clock()
+        try:
+            with self._lock:
+                d = self._writable()
+                o = self._fixed("db")
+                d[o] += 1.0
+                d[o + 1] += latency
+                _plain_window_add(d, self._window_slot("db_window", now), self._slot(now), latency, False)
+        except StorageUnavailable:
+            self._drop("storage_unavailable")
+        except Exception as exc:
+            self._internal_error(exc)
+        return None
+
+    def record_external_api_call(self, service: str, error: bool = False) -> None:
+        """Count one call to an external service (stripe, sendgrid, ...)."""
+        label = _label(service)
+        if label is None:
+            return self._drop("invalid_label")
+        try:
+            with self._lock:
+                d = self._writable()
+                o = self._fixed("external", (label,))
+                d[o] += 1.0
+                if error:
+                    d[o + 1] += 1.0
+        except StorageUnavailable:
+            self._drop("storage_unavailable")
+        except Exception as exc:
+            self._internal_error(exc)
+        return None
+
+    # ------------------------------------------------------------------ plumbing
+    def _writable(self) -> memoryview:
+        """This process's storage view (call under the lock)."""
+        if self._file_epoch != self._epoch_words[_EPOCH_INDEX]:
+            return self._refresh_file()
+        return self._doubles  # type: ignore[return-value]
+
+    def _refresh_file(self) -> memoryview:
+        """Open (or re-open after a reset or fork) this process's file; forget old offsets."""
+        self._doubles = None
+        self._file_epoch = -1
+        d = self._storage.writable()
+        if self._storage.generation != self._generation:
+            self._request_targets.clear()
+            self._fixed_offsets.clear()
+            self._generation = self._storage.generation
+        self._doubles = d
+        self._file_epoch = self._storage.file_epoch
+        return d
+
+    def _fixed(self, kind: str, labels: tuple[str, ...] = ()) -> int:
+        key = (kind, labels)
+        offset = self._fixed_offsets.get(key)
+        if offset is None:
+            if len(self._fixed_offsets) >= MAX_CACHED_LABEL_SETS:
+                self._fixed_offsets.clear()
+            offset = self._fixed_offsets[key] = self._storage.offset(kind, labels)
+        return offset
+
+    def _slot(self, now: float) -> int:
+        return int(now // self._slot_seconds) if self._slot_seconds else 0
+
+    def _window_slot(self, kind: str, now: float) -> int:
+        """Offset of the current slot of the label-less windowed record ``kind``."""
+        return self._fixed(kind) + (self._slot(now) % self._slots) * _PLAIN_STRIDE
+
+    def _drop(self, reason: str) -> None:
+        """Count input that was not recorded, under ``reason``."""
+        if self.strict and reason != "storage_unavailable":
+            raise InvalidMetric(f"metric input dropped: {reason}")
+        try:
+            with self._lock:
+                self._writable()[self._fixed("dropped", (reason,))] += 1.0
+        except (StorageUnavailable, OSError):
+            self._unrecorded[reason] += 1
+            self._log_rate_limited("metrics storage unavailable: %s", self._storage.last_error)
+
+    def _internal_error(self, exc: Exception) -> None:
+        if self.strict:
+            raise exc
+        self._log_rate_limited("metrics recording failed: %r", exc)
+        self._unrecorded["internal_error"] += 1
+
+    def _log_rate_limited(self, message: str, arg: object) -> None:
+        now = time.monotonic()
+        if now - self._last_log >= LOG_INTERVAL_SECONDS:
+            self._last_log = now
+            log.warning(message, arg)
+
+    # ------------------------------------------------------------------- reading
+    def snapshot(self) -> Snapshot:
+        """Merge every worker file in the directory into one consistent view."""
+        now = self._clock()
+        with self._read_lock:
+            views, problems = self._storage.read()
+        merged = merge(views, self._storage.control.epoch, now)
+        return Snapshot(
+            merged=merged,
+            taken_at=now,
+            start_time=self._storage.control.start_time,
+            window_seconds=self.window_seconds,
+            error_status=self.error_status,
+            live_files=sum(1 for v in views if v.live),
+            worker_files=len(views),
+            problems=problems,
+            unrecorded=dict(self._unrecorded),
+            storage_error=self._storage.last_error,
+        )
+
+    def to_dict(self) -> dict[str, object]:
+        """The JSON snapshot (``/metrics/json``)."""
+        return self.snapshot().to_dict()
+
+    def reset(self) -> None:
+        """Zero every metric of every process sharing the metrics directory."""
+        with self._lock:
+            self._storage.reset()
+            self._unrecorded.clear()
+
+    def close(self) -> None:
+        """Release this process's file (it stays readable until compacted)."""
+        with self._lock:
+            self._storage.close()
+            self._doubles = None
+            self._file_epoch = -1
+
+    def _after_fork_in_child(self) -> None:
+        self._lock = threading.Lock()
+        self._read_lock = threading.Lock()
+        self._storage.after_fork_in_child()
+        self._doubles = None
+        self._file_epoch = -1
+        self._request_targets.clear()
+        self._fixed_offsets.clear()
+        self._unrecorded.clear()
+
+
+class _InvalidLabel(Exception):
+    pass
+
+
+def _plain_window_add(d: memoryview, base: int, slot: int, value: float, error: bool) -> None:
+    """Add one observation to the slot at ``base`` of a windowed record without sketch."""
+    if d[base] != slot:
+        _rotate(d, base, slot, False)
+    d[base + 1] += 1.0
+    d[base + 2] += value
+    if error:
+        d[base + 3] += 1.0
+
+
+def _rotate(d: memoryview, base: int, slot: int, with_sketch: bool) -> None:
+    """Reuse a slot position for a new interval: mark it invalid, zero it, then claim it."""
+    d[base] = -1.0
+    if with_sketch:
+        start = base + _SLOT_HEADER
+        d[start : start + sketch.BUCKET_COUNT] = _ZERO_BUCKETS
+    d[base + 1 : base + _SLOT_HEADER] = _EMPTY_SLOT_TAIL
+    d[base] = float(slot)
+
+
+def _as_number(value: object) -> float:
+    """``value`` as a float if it is a real number (not a bool or string), else NaN."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        try:
+            return float(value)
+        except OverflowError:
+            return _INF
+    return math.nan
+
+
+def _label(value: object) -> str | None:
+    """A label value fit for exposition, or None if ``value`` is not usable as one."""
+    if not isinstance(value, str) or not value:
+        return None
+    if len(value) > MAX_LABEL_LENGTH:
+        value = value[:MAX_LABEL_LENGTH]
+    if not value.isascii():
+        value = value.encode("utf-8", "replace").decode("utf-8")  # lone surrogates -> "?"
+    return value
+
+
+_default: MetricsCollector | None = None
+_default_lock = threading.Lock()
+_live_collectors: weakref.WeakSet[MetricsCollector] = weakref.WeakSet()
+
+
+def get_metrics_collector() -> MetricsCollector:
+    """The collector of the request being timed, else the process-wide collector.
+
+    The process-wide one is created on first use from the environment:
+    ``GATEWAYZ_METRICS_DIR``, ``GATEWAYZ_METRICS_WINDOW_SECONDS``,
+    ``GATEWAYZ_METRICS_WINDOW_SLOTS``, ``GATEWAYZ_METRICS_ERROR_STATUS``.
+    """
+    state = current_request.get()
+    if state is not None:
+        return state.collector
+    global _default
+    if _default is None:
+        with _default_lock:
+            if _default is None:
+                env = os.environ
+                _default = MetricsCollector(
+                    env.get("GATEWAYZ_METRICS_DIR") or None,
+                    window_seconds=float(env.get("GATEWAYZ_METRICS_WINDOW_SECONDS", 300)),
+                    window_slots=int(env.get("GATEWAYZ_METRICS_WINDOW_SLOTS", 5)),
+                    error_status=int(env.get("GATEWAYZ_METRICS_ERROR_STATUS", 500)),
+                )
+    return _default
+
+
+def _private_directory() -> str:
+    path = tempfile.mkdtemp(prefix="gatewayz-metrics-")
+    owner = os.getpid()
+
+    def remove() -> None:
+        if os.getpid() == owner:
+            shutil.rmtree(path, ignore_errors=True)
+
+    atexit.register(remove)
+    return path
+
+
+def _after_fork_in_child() -> None:
+    global _default_lock
+    _default_lock = threading.Lock()
+    for collector in list(_live_collectors):
+        collector._after_fork_in_child()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -1,0 +1,187 @@
+"""PrometheusExporter: a merged snapshot as Prometheus metric families.
+
+The exporter is a ``prometheus_client`` custom collector, so the text formats (0.0.4,
+1.0.0, OpenMetrics) and content negotiation are ``prometheus_client``'s own; we never
+use its multiprocess mode for our metrics, since our storage already merges workers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, choose_encoder, generate_latest
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
+
+from .snapshot import Snapshot, Totals
+
+if TYPE_CHECKING:
+    from .collector import MetricsCollector
+
+ENDPOINT_QUANTILES = (("p50", 0.50), ("p95", 0.95), ("p99", 0.99))
+
+
+class PrometheusExporter(Collector):
+    """Turns a collector's merged snapshot into Prometheus exposition formats."""
+
+    def __init__(self, collector: MetricsCollector, extra: Iterable[Collector] = ()) -> None:
+        self.collector = collector
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(self)
+        for other in extra:
+            self.registry.register(other)
+
+    def collect(self) -> Iterator[Metric]:
+        return iter(families(self.collector.snapshot()))
+
+    def export(self) -> str:
+        """All metrics in the Prometheus text format 0.0.4."""
+        return generate_latest(self.registry).decode("utf-8")
+
+    def render(self, accept_header: str | None = None) -> tuple[bytes, str]:
+        """Body and content type for a scrape with this ``Accept`` header.
+
+        Text 0.0.4 unless the scraper asks for OpenMetrics (or text 1.0.0).
+        """
+        encoder, content_type = choose_encoder(accept_header or "")
+        return encoder(self.registry), content_type
+
+
+CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
+
+
+def families(snap: Snapshot) -> list[Metric]:
+    """Every metric family of the spec (and ours), built from one snapshot."""
+    out: list[Metric] = []
+    out += _http_families(snap)
+    out += _provider_families(snap)
+    out += _model_families(snap)
+    out += _cache_db_external_families(snap)
+    uptime = GaugeMetricFamily("gatewayz_uptime_seconds", "Seconds since the server (metrics directory) started.")
+    uptime.add_metric([], snap.uptime_seconds)
+    dropped = CounterMetricFamily(
+        "gatewayz_metrics_dropped_total", "Metric inputs dropped as invalid or unrecordable, by reason.", labels=["reason"]
+    )
+    for reason, count in sorted(snap.dropped().items()):
+        dropped.add_metric([reason], count)
+    files = GaugeMetricFamily(
+        "gatewayz_metrics_worker_files", "Worker files merged into this scrape, by writer state.", labels=["state"]
+    )
+    files.add_metric(["live"], snap.live_files)
+    files.add_metric(["dead"], snap.worker_files - snap.live_files)
+    return [*out, uptime, dropped, files]
+
+
+def _gauge(name: str, doc: str, labels: list[str]) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, doc, labels=labels)
+
+
+def _add(family: GaugeMetricFamily, labels: list[str], value: float | None) -> None:
+    """Add a windowed gauge sample; an empty window has no value, so no sample."""
+    if value is not None:
+        family.add_metric(labels, value)
+
+
+def _histogram(family: HistogramMetricFamily, labels: list[str], totals: Totals) -> None:
+    buckets = [(floatToGoString(bound), count) for bound, count in totals.cumulative_buckets()]
+    family.add_metric(labels, buckets, totals.latency_sum)
+
+
+def _http_families(snap: Snapshot) -> list[Metric]:
+    window = "over the sliding window"
+    avg = _gauge("http_request_latency_avg_seconds", f"Average request latency per endpoint {window}.", ["endpoint"])
+    quantiles = [
+        (q, _gauge(f"http_request_latency_{name}_seconds", f"{name} request latency per endpoint {window}.", ["endpoint"]))
+        for name, q in ENDPOINT_QUANTILES
+    ]
+    for endpoint in snap.endpoints():
+        stats = snap.window("endpoint_window", (endpoint,))
+        _add(avg, [endpoint], stats.average)
+        for q, family in quantiles:
+            _add(family, [endpoint], stats.quantile(q))
+    requests = CounterMetricFamily("http_requests_total", "HTTP requests.", labels=["endpoint", "method"])
+    errors = CounterMetricFamily(
+        "http_request_errors_total", "HTTP requests that failed (server error status or exception).",
+        labels=["endpoint", "method"],
+    )
+    duration = HistogramMetricFamily(
+        "http_request_duration_seconds", "HTTP request latency since start.", labels=["endpoint", "method"]
+    )
+    for (endpoint, method), totals in sorted(snap.requests.by_endpoint_method.items()):
+        requests.add_metric([endpoint, method], totals.count)
+        errors.add_metric([endpoint, method], totals.errors)
+        _histogram(duration, [endpoint, method], totals)
+    status = CounterMetricFamily(
+        "http_response_status_total", "HTTP responses by status code.", labels=["endpoint", "status"]
+    )
+    for (endpoint, code), count in sorted(snap.requests.by_endpoint_status.items()):
+        status.add_metric([endpoint, code], count)
+    return [avg, *(f for _, f in quantiles), requests, errors, status, duration]
+
+
+def _provider_families(snap: Snapshot) -> list[Metric]:
+    window = "over the sliding window"
+    requests = CounterMetricFamily("provider_requests_total", "Requests to the AI provider.", labels=["provider"])
+    errors = CounterMetricFamily("provider_errors_total", "Failed requests to the AI provider.", labels=["provider"])
+    rate = _gauge("provider_error_rate", f"Share of the provider's requests that failed {window} (0-1).", ["provider"])
+    gauges = {
+        name: _gauge(f"provider_latency_{name}_seconds", f"{name} provider latency {window}.", ["provider"])
+        for name in ("avg", "min", "max", "p95")
+    }
+    duration = HistogramMetricFamily(
+        "provider_request_duration_seconds", "AI provider request latency since start.", labels=["provider"]
+    )
+    for provider, totals in sorted(snap.requests.by_provider.items()):
+        requests.add_metric([provider], totals.count)
+        errors.add_metric([provider], totals.errors)
+        _histogram(duration, [provider], totals)
+        stats = snap.window("provider_window", (provider,))
+        _add(rate, [provider], stats.error_rate)
+        _add(gauges["avg"], [provider], stats.average)
+        if stats.count > 0:
+            gauges["min"].add_metric([provider], stats.low)
+            gauges["max"].add_metric([provider], stats.high)
+        _add(gauges["p95"], [provider], stats.quantile(0.95))
+    return [requests, errors, rate, *gauges.values(), duration]
+
+
+def _model_families(snap: Snapshot) -> list[Metric]:
+    requests = CounterMetricFamily("model_requests_total", "Requests for the AI model.", labels=["model"])
+    errors = CounterMetricFamily("model_errors_total", "Failed requests for the AI model.", labels=["model"])
+    rate = _gauge("model_error_rate", "Share of the model's requests that failed over the sliding window (0-1).", ["model"])
+    avg = _gauge("model_latency_avg_seconds", "Average model latency over the sliding window.", ["model"])
+    for model, totals in sorted(snap.requests.by_model.items()):
+        requests.add_metric([model], totals.count)
+        errors.add_metric([model], totals.errors)
+        stats = snap.window("model_window", (model,))
+        _add(rate, [model], stats.error_rate)
+        _add(avg, [model], stats.average)
+    return [requests, errors, rate, avg]
+
+
+def _cache_db_external_families(snap: Snapshot) -> list[Metric]:
+    hits_total, misses_total = snap.total("cache")
+    hits = CounterMetricFamily("cache_hits_total", "Cache lookups that found their entry.")
+    hits.add_metric([], hits_total)
+    misses = CounterMetricFamily("cache_misses_total", "Cache lookups that did not find their entry.")
+    misses.add_metric([], misses_total)
+    hit_rate = GaugeMetricFamily("cache_hit_rate", "Share of cache lookups that hit over the sliding window (0-1).")
+    _add(hit_rate, [], snap.cache_hit_rate())
+    queries = CounterMetricFamily("db_queries_total", "Database queries.")
+    queries.add_metric([], snap.total("db")[0])
+    db_avg = GaugeMetricFamily("db_query_latency_avg_seconds", "Average database query latency over the sliding window.")
+    _add(db_avg, [], snap.window("db_window").average)
+    calls = CounterMetricFamily("external_api_calls_total", "Calls to external APIs.", labels=["service"])
+    failures = CounterMetricFamily("external_api_errors_total", "Failed calls to external APIs.", labels=["service"])
+    for (service,), payload in snap.series("external"):
+        calls.add_metric([str(service)], payload[0])
+        failures.add_metric([str(service)], payload[1])
+    return [hits, misses, hit_rate, queries, db_avg, calls, failures]

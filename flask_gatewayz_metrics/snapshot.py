@@ -1,0 +1,214 @@
+"""A merged, read-only view of every worker's metrics at one instant.
+
+Exposition (Prometheus text, OpenMetrics) and the JSON view both read from a
+``Snapshot``, so they always agree. Counters and histograms are since start (or since
+the last reset); gauges (averages, percentiles, rates) cover the sliding window and are
+``None`` (omitted from the exposition) when the window saw nothing.
+
+Workers store one record per (endpoint, method, status, provider, model, failed)
+combination; the per-endpoint, per-status, per-provider and per-model totals of the
+spec are sums of those records, computed here once per snapshot.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from functools import cached_property
+from operator import add
+
+from .storage import Merged, StorageProblem, WindowStats
+from .storage import layout
+
+Labels = tuple[str | None, ...]
+
+
+@dataclass
+class Totals:
+    """Since-start totals of a group of requests: count, errors, latency histogram."""
+
+    count: float = 0.0
+    errors: float = 0.0
+    latency_sum: float = 0.0
+    buckets: list[float] = field(default_factory=lambda: [0.0] * (len(layout.HISTOGRAM_BOUNDS) + 1))
+
+    def add(self, payload: list[float], error: bool) -> None:
+        count = payload[layout.REQ_COUNT]
+        self.count += count
+        if error:
+            self.errors += count
+        self.latency_sum += payload[layout.REQ_SUM]
+        self.buckets = list(map(add, self.buckets, payload[layout.REQ_BUCKETS :]))
+
+    def cumulative_buckets(self) -> list[tuple[float, float]]:
+        """(upper bound, cumulative count) pairs, ending with +Inf."""
+        running = 0.0
+        out = []
+        for bound, count in zip((*layout.HISTOGRAM_BOUNDS, float("inf")), self.buckets):
+            running += count
+            out.append((bound, running))
+        return out
+
+
+@dataclass
+class RequestTotals:
+    """The request records summed along each grouping the spec exposes."""
+
+    by_endpoint_method: dict[tuple[str, str], Totals] = field(default_factory=dict)
+    by_endpoint_status: dict[tuple[str, str], float] = field(default_factory=dict)
+    by_provider: dict[str, Totals] = field(default_factory=dict)
+    by_model: dict[str, Totals] = field(default_factory=dict)
+
+
+@dataclass
+class Snapshot:
+    merged: Merged
+    taken_at: float
+    start_time: float
+    window_seconds: float
+    error_status: int
+    live_files: int
+    worker_files: int
+    problems: list[StorageProblem] = field(default_factory=list)
+    unrecorded: dict[str, int] = field(default_factory=dict)
+    """Drops this process could not write to storage (storage unavailable)."""
+    storage_error: str | None = None
+
+    @property
+    def uptime_seconds(self) -> float:
+        return max(0.0, self.taken_at - self.start_time)
+
+    @cached_property
+    def requests(self) -> RequestTotals:
+        out = RequestTotals()
+        for labels, payload in self.merged.totals.get("request", {}).items():
+            endpoint, method, status, provider, model, failed = labels
+            error = failed == "1" or int(status or 0) >= self.error_status
+            if endpoint is not None and method is not None and status is not None:
+                out.by_endpoint_method.setdefault((endpoint, method), Totals()).add(payload, error)
+                key = (endpoint, status)
+                out.by_endpoint_status[key] = out.by_endpoint_status.get(key, 0.0) + payload[layout.REQ_COUNT]
+            if provider is not None:
+                out.by_provider.setdefault(provider, Totals()).add(payload, error)
+            if model is not None:
+                out.by_model.setdefault(model, Totals()).add(payload, error)
+        return out
+
+    def series(self, kind: str) -> Iterator[tuple[Labels, list[float]]]:
+        """Since-start payloads of ``kind``, sorted by labels."""
+        yield from sorted(self.merged.totals.get(kind, {}).items())
+
+    def window(self, kind: str, labels: Labels = ()) -> WindowStats:
+        return self.merged.window(kind, labels)
+
+    def total(self, kind: str, labels: Labels = ()) -> list[float]:
+        found = self.merged.total(kind, labels)
+        return found if found is not None else [0.0] * layout.KINDS[kind].size
+
+    def dropped(self) -> dict[str, float]:
+        counts = {str(labels[0]): payload[0] for labels, payload in self.series("dropped")}
+        for reason, count in self.unrecorded.items():
+            counts[reason] = counts.get(reason, 0.0) + count
+        return counts
+
+    def endpoints(self) -> list[str]:
+        return sorted({endpoint for endpoint, _ in self.requests.by_endpoint_method})
+
+    @property
+    def total_requests(self) -> float:
+        return sum(t.count for t in self.requests.by_endpoint_method.values())
+
+    @property
+    def total_errors(self) -> float:
+        return sum(t.errors for t in self.requests.by_endpoint_method.values())
+
+    def request_window(self) -> WindowStats:
+        """All endpoints' window statistics combined (without the sketch)."""
+        combined = WindowStats()
+        for stats in self.merged.windows.get("endpoint_window", {}).values():
+            combined.count += stats.count
+            combined.total += stats.total
+            combined.errors += stats.errors
+        return combined
+
+    def cache_hit_rate(self) -> float | None:
+        """Hits / lookups in the window (the cache window counts misses as its errors)."""
+        stats = self.window("cache_window")
+        if stats.count <= 0:
+            return None
+        return 1.0 - stats.errors / stats.count
+
+    # ------------------------------------------------------------------ JSON
+    def to_dict(self) -> dict[str, object]:
+        """The JSON document served by ``/metrics/json``."""
+        endpoints: dict[str, dict[str, object]] = {}
+        for (endpoint, method), totals in sorted(self.requests.by_endpoint_method.items()):
+            entry = endpoints.get(endpoint)
+            if entry is None:
+                entry = endpoints[endpoint] = _endpoint_entry(self.window("endpoint_window", (endpoint,)))
+            entry["requests"] += int(totals.count)  # type: ignore[operator]
+            entry["errors"] += int(totals.errors)  # type: ignore[operator]
+            entry["methods"][method] = {"requests": int(totals.count), "errors": int(totals.errors)}  # type: ignore[index]
+        for (endpoint, status), count in sorted(self.requests.by_endpoint_status.items()):
+            endpoints[endpoint]["status"][status] = int(count)  # type: ignore[index]
+        providers = {}
+        for provider, totals in sorted(self.requests.by_provider.items()):
+            stats = self.window("provider_window", (provider,))
+            providers[provider] = {
+                "requests": int(totals.count),
+                "errors": int(totals.errors),
+                "error_rate": stats.error_rate,
+                "latency_seconds": {
+                    "avg": stats.average,
+                    "min": stats.low if stats.count else None,
+                    "max": stats.high if stats.count else None,
+                    "p95": stats.quantile(0.95),
+                },
+            }
+        models = {}
+        for model, totals in sorted(self.requests.by_model.items()):
+            stats = self.window("model_window", (model,))
+            models[model] = {
+                "requests": int(totals.count),
+                "errors": int(totals.errors),
+                "error_rate": stats.error_rate,
+                "latency_seconds": {"avg": stats.average},
+            }
+        hits, misses = self.total("cache")
+        queries, _ = self.total("db")
+        return {
+            "uptime_seconds": self.uptime_seconds,
+            "window_seconds": self.window_seconds,
+            "endpoints": endpoints,
+            "providers": providers,
+            "models": models,
+            "cache": {"hits": int(hits), "misses": int(misses), "hit_rate": self.cache_hit_rate()},
+            "database": {"queries": int(queries), "latency_avg_seconds": self.window("db_window").average},
+            "external_apis": {
+                str(service): {"calls": int(payload[0]), "errors": int(payload[1])}
+                for (service,), payload in self.series("external")
+            },
+            "storage": {
+                "worker_files": self.worker_files,
+                "live_worker_files": self.live_files,
+                "dropped": {reason: int(n) for reason, n in sorted(self.dropped().items())},
+                "problems": [{"file": p.path, "reason": p.reason} for p in self.problems],
+                "error": self.storage_error,
+            },
+        }
+
+
+def _endpoint_entry(stats: WindowStats) -> dict[str, object]:
+    return {
+        "requests": 0,
+        "errors": 0,
+        "methods": {},
+        "status": {},
+        "latency_seconds": {
+            "avg": stats.average,
+            "p50": stats.quantile(0.50),
+            "p95": stats.quantile(0.95),
+            "p99": stats.quantile(0.99),
+        },
+        "window": {"requests": int(stats.count), "errors": int(stats.errors), "error_rate": stats.error_rate},
+    }

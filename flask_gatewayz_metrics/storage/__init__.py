@@ -1,0 +1,9 @@
+"""Per-process mmap files in a shared directory, merged by whoever reads them."""
+
+from __future__ import annotations
+
+from .merge import Merged, WindowStats, merge
+from .reader import StorageProblem, WorkerView
+from .store import Storage, StorageUnavailable
+
+__all__ = ["Merged", "Storage", "StorageProblem", "StorageUnavailable", "WindowStats", "WorkerView", "merge"]

@@ -1,0 +1,127 @@
+"""Byte layout of the files in the metrics directory.
+
+Worker file (``worker-<pid>-<nonce>.gwzm``), little-endian, written by one process::
+
+    offset  size  field
+    0       4     magic b"GWZW"
+    4       4     format version (u32)
+    8       8     used: bytes of the file holding complete records (u64)
+    16      8     reset epoch the data belongs to (u64)
+    24      8     pid of the writer (u64, informational only)
+    32      8     creation time, Unix seconds (f64)
+    40      8     slot width of windowed records in seconds, 0 = one slot since start (f64)
+    48      8     slots per windowed record (u64)
+    56      8     reserved
+    64      ...   records, each 8-byte aligned
+
+Record::
+
+    u32 record length in bytes (header + key + padding + payload)
+    u32 key length in bytes
+    key: UTF-8 JSON array [kind, label values...], zero-padded to 8 bytes
+    payload: float64 values, layout given by the kind (see ``KINDS``)
+
+A record is written completely before ``used`` is advanced past it, so a reader that
+honours ``used`` never sees a half-written record. ``used`` is one aligned 8-byte store.
+
+Windowed payloads are ``slots`` consecutive slots of ``SLOT_HEADER`` fields followed,
+for kinds with a sketch, by ``sketch.BUCKET_COUNT`` bucket counts. A slot holds the
+observations of one clock-aligned interval ``[id * width, (id + 1) * width)`` and lives
+at position ``id % slots``.
+
+Control file (``control.gwzc``), shared by all processes::
+
+    0   4  magic b"GWZC"   4  version (u32)
+    8   8  reset epoch (u64), bumped under an exclusive flock of the file
+    16  8  start time of the server, Unix seconds (f64)
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+from .. import sketch
+
+VERSION = 1
+WORKER_MAGIC = b"GWZW"
+CONTROL_MAGIC = b"GWZC"
+WORKER_SUFFIX = ".gwzm"
+CONTROL_NAME = "control.gwzc"
+
+HEADER_SIZE = 64
+HEADER = struct.Struct("<4sIQQQddQ8x")
+"""magic, version, used, epoch, pid, created, slot_seconds, slots."""
+USED_INDEX = 1
+"""Index of ``used`` when the file is viewed as an array of u64."""
+
+CONTROL_SIZE = 64
+CONTROL = struct.Struct("<4sIQd")
+CONTROL_EPOCH_INDEX = 1
+CONTROL_START_INDEX = 2
+
+RECORD_HEADER = struct.Struct("<II")
+MAX_KEY_BYTES = 4096
+
+HISTOGRAM_BOUNDS: tuple[float, ...] = (
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+)
+"""Upper bounds of the since-start latency histograms (the last bucket is +Inf).
+
+From 5 ms (a cache hit) to 600 s, the usual time-out of an LLM call."""
+
+# Slot header fields of windowed records. Sketch slots leave SLOT_COUNT at 0 (the
+# count is the sum of their buckets) and only provider slots track min / max.
+SLOT_ID, SLOT_COUNT, SLOT_SUM, SLOT_ERRORS, SLOT_MIN, SLOT_MAX = range(6)
+SLOT_HEADER = 6
+EMPTY_SLOT: tuple[float, ...] = (-1.0, 0.0, 0.0, 0.0, float("inf"), float("-inf"))
+
+# Payload of a "request" record: count, latency sum, since-start histogram buckets.
+REQ_COUNT, REQ_SUM, REQ_BUCKETS = range(3)
+REQUEST_SIZE = REQ_BUCKETS + len(HISTOGRAM_BOUNDS) + 1
+
+
+@dataclass(frozen=True)
+class Kind:
+    """What a record kind holds: label names, and a fixed or windowed payload."""
+
+    labels: tuple[str, ...]
+    size: int = 0
+    """Fixed payload size in float64 values (0 for windowed kinds)."""
+    windowed: bool = False
+    with_sketch: bool = False
+
+    def payload_size(self, slots: int) -> int:
+        if not self.windowed:
+            return self.size
+        return slots * slot_stride(self.with_sketch)
+
+
+def slot_stride(with_sketch: bool) -> int:
+    return SLOT_HEADER + (sketch.BUCKET_COUNT if with_sketch else 0)
+
+
+REQUEST_LABELS = ("endpoint", "method", "status", "provider", "model", "failed")
+"""Labels of a "request" record. endpoint/method are null for provider calls that are
+not HTTP requests of ours, provider/model null when unknown; failed is "1" when the
+request raised. Everything else (errors, per-status, per-provider totals) is summed
+from these records at read time, so a request costs three additions here."""
+
+KINDS: dict[str, Kind] = {
+    "request": Kind(REQUEST_LABELS, REQUEST_SIZE),
+    "endpoint_window": Kind(("endpoint",), windowed=True, with_sketch=True),
+    "provider_window": Kind(("provider",), windowed=True, with_sketch=True),
+    "model_window": Kind(("model",), windowed=True),
+    "cache": Kind((), 2),  # hits, misses
+    "cache_window": Kind((), windowed=True),  # count = lookups, errors = misses
+    "db": Kind((), 2),  # queries, latency sum
+    "db_window": Kind((), windowed=True),
+    "external": Kind(("service",), 2),  # calls, errors
+    "dropped": Kind(("reason",), 1),
+}
+NULLABLE_LABELS = frozenset({"endpoint", "method", "provider", "model"})
+
+
+def padded(n: int) -> int:
+    """``n`` rounded up to a multiple of 8."""
+    return (n + 7) & ~7

@@ -1,0 +1,125 @@
+"""Merging the records of many worker files into one set of totals and windows.
+
+Fixed payloads (counters, since-start histograms) are summed value by value. Windowed
+payloads contribute only the slots whose clock-aligned interval lies in the current
+window; their counts and sketch buckets add, their min / max combine. Only the touched
+range of sketch buckets of each slot is converted and added.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from operator import add
+
+from .. import sketch
+from . import layout
+from .reader import WorkerView
+
+Labels = tuple[str | None, ...]
+
+
+@dataclass
+class WindowStats:
+    """Observations of one series inside the window, merged over workers and slots."""
+
+    count: float = 0.0
+    total: float = 0.0
+    low: float = math.inf
+    high: float = -math.inf
+    errors: float = 0.0
+    buckets: list[float] | None = None
+
+    def add_slot(self, doubles: memoryview, base: int, with_sketch: bool) -> None:
+        self.total += doubles[base + layout.SLOT_SUM]
+        self.errors += doubles[base + layout.SLOT_ERRORS]
+        self.low = min(self.low, doubles[base + layout.SLOT_MIN])
+        self.high = max(self.high, doubles[base + layout.SLOT_MAX])
+        if not with_sketch:
+            self.count += doubles[base + layout.SLOT_COUNT]
+            return
+        start = base + layout.SLOT_HEADER
+        lo, hi = _touched_range(doubles[start : start + sketch.BUCKET_COUNT].tobytes())
+        if lo > hi:
+            return
+        counts = doubles[start + lo : start + hi + 1].tolist()
+        self.count += math.fsum(counts)
+        if self.buckets is None:
+            self.buckets = [0.0] * sketch.BUCKET_COUNT
+        self.buckets[lo : hi + 1] = map(add, self.buckets[lo : hi + 1], counts)
+
+    @property
+    def average(self) -> float | None:
+        return self.total / self.count if self.count > 0 else None
+
+    @property
+    def error_rate(self) -> float | None:
+        return self.errors / self.count if self.count > 0 else None
+
+    def quantile(self, q: float) -> float | None:
+        """Quantile ``q`` from the sketch, clamped to min / max where those are tracked."""
+        if self.buckets is None or self.count <= 0:
+            return None
+        low = self.low if self.low <= self.high else 0.0
+        high = self.high if self.low <= self.high else sketch.UPPER_LIMIT
+        return sketch.quantile(self.buckets, q, low, high)
+
+
+@dataclass
+class Merged:
+    """Totals and window statistics of every series, all workers combined."""
+
+    totals: dict[str, dict[Labels, list[float]]] = field(default_factory=dict)
+    windows: dict[str, dict[Labels, WindowStats]] = field(default_factory=dict)
+
+    def total(self, kind: str, labels: Labels = ()) -> list[float] | None:
+        return self.totals.get(kind, {}).get(labels)
+
+    def window(self, kind: str, labels: Labels = ()) -> WindowStats:
+        return self.windows.get(kind, {}).get(labels) or WindowStats()
+
+
+def merge(views: list[WorkerView], epoch: int, now: float) -> Merged:
+    """Combine ``views`` (files of older reset epochs are ignored) as seen at ``now``."""
+    merged = Merged()
+    for view in views:
+        if view.epoch < epoch:
+            continue
+        doubles = view.doubles
+        oldest_slot = _oldest_slot_in_window(view, now)
+        for record in view.records:
+            kind = layout.KINDS[record.kind]
+            if not kind.windowed:
+                series = merged.totals.setdefault(record.kind, {})
+                values = doubles[record.offset : record.offset + kind.size].tolist()
+                current = series.get(record.labels)
+                series[record.labels] = values if current is None else list(map(add, current, values))
+                continue
+            stats = merged.windows.setdefault(record.kind, {}).setdefault(record.labels, WindowStats())
+            stride = layout.slot_stride(kind.with_sketch)
+            for slot in range(view.slots):
+                base = record.offset + slot * stride
+                if doubles[base + layout.SLOT_ID] >= oldest_slot:
+                    stats.add_slot(doubles, base, kind.with_sketch)
+    return merged
+
+
+def _touched_range(raw: bytes) -> tuple[int, int]:
+    """First and last non-zero float64 in ``raw`` (lo > hi when all are zero).
+
+    Found with C-speed byte stripping rather than a Python loop, so the writer need not
+    track the range on every observation.
+    """
+    front = raw.lstrip(b"\0")
+    if not front:
+        return 1, 0
+    lo = (len(raw) - len(front)) // 8
+    hi = (len(raw.rstrip(b"\0")) - 1) // 8
+    return lo, hi
+
+
+def _oldest_slot_in_window(view: WorkerView, now: float) -> float:
+    """Smallest slot id still inside the window of ``view``'s geometry."""
+    if view.slot_seconds <= 0:
+        return 0.0  # one slot since start
+    return math.floor(now / view.slot_seconds) - view.slots + 1

@@ -1,0 +1,137 @@
+"""One process's access to a metrics directory: its own worker file, the control file,
+and a reader of everyone's files.
+
+The worker file is created lazily on the first write, so a process that only reads (a
+gunicorn master with ``--preload``, a scrape-only tool) leaves no file behind. After a
+fork the child drops the inherited file and opens its own on its next write; after a
+reset (a newer epoch in the control file) the writer deletes its file and starts a
+fresh one, which is how "every worker zeroes its own file" is done without readers ever
+seeing a half-zeroed file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Sequence
+
+from . import layout
+from .control import ControlFile
+from .reader import DirectoryReader, StorageProblem, WorkerView
+from .worker_file import WorkerFile
+
+RETRY_SECONDS = 5.0
+"""How long a write path that failed to create its file waits before trying again."""
+
+
+class StorageUnavailable(Exception):
+    """The worker file cannot be created or grown right now (disk full, gone, read-only)."""
+
+
+class Storage:
+    def __init__(self, directory: str, slot_seconds: float, slots: int) -> None:
+        self.directory = directory
+        self.slot_seconds = slot_seconds
+        self.slots = slots
+        self.control = ControlFile(directory)
+        self.reader = DirectoryReader(directory)
+        self.generation = 0
+        """Bumped whenever offsets from ``offset()`` become invalid (new file)."""
+        self._file: WorkerFile | None = None
+        self._offsets: dict[bytes, int] = {}
+        self._epoch_word = self.control.words
+        self._retry_at = 0.0
+        self.last_error: str | None = None
+
+    def writable(self) -> memoryview:
+        """The float64 view of this process's file, opening a new file when needed.
+
+        Raises ``StorageUnavailable`` while the file cannot be created.
+        """
+        file = self._file
+        if file is not None and file.epoch == self._epoch_word[layout.CONTROL_EPOCH_INDEX]:
+            return file.doubles
+        return self._open_new_file().doubles
+
+    def offset(self, kind: str, labels: Sequence[str]) -> int:
+        """Payload index of the record for ``kind``/``labels``, appending it if new.
+
+        Call after ``writable()``; raises ``StorageUnavailable`` if the file cannot grow.
+        """
+        key = json.dumps([kind, *labels], ensure_ascii=False).encode("utf-8", "surrogatepass")
+        found = self._offsets.get(key)
+        if found is not None:
+            return found
+        assert self._file is not None
+        spec = layout.KINDS[kind]
+        if spec.windowed:
+            payload = list(layout.EMPTY_SLOT)
+            payload.extend([0.0] * (layout.slot_stride(spec.with_sketch) - layout.SLOT_HEADER))
+            payload *= self.slots
+        else:
+            payload = [0.0] * spec.size
+        try:
+            found = self._file.allocate(key, payload)
+        except OSError as exc:
+            raise self._unavailable(exc) from exc
+        self._offsets[key] = found
+        return found
+
+    def _open_new_file(self) -> WorkerFile:
+        if time.monotonic() < self._retry_at:
+            raise StorageUnavailable(self.last_error or "storage unavailable")
+        if self._file is not None:
+            self._file.close(unlink=True)  # data of an older epoch: readers ignore it anyway
+            self._file = None
+        self._offsets.clear()
+        self.generation += 1
+        try:
+            self._file = WorkerFile(
+                self.directory, self.control.epoch, self.slot_seconds, self.slots
+            )
+        except OSError as exc:
+            raise self._unavailable(exc) from exc
+        self.last_error = None
+        return self._file
+
+    def _unavailable(self, exc: OSError) -> StorageUnavailable:
+        self._retry_at = time.monotonic() + RETRY_SECONDS
+        self.last_error = f"{type(exc).__name__}: {exc.strerror or exc}"
+        if self._file is not None:
+            self._file.close(unlink=True)
+            self._file = None
+            self._offsets.clear()
+            self.generation += 1
+        return StorageUnavailable(self.last_error)
+
+    def after_fork_in_child(self) -> None:
+        """Forget the parent's file without touching it; the next write opens our own."""
+        if self._file is not None:
+            self._file.abandon_after_fork()
+            self._file = None
+        self._offsets.clear()
+        self.generation += 1
+        self.reader = DirectoryReader(self.directory)
+
+    def reset(self) -> int:
+        """Start a new epoch for every process sharing the directory."""
+        return self.control.bump_epoch()
+
+    def read(self) -> tuple[list[WorkerView], list[StorageProblem]]:
+        return self.reader.read()
+
+    @property
+    def file_epoch(self) -> int:
+        """Epoch of this process's current file (-1 when it has none)."""
+        return self._file.epoch if self._file is not None else -1
+
+    @property
+    def own_file(self) -> str | None:
+        return self._file.path if self._file is not None else None
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        self.generation += 1

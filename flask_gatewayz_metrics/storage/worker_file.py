@@ -1,0 +1,122 @@
+"""The file one process writes its metrics into (layout in ``layout``).
+
+Exactly one ``WorkerFile`` object writes a file, and it holds an exclusive ``flock`` on
+it for its whole life: the kernel releases the lock when the process dies (even on
+SIGKILL), so a reader that can take the lock knows the writer is gone. The name carries
+a random nonce, so a reused pid never reopens a dead worker's file.
+
+Space is reserved with ``posix_fallocate`` before it is mapped: writing to an mmap page
+the file system cannot back would kill the process with SIGBUS, whereas a failed
+``fallocate`` is an ordinary ``OSError`` the collector can count and survive.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import mmap
+import os
+import secrets
+import struct
+import time
+
+from . import layout
+
+INITIAL_SIZE = 256 * 1024
+_OPEN_FLAGS = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+class WorkerFile:
+    """An append-only set of float64 records in an mmap'ed file owned by this process."""
+
+    def __init__(self, directory: str, epoch: int, slot_seconds: float, slots: int) -> None:
+        self.pid = os.getpid()
+        self.path = os.path.join(
+            directory, f"worker-{self.pid}-{secrets.token_hex(8)}{layout.WORKER_SUFFIX}"
+        )
+        self.epoch = epoch
+        self.slots = slots
+        self._fd = os.open(self.path, _OPEN_FLAGS, 0o600)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            self._size = 0
+            self._reserve(INITIAL_SIZE)
+            self._map()
+            header = layout.HEADER.pack(
+                layout.WORKER_MAGIC, layout.VERSION, layout.HEADER_SIZE, epoch, self.pid,
+                time.time(), slot_seconds, slots,
+            )
+            self._mmap[: layout.HEADER_SIZE] = header
+        except BaseException:
+            os.close(self._fd)
+            os.unlink(self.path)
+            raise
+        self._used = layout.HEADER_SIZE
+
+    def _reserve(self, size: int) -> None:
+        try:
+            os.posix_fallocate(self._fd, 0, size)
+        except OSError as exc:  # file systems without fallocate (some tmpfs, overlay)
+            if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+                raise
+            os.ftruncate(self._fd, size)
+        self._size = size
+
+    def _map(self) -> None:
+        self._mmap = mmap.mmap(self._fd, self._size)
+        self.doubles = memoryview(self._mmap).cast("d")
+        """The whole file as float64 values; payload offsets index into it."""
+        self._words = memoryview(self._mmap).cast("Q")
+
+    def allocate(self, key: bytes, payload: tuple[float, ...] | list[float]) -> int:
+        """Append a record with ``key`` and initial ``payload``; return its float64 index.
+
+        The record is complete before ``used`` moves past it, so readers never see it
+        half-written.
+        """
+        if len(key) > layout.MAX_KEY_BYTES:
+            raise ValueError("metric key too long")
+        key_space = layout.padded(len(key))
+        length = layout.RECORD_HEADER.size + key_space + 8 * len(payload)
+        start = self._used
+        if start + length > self._size:
+            self._grow(start + length)
+        layout.RECORD_HEADER.pack_into(self._mmap, start, length, len(key))
+        key_start = start + layout.RECORD_HEADER.size
+        self._mmap[key_start : key_start + len(key)] = key
+        payload_start = key_start + key_space
+        struct.pack_into(f"<{len(payload)}d", self._mmap, payload_start, *payload)
+        self._used = start + length
+        self._words[layout.USED_INDEX] = self._used
+        return payload_start // 8
+
+    def _grow(self, needed: int) -> None:
+        size = self._size
+        while size < needed:
+            size *= 2
+        self._reserve(size)
+        # Views of the old map stay valid for whoever still holds them; the map is
+        # freed when the last one goes. Offsets are unchanged.
+        self._map()
+
+    def close(self, unlink: bool = False) -> None:
+        """Release the file (and its lock); ``unlink`` removes it too."""
+        if self._fd < 0:
+            return
+        if unlink:
+            try:
+                os.unlink(self.path)
+            except FileNotFoundError:
+                pass
+        os.close(self._fd)
+        self._fd = -1
+
+    def abandon_after_fork(self) -> None:
+        """In a forked child: drop the inherited descriptor without touching the file.
+
+        The parent's open file description keeps the lock; the child must never write
+        the parent's file.
+        """
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
