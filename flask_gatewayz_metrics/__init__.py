@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from .collector import InvalidMetric, MetricsCollector, get_metrics_collector
 from .exposition import PrometheusExporter
+from .extension import GatewayzMetrics
 from .request_state import label_request
 from .snapshot import Snapshot
 from .tracking import track_request
@@ -11,6 +12,7 @@ from .tracking import track_request
 __version__ = "0.1.0"
 
 __all__ = [
+    "GatewayzMetrics",
     "InvalidMetric",
     "MetricsCollector",
     "PrometheusExporter",

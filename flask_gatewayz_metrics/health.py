@@ -1,0 +1,49 @@
+"""The ``/metrics/health`` report and the rule that decides its status.
+
+- ``unhealthy`` (HTTP 503): this process cannot write its metrics file, or the error
+  rate over the window is at least ``health_unhealthy_error_rate`` (default 0.5).
+- ``degraded`` (HTTP 200): some files in the metrics directory were skipped as
+  unreadable, or the window's error rate is at least ``health_degraded_error_rate``
+  (default 0.05).
+- ``healthy`` (HTTP 200) otherwise.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .settings import Settings
+from .snapshot import Snapshot
+
+
+def health_report(snap: Snapshot, settings: Settings) -> tuple[dict[str, Any], int]:
+    window = snap.request_window()
+    error_rate = window.error_rate
+    reasons = []
+    if snap.storage_error:
+        reasons.append(f"metrics storage unavailable: {snap.storage_error}")
+    if error_rate is not None and error_rate >= settings.health_unhealthy_error_rate:
+        reasons.append(f"error rate {error_rate:.3f} >= {settings.health_unhealthy_error_rate}")
+    status = "unhealthy" if reasons else "healthy"
+    if status == "healthy":
+        if snap.problems:
+            reasons.append(f"{len(snap.problems)} unreadable file(s) in the metrics directory")
+        if error_rate is not None and error_rate >= settings.health_degraded_error_rate:
+            reasons.append(f"error rate {error_rate:.3f} >= {settings.health_degraded_error_rate}")
+        if reasons:
+            status = "degraded"
+    report = {
+        "status": status,
+        "reasons": reasons,
+        "uptime_seconds": snap.uptime_seconds,
+        "window_seconds": snap.window_seconds,
+        "total_requests": int(snap.total_requests),
+        "total_errors": int(snap.total_errors),
+        "error_rate": error_rate,
+        "avg_latency_seconds": window.average,
+        "worker_files": {"live": snap.live_files, "total": snap.worker_files},
+        "storage_problems": [{"file": p.path, "reason": p.reason} for p in snap.problems],
+        "storage_error": snap.storage_error,
+        "dropped": {reason: int(n) for reason, n in sorted(snap.dropped().items())},
+    }
+    return report, 503 if status == "unhealthy" else 200

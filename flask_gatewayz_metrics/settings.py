@@ -1,0 +1,48 @@
+"""Configuration of the Flask extension: ``GATEWAYZ_METRICS_*`` keys and their defaults.
+
+Constructor keyword arguments of ``GatewayzMetrics`` (the lower-case key without the
+prefix, e.g. ``window_seconds=60``) are defaults; the app's config overrides them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+PREFIX = "GATEWAYZ_METRICS_"
+STORAGE_KEYS = ("dir", "window_seconds", "window_slots", "error_status", "strict")
+"""Settings that shape the collector: if any is given, the app gets its own collector."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    dir: str | None = None
+    window_seconds: float = 300.0
+    window_slots: int = 5
+    error_status: int = 500
+    strict: bool = False
+    url_prefix: str = "/metrics"
+    record_own_routes: bool = False
+    unmatched_endpoint: str = "unmatched"
+    reset_token: str | None = None
+    health_degraded_error_rate: float = 0.05
+    health_unhealthy_error_rate: float = 0.5
+
+    @classmethod
+    def resolve(cls, config: Mapping[str, Any], options: Mapping[str, Any]) -> tuple[Settings, bool]:
+        """Settings from ``options`` overridden by ``config``; and whether any storage key was given."""
+        known = {f.name for f in fields(cls)}
+        unknown = set(options) - known
+        if unknown:
+            raise TypeError(
+                f"unknown GatewayzMetrics option(s): {', '.join(sorted(unknown))}; "
+                f"known: {', '.join(sorted(known))}"
+            )
+        values = dict(options)
+        for name in known:
+            key = PREFIX + name.upper()
+            if key in config:
+                values[name] = config[key]
+        custom_storage = any(values.get(name) is not None for name in STORAGE_KEYS)
+        return cls(**values), custom_storage
