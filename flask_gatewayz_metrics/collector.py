@@ -26,8 +26,8 @@ from collections.abc import Callable
 from . import sketch
 from .request_state import current_request
 from .snapshot import Snapshot
-from .storage import Storage, StorageUnavailable, merge
-from .storage import layout
+from .storage import Storage, StorageUnavailable, layout, merge
+from .storage.layout import Doubles
 
 log = logging.getLogger("flask_gatewayz_metrics")
 
@@ -48,6 +48,8 @@ _ceil = math.ceil
 _EPOCH_INDEX = layout.CONTROL_EPOCH_INDEX
 _EMPTY_SLOT_TAIL = memoryview(struct.pack(f"<{_SLOT_HEADER - 1}d", *layout.EMPTY_SLOT[1:])).cast("d")
 _ZERO_BUCKETS = memoryview(bytes(8 * sketch.BUCKET_COUNT)).cast("d")
+_NO_FILE: Doubles = memoryview(b"").cast("d")
+"""Stand-in until the first write opens this process's file (the epoch check forces that)."""
 
 
 _RequestTargets = tuple[int, int, int, int]
@@ -97,7 +99,7 @@ class MetricsCollector:
         self._lock = threading.Lock()
         self._read_lock = threading.Lock()
         self._generation = -1
-        self._doubles: memoryview | None = None
+        self._doubles: Doubles = _NO_FILE
         self._file_epoch = -1
         self._epoch_words = self._storage.control.words
         self._request_targets: dict[tuple[object, ...], _RequestTargets] = {}
@@ -213,10 +215,8 @@ class MetricsCollector:
                     d[o + index] += 1.0
                     if error:
                         d[o + 3] += 1.0
-                    if latency < d[o + 4]:
-                        d[o + 4] = latency
-                    if latency > d[o + 5]:
-                        d[o + 5] = latency
+                    d[o + 4] = min(d[o + 4], latency)
+                    d[o + 5] = max(d[o + 5], latency)
                 if model_window >= 0:
                     o = model_window + position * _PLAIN_STRIDE
                     if d[o] != slot:
@@ -323,15 +323,15 @@ class MetricsCollector:
         return None
 
     # ------------------------------------------------------------------ plumbing
-    def _writable(self) -> memoryview:
+    def _writable(self) -> Doubles:
         """This process's storage view (call under the lock)."""
         if self._file_epoch != self._epoch_words[_EPOCH_INDEX]:
             return self._refresh_file()
-        return self._doubles  # type: ignore[return-value]
+        return self._doubles
 
-    def _refresh_file(self) -> memoryview:
+    def _refresh_file(self) -> Doubles:
         """Open (or re-open after a reset or fork) this process's file; forget old offsets."""
-        self._doubles = None
+        self._doubles = _NO_FILE
         self._file_epoch = -1
         d = self._storage.writable()
         if self._storage.generation != self._generation:
@@ -415,14 +415,14 @@ class MetricsCollector:
         """Release this process's file (it stays readable until compacted)."""
         with self._lock:
             self._storage.close()
-            self._doubles = None
+            self._doubles = _NO_FILE
             self._file_epoch = -1
 
     def _after_fork_in_child(self) -> None:
         self._lock = threading.Lock()
         self._read_lock = threading.Lock()
         self._storage.after_fork_in_child()
-        self._doubles = None
+        self._doubles = _NO_FILE
         self._file_epoch = -1
         self._request_targets.clear()
         self._fixed_offsets.clear()
@@ -433,7 +433,7 @@ class _InvalidLabel(Exception):
     pass
 
 
-def _plain_window_add(d: memoryview, base: int, slot: int, value: float, error: bool) -> None:
+def _plain_window_add(d: Doubles, base: int, slot: int, value: float, error: bool) -> None:
     """Add one observation to the slot at ``base`` of a windowed record without sketch."""
     if d[base] != slot:
         _rotate(d, base, slot, False)
@@ -443,7 +443,7 @@ def _plain_window_add(d: memoryview, base: int, slot: int, value: float, error: 
         d[base + 3] += 1.0
 
 
-def _rotate(d: memoryview, base: int, slot: int, with_sketch: bool) -> None:
+def _rotate(d: Doubles, base: int, slot: int, with_sketch: bool) -> None:
     """Reuse a slot position for a new interval: mark it invalid, zero it, then claim it."""
     d[base] = -1.0
     if with_sketch:

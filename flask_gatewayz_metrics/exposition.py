@@ -68,7 +68,9 @@ def families(snap: Snapshot) -> list[Metric]:
     uptime = GaugeMetricFamily("gatewayz_uptime_seconds", "Seconds since the server (metrics directory) started.")
     uptime.add_metric([], snap.uptime_seconds)
     dropped = CounterMetricFamily(
-        "gatewayz_metrics_dropped_total", "Metric inputs dropped as invalid or unrecordable, by reason.", labels=["reason"]
+        "gatewayz_metrics_dropped_total",
+        "Metric inputs dropped as invalid or unrecordable, by reason.",
+        labels=["reason"],
     )
     for reason, count in sorted(snap.dropped().items()):
         dropped.add_metric([reason], count)
@@ -99,7 +101,12 @@ def _http_families(snap: Snapshot) -> list[Metric]:
     window = "over the sliding window"
     avg = _gauge("http_request_latency_avg_seconds", f"Average request latency per endpoint {window}.", ["endpoint"])
     quantiles = [
-        (q, _gauge(f"http_request_latency_{name}_seconds", f"{name} request latency per endpoint {window}.", ["endpoint"]))
+        (
+            q,
+            _gauge(
+                f"http_request_latency_{name}_seconds", f"{name} request latency per endpoint {window}.", ["endpoint"]
+            ),
+        )
         for name, q in ENDPOINT_QUANTILES
     ]
     for endpoint in snap.endpoints():
@@ -109,7 +116,8 @@ def _http_families(snap: Snapshot) -> list[Metric]:
             _add(family, [endpoint], stats.quantile(q))
     requests = CounterMetricFamily("http_requests_total", "HTTP requests.", labels=["endpoint", "method"])
     errors = CounterMetricFamily(
-        "http_request_errors_total", "HTTP requests that failed (server error status or exception).",
+        "http_request_errors_total",
+        "HTTP requests that failed (server error status or exception).",
         labels=["endpoint", "method"],
     )
     duration = HistogramMetricFamily(
@@ -156,7 +164,9 @@ def _provider_families(snap: Snapshot) -> list[Metric]:
 def _model_families(snap: Snapshot) -> list[Metric]:
     requests = CounterMetricFamily("model_requests_total", "Requests for the AI model.", labels=["model"])
     errors = CounterMetricFamily("model_errors_total", "Failed requests for the AI model.", labels=["model"])
-    rate = _gauge("model_error_rate", "Share of the model's requests that failed over the sliding window (0-1).", ["model"])
+    rate = _gauge(
+        "model_error_rate", "Share of the model's requests that failed over the sliding window (0-1).", ["model"]
+    )
     avg = _gauge("model_latency_avg_seconds", "Average model latency over the sliding window.", ["model"])
     for model, totals in sorted(snap.requests.by_model.items()):
         requests.add_metric([model], totals.count)
@@ -177,7 +187,9 @@ def _cache_db_external_families(snap: Snapshot) -> list[Metric]:
     _add(hit_rate, [], snap.cache_hit_rate())
     queries = CounterMetricFamily("db_queries_total", "Database queries.")
     queries.add_metric([], snap.total("db")[0])
-    db_avg = GaugeMetricFamily("db_query_latency_avg_seconds", "Average database query latency over the sliding window.")
+    db_avg = GaugeMetricFamily(
+        "db_query_latency_avg_seconds", "Average database query latency over the sliding window."
+    )
     _add(db_avg, [], snap.window("db_window").average)
     calls = CounterMetricFamily("external_api_calls_total", "Calls to external APIs.", labels=["service"])
     failures = CounterMetricFamily("external_api_errors_total", "Failed calls to external APIs.", labels=["service"])

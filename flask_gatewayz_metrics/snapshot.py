@@ -17,8 +17,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from operator import add
 
-from .storage import Merged, StorageProblem, WindowStats
-from .storage import layout
+from .storage import Merged, StorageProblem, WindowStats, layout
 
 Labels = tuple[str | None, ...]
 
@@ -44,7 +43,7 @@ class Totals:
         """(upper bound, cumulative count) pairs, ending with +Inf."""
         running = 0.0
         out = []
-        for bound, count in zip((*layout.HISTOGRAM_BOUNDS, float("inf")), self.buckets):
+        for bound, count in zip((*layout.HISTOGRAM_BOUNDS, float("inf")), self.buckets, strict=True):
             running += count
             out.append((bound, running))
         return out

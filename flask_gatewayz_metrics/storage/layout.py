@@ -40,8 +40,15 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from .. import sketch
+
+if TYPE_CHECKING:
+    Doubles = memoryview[float]
+else:
+    Doubles = memoryview
+"""A file (or part of one) viewed as float64 values."""
 
 VERSION = 1
 WORKER_MAGIC = b"GWZW"

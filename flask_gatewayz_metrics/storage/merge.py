@@ -14,6 +14,7 @@ from operator import add
 
 from .. import sketch
 from . import layout
+from .layout import Doubles
 from .reader import WorkerView
 
 Labels = tuple[str | None, ...]
@@ -30,7 +31,7 @@ class WindowStats:
     errors: float = 0.0
     buckets: list[float] | None = None
 
-    def add_slot(self, doubles: memoryview, base: int, with_sketch: bool) -> None:
+    def add_slot(self, doubles: Doubles, base: int, with_sketch: bool) -> None:
         self.total += doubles[base + layout.SLOT_SUM]
         self.errors += doubles[base + layout.SLOT_ERRORS]
         self.low = min(self.low, doubles[base + layout.SLOT_MIN])
@@ -91,7 +92,7 @@ def merge(views: list[WorkerView], epoch: int, now: float) -> Merged:
             kind = layout.KINDS[record.kind]
             if not kind.windowed:
                 series = merged.totals.setdefault(record.kind, {})
-                values = doubles[record.offset : record.offset + kind.size].tolist()
+                values = list(doubles[record.offset : record.offset + kind.size])
                 current = series.get(record.labels)
                 series[record.labels] = values if current is None else list(map(add, current, values))
                 continue

@@ -15,6 +15,7 @@ import os
 from dataclasses import dataclass, field
 
 from . import layout
+from .layout import Doubles
 
 
 @dataclass
@@ -34,7 +35,7 @@ class WorkerView:
     slot_seconds: float
     slots: int
     live: bool
-    doubles: memoryview
+    doubles: Doubles
     records: list[Record]
 
 
@@ -150,7 +151,7 @@ def _index_records(cached: _Indexed, used: int, slots: int) -> None:
             len(labels) != len(kind.labels)
             or not all(
                 isinstance(v, str) or (v is None and name in layout.NULLABLE_LABELS)
-                for name, v in zip(kind.labels, labels)
+                for name, v in zip(kind.labels, labels, strict=True)
             )
             or pos + length - payload_start != 8 * kind.payload_size(slots)
         ):

@@ -12,12 +12,12 @@ seeing a half-zeroed file.
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Sequence
 
 from . import layout
 from .control import ControlFile
+from .layout import Doubles
 from .reader import DirectoryReader, StorageProblem, WorkerView
 from .worker_file import WorkerFile
 
@@ -44,7 +44,7 @@ class Storage:
         self._retry_at = 0.0
         self.last_error: str | None = None
 
-    def writable(self) -> memoryview:
+    def writable(self) -> Doubles:
         """The float64 view of this process's file, opening a new file when needed.
 
         Raises ``StorageUnavailable`` while the file cannot be created.
@@ -54,7 +54,7 @@ class Storage:
             return file.doubles
         return self._open_new_file().doubles
 
-    def offset(self, kind: str, labels: Sequence[str]) -> int:
+    def offset(self, kind: str, labels: Sequence[str | None]) -> int:
         """Payload index of the record for ``kind``/``labels``, appending it if new.
 
         Call after ``writable()``; raises ``StorageUnavailable`` if the file cannot grow.
