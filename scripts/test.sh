@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Installs everything the test suite needs, then runs lint, type checks and all tests.
+# Usage: bash scripts/test.sh [pytest args...]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+python3 -m pip install --quiet --disable-pip-version-check -e '.[test,dev]'
+
+# The Prometheus server and promtool (Debian package) for the tests that use them.
+if ! command -v promtool >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null
+fi
+
+python3 -m ruff check flask_gatewayz_metrics tests example_app benchmarks conf
+python3 -m mypy flask_gatewayz_metrics
+python3 -m pytest "$@"
