@@ -74,7 +74,10 @@ class Storage:
         try:
             found = self._file.allocate(key, payload)
         except OSError as exc:
+            # Disk full while growing: keep the file and every series it already has;
+            # only this new series cannot be recorded until space is back.
             raise self._unavailable(exc) from exc
+        self.last_error = None
         self._offsets[key] = found
         return found
 
@@ -98,11 +101,6 @@ class Storage:
     def _unavailable(self, exc: OSError) -> StorageUnavailable:
         self._retry_at = time.monotonic() + RETRY_SECONDS
         self.last_error = f"{type(exc).__name__}: {exc.strerror or exc}"
-        if self._file is not None:
-            self._file.close(unlink=True)
-            self._file = None
-            self._offsets.clear()
-            self.generation += 1
         return StorageUnavailable(self.last_error)
 
     def after_fork_in_child(self) -> None:
