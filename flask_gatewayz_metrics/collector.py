@@ -43,6 +43,7 @@ _PLAIN_STRIDE = layout.slot_stride(False)
 _SLOT_HEADER = layout.SLOT_HEADER
 _SKETCH_LOWEST = 2.0**sketch.MIN_KEY_EXPONENT
 _SKETCH_HIGHEST = 2.0**sketch.MAX_KEY_EXPONENT
+_UPPER_BOUNDS = sketch.UPPER_BOUNDS
 _log2 = math.log2
 _ceil = math.ceil
 _EPOCH_INDEX = layout.CONTROL_EPOCH_INDEX
@@ -144,7 +145,8 @@ class MetricsCollector:
         """Record one upstream call to ``provider``/``model`` (not an HTTP request of ours).
 
         A gateway that tries several providers for one request calls this once per
-        attempt. ``error`` defaults to ``status_code >= error_status``.
+        attempt. The call is an error when ``status_code >= error_status`` or when
+        ``error`` is true (a time-out or connection failure that has no status).
         """
         state = current_request.get()
         if state is not None and state.collector is self:
@@ -180,7 +182,10 @@ class MetricsCollector:
                 if self._file_epoch != self._epoch_words[_EPOCH_INDEX]:
                     d = self._refresh_file()
                 key = (endpoint, method, status, provider, model, failed)
-                targets = self._request_targets.get(key) or self._resolve_request(key)
+                try:
+                    targets = self._request_targets.get(key) or self._resolve_request(key)
+                except TypeError:  # an unhashable label value (a list, a dict)
+                    targets = None
                 if targets is None:
                     raise _InvalidLabel
                 request, endpoint_window, provider_window, model_window = targets
@@ -197,8 +202,13 @@ class MetricsCollector:
                     index = _SLOT_HEADER + sketch.UNDERFLOW_INDEX
                 elif latency > _SKETCH_HIGHEST:
                     index = _SLOT_HEADER + sketch.OVERFLOW_INDEX
-                else:
-                    index = _SLOT_HEADER - sketch.MIN_KEY + _ceil(_log2(latency) * 32)
+                else:  # sketch.bucket_index, inlined
+                    index = _ceil(_log2(latency) * 32) - sketch.MIN_KEY
+                    if latency > _UPPER_BOUNDS[index]:
+                        index += 1
+                    elif latency <= _UPPER_BOUNDS[index - 1]:
+                        index -= 1
+                    index += _SLOT_HEADER
                 if endpoint_window >= 0:
                     o = endpoint_window + position * _SKETCH_STRIDE
                     if d[o] != slot:

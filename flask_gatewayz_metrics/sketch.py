@@ -37,6 +37,12 @@ UPPER_LIMIT = 2.0**MAX_KEY_EXPONENT
 """Largest value the sketch resolves; quantiles past it are reported as this (or max)."""
 _LOWEST = 2.0**MIN_KEY_EXPONENT
 _HIGHEST = 2.0**MAX_KEY_EXPONENT
+UPPER_BOUNDS: tuple[float, ...] = tuple(2.0 ** (key / 32) for key in range(MIN_KEY, MAX_KEY + 1))
+"""Float upper bound of the bucket at each array index (index 0: the underflow bucket).
+
+``ceil(log2(value) * 32)`` can be off by one next to a boundary (``log2`` rounds), so
+the estimate is corrected against these exact bounds: a value equal to a bound belongs
+to that bucket, like in Prometheus native histograms."""
 _log2 = math.log2
 _ceil = math.ceil
 
@@ -47,7 +53,12 @@ def bucket_index(value: float) -> int:
         return UNDERFLOW_INDEX
     if value > _HIGHEST:
         return OVERFLOW_INDEX
-    return _ceil(_log2(value) * 32) - MIN_KEY
+    index = _ceil(_log2(value) * 32) - MIN_KEY
+    if value > UPPER_BOUNDS[index]:
+        return index + 1
+    if value <= UPPER_BOUNDS[index - 1]:
+        return index - 1
+    return index
 
 
 def representative(index: int) -> float:
