@@ -11,6 +11,6 @@ if ! command -v promtool >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null
 fi
 
-python3 -m ruff check flask_gatewayz_metrics tests example_app benchmarks conf
+python3 -m ruff check .
 python3 -m mypy flask_gatewayz_metrics
 python3 -m pytest "$@"
