@@ -1,0 +1,138 @@
+"""Helpers shared by the benchmark scripts (not a benchmark itself).
+
+Everything here is stdlib only, so a peer subprocess can import it before it imports
+``prometheus_client`` (whose multiprocess mode is chosen at import time).
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import statistics
+import subprocess
+import sys
+from collections.abc import Sequence
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+ENDPOINTS = [f"/api/v1/endpoint{i:02d}" for i in range(50)]
+PROVIDERS = [f"provider{j}" for j in range(10)]
+MODELS = [f"model-{k:02d}" for k in range(20)]
+COMBOS = len(ENDPOINTS) * len(PROVIDERS) * len(MODELS)
+
+
+def combo(i: int) -> tuple[str, str, str]:
+    """Label combination of request ``i``: cycles through all 50 x 10 x 20 combinations."""
+    i %= COMBOS
+    return ENDPOINTS[i % 50], PROVIDERS[(i // 50) % 10], MODELS[(i // 500) % 20]
+
+
+def latencies(count: int = 4096, seed: int = 42) -> list[float]:
+    """Deterministic, varied request latencies (log-normal around ~0.4 s, 1 ms .. 60 s)."""
+    import random
+
+    rng = random.Random(seed)
+    return [min(60.0, max(0.001, rng.lognormvariate(-1.0, 1.2))) for _ in range(count)]
+
+
+def rss_kib() -> int:
+    """Resident set size of this process in KiB (VmRSS from /proc/self/status)."""
+    gc.collect()
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise RuntimeError("VmRSS not found")
+
+
+def median(values: Sequence[float]) -> float:
+    return statistics.median(values)
+
+
+def spread(values: Sequence[float]) -> str:
+    """min..max of the repeats, for judging noise."""
+    return f"{min(values):.2f}..{max(values):.2f}"
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """A GitHub-flavoured markdown table (readable on a terminal too)."""
+    cells = [[str(h) for h in headers]] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+
+    def line(row: Sequence[str]) -> str:
+        return "| " + " | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) + " |"
+
+    out = [line(cells[0]), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+    out += [line(r) for r in cells[1:]]
+    return "\n".join(out)
+
+
+class Peer:
+    """A long-lived subprocess running ``script --peer``, driven line by line over stdin.
+
+    Lets the parent interleave its own measurements with the peer's (ABAB...), so both
+    sides see the same machine noise. Each request is one JSON line, each answer too.
+    """
+
+    def __init__(self, script: str, env_extra: dict[str, str], drop_env: Sequence[str] = ()) -> None:
+        env = dict(os.environ)
+        for name in drop_env:
+            env.pop(name, None)
+        env.update(env_extra)
+        self.proc = subprocess.Popen(
+            [sys.executable, script, "--peer"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=env,
+            text=True,
+            bufsize=1,
+        )
+        self.info = self._read()
+
+    def ask(self, **request: object) -> dict[str, object]:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps(request) + "\n")
+        self.proc.stdin.flush()
+        return self._read()
+
+    def _read(self) -> dict[str, object]:
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"peer subprocess exited (rc={self.proc.wait()})")
+        return json.loads(line)  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            assert self.proc.stdin is not None
+            self.proc.stdin.close()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def serve_peer(handlers: dict[str, object], info: dict[str, object]) -> None:
+    """Peer side of ``Peer``: answer JSON requests ``{"case": name, ...}`` until EOF."""
+    print(json.dumps(info), flush=True)
+    for line in sys.stdin:
+        request = json.loads(line)
+        handler = handlers[request.pop("case")]
+        result = handler(**request)  # type: ignore[operator]
+        print(json.dumps(result), flush=True)
+
+
+def refresh_mapping(collector: object) -> None:
+    """Work around a library bug (see README): after the worker file grows, the collector
+    keeps writing through its stale, smaller mapping and drops every series allocated
+    beyond it as ``internal_error``. Forcing a re-read of the file's current mapping
+    (epoch check fails -> ``_refresh_file``) keeps offsets and caches and fixes it."""
+    if hasattr(collector, "_file_epoch"):
+        collector._file_epoch = -1  # type: ignore[attr-defined]
+
+
+def unrecorded(collector: object) -> dict[str, int]:
+    """Drops the collector could only count in memory (``internal_error`` etc.)."""
+    return dict(getattr(collector, "_unrecorded", {}))
