@@ -26,7 +26,7 @@ from collections.abc import Callable
 from . import sketch
 from .request_state import current_request
 from .snapshot import Snapshot
-from .storage import Storage, StorageUnavailable, layout, merge
+from .storage import CompactionResult, Storage, StorageUnavailable, compact, layout, merge
 from .storage.layout import Doubles
 
 log = logging.getLogger("flask_gatewayz_metrics")
@@ -35,6 +35,8 @@ KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPT
 MAX_LABEL_LENGTH = 200
 MAX_CACHED_LABEL_SETS = 10_000
 LOG_INTERVAL_SECONDS = 60.0
+COMPACTION_INTERVAL_SECONDS = 10.0
+"""Least time between two compactions a scrape triggers (child_exit may run more often)."""
 
 _INF = math.inf
 _BOUNDS = layout.HISTOGRAM_BOUNDS
@@ -53,9 +55,10 @@ _NO_FILE: Doubles = memoryview(b"").cast("d")
 """Stand-in until the first write opens this process's file (the epoch check forces that)."""
 
 
-_RequestTargets = tuple[int, int, int, int]
+_RequestTargets = tuple[int, int, int, int, int, int]
 """Payload offsets one (endpoint, method, status, provider, model, failed) combination
-writes: its request record, endpoint, provider and model windows (-1 = none)."""
+writes: request record, endpoint window, provider record and window, model record and
+window (-1 = none)."""
 
 
 class InvalidMetric(ValueError):
@@ -104,10 +107,11 @@ class MetricsCollector:
         self._file_epoch = -1
         self._epoch_words = self._storage.control.words
         self._request_targets: dict[tuple[object, ...], _RequestTargets] = {}
-        self._fixed_offsets: dict[tuple[str, tuple[str, ...]], int] = {}
         self._unrecorded: Counter[str] = Counter()
         """Drops that could not be written to storage (it was unavailable)."""
         self._last_log = -_INF
+        self._last_compaction = -_INF
+        self._compaction_error: str | None = None
         _live_collectors.add(self)
 
     # ----------------------------------------------------------------- requests
@@ -183,17 +187,26 @@ class MetricsCollector:
                     d = self._refresh_file()
                 key = (endpoint, method, status, provider, model, failed)
                 try:
-                    targets = self._request_targets.get(key) or self._resolve_request(key)
+                    targets = self._request_targets.get(key)
                 except TypeError:  # an unhashable label value (a list, a dict)
-                    targets = None
+                    raise _InvalidLabel from None
                 if targets is None:
-                    raise _InvalidLabel
-                request, endpoint_window, provider_window, model_window = targets
-                # Since start: count, latency sum, histogram bucket. Errors, statuses and
-                # per-provider/model totals are sums of these records at read time.
-                d[request] += 1.0
-                d[request + 1] += latency
-                d[request + 2 + bisect_left(_BOUNDS, latency)] += 1.0
+                    targets = self._resolve_request(key)
+                    d = self._doubles  # resolving may have grown (re-mapped) the file
+                request, endpoint_window, provider_record, provider_window, model_record, model_window = targets
+                # Since start: count, latency sum, histogram bucket, per status; errors and
+                # per-endpoint/status totals are sums of these records at read time.
+                bucket = 2 + bisect_left(_BOUNDS, latency)
+                if request >= 0:
+                    d[request] += 1.0
+                    d[request + 1] += latency
+                    d[request + bucket] += 1.0
+                if provider_record >= 0:
+                    d[provider_record] += 1.0
+                    d[provider_record + 1] += latency
+                    d[provider_record + bucket] += 1.0
+                if model_record >= 0:
+                    d[model_record] += 1.0
                 # Windows: the current clock-aligned slot of each windowed record.
                 slot = int(now // self._slot_seconds) if self._slot_seconds else 0
                 position = slot % self._slots
@@ -225,8 +238,10 @@ class MetricsCollector:
                     d[o + index] += 1.0
                     if error:
                         d[o + 3] += 1.0
-                    d[o + 4] = min(d[o + 4], latency)
-                    d[o + 5] = max(d[o + 5], latency)
+                    if latency < d[o + 4]:  # noqa: PLR1730 (no builtin call, no write)
+                        d[o + 4] = latency
+                    if latency > d[o + 5]:  # noqa: PLR1730
+                        d[o + 5] = latency
                 if model_window >= 0:
                     o = model_window + position * _PLAIN_STRIDE
                     if d[o] != slot:
@@ -243,35 +258,41 @@ class MetricsCollector:
         except Exception as exc:  # never break the caller
             return self._internal_error(exc)
 
-    def _resolve_request(self, key: tuple[object, ...]) -> _RequestTargets | None:
-        """Validate a new label combination and allocate its records (slow path)."""
+    def _resolve_request(self, key: tuple[object, ...]) -> _RequestTargets:
+        """Validate a new label combination and find or allocate its records (slow path).
+
+        Raises ``_InvalidLabel`` for a label that cannot be one.
+        """
         endpoint, method, status, provider, model, failed = key
+        outcome = (str(status), "1" if failed else "0")
         storage = self._storage
-        endpoint_label = method_label = provider_label = model_label = None
-        endpoint_window = provider_window = model_window = -1
+        request = endpoint_window = provider_off = provider_window = model_off = model_window = -1
         if endpoint is not None or method is not None:
             endpoint_label = _label(endpoint)
             if endpoint_label is None or not isinstance(method, str):
-                return None
+                raise _InvalidLabel
             method_label = method.upper()
             if method_label not in KNOWN_METHODS:
                 method_label = "OTHER"
+            request = storage.offset("request", (endpoint_label, method_label, *outcome))
             endpoint_window = storage.offset("endpoint_window", (endpoint_label,))
         if provider is not None:
             provider_label = _label(provider)
             if provider_label is None:
-                return None
+                raise _InvalidLabel
+            provider_off = storage.offset("provider", (provider_label, *outcome))
             provider_window = storage.offset("provider_window", (provider_label,))
         if model is not None:
             model_label = _label(model)
             if model_label is None:
-                return None
+                raise _InvalidLabel
+            model_off = storage.offset("model", (model_label, *outcome))
             model_window = storage.offset("model_window", (model_label,))
-        labels = (endpoint_label, method_label, str(status), provider_label, model_label, "1" if failed else "0")
-        targets = (storage.offset("request", labels), endpoint_window, provider_window, model_window)
+        targets = (request, endpoint_window, provider_off, provider_window, model_off, model_window)
         if len(self._request_targets) >= MAX_CACHED_LABEL_SETS:
             self._request_targets.clear()
         self._request_targets[key] = targets
+        self._doubles = storage.doubles
         return targets
 
     # ------------------------------------------------------- cache, db, external
@@ -287,9 +308,11 @@ class MetricsCollector:
         now = self._clock()
         try:
             with self._lock:
-                d = self._writable()
-                d[self._fixed("cache") + (0 if hit else 1)] += 1.0
-                _plain_window_add(d, self._window_slot("cache_window", now), self._slot(now), 0.0, not hit)
+                self._writable()
+                counts, window = self._fixed("cache"), self._window_slot("cache_window", now)
+                d = self._doubles
+                d[counts + (0 if hit else 1)] += 1.0
+                _plain_window_add(d, window, self._slot(now), 0.0, not hit)
         except StorageUnavailable:
             self._drop("storage_unavailable")
         except Exception as exc:
@@ -303,11 +326,12 @@ class MetricsCollector:
         now = self._clock()
         try:
             with self._lock:
-                d = self._writable()
-                o = self._fixed("db")
+                self._writable()
+                o, window = self._fixed("db"), self._window_slot("db_window", now)
+                d = self._doubles
                 d[o] += 1.0
                 d[o + 1] += latency
-                _plain_window_add(d, self._window_slot("db_window", now), self._slot(now), latency, False)
+                _plain_window_add(d, window, self._slot(now), latency, False)
         except StorageUnavailable:
             self._drop("storage_unavailable")
         except Exception as exc:
@@ -321,8 +345,9 @@ class MetricsCollector:
             return self._drop("invalid_label")
         try:
             with self._lock:
-                d = self._writable()
+                self._writable()
                 o = self._fixed("external", (label,))
+                d = self._doubles
                 d[o] += 1.0
                 if error:
                     d[o + 1] += 1.0
@@ -346,19 +371,15 @@ class MetricsCollector:
         d = self._storage.writable()
         if self._storage.generation != self._generation:
             self._request_targets.clear()
-            self._fixed_offsets.clear()
             self._generation = self._storage.generation
         self._doubles = d
         self._file_epoch = self._storage.file_epoch
         return d
 
     def _fixed(self, kind: str, labels: tuple[str, ...] = ()) -> int:
-        key = (kind, labels)
-        offset = self._fixed_offsets.get(key)
-        if offset is None:
-            if len(self._fixed_offsets) >= MAX_CACHED_LABEL_SETS:
-                self._fixed_offsets.clear()
-            offset = self._fixed_offsets[key] = self._storage.offset(kind, labels)
+        """Offset of a record outside the request path (allocating it may re-map the file)."""
+        offset = self._storage.offset(kind, labels)
+        self._doubles = self._storage.doubles
         return offset
 
     def _slot(self, now: float) -> int:
@@ -374,7 +395,9 @@ class MetricsCollector:
             raise InvalidMetric(f"metric input dropped: {reason}")
         try:
             with self._lock:
-                self._writable()[self._fixed("dropped", (reason,))] += 1.0
+                self._writable()
+                offset = self._fixed("dropped", (reason,))
+                self._doubles[offset] += 1.0
         except (StorageUnavailable, OSError):
             self._unrecorded[reason] += 1
             self._log_rate_limited("metrics storage unavailable: %s", self._storage.last_error)
@@ -393,10 +416,18 @@ class MetricsCollector:
 
     # ------------------------------------------------------------------- reading
     def snapshot(self) -> Snapshot:
-        """Merge every worker file in the directory into one consistent view."""
+        """Merge every worker file in the directory into one consistent view.
+
+        When the read found files of dead workers (or bad files), a compaction folds
+        them into the archive afterwards, at most every ``COMPACTION_INTERVAL_SECONDS``,
+        so the next scrape does not read them again.
+        """
         now = self._clock()
         with self._read_lock:
             views, problems = self._storage.read()
+            workers = [v for v in views if not v.is_archive]
+            if problems or any(not v.live for v in workers):
+                self._maybe_compact()
         merged = merge(views, self._storage.control.epoch, now)
         return Snapshot(
             merged=merged,
@@ -404,12 +435,30 @@ class MetricsCollector:
             start_time=self._storage.control.start_time,
             window_seconds=self.window_seconds,
             error_status=self.error_status,
-            live_files=sum(1 for v in views if v.live),
-            worker_files=len(views),
+            live_files=sum(1 for v in workers if v.live),
+            worker_files=len(workers),
             problems=problems,
             unrecorded=dict(self._unrecorded),
             storage_error=self._storage.last_error,
+            compaction_error=self._compaction_error,
         )
+
+    def compact(self) -> CompactionResult:
+        """Fold dead workers' files into the archive now (see ``storage.archive``)."""
+        result = compact(self.directory)
+        self._last_compaction = time.monotonic()
+        return result
+
+    def _maybe_compact(self) -> None:
+        if time.monotonic() - self._last_compaction < COMPACTION_INTERVAL_SECONDS:
+            return
+        try:
+            self.compact()
+            self._compaction_error = None
+        except OSError as exc:  # e.g. disk full: the scrape itself still succeeds
+            self._last_compaction = time.monotonic()
+            self._compaction_error = f"{type(exc).__name__}: {exc.strerror or exc}"
+            self._log_rate_limited("metrics compaction failed: %s", self._compaction_error)
 
     def to_dict(self) -> dict[str, object]:
         """The JSON snapshot (``/metrics/json``)."""
@@ -435,7 +484,6 @@ class MetricsCollector:
         self._doubles = _NO_FILE
         self._file_epoch = -1
         self._request_targets.clear()
-        self._fixed_offsets.clear()
         self._unrecorded.clear()
 
 

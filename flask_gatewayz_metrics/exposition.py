@@ -74,12 +74,19 @@ def families(snap: Snapshot) -> list[Metric]:
     )
     for reason, count in sorted(snap.dropped().items()):
         dropped.add_metric([reason], count)
+    storage_errors = CounterMetricFamily(
+        "gatewayz_metrics_storage_errors_total",
+        "Unreadable metrics files moved to quarantine/, by reason.",
+        labels=["reason"],
+    )
+    for (error_reason,), payload in snap.series("storage_errors"):
+        storage_errors.add_metric([str(error_reason)], payload[0])
     files = GaugeMetricFamily(
         "gatewayz_metrics_worker_files", "Worker files merged into this scrape, by writer state.", labels=["state"]
     )
     files.add_metric(["live"], snap.live_files)
     files.add_metric(["dead"], snap.worker_files - snap.live_files)
-    return [*out, uptime, dropped, files]
+    return [*out, uptime, dropped, storage_errors, files]
 
 
 def _gauge(name: str, doc: str, labels: list[str]) -> GaugeMetricFamily:

@@ -12,7 +12,7 @@ import os
 import tempfile
 from typing import Any
 
-from .storage import layout
+from .storage import compact, layout
 
 log = logging.getLogger("flask_gatewayz_metrics")
 
@@ -26,18 +26,23 @@ def prepare_metrics_dir(path: str | None = None) -> str:
     path = path or os.environ.get("GATEWAYZ_METRICS_DIR") or tempfile.mkdtemp(prefix="gatewayz-metrics-")
     os.makedirs(path, mode=0o700, exist_ok=True)
     for name in os.listdir(path):
-        if name.endswith(layout.WORKER_SUFFIX) or name == layout.CONTROL_NAME:
+        if name.endswith(layout.WORKER_SUFFIX) or name in (layout.CONTROL_NAME, layout.ARCHIVE_NAME):
             os.unlink(os.path.join(path, name))
     os.environ["GATEWAYZ_METRICS_DIR"] = path
     return path
 
 
 def child_exit(server: Any, worker: Any) -> None:
-    """gunicorn ``child_exit`` hook: note that a worker is gone.
+    """gunicorn ``child_exit`` hook: fold the exited worker's file into the archive now.
 
     Correctness never depends on this hook: a dead worker's file is recognised by its
-    released ``flock`` and keeps counting in every scrape. The hook only logs the exit
-    at debug level today; it is where compaction of dead workers' files is triggered
-    early once that exists.
+    released ``flock``, keeps counting in every scrape, and is compacted by the next
+    scrape anyway. The hook just does it at once, in the master, off the request path.
     """
-    log.debug("gunicorn worker %s exited", getattr(worker, "pid", "?"))
+    directory = os.environ.get("GATEWAYZ_METRICS_DIR")
+    if not directory:
+        return
+    try:
+        compact(directory)
+    except OSError as exc:  # never take the arbiter down over metrics
+        log.warning("metrics compaction after worker %s exit failed: %s", getattr(worker, "pid", "?"), exc)

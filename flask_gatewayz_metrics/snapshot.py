@@ -5,9 +5,9 @@ Exposition (Prometheus text, OpenMetrics) and the JSON view both read from a
 the last reset); gauges (averages, percentiles, rates) cover the sliding window and are
 ``None`` (omitted from the exposition) when the window saw nothing.
 
-Workers store one record per (endpoint, method, status, provider, model, failed)
-combination; the per-endpoint, per-status, per-provider and per-model totals of the
-spec are sums of those records, computed here once per snapshot.
+Workers store request, provider and model records per status code and "failed" flag;
+the spec's per-endpoint, per-status, per-provider and per-model totals, and the error
+counts, are sums of those records, computed here once per snapshot.
 """
 
 from __future__ import annotations
@@ -16,10 +16,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
 from operator import add
+from typing import TypeVar
 
 from .storage import Merged, StorageProblem, WindowStats, layout
 
-Labels = tuple[str | None, ...]
+Labels = tuple[str, ...]
+K = TypeVar("K")
 
 
 @dataclass
@@ -32,6 +34,7 @@ class Totals:
     buckets: list[float] = field(default_factory=lambda: [0.0] * (len(layout.HISTOGRAM_BOUNDS) + 1))
 
     def add(self, payload: list[float], error: bool) -> None:
+        """Add a request/provider record's payload (count, latency sum, buckets)."""
         count = payload[layout.REQ_COUNT]
         self.count += count
         if error:
@@ -59,6 +62,13 @@ class RequestTotals:
     by_model: dict[str, Totals] = field(default_factory=dict)
 
 
+def _group(groups: dict[K, Totals], key: K) -> Totals:
+    found = groups.get(key)
+    if found is None:
+        found = groups[key] = Totals()
+    return found
+
+
 @dataclass
 class Snapshot:
     merged: Merged
@@ -72,6 +82,7 @@ class Snapshot:
     unrecorded: dict[str, int] = field(default_factory=dict)
     """Drops this process could not write to storage (storage unavailable)."""
     storage_error: str | None = None
+    compaction_error: str | None = None
 
     @property
     def uptime_seconds(self) -> float:
@@ -80,18 +91,23 @@ class Snapshot:
     @cached_property
     def requests(self) -> RequestTotals:
         out = RequestTotals()
-        for labels, payload in self.merged.totals.get("request", {}).items():
-            endpoint, method, status, provider, model, failed = labels
-            error = failed == "1" or int(status or 0) >= self.error_status
-            if endpoint is not None and method is not None and status is not None:
-                out.by_endpoint_method.setdefault((endpoint, method), Totals()).add(payload, error)
-                key = (endpoint, status)
-                out.by_endpoint_status[key] = out.by_endpoint_status.get(key, 0.0) + payload[layout.REQ_COUNT]
-            if provider is not None:
-                out.by_provider.setdefault(provider, Totals()).add(payload, error)
-            if model is not None:
-                out.by_model.setdefault(model, Totals()).add(payload, error)
+        totals = self.merged.totals
+        for (endpoint, method, status, failed), payload in totals.get("request", {}).items():
+            error = self._is_error(status, failed)
+            _group(out.by_endpoint_method, (endpoint, method)).add(payload, error)
+            key = (endpoint, status)
+            out.by_endpoint_status[key] = out.by_endpoint_status.get(key, 0.0) + payload[layout.REQ_COUNT]
+        for (provider, status, failed), payload in totals.get("provider", {}).items():
+            _group(out.by_provider, provider).add(payload, self._is_error(status, failed))
+        for (model, status, failed), payload in totals.get("model", {}).items():
+            group = _group(out.by_model, model)
+            group.count += payload[0]
+            if self._is_error(status, failed):
+                group.errors += payload[0]
         return out
+
+    def _is_error(self, status: str, failed: str) -> bool:
+        return failed == "1" or int(status) >= self.error_status
 
     def series(self, kind: str) -> Iterator[tuple[Labels, list[float]]]:
         """Since-start payloads of ``kind``, sorted by labels."""
@@ -193,6 +209,8 @@ class Snapshot:
                 "dropped": {reason: int(n) for reason, n in sorted(self.dropped().items())},
                 "problems": [{"file": p.path, "reason": p.reason} for p in self.problems],
                 "error": self.storage_error,
+                "compaction_error": self.compaction_error,
+                "errors": {str(labels[0]): int(p[0]) for labels, p in self.series("storage_errors")},
             },
         }
 

@@ -42,6 +42,7 @@ OUR_FAMILIES = {
     "http_request_duration_seconds": "histogram",
     "provider_request_duration_seconds": "histogram",
     "gatewayz_metrics_dropped_total": "counter",
+    "gatewayz_metrics_storage_errors_total": "counter",
     "gatewayz_metrics_worker_files": "gauge",
 }
 
@@ -175,6 +176,8 @@ gatewayz_uptime_seconds 10.0
 # HELP gatewayz_metrics_dropped_total Metric inputs dropped as invalid or unrecordable, by reason.
 # TYPE gatewayz_metrics_dropped_total counter
 gatewayz_metrics_dropped_total{reason="invalid_latency"} 1.0
+# HELP gatewayz_metrics_storage_errors_total Unreadable metrics files moved to quarantine/, by reason.
+# TYPE gatewayz_metrics_storage_errors_total counter
 # HELP gatewayz_metrics_worker_files Worker files merged into this scrape, by writer state.
 # TYPE gatewayz_metrics_worker_files gauge
 gatewayz_metrics_worker_files{state="live"} 1.0

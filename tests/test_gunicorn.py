@@ -229,17 +229,20 @@ def test_counts_exact_across_recycled_workers(start_gunicorn: Any) -> None:
     health = json.loads(body)
     assert status == 200
     files = health["worker_files"]
-    # No worker serves more than 45 requests, so at least 400 / 45 workers wrote a file.
-    assert files["total"] >= 9
+    # No worker serves more than 45 requests, so at least 400 / 45 workers wrote a file;
+    # the exited ones were folded into the archive (child_exit / scrape compaction), so
+    # the directory holds the live workers' files and at most a couple not yet folded.
+    assert (server.metrics_dir / "archive.gwza").exists()
     assert 1 <= files["live"] <= 4
+    assert files["total"] <= files["live"] + 2
     assert health["storage_problems"] == []
     assert health["total_errors"] == 60
-    assert len(worker_files(server.metrics_dir)) == files["total"]
+    assert len(worker_files(server.metrics_dir)) <= 4 + 2
 
 
 def test_preload_gives_each_worker_its_own_file(start_gunicorn: Any) -> None:
     """With --preload, forked workers each write their own file and totals stay exact."""
-    server = start_gunicorn("--preload", "--max-requests", "40", "--max-requests-jitter", "5")
+    server = start_gunicorn("--preload")
     plan = traffic_plan(200)
     statuses = send_all(server.url, plan)
     assert statuses == Counter({200: 150, 500: 30, 429: 20})

@@ -120,15 +120,25 @@ def test_bad_files_are_skipped_and_reported(four: list[MetricsCollector], metric
         _write(os.path.join(metrics_dir, name), data)
     shutil.copy(source, os.path.join(metrics_dir, "not-a-worker-file.txt"))  # ignored: wrong suffix
 
+    snap = four[2].snapshot()
+    reported = {os.path.basename(p.path): p.reason for p in snap.problems}
+    assert reported == {name: reason for name, (_, reason) in bad.items()}
+    d = snap.to_dict()
+    assert d["endpoints"] == before["endpoints"]
+    assert d["cache"] == before["cache"] == {"hits": 3, "misses": 3, "hit_rate": 0.5}
+    assert d["storage"]["worker_files"] == 2
+    assert len(d["storage"]["problems"]) == len(bad)
+    # That scrape's compaction moved the bad files to quarantine/ and counted them.
+    quarantined = os.listdir(os.path.join(metrics_dir, layout.QUARANTINE_DIR))
+    assert sorted(name.split("-", 2)[2] for name in quarantined) == sorted(bad)
     for reader in four:
-        snap = reader.snapshot()
-        reported = {os.path.basename(p.path): p.reason for p in snap.problems}
-        assert reported == {name: reason for name, (_, reason) in bad.items()}
-        d = snap.to_dict()
+        d = reader.to_dict()
+        assert d["storage"]["problems"] == []
+        assert d["storage"]["errors"] == {"empty": 1, "foreign": 2, "truncated": 2}
         assert d["endpoints"] == before["endpoints"]
-        assert d["cache"] == before["cache"] == {"hits": 3, "misses": 3, "hit_rate": 0.5}
-        assert d["storage"]["worker_files"] == 2
-        assert len(d["storage"]["problems"]) == len(bad)
+        assert d["cache"] == before["cache"]
+    text = PrometheusExporter(four[0]).export()
+    assert 'gatewayz_metrics_storage_errors_total{reason="foreign"} 2.0\n' in text
     # Recording goes on and is still merged.
     four[3].record_cache_hit()
     assert four[0].to_dict()["cache"]["hits"] == 4
@@ -154,12 +164,13 @@ def test_closed_collector_is_dead_but_counted(four: list[MetricsCollector]) -> N
     """A closed collector's file is reported dead (not live) and its counts remain."""
     record_some(four)
     four[3].close()
-    snap = four[0].snapshot()
-    assert (snap.worker_files, snap.live_files) == (4, 3)
-    assert snap.to_dict()["cache"]["hits"] == 10
     text = PrometheusExporter(four[0]).export()
     assert 'gatewayz_metrics_worker_files{state="live"} 3.0\n' in text
     assert 'gatewayz_metrics_worker_files{state="dead"} 1.0\n' in text
+    # That scrape compacted the dead file into the archive; its counts remain.
+    snap = four[0].snapshot()
+    assert (snap.worker_files, snap.live_files) == (3, 3)
+    assert snap.to_dict()["cache"]["hits"] == 10
 
 
 def test_liveness_follows_the_flock(four: list[MetricsCollector], metrics_dir: str) -> None:

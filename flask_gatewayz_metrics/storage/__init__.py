@@ -2,8 +2,19 @@
 
 from __future__ import annotations
 
+from .archive import CompactionResult, compact
 from .merge import Merged, WindowStats, merge
 from .reader import StorageProblem, WorkerView
 from .store import Storage, StorageUnavailable
 
-__all__ = ["Merged", "Storage", "StorageProblem", "StorageUnavailable", "WindowStats", "WorkerView", "merge"]
+__all__ = [
+    "CompactionResult",
+    "Merged",
+    "Storage",
+    "StorageProblem",
+    "StorageUnavailable",
+    "WindowStats",
+    "WorkerView",
+    "compact",
+    "merge",
+]

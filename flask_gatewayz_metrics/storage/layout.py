@@ -38,7 +38,9 @@ Control file (``control.gwzc``), shared by all processes::
 
 from __future__ import annotations
 
+import json
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -55,6 +57,12 @@ WORKER_MAGIC = b"GWZW"
 CONTROL_MAGIC = b"GWZC"
 WORKER_SUFFIX = ".gwzm"
 CONTROL_NAME = "control.gwzc"
+ARCHIVE_NAME = "archive.gwza"
+"""Merged records of dead workers (same layout as a worker file), see ``archive``."""
+COMPACTION_LOCK_NAME = "compaction.lock"
+QUARANTINE_DIR = "quarantine"
+TEMP_PREFIX = "."
+"""Files being created start with a dot and are renamed when complete; readers skip them."""
 
 HEADER_SIZE = 64
 HEADER = struct.Struct("<4sIQQQddQ8x")
@@ -83,7 +91,7 @@ SLOT_ID, SLOT_COUNT, SLOT_SUM, SLOT_ERRORS, SLOT_MIN, SLOT_MAX = range(6)
 SLOT_HEADER = 6
 EMPTY_SLOT: tuple[float, ...] = (-1.0, 0.0, 0.0, 0.0, float("inf"), float("-inf"))
 
-# Payload of a "request" record: count, latency sum, since-start histogram buckets.
+# Payload of "request" and "provider" records: count, latency sum, histogram buckets.
 REQ_COUNT, REQ_SUM, REQ_BUCKETS = range(3)
 REQUEST_SIZE = REQ_BUCKETS + len(HISTOGRAM_BOUNDS) + 1
 
@@ -108,14 +116,15 @@ def slot_stride(with_sketch: bool) -> int:
     return SLOT_HEADER + (sketch.BUCKET_COUNT if with_sketch else 0)
 
 
-REQUEST_LABELS = ("endpoint", "method", "status", "provider", "model", "failed")
-"""Labels of a "request" record. endpoint/method are null for provider calls that are
-not HTTP requests of ours, provider/model null when unknown; failed is "1" when the
-request raised. Everything else (errors, per-status, per-provider totals) is summed
-from these records at read time, so a request costs three additions here."""
+OUTCOME_LABELS = ("status", "failed")
+"""Each request-like record is kept per status code and per "failed" ("1" when the code
+raised): error counts (status >= threshold or failed) and per-status totals are sums
+of these records at read time, so recording never decides what an error is."""
 
 KINDS: dict[str, Kind] = {
-    "request": Kind(REQUEST_LABELS, REQUEST_SIZE),
+    "request": Kind(("endpoint", "method", *OUTCOME_LABELS), REQUEST_SIZE),
+    "provider": Kind(("provider", *OUTCOME_LABELS), REQUEST_SIZE),
+    "model": Kind(("model", *OUTCOME_LABELS), 1),
     "endpoint_window": Kind(("endpoint",), windowed=True, with_sketch=True),
     "provider_window": Kind(("provider",), windowed=True, with_sketch=True),
     "model_window": Kind(("model",), windowed=True),
@@ -125,10 +134,35 @@ KINDS: dict[str, Kind] = {
     "db_window": Kind((), windowed=True),
     "external": Kind(("service",), 2),  # calls, errors
     "dropped": Kind(("reason",), 1),
+    # Archive only: worker files folded into it, and bad files the compactor quarantined.
+    "absorbed": Kind(("file",), 0),
+    "storage_errors": Kind(("reason",), 1),
 }
-NULLABLE_LABELS = frozenset({"endpoint", "method", "provider", "model"})
 
 
 def padded(n: int) -> int:
     """``n`` rounded up to a multiple of 8."""
     return (n + 7) & ~7
+
+
+def encode_key(kind: str, labels: Sequence[str]) -> bytes:
+    return json.dumps([kind, *labels], ensure_ascii=False).encode("utf-8", "surrogatepass")
+
+
+def encode_record(key: bytes, payload: Sequence[float]) -> bytes:
+    """One complete record: header, key padded to 8 bytes, float64 payload."""
+    key_space = padded(len(key))
+    length = RECORD_HEADER.size + key_space + 8 * len(payload)
+    return b"".join((
+        RECORD_HEADER.pack(length, len(key)),
+        key.ljust(key_space, b"\0"),
+        struct.pack(f"<{len(payload)}d", *payload),
+    ))
+
+
+def empty_payload(kind: Kind, slots: int) -> list[float]:
+    """Initial payload of a new record: zeros, windowed slots marked unused."""
+    if not kind.windowed:
+        return [0.0] * kind.size
+    slot = list(EMPTY_SLOT) + [0.0] * (slot_stride(kind.with_sketch) - SLOT_HEADER)
+    return slot * slots

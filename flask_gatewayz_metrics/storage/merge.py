@@ -17,7 +17,7 @@ from . import layout
 from .layout import Doubles
 from .reader import WorkerView
 
-Labels = tuple[str | None, ...]
+Labels = tuple[str, ...]
 
 
 @dataclass
@@ -91,6 +91,8 @@ def merge(views: list[WorkerView], epoch: int, now: float) -> Merged:
         for record in view.records:
             kind = layout.KINDS[record.kind]
             if not kind.windowed:
+                if not kind.size:
+                    continue  # "absorbed" markers carry no values
                 series = merged.totals.setdefault(record.kind, {})
                 values = list(doubles[record.offset : record.offset + kind.size])
                 current = series.get(record.labels)

@@ -13,6 +13,7 @@ import json
 import mmap
 import os
 from dataclasses import dataclass, field
+from typing import Any
 
 from . import layout
 from .layout import Doubles
@@ -21,7 +22,7 @@ from .layout import Doubles
 @dataclass
 class Record:
     kind: str
-    labels: tuple[str | None, ...]
+    labels: tuple[str, ...]
     offset: int
     """Index of the first payload value in ``WorkerView.doubles``."""
 
@@ -37,6 +38,18 @@ class WorkerView:
     live: bool
     doubles: Doubles
     records: list[Record]
+
+    @property
+    def name(self) -> str:
+        return os.path.basename(self.path)
+
+    @property
+    def is_archive(self) -> bool:
+        return self.name == layout.ARCHIVE_NAME
+
+    def absorbed(self) -> set[str]:
+        """Worker file names this (archive) view has folded in."""
+        return {str(r.labels[0]) for r in self.records if r.kind == "absorbed"}
 
 
 @dataclass
@@ -62,65 +75,120 @@ class DirectoryReader:
         self._index: dict[str, _Indexed] = {}
 
     def read(self) -> tuple[list[WorkerView], list[StorageProblem]]:
+        """Every readable file: the archive (if any) first, then the worker files it has
+        not absorbed.
+
+        The archive is read before the directory is listed, and its identity checked
+        again afterwards: if a compaction replaced it in between (and may have deleted
+        files the old archive did not hold yet), the read is repeated, so no value is
+        ever missing from, or counted twice in, one result.
+        """
+        for _ in range(_READ_ATTEMPTS):
+            archive_before = _identity(os.path.join(self.directory, layout.ARCHIVE_NAME))
+            views, problems = self._read_once()
+            if _identity(os.path.join(self.directory, layout.ARCHIVE_NAME)) == archive_before:
+                break
+        return views, problems
+
+    def _read_once(self) -> tuple[list[WorkerView], list[StorageProblem]]:
         views: list[WorkerView] = []
         problems: list[StorageProblem] = []
-        try:
-            names = sorted(n for n in os.listdir(self.directory) if n.endswith(layout.WORKER_SUFFIX))
-        except OSError as exc:
-            return [], [StorageProblem(self.directory, f"unreadable_directory: {exc.strerror}")]
+        absorbed: set[str] = set()
         seen = set()
+        archive_path = os.path.join(self.directory, layout.ARCHIVE_NAME)
+        archive = self._try_read(archive_path, problems)
+        if archive is not None:
+            seen.add(archive_path)
+            views.append(archive)
+            absorbed = archive.absorbed()
+        try:
+            names = sorted(
+                n for n in os.listdir(self.directory)
+                if n.endswith(layout.WORKER_SUFFIX) and not n.startswith(layout.TEMP_PREFIX)
+            )
+        except OSError as exc:
+            return views, [StorageProblem(self.directory, f"unreadable_directory: {exc.strerror}")]
         for name in names:
+            if name in absorbed:
+                continue
             path = os.path.join(self.directory, name)
             seen.add(path)
-            try:
-                view = self._read_file(path)
-            except _Skip as skip:
-                self._index.pop(path, None)
-                problems.append(StorageProblem(path, skip.reason))
-                continue
-            except OSError as exc:
-                self._index.pop(path, None)
-                if not isinstance(exc, FileNotFoundError):  # removed while listing: fine
-                    problems.append(StorageProblem(path, "unreadable"))
-                continue
-            views.append(view)
+            view = self._try_read(path, problems)
+            if view is not None:
+                views.append(view)
         for path in set(self._index) - seen:
             del self._index[path]
         return views, problems
 
-    def _read_file(self, path: str) -> WorkerView:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    def _try_read(self, path: str, problems: list[StorageProblem]) -> WorkerView | None:
         try:
-            st = os.fstat(fd)
-            if st.st_size == 0:
-                raise _Skip("empty")
-            if st.st_size < layout.HEADER_SIZE:
-                raise _Skip("truncated")
-            cached = self._index.get(path)
-            if cached is None or cached.inode != st.st_ino or cached.size != st.st_size:
-                mm = mmap.mmap(fd, st.st_size, prot=mmap.PROT_READ)
-                records = cached.records if cached and cached.inode == st.st_ino else []
-                parsed_to = cached.parsed_to if cached and cached.inode == st.st_ino else layout.HEADER_SIZE
-                cached = _Indexed(st.st_ino, st.st_size, mm, parsed_to, records)
-                self._index[path] = cached
-            live = _is_locked(fd)
-        finally:
-            os.close(fd)
-        magic, version, used, epoch, _pid, _created, slot_seconds, slots = layout.HEADER.unpack_from(
-            cached.mm, 0
-        )
-        if magic != layout.WORKER_MAGIC:
-            raise _Skip("foreign")
-        if version != layout.VERSION:
-            raise _Skip("wrong_version")
-        if used > cached.size or used < layout.HEADER_SIZE or not 1 <= slots <= 1024:
-            raise _Skip("truncated" if used > cached.size else "corrupt_header")
-        if cached.parsed_to < used:
-            _index_records(cached, used, int(slots))
-        return WorkerView(
-            path, int(epoch), float(slot_seconds), int(slots), live,
-            memoryview(cached.mm).cast("d"), cached.records,
-        )
+            return self._read_file(path)
+        except _Skip as skip:
+            self._index.pop(path, None)
+            problems.append(StorageProblem(path, skip.reason))
+        except OSError as exc:
+            self._index.pop(path, None)
+            if not isinstance(exc, FileNotFoundError):  # removed since listed: compacted
+                problems.append(StorageProblem(path, "unreadable"))
+        return None
+
+    def _read_file(self, path: str) -> WorkerView:
+        for _ in range(_READ_ATTEMPTS):
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            try:
+                cached = self._mapped(path, fd)
+                live = _is_locked(fd)
+            finally:
+                os.close(fd)
+            header = layout.HEADER.unpack_from(cached.mm, 0)
+            if header[2] <= cached.size:
+                break
+            # ``used`` is past what we mapped: the writer grew the file since our fstat.
+            self._index.pop(path, None)
+        return _view(path, cached, header, live)
+
+    def _mapped(self, path: str, fd: int) -> _Indexed:
+        st = os.fstat(fd)
+        if st.st_size == 0:
+            raise _Skip("empty")
+        if st.st_size < layout.HEADER_SIZE:
+            raise _Skip("truncated")
+        cached = self._index.get(path)
+        if cached is not None and cached.inode == st.st_ino and cached.size == st.st_size:
+            return cached
+        mm = mmap.mmap(fd, st.st_size, prot=mmap.PROT_READ)
+        same_file = cached is not None and cached.inode == st.st_ino
+        records = cached.records if cached is not None and same_file else []
+        parsed_to = cached.parsed_to if cached is not None and same_file else layout.HEADER_SIZE
+        cached = self._index[path] = _Indexed(st.st_ino, st.st_size, mm, parsed_to, records)
+        return cached
+
+
+_READ_ATTEMPTS = 3
+
+
+def _identity(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+    return st.st_ino, st.st_mtime_ns
+
+
+def _view(path: str, cached: _Indexed, header: tuple[Any, ...], live: bool) -> WorkerView:
+    magic, version, used, epoch, _pid, _created, slot_seconds, slots = header
+    if magic != layout.WORKER_MAGIC:
+        raise _Skip("foreign")
+    if version != layout.VERSION:
+        raise _Skip("wrong_version")
+    if used > cached.size or used < layout.HEADER_SIZE or not 1 <= slots <= 1024:
+        raise _Skip("truncated" if used > cached.size else "corrupt_header")
+    if cached.parsed_to < used:
+        _index_records(cached, used, slots)
+    return WorkerView(
+        path, int(epoch), float(slot_seconds), int(slots), live,
+        memoryview(cached.mm).cast("d"), cached.records,
+    )
 
 
 class _Skip(Exception):
@@ -149,10 +217,7 @@ def _index_records(cached: _Indexed, used: int, slots: int) -> None:
             raise _Skip("corrupt_record") from None
         if (
             len(labels) != len(kind.labels)
-            or not all(
-                isinstance(v, str) or (v is None and name in layout.NULLABLE_LABELS)
-                for name, v in zip(kind.labels, labels, strict=True)
-            )
+            or not all(isinstance(v, str) for v in labels)
             or pos + length - payload_start != 8 * kind.payload_size(slots)
         ):
             raise _Skip("corrupt_record")

@@ -11,9 +11,7 @@ seeing a half-zeroed file.
 
 from __future__ import annotations
 
-import json
 import time
-from collections.abc import Sequence
 
 from . import layout
 from .control import ControlFile
@@ -39,7 +37,7 @@ class Storage:
         self.generation = 0
         """Bumped whenever offsets from ``offset()`` become invalid (new file)."""
         self._file: WorkerFile | None = None
-        self._offsets: dict[bytes, int] = {}
+        self._offsets: dict[tuple[str, tuple[str, ...]], int] = {}
         self._epoch_word = self.control.words
         self._retry_at = 0.0
         self.last_error: str | None = None
@@ -54,32 +52,32 @@ class Storage:
             return file.doubles
         return self._open_new_file().doubles
 
-    def offset(self, kind: str, labels: Sequence[str | None]) -> int:
+    def offset(self, kind: str, labels: tuple[str, ...]) -> int:
         """Payload index of the record for ``kind``/``labels``, appending it if new.
 
         Call after ``writable()``; raises ``StorageUnavailable`` if the file cannot grow.
+        Appending may grow (and so re-map) the file: re-read ``doubles`` afterwards.
         """
-        key = json.dumps([kind, *labels], ensure_ascii=False).encode("utf-8", "surrogatepass")
-        found = self._offsets.get(key)
+        found = self._offsets.get((kind, labels))
         if found is not None:
             return found
         assert self._file is not None
-        spec = layout.KINDS[kind]
-        if spec.windowed:
-            payload = list(layout.EMPTY_SLOT)
-            payload.extend([0.0] * (layout.slot_stride(spec.with_sketch) - layout.SLOT_HEADER))
-            payload *= self.slots
-        else:
-            payload = [0.0] * spec.size
+        payload = layout.empty_payload(layout.KINDS[kind], self.slots)
         try:
-            found = self._file.allocate(key, payload)
+            found = self._file.allocate(layout.encode_key(kind, labels), payload)
         except OSError as exc:
             # Disk full while growing: keep the file and every series it already has;
             # only this new series cannot be recorded until space is back.
             raise self._unavailable(exc) from exc
         self.last_error = None
-        self._offsets[key] = found
+        self._offsets[(kind, labels)] = found
         return found
+
+    @property
+    def doubles(self) -> Doubles:
+        """The current mapping of this process's file (call after ``writable()``)."""
+        assert self._file is not None
+        return self._file.doubles
 
     def _open_new_file(self) -> WorkerFile:
         if time.monotonic() < self._retry_at:

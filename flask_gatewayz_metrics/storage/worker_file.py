@@ -17,7 +17,6 @@ import fcntl
 import mmap
 import os
 import secrets
-import struct
 import time
 
 from . import layout
@@ -31,12 +30,14 @@ class WorkerFile:
 
     def __init__(self, directory: str, epoch: int, slot_seconds: float, slots: int) -> None:
         self.pid = os.getpid()
-        self.path = os.path.join(
-            directory, f"worker-{self.pid}-{secrets.token_hex(8)}{layout.WORKER_SUFFIX}"
-        )
+        name = f"worker-{self.pid}-{secrets.token_hex(8)}{layout.WORKER_SUFFIX}"
+        self.path = os.path.join(directory, name)
         self.epoch = epoch
         self.slots = slots
-        self._fd = os.open(self.path, _OPEN_FLAGS, 0o600)
+        # Created under a hidden name and renamed once locked and complete, so no reader
+        # or compactor ever sees it empty and unlocked (it would look like debris).
+        temp_path = os.path.join(directory, layout.TEMP_PREFIX + name)
+        self._fd = os.open(temp_path, _OPEN_FLAGS, 0o600)
         try:
             fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             self._size = 0
@@ -47,9 +48,10 @@ class WorkerFile:
                 time.time(), slot_seconds, slots,
             )
             self._mmap[: layout.HEADER_SIZE] = header
+            os.rename(temp_path, self.path)
         except BaseException:
             os.close(self._fd)
-            os.unlink(self.path)
+            os.unlink(temp_path)
             raise
         self._used = layout.HEADER_SIZE
 
@@ -68,7 +70,7 @@ class WorkerFile:
         """The whole file as float64 values; payload offsets index into it."""
         self._words = memoryview(self._mmap).cast("Q")
 
-    def allocate(self, key: bytes, payload: tuple[float, ...] | list[float]) -> int:
+    def allocate(self, key: bytes, payload: list[float]) -> int:
         """Append a record with ``key`` and initial ``payload``; return its float64 index.
 
         The record is complete before ``used`` moves past it, so readers never see it
@@ -76,19 +78,14 @@ class WorkerFile:
         """
         if len(key) > layout.MAX_KEY_BYTES:
             raise ValueError("metric key too long")
-        key_space = layout.padded(len(key))
-        length = layout.RECORD_HEADER.size + key_space + 8 * len(payload)
+        record = layout.encode_record(key, payload)
         start = self._used
-        if start + length > self._size:
-            self._grow(start + length)
-        layout.RECORD_HEADER.pack_into(self._mmap, start, length, len(key))
-        key_start = start + layout.RECORD_HEADER.size
-        self._mmap[key_start : key_start + len(key)] = key
-        payload_start = key_start + key_space
-        struct.pack_into(f"<{len(payload)}d", self._mmap, payload_start, *payload)
-        self._used = start + length
+        if start + len(record) > self._size:
+            self._grow(start + len(record))
+        self._mmap[start : start + len(record)] = record
+        self._used = start + len(record)
         self._words[layout.USED_INDEX] = self._used
-        return payload_start // 8
+        return (self._used - 8 * len(payload)) // 8
 
     def _grow(self, needed: int) -> None:
         size = self._size
