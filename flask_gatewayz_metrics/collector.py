@@ -72,6 +72,8 @@ class MetricsCollector:
     ``$GATEWAYZ_METRICS_DIR``, else a private temporary directory). Windowed gauges
     cover the last ``window_seconds`` (0 = since start), kept as ``window_slots``
     clock-aligned slots. A status code ``>= error_status`` counts as an error.
+    With ``auto_compact`` a snapshot that finds dead workers' files folds them into the
+    archive afterwards (see ``storage.archive``).
     """
 
     def __init__(
@@ -82,6 +84,7 @@ class MetricsCollector:
         window_slots: int = 5,
         error_status: int = 500,
         strict: bool = False,
+        auto_compact: bool = True,
         clock: Callable[[], float] = time.time,
     ) -> None:
         if not window_seconds >= 0 or not math.isfinite(window_seconds):
@@ -98,6 +101,7 @@ class MetricsCollector:
         self._slots = slots
         self.error_status = error_status
         self.strict = strict
+        self.auto_compact = auto_compact
         self._clock = clock
         self._storage = Storage(self.directory, self._slot_seconds, slots)
         self._lock = threading.Lock()
@@ -426,7 +430,7 @@ class MetricsCollector:
         with self._read_lock:
             views, problems = self._storage.read()
             workers = [v for v in views if not v.is_archive]
-            if problems or any(not v.live for v in workers):
+            if self.auto_compact and (problems or any(not v.live for v in workers)):
                 self._maybe_compact()
         merged = merge(views, self._storage.control.epoch, now)
         return Snapshot(

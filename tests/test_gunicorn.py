@@ -258,3 +258,18 @@ def test_preload_gives_each_worker_its_own_file(start_gunicorn: Any) -> None:
     assert status == 200
     assert storage["worker_files"] == len(files)
     assert storage["problems"] == []
+
+
+def test_hundred_generations_cost_nothing(start_gunicorn: Any) -> None:
+    """With --max-requests 4, >= 100 workers live and die: totals exact, directory bounded by live workers."""
+    server = start_gunicorn("--max-requests", "4")
+    plan = traffic_plan(480)
+    statuses = send_all(server.url, plan)
+    assert statuses == Counter({200: 360, 500: 72, 429: 48})
+    booted = server.log.read_text().count("Booting worker")
+    assert booted >= 100, f"only {booted} workers booted"
+    assert_exact_on_every_worker(server.url, plan, scrapes=4)
+    files = worker_files(server.metrics_dir)
+    assert len(files) <= 4 + 2, [f.name for f in files]
+    others = {p.name for p in server.metrics_dir.iterdir()} - {f.name for f in files}
+    assert others <= {"control.gwzc", "archive.gwza", "compaction.lock"}
