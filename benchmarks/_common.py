@@ -91,9 +91,16 @@ class Peer:
         self.info = self._read()
 
     def ask(self, **request: object) -> dict[str, object]:
+        self.send(**request)
+        return self._read()
+
+    def send(self, **request: object) -> None:
+        """Start a request without waiting for the answer (collect it with ``receive``)."""
         assert self.proc.stdin is not None
         self.proc.stdin.write(json.dumps(request) + "\n")
         self.proc.stdin.flush()
+
+    def receive(self) -> dict[str, object]:
         return self._read()
 
     def _read(self) -> dict[str, object]:
@@ -122,15 +129,6 @@ def serve_peer(handlers: dict[str, object], info: dict[str, object]) -> None:
         handler = handlers[request.pop("case")]
         result = handler(**request)  # type: ignore[operator]
         print(json.dumps(result), flush=True)
-
-
-def refresh_mapping(collector: object) -> None:
-    """Work around a library bug (see README): after the worker file grows, the collector
-    keeps writing through its stale, smaller mapping and drops every series allocated
-    beyond it as ``internal_error``. Forcing a re-read of the file's current mapping
-    (epoch check fails -> ``_refresh_file``) keeps offsets and caches and fixes it."""
-    if hasattr(collector, "_file_epoch"):
-        collector._file_epoch = -1  # type: ignore[attr-defined]
 
 
 def unrecorded(collector: object) -> dict[str, int]:

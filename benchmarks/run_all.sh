@@ -16,7 +16,7 @@ for name in ("flask", "werkzeug", "prometheus_client", "prometheus_flask_exporte
 PYEOF
 echo "load average: $(cut -d' ' -f1-3 /proc/loadavg)"
 
-for bench in bench_record bench_scrape bench_flask_overhead; do
+for bench in bench_record bench_scrape bench_generations bench_flask_overhead; do
     echo
     echo "# ${bench}"
     "$PY" "benchmarks/${bench}.py" "$@"

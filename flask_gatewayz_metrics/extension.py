@@ -1,17 +1,21 @@
 """GatewayzMetrics: times every request of a Flask app and serves the metrics routes.
 
-The hooks are built to be cheap: ``before_request`` reads the request once (route
-template and method are known there, since Flask matches the URL when the request
-context is pushed) and keeps its state in a ``ContextVar``; ``after_request`` reads only
-the response status. Streamed responses are recorded when the server closes the body.
+The request path is built to be cheap (see benchmarks/): instead of three Flask hooks,
+a thin wrapper around ``app.wsgi_app`` starts the clock and publishes the request's
+state in a ``ContextVar`` (where ``label_request`` finds it), and one ``after_request``
+hook reads the route template, method and status once and records. A view exception
+that escapes Flask (``PROPAGATE_EXCEPTIONS``) is caught by the wrapper and recorded as
+a failed 500. Streamed responses are recorded when the server closes the body.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from time import perf_counter
 from typing import Any
 
 from flask import Flask, Response, request
+from werkzeug.routing import Map, Rule
 
 from .collector import KNOWN_METHODS, MetricsCollector, get_metrics_collector
 from .exposition import PrometheusExporter
@@ -20,6 +24,7 @@ from .settings import Settings
 from .views import BLUEPRINT_NAME, create_blueprint
 
 EXTENSION_KEY = "gatewayz_metrics"
+WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
 
 class AppMetrics:
@@ -32,25 +37,34 @@ class AppMetrics:
         self._unmatched = settings.unmatched_endpoint
         self._skip_prefix = None if settings.record_own_routes else BLUEPRINT_NAME + "."
 
-    def before_request(self) -> None:
-        req = request._get_current_object()  # type: ignore[attr-defined]
-        rule = req.url_rule
-        if rule is None:
-            endpoint = self._unmatched
-        elif self._skip_prefix is not None and rule.endpoint.startswith(self._skip_prefix):
-            return
-        else:
-            endpoint = rule.rule
-        method = req.method
-        if method not in KNOWN_METHODS:
-            method = "OTHER"
-        current_request.set(RequestState(self.collector, perf_counter(), endpoint, method))
+    def wrap(self, wsgi_app: WSGIApp, url_map: Map) -> WSGIApp:
+        """``wsgi_app`` timed from the moment the server hands it the request."""
+        collector = self.collector
+
+        def timed_wsgi_app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+            state = RequestState(collector, perf_counter())
+            token = current_request.set(state)
+            try:
+                return wsgi_app(environ, start_response)
+            except BaseException:
+                # The view raised and the exception propagates (testing, debug):
+                # after_request never ran, and Flask has dropped its request object.
+                if not state.finished and self._identify(state, *_route_of(url_map, environ)):
+                    self._record(state, 500, True)
+                raise
+            finally:
+                current_request.reset(token)
+
+        return timed_wsgi_app
 
     def after_request(self, response: Response) -> Response:
         state = current_request.get()
-        if state is None or state.finished:
+        if state is None or state.finished or state.collector is not self.collector:
             return response
         state.finished = True
+        req = request._get_current_object()  # type: ignore[attr-defined]
+        if not self._identify(state, req.url_rule, req.method):
+            return response
         if _streams_after_return(response):
             status = response.status_code
             response.call_on_close(lambda: self._record(state, status, False))
@@ -58,13 +72,17 @@ class AppMetrics:
             self._record(state, response.status_code, False)
         return response
 
-    def teardown_request(self, exc: BaseException | None) -> None:
-        state = current_request.get()
-        current_request.set(None)
-        if state is not None and not state.finished:
-            # after_request did not run: the view raised and the exception propagates.
-            state.finished = True
-            self._record(state, 500, exc is not None)
+    def _identify(self, state: RequestState, rule: Rule | None, method: str) -> bool:
+        """Fill in the endpoint label and method; False for routes not to be recorded."""
+        state.finished = True
+        if rule is None:
+            state.endpoint = self._unmatched
+        elif self._skip_prefix is not None and rule.endpoint.startswith(self._skip_prefix):
+            return False
+        else:
+            state.endpoint = rule.rule
+        state.method = method if method in KNOWN_METHODS else "OTHER"
+        return True
 
     def _record(self, state: RequestState, status: int, failed: bool) -> None:
         latency = perf_counter() - state.start
@@ -73,6 +91,16 @@ class AppMetrics:
         else:
             provider, model = state.provider, state.model
         state.collector.observe_request(state.endpoint, state.method, latency, status, provider, model, failed)
+
+
+def _route_of(url_map: Map, environ: dict[str, Any]) -> tuple[Rule | None, str]:
+    """The rule a request matches, found again from its environ (slow; error path only)."""
+    method = str(environ.get("REQUEST_METHOD", "GET")).upper()
+    try:
+        rule, _ = url_map.bind_to_environ(environ).match(return_rule=True)
+    except Exception:  # no match, redirect, method not allowed
+        return None, method
+    return rule, method
 
 
 def _streams_after_return(response: Response) -> bool:
@@ -124,10 +152,8 @@ class GatewayzMetrics:
                 collector = get_metrics_collector()
         state = AppMetrics(settings, collector)
         app.extensions[EXTENSION_KEY] = state
-        # First in line, so time spent in other before_request hooks is measured too.
-        app.before_request_funcs.setdefault(None, []).insert(0, state.before_request)
+        app.wsgi_app = state.wrap(app.wsgi_app, app.url_map)  # type: ignore[method-assign,assignment]
         app.after_request(state.after_request)
-        app.teardown_request(state.teardown_request)
         app.register_blueprint(create_blueprint(state), url_prefix=settings.url_prefix)
 
     @staticmethod

@@ -21,9 +21,9 @@ class RequestState:
 
     collector: MetricsCollector
     start: float
-    endpoint: str
-    """Route template of the request (or the unmatched label)."""
-    method: str
+    endpoint: str = ""
+    """Route template of the request (or the unmatched label), known once it is routed."""
+    method: str = ""
     provider: str | None = None
     model: str | None = None
     provider_recorded: bool = False
