@@ -176,21 +176,28 @@ def test_quarantine_keeps_only_the_newest(metrics_dir: str) -> None:
     reader.close()
 
 
-def test_sigkill_loses_nothing_recorded(metrics_dir: str) -> None:
-    """A worker SIGKILLed mid-traffic keeps every request it recorded; scrapes never go backwards."""
-    progress = mmap.mmap(-1, 8)  # shared with the child: requests it has finished recording
+def fork_recorder(metrics_dir: str, progress: mmap.mmap, provider: str | None = None, model: str | None = None) -> int:
+    """A child that records /api/chat requests until killed, publishing in ``progress``
+    (shared memory) how many it has finished recording."""
     pid = os.fork()
     if pid == 0:
         try:
-            signal.alarm(30)
+            signal.alarm(30)  # never outlives the test
             c = MetricsCollector(metrics_dir, strict=True)
             done = 0
             while True:
-                c.record_request("/api/chat", "POST", 0.01, 200, "openai", "gpt-4")
+                c.record_request("/api/chat", "POST", 0.01, 200, provider, model)
                 done += 1
                 struct.pack_into("<q", progress, 0, done)
         finally:
             os._exit(1)
+    return pid
+
+
+def test_sigkill_loses_nothing_recorded(metrics_dir: str) -> None:
+    """A worker SIGKILLed mid-traffic keeps every request it recorded; scrapes never go backwards."""
+    progress = mmap.mmap(-1, 8)
+    pid = fork_recorder(metrics_dir, progress, "openai", "gpt-4")
     scraper = MetricsCollector(metrics_dir)
     seen: list[int] = []
     deadline = time.monotonic() + 20
@@ -215,18 +222,7 @@ def test_sigkill_loses_nothing_recorded(metrics_dir: str) -> None:
 def test_reset_during_traffic(metrics_dir: str) -> None:
     """A reset while another process records: nothing from before it reappears, recording goes on."""
     progress = mmap.mmap(-1, 8)
-    pid = os.fork()
-    if pid == 0:
-        try:
-            signal.alarm(30)
-            c = MetricsCollector(metrics_dir, strict=True)
-            done = 0
-            while True:
-                c.record_request("/api/chat", "POST", 0.01, 200)
-                done += 1
-                struct.pack_into("<q", progress, 0, done)
-        finally:
-            os._exit(1)
+    pid = fork_recorder(metrics_dir, progress)
     admin = MetricsCollector(metrics_dir)
     try:
         deadline = time.monotonic() + 20
