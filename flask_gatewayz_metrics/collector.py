@@ -33,7 +33,7 @@ log = logging.getLogger("flask_gatewayz_metrics")
 
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE"})
 MAX_LABEL_LENGTH = 200
-MAX_CACHED_LABEL_SETS = 10_000
+MAX_CACHED_LABEL_SETS = 50_000
 LOG_INTERVAL_SECONDS = 60.0
 COMPACTION_INTERVAL_SECONDS = 10.0
 """Least time between two compactions a scrape triggers (child_exit may run more often)."""
@@ -110,6 +110,8 @@ class MetricsCollector:
         self._doubles: Doubles = _NO_FILE
         self._file_epoch = -1
         self._epoch_words = self._storage.control.words
+        self._current_slot = self._position = 0
+        self._slot_start = self._slot_end = 0.0
         self._request_targets: dict[tuple[object, ...], _RequestTargets] = {}
         self._unrecorded: Counter[str] = Counter()
         """Drops that could not be written to storage (it was unavailable)."""
@@ -212,8 +214,10 @@ class MetricsCollector:
                 if model_record >= 0:
                     d[model_record] += 1.0
                 # Windows: the current clock-aligned slot of each windowed record.
-                slot = int(now // self._slot_seconds) if self._slot_seconds else 0
-                position = slot % self._slots
+                if not self._slot_start <= now < self._slot_end:
+                    self._enter_slot(now)
+                slot = self._current_slot
+                position = self._position
                 error = failed or status >= self.error_status
                 if latency <= _SKETCH_LOWEST:
                     index = _SLOT_HEADER + sketch.UNDERFLOW_INDEX
@@ -388,6 +392,18 @@ class MetricsCollector:
 
     def _slot(self, now: float) -> int:
         return int(now // self._slot_seconds) if self._slot_seconds else 0
+
+    def _enter_slot(self, now: float) -> None:
+        """Cache the clock-aligned slot containing ``now`` and its time bounds, so the
+        hot path compares two floats instead of dividing on every request."""
+        slot = self._slot(now)
+        self._current_slot = slot
+        self._position = slot % self._slots
+        if self._slot_seconds:
+            self._slot_start = slot * self._slot_seconds
+            self._slot_end = self._slot_start + self._slot_seconds
+        else:
+            self._slot_start, self._slot_end = -_INF, _INF
 
     def _window_slot(self, kind: str, now: float) -> int:
         """Offset of the current slot of the label-less windowed record ``kind``."""

@@ -68,21 +68,23 @@ def representative(index: int) -> float:
 
 
 def quantile(
-    counts: Sequence[float], q: float, lowest: float, highest: float
+    counts: Sequence[float], q: float, lowest: float, highest: float, offset: int = 0
 ) -> float | None:
     """Nearest-rank quantile ``q`` of the observations counted in ``counts``.
 
-    ``lowest`` and ``highest`` are the exact min and max of the same observations;
-    the answer is clamped to them, which only ever moves it closer to the truth and
-    gives exact answers for underflow and overflow buckets. ``None`` when empty.
+    ``counts`` may be the touched slice of a sketch array starting at index
+    ``offset``. ``lowest`` and ``highest`` are the exact min and max of the same
+    observations (or the sketch's range when those are not tracked); the answer is
+    clamped to them, which only ever moves it closer to the truth and gives exact
+    answers for underflow and overflow buckets. ``None`` when empty.
     """
     total = math.fsum(counts)
     if total <= 0:
         return None
     rank = max(1.0, _ceil(q * total))
     running = 0.0
-    index = len(counts) - 1
-    for i, count in enumerate(counts):
+    index = offset + len(counts) - 1
+    for i, count in enumerate(counts, offset):
         running += count
         if running >= rank:
             index = i

@@ -150,7 +150,7 @@ def _no_step(_: str) -> None:
 def _compact_locked(directory: str, max_files: int, step: Callable[[str], None]) -> CompactionResult:
     result = CompactionResult(ran=True)
     epoch = ControlFile(directory).epoch
-    views, problems = DirectoryReader(directory).read()
+    views, problems = DirectoryReader(directory, dead_only=True).read()
     archive = next((v for v in views if v.is_archive), None)
     if archive is not None and archive.epoch < epoch:
         archive = None  # from before a reset: its values must not come back
@@ -167,7 +167,9 @@ def _compact_locked(directory: str, max_files: int, step: Callable[[str], None])
     bad = [p for p in problems if _is_metrics_file(p.path) and _is_unheld(p.path)]
     if not dead and not bad:
         return result
-    geometry = archive or (dead[0] if dead else None) or (views[0] if views else None)
+    # The newest files decide the window geometry: after a configuration change the
+    # archive's old windows are dropped (its totals are kept).
+    geometry = dead[0] if dead else archive
     builder = ArchiveBuilder(
         epoch,
         geometry.slot_seconds if geometry else DEFAULT_SLOT_SECONDS,

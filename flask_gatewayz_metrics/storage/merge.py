@@ -30,6 +30,9 @@ class WindowStats:
     high: float = -math.inf
     errors: float = 0.0
     buckets: list[float] | None = None
+    lo: int = sketch.BUCKET_COUNT
+    hi: int = -1
+    """Touched range of ``buckets``: quantiles only walk this part."""
 
     def add_slot(self, doubles: Doubles, base: int, with_sketch: bool) -> None:
         self.total += doubles[base + layout.SLOT_SUM]
@@ -48,6 +51,7 @@ class WindowStats:
         if self.buckets is None:
             self.buckets = [0.0] * sketch.BUCKET_COUNT
         self.buckets[lo : hi + 1] = map(add, self.buckets[lo : hi + 1], counts)
+        self.lo, self.hi = min(self.lo, lo), max(self.hi, hi)
 
     @property
     def average(self) -> float | None:
@@ -63,7 +67,7 @@ class WindowStats:
             return None
         low = self.low if self.low <= self.high else 0.0
         high = self.high if self.low <= self.high else sketch.UPPER_LIMIT
-        return sketch.quantile(self.buckets, q, low, high)
+        return sketch.quantile(self.buckets[self.lo : self.hi + 1], q, low, high, self.lo)
 
 
 @dataclass

@@ -70,8 +70,10 @@ class _Indexed:
 class DirectoryReader:
     """Reads all worker files of one directory; keeps per-file indexes between calls."""
 
-    def __init__(self, directory: str) -> None:
+    def __init__(self, directory: str, dead_only: bool = False) -> None:
         self.directory = directory
+        self.dead_only = dead_only
+        """Skip (without parsing) files a live writer holds: the compactor's view."""
         self._index: dict[str, _Indexed] = {}
 
     def read(self) -> tuple[list[WorkerView], list[StorageProblem]]:
@@ -123,6 +125,8 @@ class DirectoryReader:
     def _try_read(self, path: str, problems: list[StorageProblem]) -> WorkerView | None:
         try:
             return self._read_file(path)
+        except _Live:
+            pass
         except _Skip as skip:
             self._index.pop(path, None)
             problems.append(StorageProblem(path, skip.reason))
@@ -136,8 +140,10 @@ class DirectoryReader:
         for _ in range(_READ_ATTEMPTS):
             fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
             try:
-                cached = self._mapped(path, fd)
                 live = _is_locked(fd)
+                if live and self.dead_only:
+                    raise _Live
+                cached = self._mapped(path, fd)
             finally:
                 os.close(fd)
             header = layout.HEADER.unpack_from(cached.mm, 0)
@@ -189,6 +195,10 @@ def _view(path: str, cached: _Indexed, header: tuple[Any, ...], live: bool) -> W
         path, int(epoch), float(slot_seconds), int(slots), live,
         memoryview(cached.mm).cast("d"), cached.records,
     )
+
+
+class _Live(Exception):
+    """A live writer holds the file (and the reader was asked for dead files only)."""
 
 
 class _Skip(Exception):
