@@ -27,6 +27,7 @@ from . import sketch
 from .request_state import current_request
 from .snapshot import Snapshot
 from .storage import CompactionResult, Storage, StorageUnavailable, compact, layout, merge
+from .storage.directory import ensure_directory
 from .storage.layout import Doubles
 
 log = logging.getLogger("flask_gatewayz_metrics")
@@ -93,8 +94,9 @@ class MetricsCollector:
             raise ValueError("window_slots must be between 1 and 1024")
         if not 100 <= error_status <= 600:
             raise ValueError("error_status must be an HTTP status between 100 and 600")
-        self.directory = directory or os.environ.get("GATEWAYZ_METRICS_DIR") or _private_directory()
-        os.makedirs(self.directory, mode=0o700, exist_ok=True)
+        self.directory = ensure_directory(
+            directory or os.environ.get("GATEWAYZ_METRICS_DIR") or _private_directory()
+        )
         self.window_seconds = float(window_seconds)
         slots = window_slots if window_seconds > 0 else 1
         self._slot_seconds = self.window_seconds / slots
@@ -377,6 +379,7 @@ class MetricsCollector:
         self._doubles = _NO_FILE
         self._file_epoch = -1
         d = self._storage.writable()
+        self._epoch_words = self._storage.control.words  # re-created if the directory was
         if self._storage.generation != self._generation:
             self._request_targets.clear()
             self._generation = self._storage.generation

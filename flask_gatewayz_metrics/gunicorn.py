@@ -13,6 +13,7 @@ import tempfile
 from typing import Any
 
 from .storage import compact, layout
+from .storage.directory import ensure_directory
 
 log = logging.getLogger("flask_gatewayz_metrics")
 
@@ -23,8 +24,9 @@ def prepare_metrics_dir(path: str | None = None) -> str:
     ``path`` defaults to ``$GATEWAYZ_METRICS_DIR``, else a new private temporary
     directory. Only files this package writes are removed; anything else is left alone.
     """
-    path = path or os.environ.get("GATEWAYZ_METRICS_DIR") or tempfile.mkdtemp(prefix="gatewayz-metrics-")
-    os.makedirs(path, mode=0o700, exist_ok=True)
+    path = ensure_directory(
+        path or os.environ.get("GATEWAYZ_METRICS_DIR") or tempfile.mkdtemp(prefix="gatewayz-metrics-")
+    )
     for name in os.listdir(path):
         if name.endswith(layout.WORKER_SUFFIX) or name in (layout.CONTROL_NAME, layout.ARCHIVE_NAME):
             os.unlink(os.path.join(path, name))

@@ -6,6 +6,7 @@ prefix, e.g. ``window_seconds=60``) are defaults; the app's config overrides the
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
@@ -13,6 +14,12 @@ from typing import Any
 PREFIX = "GATEWAYZ_METRICS_"
 STORAGE_KEYS = ("dir", "window_seconds", "window_slots", "error_status", "strict")
 """Settings that shape the collector: if any is given, the app gets its own collector."""
+SECRET_KEYS = (
+    "reset_token", "reset_token_file", "auth_token", "auth_token_file",
+    "auth_username", "auth_password", "auth_password_file",
+)
+"""Settings that may also come from environment variables of the same (prefixed) name,
+so credentials stay out of code, config files and the process list."""
 
 
 @dataclass(frozen=True)
@@ -26,6 +33,12 @@ class Settings:
     record_own_routes: bool = False
     unmatched_endpoint: str = "unmatched"
     reset_token: str | None = None
+    reset_token_file: str | None = None
+    auth_token: str | None = None
+    auth_token_file: str | None = None
+    auth_username: str | None = None
+    auth_password: str | None = None
+    auth_password_file: str | None = None
     health_degraded_error_rate: float = 0.05
     health_unhealthy_error_rate: float = 0.5
 
@@ -44,5 +57,7 @@ class Settings:
             key = PREFIX + name.upper()
             if key in config:
                 values[name] = config[key]
+            elif name in SECRET_KEYS and os.environ.get(key):
+                values[name] = os.environ[key]
         custom_storage = any(values.get(name) is not None for name in STORAGE_KEYS)
         return cls(**values), custom_storage

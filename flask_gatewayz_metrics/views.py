@@ -2,50 +2,74 @@
 
 from __future__ import annotations
 
-import hmac
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, TypeVar
 
 from flask import Blueprint, Response, jsonify, request
 
+from .auth import Credentials, reset_credentials, scrape_credentials
 from .health import health_report
 
 if TYPE_CHECKING:
     from .extension import AppMetrics
 
 BLUEPRINT_NAME = "gatewayz_metrics"
+View = TypeVar("View", bound=Callable[[], "Response | tuple[Response, int]"])
 
 
 def create_blueprint(metrics: AppMetrics) -> Blueprint:
     bp = Blueprint(BLUEPRINT_NAME, __name__)
+    scrape_auth = scrape_credentials(metrics.settings)
+    reset_auth = reset_credentials(metrics.settings)
 
     @bp.get("")
+    @guarded(scrape_auth)
     def scrape() -> Response:
         body, content_type = metrics.exporter.render(request.headers.get("Accept"))
         return Response(body, content_type=content_type)
 
     @bp.get("/json")
+    @guarded(scrape_auth)
     def as_json() -> Response:
         return jsonify(metrics.collector.to_dict())
 
     @bp.get("/health")
+    @guarded(scrape_auth)
     def health() -> tuple[Response, int]:
         report, status = health_report(metrics.collector.snapshot(), metrics.settings)
         return jsonify(report), status
 
     @bp.post("/reset")
     def reset() -> tuple[Response, int]:
-        token = metrics.settings.reset_token
-        if not token:
+        if not reset_auth.required:
             return jsonify(error="reset is disabled: set GATEWAYZ_METRICS_RESET_TOKEN to enable it"), 403
-        offered = request.headers.get("Authorization", "")
-        scheme, _, credentials = offered.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(
-            credentials.strip().encode("utf-8"), token.encode("utf-8")
-        ):
-            response = jsonify(error="a valid 'Authorization: Bearer <token>' header is required")
-            response.headers["WWW-Authenticate"] = 'Bearer realm="gatewayz-metrics"'
-            return response, 401
+        if not reset_auth.allow(request.headers.get("Authorization")):
+            return _unauthorized(reset_auth, "a valid 'Authorization: Bearer <reset token>' header is required")
         metrics.collector.reset()
         return jsonify(status="reset"), 200
 
     return bp
+
+
+def guarded(credentials: Credentials) -> Callable[[View], View]:
+    """Require ``credentials`` (when configured) before the view runs."""
+
+    def decorate(view: View) -> View:
+        if not credentials.required:
+            return view
+
+        def checked() -> Response | tuple[Response, int]:
+            if not credentials.allow(request.headers.get("Authorization")):
+                return _unauthorized(credentials, "credentials required")
+            return view()
+
+        checked.__name__ = view.__name__
+        return checked  # type: ignore[return-value]
+
+    return decorate
+
+
+def _unauthorized(credentials: Credentials, message: str) -> tuple[Response, int]:
+    response = jsonify(error=message)
+    response.headers["WWW-Authenticate"] = credentials.challenge
+    return response, 401

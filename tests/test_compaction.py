@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import mmap
 import os
+import shutil
 import signal
+import stat
 import struct
 import subprocess
 import time
@@ -13,7 +15,7 @@ from typing import Any
 import pytest
 
 from flask_gatewayz_metrics import MetricsCollector, PrometheusExporter
-from flask_gatewayz_metrics.storage import compact, layout
+from flask_gatewayz_metrics.storage import compact, layout, store
 from flask_gatewayz_metrics.storage.archive import QUARANTINE_KEEP
 
 STEPS = ("temp_written", "archive_renamed", "worker_unlinked")
@@ -262,19 +264,41 @@ def test_reader_follows_a_growing_file(metrics_dir: str) -> None:
     reader.close()
 
 
-def test_unwritable_directory_keeps_the_app_running(metrics_dir: str) -> None:
-    """If the metrics directory disappears, recording never raises; drops are counted and reported."""
+def test_vanished_directory_is_recreated(metrics_dir: str) -> None:
+    """If the metrics directory is deleted while serving, the next write starts it again."""
     c = MetricsCollector(metrics_dir)
     c.record_request("/a", "GET", 0.1, 200)
     c.close()  # the next write needs a new file
-    for name in os.listdir(metrics_dir):
-        os.unlink(os.path.join(metrics_dir, name))
-    os.rmdir(metrics_dir)
+    shutil.rmtree(metrics_dir)
+    for _ in range(3):
+        c.record_request("/a", "GET", 0.1, 200)
+    snap = c.snapshot()
+    assert snap.storage_error is None
+    assert snap.to_dict()["endpoints"]["/a"]["requests"] == 3
+    assert stat.S_IMODE(os.stat(metrics_dir).st_mode) == 0o700
+    c.close()
+
+
+def test_unusable_directory_keeps_the_app_running(metrics_dir: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A path that cannot hold the directory: writes never raise, drops are counted, recording resumes."""
+    monkeypatch.setattr(store, "RETRY_SECONDS", 0.0)
+    c = MetricsCollector(metrics_dir)
+    c.record_request("/a", "GET", 0.1, 200)
+    c.close()
+    shutil.rmtree(metrics_dir)
+    with open(metrics_dir, "w") as f:  # a file where the directory should be
+        f.write("not a directory")
     for _ in range(10):
         c.record_request("/a", "GET", 0.1, 200)
     snap = c.snapshot()
     assert snap.storage_error is not None
     assert snap.dropped()["storage_unavailable"] == 10
+    os.unlink(metrics_dir)  # the problem goes away
+    c.record_request("/a", "GET", 0.1, 200)
+    snap = c.snapshot()
+    assert snap.storage_error is None
+    assert snap.to_dict()["endpoints"]["/a"]["requests"] == 1
+    c.close()
 
 
 def _mount_tmpfs(path: str, size: str) -> bool:
@@ -290,7 +314,7 @@ def test_disk_full_keeps_recorded_series_and_reports(tmp_path: Any) -> None:
     mount = str(tmp_path / "tiny")
     assert _mount_tmpfs(mount, "400k"), "mount -t tmpfs failed although running as root"
     try:
-        c = MetricsCollector(mount)
+        c = MetricsCollector(os.path.join(mount, "metrics"))  # the tmpfs root is world-writable
         c.record_request("/kept", "GET", 0.1, 200)
         for i in range(200):  # grows the 256 KiB file past what 400 KiB can hold
             c.record_request(f"/new/{i}", "GET", 0.1, 200)

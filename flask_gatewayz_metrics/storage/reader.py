@@ -176,7 +176,7 @@ _READ_ATTEMPTS = 3
 def _identity(path: str) -> tuple[int, int] | None:
     try:
         st = os.stat(path, follow_symlinks=False)
-    except FileNotFoundError:
+    except OSError:  # absent, or the directory itself is gone or unusable
         return None
     return st.st_ino, st.st_mtime_ns
 

@@ -11,10 +11,12 @@ seeing a half-zeroed file.
 
 from __future__ import annotations
 
+import os
 import time
 
 from . import layout
 from .control import ControlFile
+from .directory import ensure_directory
 from .layout import Doubles
 from .reader import DirectoryReader, StorageProblem, WorkerView
 from .worker_file import WorkerFile
@@ -88,17 +90,23 @@ class Storage:
         self._offsets.clear()
         self.generation += 1
         try:
+            if not os.path.exists(self.control.path):
+                # The directory vanished (or was emptied) under us: start it again.
+                ensure_directory(self.directory)
+                self.control = ControlFile(self.directory)
+                self._epoch_word = self.control.words
             self._file = WorkerFile(
                 self.directory, self.control.epoch, self.slot_seconds, self.slots
             )
-        except OSError as exc:
+        except (OSError, RuntimeError) as exc:
             raise self._unavailable(exc) from exc
         self.last_error = None
         return self._file
 
-    def _unavailable(self, exc: OSError) -> StorageUnavailable:
+    def _unavailable(self, exc: Exception) -> StorageUnavailable:
         self._retry_at = time.monotonic() + RETRY_SECONDS
-        self.last_error = f"{type(exc).__name__}: {exc.strerror or exc}"
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        self.last_error = f"{type(exc).__name__}: {reason}"
         return StorageUnavailable(self.last_error)
 
     def after_fork_in_child(self) -> None:

@@ -1,0 +1,90 @@
+"""Access control of the metrics routes: scrape credentials and the reset token.
+
+Scrapes (``/metrics``, ``/metrics/json``, ``/metrics/health``) may require a bearer token
+or HTTP basic credentials, the two schemes Prometheus scrape configs support; the reset
+route always requires its own token and never accepts the scrape credentials. Secrets
+come from settings, environment variables or files (``*_FILE``, read once at start) and
+are compared in constant time.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+from dataclasses import dataclass
+
+from .settings import Settings
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """What an ``Authorization`` header must carry; nothing configured = open."""
+
+    token: bytes | None = None
+    basic: bytes | None = None
+    """``username:password`` as UTF-8 bytes."""
+
+    @property
+    def required(self) -> bool:
+        return self.token is not None or self.basic is not None
+
+    def allow(self, header: str | None) -> bool:
+        """Whether the ``Authorization`` header value matches (always True when open)."""
+        if not self.required:
+            return True
+        scheme, _, value = (header or "").strip().partition(" ")
+        scheme = scheme.lower()
+        if scheme == "bearer" and self.token is not None:
+            return hmac.compare_digest(value.strip().encode("utf-8"), self.token)
+        if scheme == "basic" and self.basic is not None:
+            try:
+                offered = base64.b64decode(value.strip(), validate=True)
+            except (binascii.Error, ValueError):
+                return False
+            return hmac.compare_digest(offered, self.basic)
+        return False
+
+    @property
+    def challenge(self) -> str:
+        """``WWW-Authenticate`` value naming the schemes this route accepts."""
+        schemes = []
+        if self.token is not None:
+            schemes.append('Bearer realm="gatewayz-metrics"')
+        if self.basic is not None:
+            schemes.append('Basic realm="gatewayz-metrics", charset="UTF-8"')
+        return ", ".join(schemes)
+
+
+def scrape_credentials(settings: Settings) -> Credentials:
+    token = secret(settings.auth_token, settings.auth_token_file, "auth_token")
+    username = settings.auth_username
+    password = secret(settings.auth_password, settings.auth_password_file, "auth_password")
+    if (username is None) != (password is None):
+        raise ValueError(
+            "GATEWAYZ_METRICS_AUTH_USERNAME and GATEWAYZ_METRICS_AUTH_PASSWORD(_FILE) must be set together"
+        )
+    basic = f"{username}:{password}".encode() if username is not None else None
+    return Credentials(token.encode() if token else None, basic)
+
+
+def reset_credentials(settings: Settings) -> Credentials:
+    token = secret(settings.reset_token, settings.reset_token_file, "reset_token")
+    return Credentials(token.encode() if token else None)
+
+
+def secret(value: str | None, path: str | None, name: str) -> str | None:
+    """A secret given directly or as a file to read (one trailing newline stripped)."""
+    if value is not None and path is not None:
+        raise ValueError(f"set GATEWAYZ_METRICS_{name.upper()} or its _FILE variant, not both")
+    if path is None:
+        return value or None
+    try:
+        with open(path, encoding="utf-8") as f:
+            content = f.read()
+    except OSError as exc:
+        raise ValueError(f"cannot read GATEWAYZ_METRICS_{name.upper()}_FILE {path!r}: {exc.strerror}") from exc
+    content = content.removesuffix("\n").removesuffix("\r")
+    if not content:
+        raise ValueError(f"GATEWAYZ_METRICS_{name.upper()}_FILE {path!r} is empty")
+    return content

@@ -1,0 +1,56 @@
+"""Checks that the metrics directory is safe to write before anything is written.
+
+Another user who can write the directory could plant a symlink named like a metrics
+file (and make us overwrite whatever it points to) or feed every scrape fake numbers.
+So the directory must belong to us and not be world-writable, and no metrics file in
+it may be a symlink. Checked when a collector starts (at import / ``init_app`` time),
+never during a request; files are also opened with ``O_NOFOLLOW``.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+
+from . import layout
+
+
+class MetricsDirectoryError(RuntimeError):
+    """The metrics directory is unsafe or unusable; the message says how to fix it."""
+
+
+def ensure_directory(path: str) -> str:
+    """Create ``path`` (mode 0700) if needed and check that it is safe; return it."""
+    try:
+        os.makedirs(path, mode=0o700, exist_ok=True)
+        st = os.lstat(path)
+    except OSError as exc:
+        raise MetricsDirectoryError(f"cannot create metrics directory {path!r}: {exc.strerror}") from exc
+    if stat.S_ISLNK(st.st_mode):
+        raise MetricsDirectoryError(
+            f"metrics directory {path!r} is a symlink; set GATEWAYZ_METRICS_DIR to the real directory"
+        )
+    if not stat.S_ISDIR(st.st_mode):
+        raise MetricsDirectoryError(f"metrics directory {path!r} is not a directory")
+    if st.st_uid != os.geteuid():
+        raise MetricsDirectoryError(
+            f"metrics directory {path!r} is owned by uid {st.st_uid}, not by this process (uid {os.geteuid()}); "
+            "use a directory of your own"
+        )
+    if st.st_mode & stat.S_IWOTH:
+        raise MetricsDirectoryError(
+            f"metrics directory {path!r} is world-writable (mode {stat.S_IMODE(st.st_mode):o}); "
+            "use a private subdirectory (created 0700) such as /tmp/gatewayz-metrics"
+        )
+    for name in os.listdir(path):
+        if _is_metrics_name(name) and os.path.islink(os.path.join(path, name)):
+            raise MetricsDirectoryError(
+                f"{os.path.join(path, name)!r} is a symlink; remove it (metrics files are never symlinks)"
+            )
+    return path
+
+
+def _is_metrics_name(name: str) -> bool:
+    return name.endswith(layout.WORKER_SUFFIX) or name in (
+        layout.CONTROL_NAME, layout.ARCHIVE_NAME, layout.COMPACTION_LOCK_NAME,
+    )
