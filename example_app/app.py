@@ -341,6 +341,7 @@ def healthz() -> Response:
 def create_app(config: dict[str, Any] | None = None) -> Flask:
     """Build the gateway; ``config`` overrides environment variables and defaults."""
     app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = 1024 * 1024  # an oversize body is a 413, never a worker's memory
     for key, default in DEFAULTS.items():
         app.config[key] = os.environ.get(key, default)
     if config:

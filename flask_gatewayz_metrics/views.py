@@ -45,7 +45,10 @@ def create_blueprint(metrics: AppMetrics) -> Blueprint:
             return jsonify(error="reset is disabled: set GATEWAYZ_METRICS_RESET_TOKEN to enable it"), 403
         if not reset_auth.allow(request.headers.get("Authorization")):
             return _unauthorized(reset_auth, "a valid 'Authorization: Bearer <reset token>' header is required")
-        metrics.collector.reset()
+        try:
+            metrics.collector.reset()
+        except OSError as exc:  # e.g. the control file was replaced: refuse, say why
+            return jsonify(error=f"reset failed: {exc.strerror or exc}"), 503
         return jsonify(status="reset"), 200
 
     return bp
