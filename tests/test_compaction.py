@@ -327,3 +327,4 @@ def test_disk_full_keeps_recorded_series_and_reports(tmp_path: Any) -> None:
         c.close()
     finally:
         subprocess.run(["umount", "-l", mount], check=False)
+
