@@ -21,9 +21,10 @@ import time
 import weakref
 from bisect import bisect_left
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 
 from . import sketch
+from .labels import LabelGuard, as_number, method_label
 from .request_state import current_request
 from .snapshot import Snapshot
 from .storage import CompactionResult, Storage, StorageUnavailable, compact, layout, merge
@@ -32,8 +33,6 @@ from .storage.layout import Doubles
 
 log = logging.getLogger("flask_gatewayz_metrics")
 
-KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE"})
-MAX_LABEL_LENGTH = 200
 MAX_CACHED_LABEL_SETS = 50_000
 LOG_INTERVAL_SECONDS = 60.0
 COMPACTION_INTERVAL_SECONDS = 10.0
@@ -74,7 +73,9 @@ class MetricsCollector:
     cover the last ``window_seconds`` (0 = since start), kept as ``window_slots``
     clock-aligned slots. A status code ``>= error_status`` counts as an error.
     With ``auto_compact`` a snapshot that finds dead workers' files folds them into the
-    archive afterwards (see ``storage.archive``).
+    archive afterwards (see ``storage.archive``). ``label_limits`` (per label name:
+    endpoint, provider, model, service) and ``allowed_labels`` (allowlists) bound the
+    distinct values recorded; see ``labels``.
     """
 
     def __init__(
@@ -86,6 +87,8 @@ class MetricsCollector:
         error_status: int = 500,
         strict: bool = False,
         auto_compact: bool = True,
+        label_limits: Mapping[str, int] | None = None,
+        allowed_labels: Mapping[str, Iterable[str]] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         if not window_seconds >= 0 or not math.isfinite(window_seconds):
@@ -104,6 +107,7 @@ class MetricsCollector:
         self.error_status = error_status
         self.strict = strict
         self.auto_compact = auto_compact
+        self._guard = LabelGuard(label_limits, allowed_labels)
         self._clock = clock
         self._storage = Storage(self.directory, self._slot_seconds, slots)
         self._lock = threading.Lock()
@@ -182,7 +186,7 @@ class MetricsCollector:
         allocation beyond the cache-key tuple, no syscall.
         """
         if latency.__class__ is not float:
-            latency = _as_number(latency)
+            latency = as_number(latency)
         if not 0.0 <= latency < _INF:
             return self._drop("invalid_latency")
         if status.__class__ is not int or not 100 <= status <= 599:
@@ -278,24 +282,18 @@ class MetricsCollector:
         storage = self._storage
         request = endpoint_window = provider_off = provider_window = model_off = model_window = -1
         if endpoint is not None or method is not None:
-            endpoint_label = _label(endpoint)
-            if endpoint_label is None or not isinstance(method, str):
+            endpoint_label = self._admit("endpoint", endpoint)
+            method_value = method_label(method)
+            if method_value is None:
                 raise _InvalidLabel
-            method_label = method.upper()
-            if method_label not in KNOWN_METHODS:
-                method_label = "OTHER"
-            request = storage.offset("request", (endpoint_label, method_label, *outcome))
+            request = storage.offset("request", (endpoint_label, method_value, *outcome))
             endpoint_window = storage.offset("endpoint_window", (endpoint_label,))
         if provider is not None:
-            provider_label = _label(provider)
-            if provider_label is None:
-                raise _InvalidLabel
+            provider_label = self._admit("provider", provider)
             provider_off = storage.offset("provider", (provider_label, *outcome))
             provider_window = storage.offset("provider_window", (provider_label,))
         if model is not None:
-            model_label = _label(model)
-            if model_label is None:
-                raise _InvalidLabel
+            model_label = self._admit("model", model)
             model_off = storage.offset("model", (model_label, *outcome))
             model_window = storage.offset("model_window", (model_label,))
         targets = (request, endpoint_window, provider_off, provider_window, model_off, model_window)
@@ -330,7 +328,7 @@ class MetricsCollector:
 
     def record_db_query(self, latency_seconds: float) -> None:
         """Count one database query that took ``latency_seconds``."""
-        latency = _as_number(latency_seconds)
+        latency = as_number(latency_seconds)
         if not 0.0 <= latency < _INF:
             return self._drop("invalid_latency")
         now = self._clock()
@@ -350,22 +348,51 @@ class MetricsCollector:
 
     def record_external_api_call(self, service: str, error: bool = False) -> None:
         """Count one call to an external service (stripe, sendgrid, ...)."""
-        label = _label(service)
-        if label is None:
-            return self._drop("invalid_label")
+        self._add("external", (("service", service),), ((0, 1.0), (1, 1.0 if error else 0.0)))
+
+    # ------------------------------------------------------------------ plumbing
+    def _add(
+        self,
+        kind: str,
+        labels: tuple[tuple[str, object], ...],
+        increments: tuple[tuple[int, float], ...],
+        latest: float | None = None,
+    ) -> None:
+        """Add ``increments`` (payload index, amount) to the ``kind`` record for ``labels``
+        (name, raw value) pairs, guarded like any label; with ``latest`` the payload is
+        instead set to ``(latest, now)``. Never raises (strict mode aside)."""
         try:
             with self._lock:
                 self._writable()
-                o = self._fixed("external", (label,))
+                values = tuple(self._admit(name, raw) for name, raw in labels)
+                o = self._fixed(kind, values)
                 d = self._doubles
-                d[o] += 1.0
-                if error:
-                    d[o + 1] += 1.0
+                if latest is not None:
+                    d[o] = latest
+                    d[o + 1] = self._clock()
+                for index, amount in increments:
+                    if amount:
+                        d[o + index] += amount
+        except _InvalidLabel:
+            self._drop("invalid_label")
         except StorageUnavailable:
             self._drop("storage_unavailable")
         except Exception as exc:
             self._internal_error(exc)
-        return None
+
+    def _admit(self, name: str, raw: object) -> str:
+        """The label value to record for ``raw`` (call under the lock).
+
+        Raises ``_InvalidLabel`` for unusable values; counts values past the guard's
+        limit, which become ``other``.
+        """
+        value, overflowed = self._guard.admit(name, raw)
+        if value is None:
+            raise _InvalidLabel
+        if overflowed:
+            o = self._fixed("label_overflow", (name,))
+            self._doubles[o] += 1.0
+        return value
 
     # ------------------------------------------------------------------ plumbing
     def _writable(self) -> Doubles:
@@ -532,27 +559,6 @@ def _rotate(d: Doubles, base: int, slot: int, with_sketch: bool) -> None:
         d[start : start + sketch.BUCKET_COUNT] = _ZERO_BUCKETS
     d[base + 1 : base + _SLOT_HEADER] = _EMPTY_SLOT_TAIL
     d[base] = float(slot)
-
-
-def _as_number(value: object) -> float:
-    """``value`` as a float if it is a real number (not a bool or string), else NaN."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        try:
-            return float(value)
-        except OverflowError:
-            return _INF
-    return math.nan
-
-
-def _label(value: object) -> str | None:
-    """A label value fit for exposition, or None if ``value`` is not usable as one."""
-    if not isinstance(value, str) or not value:
-        return None
-    if len(value) > MAX_LABEL_LENGTH:
-        value = value[:MAX_LABEL_LENGTH]
-    if not value.isascii():
-        value = value.encode("utf-8", "replace").decode("utf-8")  # lone surrogates -> "?"
-    return value
 
 
 _default: MetricsCollector | None = None

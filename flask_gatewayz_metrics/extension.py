@@ -17,8 +17,9 @@ from typing import Any
 from flask import Flask, Response, request
 from werkzeug.routing import Map, Rule
 
-from .collector import KNOWN_METHODS, MetricsCollector, get_metrics_collector
+from .collector import MetricsCollector, get_metrics_collector
 from .exposition import PrometheusExporter
+from .labels import KNOWN_METHODS
 from .request_state import RequestState, current_request
 from .settings import Settings
 from .views import BLUEPRINT_NAME, create_blueprint

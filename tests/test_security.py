@@ -20,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families as parse_tex
 
 from example_app.app import create_app
 from flask_gatewayz_metrics import GatewayzMetrics, MetricsCollector, PrometheusExporter
-from flask_gatewayz_metrics.collector import KNOWN_METHODS
+from flask_gatewayz_metrics.labels import KNOWN_METHODS
 from flask_gatewayz_metrics.storage.directory import MetricsDirectoryError
 
 SCRAPE_ROUTES = ("/metrics", "/metrics/json", "/metrics/health")

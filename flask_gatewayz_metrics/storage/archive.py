@@ -31,6 +31,7 @@ from operator import add
 
 from . import layout
 from .control import ControlFile
+from .merge import combine
 from .reader import DirectoryReader, StorageProblem, WorkerView
 
 MAX_FILES_PER_RUN = 256
@@ -63,7 +64,11 @@ class ArchiveBuilder:
         same_geometry = view.slot_seconds == self.slot_seconds and view.slots == self.slots
         for record in view.records:
             kind = layout.KINDS[record.kind]
-            if (kind.windowed and not same_geometry) or (skip_absorbed and record.kind == "absorbed"):
+            if (
+                (kind.windowed and not same_geometry)
+                or (skip_absorbed and record.kind == "absorbed")
+                or kind.merge == "live"  # only live workers count (requests in flight)
+            ):
                 continue
             size = kind.payload_size(self.slots)
             incoming = list(view.doubles[record.offset : record.offset + size])
@@ -74,7 +79,7 @@ class ArchiveBuilder:
             elif kind.windowed:
                 _merge_slots(current, incoming, self.slots, layout.slot_stride(kind.with_sketch))
             else:
-                self.payloads[key] = list(map(add, current, incoming))
+                self.payloads[key] = combine(kind, current, incoming)
 
     def absorb(self, name: str) -> None:
         self.payloads[("absorbed", (name,))] = []

@@ -85,6 +85,12 @@ HISTOGRAM_BOUNDS: tuple[float, ...] = (
 
 From 5 ms (a cache hit) to 600 s, the usual time-out of an LLM call."""
 
+TOKEN_BOUNDS: tuple[float, ...] = tuple(float(4**i) for i in range(14))
+"""Upper bounds of the tokens-per-request histogram: 1, 4, 16, ... 67108864 (OpenTelemetry
+GenAI's gen_ai.client.token.usage buckets)."""
+TOKENS_SIZE = 1 + len(TOKEN_BOUNDS) + 1
+"""Payload of a "tokens" record: token sum, then one count per bucket (+Inf last)."""
+
 # Slot header fields of windowed records. Sketch slots leave SLOT_COUNT at 0 (the
 # count is the sum of their buckets) and only provider slots track min / max.
 SLOT_ID, SLOT_COUNT, SLOT_SUM, SLOT_ERRORS, SLOT_MIN, SLOT_MAX = range(6)
@@ -105,6 +111,9 @@ class Kind:
     """Fixed payload size in float64 values (0 for windowed kinds)."""
     windowed: bool = False
     with_sketch: bool = False
+    merge: str = "sum"
+    """How workers combine: "sum"; "latest" (the payload whose last value, a
+    timestamp, is newest wins); "live" (summed over live workers only, never archived)."""
 
     def payload_size(self, slots: int) -> int:
         if not self.windowed:
@@ -134,6 +143,17 @@ KINDS: dict[str, Kind] = {
     "db_window": Kind((), windowed=True),
     "external": Kind(("service",), 2),  # calls, errors
     "dropped": Kind(("reason",), 1),
+    # Beyond the spec: what AI gateway operators ask for.
+    "in_flight": Kind((), 1, merge="live"),
+    "tokens": Kind(("provider", "model", "direction"), TOKENS_SIZE),  # token sum, per-request buckets
+    "cost": Kind(("provider", "model"), 1),
+    "provider_error_type": Kind(("provider", "error_type"), 1),
+    "fallback": Kind(("from_provider", "to_provider"), 1),
+    "rate_limit": Kind(("provider", "limit"), 2, merge="latest"),  # remaining, time set
+    "label_overflow": Kind(("label",), 1),
+    "stream": Kind(("provider", "model", "outcome"), 1),
+    "first_chunk": Kind(("provider", "model"), REQUEST_SIZE),  # count, sum, latency buckets
+    "stream_duration": Kind(("provider", "model"), REQUEST_SIZE),
     # Archive only: worker files folded into it, and bad files the compactor quarantined.
     "absorbed": Kind(("file",), 0),
     "storage_errors": Kind(("reason",), 1),

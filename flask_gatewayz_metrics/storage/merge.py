@@ -95,12 +95,12 @@ def merge(views: list[WorkerView], epoch: int, now: float) -> Merged:
         for record in view.records:
             kind = layout.KINDS[record.kind]
             if not kind.windowed:
-                if not kind.size:
-                    continue  # "absorbed" markers carry no values
+                if not kind.size or (kind.merge == "live" and not view.live):
+                    continue  # "absorbed" markers carry no values; dead workers have no requests in flight
                 series = merged.totals.setdefault(record.kind, {})
                 values = list(doubles[record.offset : record.offset + kind.size])
                 current = series.get(record.labels)
-                series[record.labels] = values if current is None else list(map(add, current, values))
+                series[record.labels] = combine(kind, current, values)
                 continue
             stats = merged.windows.setdefault(record.kind, {}).setdefault(record.labels, WindowStats())
             stride = layout.slot_stride(kind.with_sketch)
@@ -109,6 +109,15 @@ def merge(views: list[WorkerView], epoch: int, now: float) -> Merged:
                 if doubles[base + layout.SLOT_ID] >= oldest_slot:
                     stats.add_slot(doubles, base, kind.with_sketch)
     return merged
+
+
+def combine(kind: layout.Kind, current: list[float] | None, incoming: list[float]) -> list[float]:
+    """Two workers' payloads of one fixed-size series, combined as ``kind`` says."""
+    if current is None:
+        return incoming
+    if kind.merge == "latest":
+        return incoming if incoming[-1] > current[-1] else current
+    return list(map(add, current, incoming))
 
 
 def _touched_range(raw: bytes) -> tuple[int, int]:

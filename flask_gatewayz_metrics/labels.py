@@ -1,0 +1,76 @@
+"""Label values: validation, normalisation and cardinality guards.
+
+Each process admits at most ``limits[name]`` distinct values of a label (or only the
+values of an allowlist); further values are recorded as ``other`` and counted in
+``gatewayz_metrics_label_overflow_total{label}``, so a flood of random model names or
+service names cannot create unbounded series. Checked only when a new label
+combination is first seen, never on the cached request path.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+
+MAX_LABEL_LENGTH = 200
+OVERFLOW_VALUE = "other"
+DEFAULT_LIMITS: dict[str, int] = {"endpoint": 1000, "provider": 50, "model": 200, "service": 50}
+"""Distinct values per label and process before new ones collapse into ``other``."""
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE"})
+
+
+def as_number(value: object) -> float:
+    """``value`` as a float if it is a real number (not a bool or string), else NaN."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        try:
+            return float(value)
+        except OverflowError:
+            return math.inf
+    return math.nan
+
+
+def clean_label(value: object) -> str | None:
+    """A label value fit for exposition, or None if ``value`` is not usable as one."""
+    if not isinstance(value, str) or not value:
+        return None
+    if len(value) > MAX_LABEL_LENGTH:
+        value = value[:MAX_LABEL_LENGTH]
+    if not value.isascii():
+        value = value.encode("utf-8", "replace").decode("utf-8")  # lone surrogates -> "?"
+    return value
+
+
+def method_label(method: object) -> str | None:
+    if not isinstance(method, str):
+        return None
+    upper = method.upper()
+    return upper if upper in KNOWN_METHODS else "OTHER"
+
+
+class LabelGuard:
+    """Admits label values up to a per-label limit or from an allowlist."""
+
+    def __init__(
+        self, limits: Mapping[str, int] | None = None, allowed: Mapping[str, Iterable[str]] | None = None
+    ) -> None:
+        self.limits = {**DEFAULT_LIMITS, **(limits or {})}
+        self.allowed = {name: frozenset(values) for name, values in (allowed or {}).items()}
+        self._seen: dict[str, set[str]] = {}
+
+    def admit(self, name: str, raw: object) -> tuple[str | None, bool]:
+        """``(label value, overflowed)``; the value is None when ``raw`` is unusable."""
+        value = clean_label(raw)
+        if value is None:
+            return None, False
+        seen = self._seen.setdefault(name, set())
+        if value in seen:
+            return value, False
+        allowed = self.allowed.get(name)
+        if allowed is not None:
+            admitted = value in allowed
+        else:
+            admitted = len(seen) < self.limits.get(name, DEFAULT_LIMITS["endpoint"])
+        if not admitted:
+            return OVERFLOW_VALUE, True
+        seen.add(value)
+        return value, False
