@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ._version import VERSION
 from .collector import InvalidMetric, MetricsCollector, get_metrics_collector
 from .exposition import PrometheusExporter
 from .extension import GatewayzMetrics
@@ -9,7 +10,7 @@ from .request_state import label_request
 from .snapshot import Snapshot
 from .tracking import track_request
 
-__version__ = "0.1.0"
+__version__ = VERSION
 
 __all__ = [
     "GatewayzMetrics",

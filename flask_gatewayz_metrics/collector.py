@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterable, Mapping
 
 from . import sketch
 from .labels import LabelGuard, as_number, method_label
+from .llm import GatewayRecording
 from .request_state import current_request
 from .snapshot import Snapshot
 from .storage import CompactionResult, Storage, StorageUnavailable, compact, layout, merge
@@ -65,7 +66,7 @@ class InvalidMetric(ValueError):
     """Raised in strict mode for input that would otherwise be dropped and counted."""
 
 
-class MetricsCollector:
+class MetricsCollector(GatewayRecording):
     """Records requests, provider/model calls, cache, database and external API use.
 
     ``directory`` is the metrics directory shared by all worker processes (default:
@@ -108,6 +109,8 @@ class MetricsCollector:
         self.strict = strict
         self.auto_compact = auto_compact
         self._guard = LabelGuard(label_limits, allowed_labels)
+        self._in_flight = 0
+        self._in_flight_offset = -1
         self._clock = clock
         self._storage = Storage(self.directory, self._slot_seconds, slots)
         self._lock = threading.Lock()
@@ -157,17 +160,22 @@ class MetricsCollector:
         latency_seconds: float,
         status_code: int = 200,
         error: bool | None = None,
+        error_type: str | None = None,
     ) -> None:
         """Record one upstream call to ``provider``/``model`` (not an HTTP request of ours).
 
         A gateway that tries several providers for one request calls this once per
         attempt. The call is an error when ``status_code >= error_status`` or when
-        ``error`` is true (a time-out or connection failure that has no status).
+        ``error`` is true (a time-out or connection failure that has no status); failed
+        calls are also counted by type (``error_type``, else derived from the status).
         """
         state = current_request.get()
         if state is not None and state.collector is self:
             state.provider_recorded = True
         self.observe_request(None, None, latency_seconds, status_code, provider, model, bool(error))
+        failed = bool(error) or (isinstance(status_code, int) and status_code >= self.error_status)
+        if failed and provider is not None:
+            self.record_provider_error(provider, status_code, error_type)
 
     def observe_request(
         self,
@@ -380,6 +388,26 @@ class MetricsCollector:
         except Exception as exc:
             self._internal_error(exc)
 
+    def add_in_flight(self, delta: int) -> None:
+        """Track requests being served by this process (``http_requests_in_flight``).
+
+        The count lives in memory and its absolute value is written to the file, so a
+        new file (after a reset) starts from the right number.
+        """
+        try:
+            with self._lock:
+                self._in_flight += delta
+                if self._file_epoch != self._epoch_words[_EPOCH_INDEX]:
+                    self._refresh_file()
+                o = self._in_flight_offset
+                if o < 0:
+                    o = self._in_flight_offset = self._fixed("in_flight")
+                self._doubles[o] = float(self._in_flight)
+        except StorageUnavailable:
+            pass  # counted when requests are recorded; a gauge has nothing to drop
+        except Exception as exc:
+            self._internal_error(exc)
+
     def _admit(self, name: str, raw: object) -> str:
         """The label value to record for ``raw`` (call under the lock).
 
@@ -409,6 +437,7 @@ class MetricsCollector:
         self._epoch_words = self._storage.control.words  # re-created if the directory was
         if self._storage.generation != self._generation:
             self._request_targets.clear()
+            self._in_flight_offset = -1
             self._generation = self._storage.generation
         self._doubles = d
         self._file_epoch = self._storage.file_epoch
@@ -535,6 +564,8 @@ class MetricsCollector:
         self._file_epoch = -1
         self._request_targets.clear()
         self._unrecorded.clear()
+        self._in_flight = 0  # the parent's requests are not ours
+        self._in_flight_offset = -1
 
 
 class _InvalidLabel(Exception):

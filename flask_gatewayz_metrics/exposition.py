@@ -21,6 +21,7 @@ from prometheus_client.metrics_core import (
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
+from .exposition_gateway import gateway_families
 from .snapshot import Snapshot, Totals
 
 if TYPE_CHECKING:
@@ -86,7 +87,7 @@ def families(snap: Snapshot) -> list[Metric]:
     )
     files.add_metric(["live"], snap.live_files)
     files.add_metric(["dead"], snap.worker_files - snap.live_files)
-    return [*out, uptime, dropped, storage_errors, files]
+    return [*out, *gateway_families(snap), uptime, dropped, storage_errors, files]
 
 
 def _gauge(name: str, doc: str, labels: list[str]) -> GaugeMetricFamily:

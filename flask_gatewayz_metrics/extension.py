@@ -22,6 +22,7 @@ from .exposition import PrometheusExporter
 from .labels import KNOWN_METHODS
 from .request_state import RequestState, current_request
 from .settings import Settings
+from .streaming import ObservedStream
 from .views import BLUEPRINT_NAME, create_blueprint
 
 EXTENSION_KEY = "gatewayz_metrics"
@@ -45,6 +46,7 @@ class AppMetrics:
         def timed_wsgi_app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
             state = RequestState(collector, perf_counter())
             token = current_request.set(state)
+            collector.add_in_flight(1)
             try:
                 return wsgi_app(environ, start_response)
             except BaseException:
@@ -55,6 +57,8 @@ class AppMetrics:
                 raise
             finally:
                 current_request.reset(token)
+                if not state.finished:  # never reached after_request: nothing to time
+                    _leave(state)
 
         return timed_wsgi_app
 
@@ -65,12 +69,17 @@ class AppMetrics:
         state.finished = True
         req = request._get_current_object()  # type: ignore[attr-defined]
         if not self._identify(state, req.url_rule, req.method):
+            _leave(state)
             return response
-        if _streams_after_return(response):
-            status = response.status_code
-            response.call_on_close(lambda: self._record(state, status, False))
+        status = response.status_code
+        if not _streams_after_return(response):
+            self._record(state, status, False)
+        elif (state.provider or state.model) and not response.direct_passthrough:
+            response.response = ObservedStream(
+                response.response, lambda outcome, first: self._record_stream(state, status, outcome, first)
+            )
         else:
-            self._record(state, response.status_code, False)
+            response.call_on_close(lambda: self._record(state, status, False))
         return response
 
     def _identify(self, state: RequestState, rule: Rule | None, method: str) -> bool:
@@ -85,13 +94,31 @@ class AppMetrics:
         state.method = method if method in KNOWN_METHODS else "OTHER"
         return True
 
-    def _record(self, state: RequestState, status: int, failed: bool) -> None:
+    def _record(self, state: RequestState, status: int, failed: bool) -> float:
+        """Record the request; return its latency."""
         latency = perf_counter() - state.start
+        _leave(state)
         if state.provider_recorded:
             provider = model = None
         else:
             provider, model = state.provider, state.model
         state.collector.observe_request(state.endpoint, state.method, latency, status, provider, model, failed)
+        return latency
+
+    def _record_stream(self, state: RequestState, status: int, outcome: str, first_chunk: float | None) -> None:
+        """A labelled stream ended: the request (an error if the body failed) and the stream."""
+        duration = self._record(state, status, outcome == "error")
+        state.collector.record_stream(
+            state.provider or "", state.model or "", outcome, duration,
+            None if first_chunk is None else first_chunk - state.start,
+        )
+
+
+def _leave(state: RequestState) -> None:
+    """The request no longer counts as in flight (once)."""
+    if state.in_flight:
+        state.in_flight = False
+        state.collector.add_in_flight(-1)
 
 
 def _route_of(url_map: Map, environ: dict[str, Any]) -> tuple[Rule | None, str]:

@@ -29,6 +29,8 @@ class RequestState:
     provider_recorded: bool = False
     """Set when the view recorded provider calls itself; the hook then skips them."""
     finished: bool = False
+    in_flight: bool = True
+    """Counted in ``http_requests_in_flight`` until recorded (or skipped)."""
 
 
 current_request: ContextVar[RequestState | None] = ContextVar(

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
 from operator import add
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from .storage import Merged, StorageProblem, WindowStats, layout
 
@@ -154,6 +154,22 @@ class Snapshot:
         return 1.0 - stats.errors / stats.count
 
     # ------------------------------------------------------------------ JSON
+    def _llm_dict(self) -> dict[str, Any]:
+        """Tokens, cost, upstream health and streams, keyed provider -> model -> ..."""
+        streams: dict[str, Any] = _nested(self.series("stream"))
+        for (provider, model), payload in self.series("first_chunk"):
+            entry = streams.setdefault(provider, {}).setdefault(model, {})
+            entry["first_chunk_avg_seconds"] = payload[layout.REQ_SUM] / payload[layout.REQ_COUNT]
+        return {
+            "tokens": _nested(self.series("tokens")),
+            "cost_usd": _nested(self.series("cost")),
+            "errors_by_type": _nested(self.series("provider_error_type")),
+            "fallbacks": _nested(self.series("fallback")),
+            "rate_limit_remaining": _nested(self.series("rate_limit")),
+            "streams": streams,
+            "label_overflow": _nested(self.series("label_overflow")),
+        }
+
     def to_dict(self) -> dict[str, object]:
         """The JSON document served by ``/metrics/json``."""
         endpoints: dict[str, dict[str, object]] = {}
@@ -203,6 +219,8 @@ class Snapshot:
                 str(service): {"calls": int(payload[0]), "errors": int(payload[1])}
                 for (service,), payload in self.series("external")
             },
+            "in_flight": max(0, int(self.total("in_flight")[0])),
+            "llm": self._llm_dict(),
             "storage": {
                 "worker_files": self.worker_files,
                 "live_worker_files": self.live_files,
@@ -213,6 +231,17 @@ class Snapshot:
                 "errors": {str(labels[0]): int(p[0]) for labels, p in self.series("storage_errors")},
             },
         }
+
+
+def _nested(rows: Iterator[tuple[Labels, list[float]]], index: int = 0) -> dict[str, Any]:
+    """``{label1: {label2: ... value}}`` from labelled payloads (value at ``index``)."""
+    out: dict[str, Any] = {}
+    for labels, payload in rows:
+        node = out
+        for label in labels[:-1]:
+            node = node.setdefault(label, {})
+        node[labels[-1]] = payload[index]
+    return out
 
 
 def _endpoint_entry(stats: WindowStats) -> dict[str, object]:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import math
+import platform
 
 import pytest
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
 from prometheus_client.parser import text_string_to_metric_families as parse_text
+from prometheus_client.utils import floatToGoString
 
 from flask_gatewayz_metrics import MetricsCollector, PrometheusExporter, sketch
 
@@ -44,6 +46,19 @@ OUR_FAMILIES = {
     "gatewayz_metrics_dropped_total": "counter",
     "gatewayz_metrics_storage_errors_total": "counter",
     "gatewayz_metrics_worker_files": "gauge",
+    "gatewayz_metrics_label_overflow_total": "counter",
+    "llm_tokens_total": "counter",
+    "llm_request_tokens": "histogram",
+    "llm_cost_usd_total": "counter",
+    "provider_errors_by_type_total": "counter",
+    "llm_provider_fallbacks_total": "counter",
+    "llm_rate_limit_remaining": "gauge",
+    "llm_streams_total": "counter",
+    "llm_time_to_first_chunk_seconds": "histogram",
+    "llm_stream_duration_seconds": "histogram",
+    "http_requests_in_flight": "gauge",
+    "gatewayz_build_info": "gauge",
+    "gatewayz_start_time_seconds": "gauge",
 }
 
 # p50 of {0.25, 0.75} is 0.25, reported as the representative of its sketch bucket;
@@ -170,6 +185,35 @@ external_api_calls_total{service="stripe"} 1.0
 # HELP external_api_errors_total Failed calls to external APIs.
 # TYPE external_api_errors_total counter
 external_api_errors_total{service="stripe"} 1.0
+# HELP llm_tokens_total LLM tokens, by direction (input, output, cached_input).
+# TYPE llm_tokens_total counter
+# HELP llm_request_tokens Tokens per LLM call, by direction (buckets 1, 4, 16, ... 4^13).
+# TYPE llm_request_tokens histogram
+# HELP llm_cost_usd_total Cost of LLM calls in US dollars.
+# TYPE llm_cost_usd_total counter
+# HELP provider_errors_by_type_total Failed upstream calls by type: timeout, rate_limited, 4xx, 5xx, connection, other.
+# TYPE provider_errors_by_type_total counter
+# HELP llm_provider_fallbacks_total Requests moved from one provider to another.
+# TYPE llm_provider_fallbacks_total counter
+# HELP llm_rate_limit_remaining Latest remaining rate limit reported by the provider (requests or tokens).
+# TYPE llm_rate_limit_remaining gauge
+# HELP llm_streams_total Streamed responses by outcome: completed, client_disconnect, error.
+# TYPE llm_streams_total counter
+# HELP llm_time_to_first_chunk_seconds Time from request start to the first streamed chunk.
+# TYPE llm_time_to_first_chunk_seconds histogram
+# HELP llm_stream_duration_seconds Time from request start to the end of the stream.
+# TYPE llm_stream_duration_seconds histogram
+# HELP http_requests_in_flight Requests being served now, summed over live workers.
+# TYPE http_requests_in_flight gauge
+http_requests_in_flight 0.0
+# HELP gatewayz_build_info Version of flask_gatewayz_metrics and of Python (value 1).
+# TYPE gatewayz_build_info gauge
+gatewayz_build_info{python_version="@PYTHON_VERSION@",version="0.1.0"} 1.0
+# HELP gatewayz_start_time_seconds Unix time the server (metrics directory) started.
+# TYPE gatewayz_start_time_seconds gauge
+gatewayz_start_time_seconds @START_TIME@
+# HELP gatewayz_metrics_label_overflow_total Label values recorded as 'other' (the label was at its limit).
+# TYPE gatewayz_metrics_label_overflow_total counter
 # HELP gatewayz_uptime_seconds Seconds since the server (metrics directory) started.
 # TYPE gatewayz_uptime_seconds gauge
 gatewayz_uptime_seconds 10.0
@@ -206,10 +250,17 @@ def test_quantile_literals_are_sketch_representatives() -> None:
     assert abs(float(P_075) - 0.75) / 0.75 <= sketch.MAX_RELATIVE_ERROR
 
 
+def expected_text(collector: MetricsCollector) -> str:
+    """EXPECTED with this machine's Python version and this directory's start time."""
+    return EXPECTED.replace("@PYTHON_VERSION@", platform.python_version()).replace(
+        "@START_TIME@", floatToGoString(collector.snapshot().start_time)
+    )
+
+
 def test_exact_text_exposition(collector: MetricsCollector, clock) -> None:  # type: ignore[no-untyped-def]
     """The 0.0.4 exposition of a small scenario is exactly the expected text."""
     scenario(collector, clock)
-    assert PrometheusExporter(collector).export() == EXPECTED
+    assert PrometheusExporter(collector).export() == expected_text(collector)
 
 
 def test_empty_exposition_has_every_family(collector: MetricsCollector, clock) -> None:  # type: ignore[no-untyped-def]
@@ -252,7 +303,7 @@ def test_default_content_type_is_text_004(collector: MetricsCollector, clock) ->
     for accept in (None, "", "text/plain", "*/*"):
         body, content_type = exporter.render(accept)
         assert content_type == "text/plain; version=0.0.4; charset=utf-8"
-        assert body.decode("utf-8") == EXPECTED
+        assert body.decode("utf-8") == expected_text(collector)
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,112 @@
+"""Metric families beyond the spec: tokens, cost, upstream health, streams, identity."""
+
+from __future__ import annotations
+
+import platform
+from collections.abc import Sequence
+
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.utils import floatToGoString
+
+from ._version import VERSION
+from .snapshot import Snapshot
+from .storage import layout
+
+
+def gateway_families(snap: Snapshot) -> list[Metric]:
+    return [*_token_families(snap), *_upstream_families(snap), *_stream_families(snap), *_process_families(snap)]
+
+
+def cumulative(bounds: Sequence[float], counts: Sequence[float]) -> list[tuple[str, float]]:
+    """Prometheus bucket pairs (``le`` text, cumulative count) from per-bucket counts (+Inf last)."""
+    out = []
+    running = 0.0
+    for bound, count in zip((*bounds, float("inf")), counts, strict=True):
+        running += count
+        out.append((floatToGoString(bound), running))
+    return out
+
+
+def _token_families(snap: Snapshot) -> list[Metric]:
+    labels = ["provider", "model", "direction"]
+    tokens = CounterMetricFamily(
+        "llm_tokens_total", "LLM tokens, by direction (input, output, cached_input).", labels=labels
+    )
+    per_call = HistogramMetricFamily(
+        "llm_request_tokens", "Tokens per LLM call, by direction (buckets 1, 4, 16, ... 4^13).", labels=labels
+    )
+    for key, payload in snap.series("tokens"):
+        tokens.add_metric(list(key), payload[0])
+        per_call.add_metric(list(key), cumulative(layout.TOKEN_BOUNDS, payload[1:]), payload[0])
+    cost = CounterMetricFamily("llm_cost_usd_total", "Cost of LLM calls in US dollars.", labels=["provider", "model"])
+    for key, payload in snap.series("cost"):
+        cost.add_metric(list(key), payload[0])
+    return [tokens, per_call, cost]
+
+
+def _upstream_families(snap: Snapshot) -> list[Metric]:
+    by_type = CounterMetricFamily(
+        "provider_errors_by_type_total",
+        "Failed upstream calls by type: timeout, rate_limited, 4xx, 5xx, connection, other.",
+        labels=["provider", "error_type"],
+    )
+    for key, payload in snap.series("provider_error_type"):
+        by_type.add_metric(list(key), payload[0])
+    fallbacks = CounterMetricFamily(
+        "llm_provider_fallbacks_total",
+        "Requests moved from one provider to another.",
+        labels=["from_provider", "to_provider"],
+    )
+    for key, payload in snap.series("fallback"):
+        fallbacks.add_metric(list(key), payload[0])
+    remaining = GaugeMetricFamily(
+        "llm_rate_limit_remaining",
+        "Latest remaining rate limit reported by the provider (requests or tokens).",
+        labels=["provider", "limit"],
+    )
+    for key, payload in snap.series("rate_limit"):
+        remaining.add_metric(list(key), payload[0])
+    return [by_type, fallbacks, remaining]
+
+
+def _stream_families(snap: Snapshot) -> list[Metric]:
+    streams = CounterMetricFamily(
+        "llm_streams_total",
+        "Streamed responses by outcome: completed, client_disconnect, error.",
+        labels=["provider", "model", "outcome"],
+    )
+    for key, payload in snap.series("stream"):
+        streams.add_metric(list(key), payload[0])
+    out: list[Metric] = [streams]
+    for kind, name, doc in (
+        ("first_chunk", "llm_time_to_first_chunk_seconds", "Time from request start to the first streamed chunk."),
+        ("stream_duration", "llm_stream_duration_seconds", "Time from request start to the end of the stream."),
+    ):
+        family = HistogramMetricFamily(name, doc, labels=["provider", "model"])
+        for key, payload in snap.series(kind):
+            family.add_metric(
+                list(key), cumulative(layout.HISTOGRAM_BOUNDS, payload[layout.REQ_BUCKETS :]), payload[layout.REQ_SUM]
+            )
+        out.append(family)
+    return out
+
+
+def _process_families(snap: Snapshot) -> list[Metric]:
+    in_flight = GaugeMetricFamily("http_requests_in_flight", "Requests being served now, summed over live workers.")
+    in_flight.add_metric([], max(0.0, snap.total("in_flight")[0]))
+    build = GaugeMetricFamily(
+        "gatewayz_build_info",
+        "Version of flask_gatewayz_metrics and of Python (value 1).",
+        labels=["version", "python_version"],
+    )
+    build.add_metric([VERSION, platform.python_version()], 1.0)
+    start = GaugeMetricFamily("gatewayz_start_time_seconds", "Unix time the server (metrics directory) started.")
+    start.add_metric([], snap.start_time)
+    overflow = CounterMetricFamily(
+        "gatewayz_metrics_label_overflow_total",
+        "Label values recorded as 'other' (the label was at its limit).",
+        labels=["label"],
+    )
+    for key, payload in snap.series("label_overflow"):
+        overflow.add_metric(list(key), payload[0])
+    return [in_flight, build, start, overflow]

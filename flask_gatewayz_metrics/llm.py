@@ -1,0 +1,131 @@
+"""Recording what an AI gateway's operators need beyond the spec.
+
+Tokens and cost, upstream error types, fallbacks between providers, the latest
+rate-limit headroom, and streamed responses (time to first chunk, duration, outcome).
+A mixin of ``MetricsCollector``: every method validates its input, never raises into
+the caller (strict mode aside), and writes through the collector's storage.
+"""
+
+from __future__ import annotations
+
+import math
+from bisect import bisect_left
+
+from .labels import as_number
+from .storage import layout
+
+ERROR_TYPES = frozenset({"timeout", "rate_limited", "4xx", "5xx", "connection", "other"})
+RATE_LIMITS = frozenset({"requests", "tokens"})
+STREAM_OUTCOMES = frozenset({"completed", "client_disconnect", "error"})
+TOKEN_DIRECTIONS = ("input", "output", "cached_input")
+
+
+def error_type_of(status_code: int, error_type: str | None = None) -> str:
+    """The closed-list error type of a failed upstream call."""
+    if error_type is not None:
+        return error_type if error_type in ERROR_TYPES else "other"
+    if status_code == 429:
+        return "rate_limited"
+    if status_code in (408, 504):
+        return "timeout"
+    if 400 <= status_code < 500:
+        return "4xx"
+    if 500 <= status_code < 600:
+        return "5xx"
+    return "other"
+
+
+class GatewayRecording:
+    """AI-gateway recording methods; ``MetricsCollector`` provides ``_add`` and ``_drop``."""
+
+    def _add(
+        self,
+        kind: str,
+        labels: tuple[tuple[str, object], ...],
+        increments: tuple[tuple[int, float], ...],
+        latest: float | None = None,
+    ) -> None:
+        raise NotImplementedError
+
+    def _drop(self, reason: str) -> None:
+        raise NotImplementedError
+
+    def record_tokens(
+        self,
+        provider: str,
+        model: str,
+        input_tokens: int,
+        output_tokens: int,
+        cached_input_tokens: int = 0,
+        cost_usd: float | None = None,
+    ) -> None:
+        """Count the tokens (and, if known, the cost in US dollars) of one LLM call.
+
+        Feeds ``llm_tokens_total{provider,model,direction}``, the per-call histogram
+        ``llm_request_tokens`` and ``llm_cost_usd_total{provider,model}``.
+        """
+        counts = [as_number(input_tokens), as_number(output_tokens), as_number(cached_input_tokens)]
+        cost = None if cost_usd is None else as_number(cost_usd)
+        if not all(0 <= n < math.inf for n in counts) or (cost is not None and not 0 <= cost < math.inf):
+            return self._drop("invalid_value")
+        for direction, count in zip(TOKEN_DIRECTIONS, counts, strict=True):
+            if direction == "cached_input" and count == 0:
+                continue
+            bucket = 1 + bisect_left(layout.TOKEN_BOUNDS, count)
+            labels = (("provider", provider), ("model", model), ("direction", direction))
+            self._add("tokens", labels, ((0, count), (bucket, 1.0)))
+        if cost is not None:
+            self._add("cost", (("provider", provider), ("model", model)), ((0, cost),))
+        return None
+
+    def record_provider_error(self, provider: str, status_code: int = 0, error_type: str | None = None) -> None:
+        """Count a failed upstream call by type: timeout, rate_limited, 4xx, 5xx, connection, other.
+
+        ``record_provider_call`` calls this for failed calls; call it directly for
+        failures that never produced a status (time-outs, refused connections).
+        """
+        kind = error_type_of(status_code if isinstance(status_code, int) else 0, error_type)
+        self._add("provider_error_type", (("provider", provider), ("error_type", kind)), ((0, 1.0),))
+
+    def record_fallback(self, from_provider: str, to_provider: str) -> None:
+        """Count a request that moved from one provider to another."""
+        self._add("fallback", (("provider", from_provider), ("provider", to_provider)), ((0, 1.0),))
+
+    def set_rate_limit_remaining(self, provider: str, limit: str, remaining: float) -> None:
+        """Report the latest remaining rate limit (``limit``: requests or tokens); 0 is a value."""
+        value = as_number(remaining)
+        if limit not in RATE_LIMITS or not 0 <= value < math.inf:
+            return self._drop("invalid_value")
+        self._add("rate_limit", (("provider", provider), ("limit", limit)), (), latest=value)
+        return None
+
+    def record_stream(
+        self,
+        provider: str,
+        model: str,
+        outcome: str,
+        duration_seconds: float,
+        first_chunk_seconds: float | None = None,
+    ) -> None:
+        """Record one streamed response: its outcome, full duration and time to first chunk."""
+        duration = as_number(duration_seconds)
+        first = None if first_chunk_seconds is None else as_number(first_chunk_seconds)
+        if outcome not in STREAM_OUTCOMES or not 0 <= duration < math.inf or (
+            first is not None and not 0 <= first < math.inf
+        ):
+            return self._drop("invalid_value")
+        labels = (("provider", provider), ("model", model))
+        self._add("stream", (*labels, ("outcome", outcome)), ((0, 1.0),))
+        self._add("stream_duration", labels, _histogram_increments(duration))
+        if first is not None:
+            self._add("first_chunk", labels, _histogram_increments(first))
+        return None
+
+
+def _histogram_increments(seconds: float) -> tuple[tuple[int, float], ...]:
+    """Increments of a count / sum / latency-buckets payload for one observation."""
+    return (
+        (layout.REQ_COUNT, 1.0),
+        (layout.REQ_SUM, seconds),
+        (layout.REQ_BUCKETS + bisect_left(layout.HISTOGRAM_BOUNDS, seconds), 1.0),
+    )
