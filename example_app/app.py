@@ -10,8 +10,12 @@ Routes:
   traffic deterministically: ``simulate_latency_seconds`` (0..30, replaces the random
   latency) and ``simulate_status`` (200..599; a status >= 400 is answered as the
   upstream's failure, anything lower means success). ``"stream": true`` answers as
-  server-sent events. Each successful completion is billed through a simulated Stripe
-  call (``GATEWAY_BILLING_ERROR_RATE`` of those fail, without failing the chat).
+  server-sent events; ``stream_chunk_delay_seconds`` (0..5) waits between chunks and
+  ``simulate_stream_error`` breaks the stream after its first chunk. A real (random)
+  upstream failure falls back once to the next provider (``FALLBACK``). Each successful
+  completion records its tokens and cost and is billed through a simulated Stripe call
+  (``GATEWAY_BILLING_ERROR_RATE`` of those fail, without failing the chat); every
+  upstream attempt reports the provider's remaining request budget.
 - ``GET /api/models`` and ``GET /api/models/<model_id>``: the model catalogue, read from a
   SQLite database (``GATEWAY_DB_PATH``, else a temporary file) through a TTL cache.
 - ``GET /healthz``: liveness for load balancers, not metrics.
@@ -43,6 +47,22 @@ DEFAULT_MODEL = "gpt-4"
 PROVIDER_PREFIXES: tuple[tuple[str, str], ...] = (("gpt-", "openai"), ("claude-", "anthropic"), ("gemini-", "google"))
 MAX_SIMULATED_LATENCY = 30.0
 MAX_MESSAGE_LENGTH = 100_000
+FALLBACK: dict[str, tuple[str, str]] = {
+    "openai": ("anthropic", "claude-3-haiku"),
+    "anthropic": ("google", "gemini-1.5-pro"),
+    "google": ("openai", "gpt-4o"),
+}
+"""Where a failed upstream call is retried once: provider -> (provider, model)."""
+PRICES_PER_1K_TOKENS: dict[str, tuple[float, float]] = {
+    "gpt-4": (0.03, 0.06),
+    "gpt-4o": (0.005, 0.015),
+    "claude-3-haiku": (0.00025, 0.00125),
+    "claude-3-opus": (0.015, 0.075),
+    "gemini-1.5-pro": (0.0035, 0.0105),
+}
+"""Simulated list prices (USD per 1000 input / output tokens) for the cost counter."""
+REQUESTS_PER_MINUTE = 600
+"""Simulated per-provider request budget; its remainder is reported as a gauge."""
 
 DEFAULTS: dict[str, Any] = {
     "GATEWAY_SIMULATED_LATENCY_SCALE": 1.0,
@@ -153,8 +173,20 @@ class Gateway:
         self.cache = TTLCache(_number(settings, "GATEWAY_MODELS_CACHE_TTL", 0.0, 86400.0))
         self.random = random.Random(int(settings["GATEWAY_SEED"]))
         self._random_lock = threading.Lock()
+        self._budgets: dict[str, tuple[int, int]] = {}
         path = settings["GATEWAY_DB_PATH"] or _temporary_database()
         self.catalogue = ModelCatalogue(str(path))
+
+    def spend_request(self, provider: str, exhausted: bool = False) -> int:
+        """Use one request of ``provider``'s per-minute budget; return what remains."""
+        minute = int(time.time() // 60)
+        with self._random_lock:
+            used_minute, remaining = self._budgets.get(provider, (minute, REQUESTS_PER_MINUTE))
+            if used_minute != minute:
+                remaining = REQUESTS_PER_MINUTE
+            remaining = 0 if exhausted else max(0, remaining - 1)
+            self._budgets[provider] = (minute, remaining)
+            return remaining
 
     def chance(self, rate: float) -> bool:
         with self._random_lock:
@@ -237,6 +269,12 @@ def parse_chat(body: object) -> dict[str, Any]:
     status = body.get("simulate_status")
     if status is not None and (isinstance(status, bool) or not isinstance(status, int) or not 200 <= status <= 599):
         raise BadRequest("'simulate_status' must be an integer between 200 and 599")
+    chunk_delay = body.get("stream_chunk_delay_seconds", 0.0)
+    if isinstance(chunk_delay, bool) or not isinstance(chunk_delay, (int, float)) or not 0 <= chunk_delay <= 5:
+        raise BadRequest("'stream_chunk_delay_seconds' must be a number between 0 and 5")
+    stream_error = body.get("simulate_stream_error", False)
+    if not isinstance(stream_error, bool):
+        raise BadRequest("'simulate_stream_error' must be true or false")
     provider = provider_for(model)
     if provider is None:
         known = ", ".join(f"{prefix}*" for prefix, _ in PROVIDER_PREFIXES)
@@ -248,6 +286,8 @@ def parse_chat(body: object) -> dict[str, Any]:
         "stream": stream,
         "latency": latency,
         "status": status,
+        "chunk_delay": float(chunk_delay),
+        "stream_error": stream_error,
     }
 
 
@@ -266,29 +306,30 @@ def chat() -> Response | tuple[Response, int]:
     provider, model = chat_request["provider"], chat_request["model"]
     label_request(provider=provider, model=model)
 
-    # The simulated upstream attempt: wait as long as the provider would, then decide.
-    latency = chat_request["latency"]
-    if latency is None:
-        latency = gateway.upstream_latency()
-    started = time.perf_counter()
-    time.sleep(latency)
-    status = chat_request["status"]
-    if status is None:
-        status = 502 if gateway.chance(gateway.upstream_error_rate) else 200
-    elif status < 400:
-        status = 200
-    get_metrics_collector().record_provider_call(provider, model, time.perf_counter() - started, status_code=status)
+    status = call_upstream(gateway, provider, model, chat_request)
+    if status >= 500 and chat_request["status"] is None:
+        # A real upstream failure (not a simulated one): fall back to the next provider once.
+        backup_provider, backup_model = FALLBACK[provider]
+        get_metrics_collector().record_fallback(provider, backup_provider)
+        provider, model = backup_provider, backup_model
+        label_request(provider=provider, model=model)
+        status = call_upstream(gateway, provider, model, chat_request)
     if status >= 400:
         return error_response(status, f"{provider} answered {status}", "upstream_error", provider=provider)
 
     reply = f"[{model}] You said: {chat_request['message'][:200]}"
     usage = {"prompt_tokens": len(chat_request["message"].split()), "completion_tokens": len(reply.split())}
+    input_price, output_price = PRICES_PER_1K_TOKENS.get(model, (0.001, 0.002))
+    get_metrics_collector().record_tokens(
+        provider, model, usage["prompt_tokens"], usage["completion_tokens"],
+        cost_usd=(usage["prompt_tokens"] * input_price + usage["completion_tokens"] * output_price) / 1000,
+    )
     billing_failed = gateway.chance(gateway.billing_error_rate)
     get_metrics_collector().record_external_api_call("stripe", error=billing_failed)
     completion_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
     if chat_request["stream"]:
         return Response(
-            _sse_chunks(completion_id, model, reply),
+            _sse_chunks(completion_id, model, reply, chat_request["chunk_delay"], chat_request["stream_error"]),
             mimetype="text/event-stream",
             headers={"Cache-Control": "no-cache"},
         )
@@ -302,13 +343,43 @@ def chat() -> Response | tuple[Response, int]:
     )
 
 
-def _sse_chunks(completion_id: str, model: str, reply: str) -> Iterator[str]:
+def call_upstream(gateway: Gateway, provider: str, model: str, chat_request: dict[str, Any]) -> int:
+    """One simulated upstream attempt: wait as long as the provider would, then decide.
+
+    Records the attempt (latency, status, error type) and the provider's remaining
+    request budget, which a 429 empties.
+    """
+    latency = chat_request["latency"]
+    if latency is None:
+        latency = gateway.upstream_latency()
+    started = time.perf_counter()
+    time.sleep(latency)
+    status = chat_request["status"]
+    if status is None:
+        status = 502 if gateway.chance(gateway.upstream_error_rate) else 200
+    elif status < 400:
+        status = 200
+    collector = get_metrics_collector()
+    collector.record_provider_call(provider, model, time.perf_counter() - started, status_code=status)
+    collector.set_rate_limit_remaining(provider, "requests", gateway.spend_request(provider, exhausted=status == 429))
+    return status
+
+
+def _sse_chunks(
+    completion_id: str, model: str, reply: str, delay: float = 0.0, fail: bool = False
+) -> Iterator[str]:
     """Server-sent events: one delta per word group, then ``[DONE]``.
 
-    Needs nothing from the request, so it runs safely after the view returned.
+    ``delay`` waits between chunks; ``fail`` raises after the first one (an upstream
+    that breaks mid-stream). Needs nothing from the request, so it runs safely after
+    the view returned.
     """
     words = reply.split(" ")
     for i in range(0, len(words), 3):
+        if i:
+            if fail:
+                raise RuntimeError("upstream stream broke")
+            time.sleep(delay)
         delta = " ".join(words[i : i + 3]) + (" " if i + 3 < len(words) else "")
         event = {
             "id": completion_id,

@@ -10,6 +10,7 @@ and pointing it at someone else's server by mistake must be impossible.
 from __future__ import annotations
 
 import argparse
+import http.client
 import ipaddress
 import json
 import random
@@ -35,6 +36,8 @@ class Planned:
     method: str
     path: str
     body: dict[str, object] | None = None
+    hang_up: bool = False
+    """Close the connection after the first bytes of the answer (a client that leaves mid-stream)."""
 
 
 @dataclass
@@ -55,8 +58,14 @@ def plan(rng: random.Random) -> Planned:
     """A request drawn from the traffic mix: mostly chat, some listing, some noise."""
     model = rng.choice(CHAT_MODELS)
     mix: tuple[tuple[float, Planned], ...] = (
-        (0.55, Planned("POST", "/api/chat", {"model": model, "message": "hello"})),
-        (0.10, Planned("POST", "/api/chat", {"model": model, "message": "stream", "stream": True})),
+        (0.50, Planned("POST", "/api/chat", {"model": model, "message": "hello"})),
+        (0.08, Planned("POST", "/api/chat", {"model": model, "message": "stream", "stream": True})),
+        (0.03, Planned("POST", "/api/chat", {
+            "model": model, "message": "a long answer", "stream": True, "stream_chunk_delay_seconds": 0.05,
+        }, hang_up=True)),
+        (0.02, Planned("POST", "/api/chat", {
+            "model": model, "message": "broken stream", "stream": True, "simulate_stream_error": True,
+        })),
         (0.05, Planned("POST", "/api/chat", {"message": "fail", "simulate_status": 500})),
         (0.05, Planned("POST", "/api/chat", {"message": "slow down", "simulate_status": 429})),
         (0.10, Planned("GET", "/api/models")),
@@ -76,12 +85,17 @@ def send(base_url: str, planned: Planned, timeout: float) -> str:
     req = urllib.request.Request(base_url + planned.path, data=data, method=planned.method, headers=headers)
     try:
         with urllib.request.urlopen(req, timeout=timeout) as response:
+            if planned.hang_up:
+                response.read(1)
+                return "hung_up"
             response.read()
             return str(response.status)
     except urllib.error.HTTPError as exc:
         exc.read()
         exc.close()
         return str(exc.code)
+    except http.client.IncompleteRead:
+        return "broken_stream"  # the gateway's stream failed after the headers were sent
     except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
         reason = getattr(exc, "reason", exc)
         return f"error:{type(reason).__name__}"

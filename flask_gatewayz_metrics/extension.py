@@ -42,11 +42,16 @@ class AppMetrics:
     def wrap(self, wsgi_app: WSGIApp, url_map: Map) -> WSGIApp:
         """``wsgi_app`` timed from the moment the server hands it the request."""
         collector = self.collector
+        # Scrapes are not application traffic: they do not count as in flight either.
+        own_prefix = None if self.settings.record_own_routes else self.settings.url_prefix
 
         def timed_wsgi_app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
             state = RequestState(collector, perf_counter())
             token = current_request.set(state)
-            collector.add_in_flight(1)
+            if own_prefix is not None and environ.get("PATH_INFO", "").startswith(own_prefix):
+                state.in_flight = False
+            else:
+                collector.add_in_flight(1)
             try:
                 return wsgi_app(environ, start_response)
             except BaseException:
