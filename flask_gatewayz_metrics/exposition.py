@@ -7,7 +7,7 @@ use its multiprocess mode for our metrics, since our storage already merges work
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry
@@ -27,21 +27,39 @@ from .snapshot import Snapshot, Totals
 if TYPE_CHECKING:
     from .collector import MetricsCollector
 
+DROP_REASONS = (
+    "invalid_latency", "invalid_status", "invalid_label", "invalid_value", "storage_unavailable", "internal_error",
+)
+STORAGE_ERROR_REASONS = (
+    "empty", "truncated", "foreign", "wrong_version", "corrupt_header", "corrupt_record", "unreadable",
+)
 ENDPOINT_QUANTILES = (("p50", 0.50), ("p95", 0.95), ("p99", 0.99))
 
 
 class PrometheusExporter(Collector):
-    """Turns a collector's merged snapshot into Prometheus exposition formats."""
+    """Turns a collector's merged snapshot into Prometheus exposition formats.
 
-    def __init__(self, collector: MetricsCollector, extra: Iterable[Collector] = ()) -> None:
+    ``app_metrics`` (e.g. ``prometheus_client.REGISTRY``, or a ``MultiProcessCollector``
+    under gunicorn) adds the application's own ``prometheus_client`` metrics to the same
+    output; a family whose name is one of ours is left out, so nothing appears twice.
+    """
+
+    def __init__(self, collector: MetricsCollector, app_metrics: Collector | None = None) -> None:
         self.collector = collector
+        self.app_metrics = app_metrics
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self)
-        for other in extra:
-            self.registry.register(other)
 
     def collect(self) -> Iterator[Metric]:
-        return iter(families(self.collector.snapshot()))
+        ours = families(self.collector.snapshot())
+        yield from ours
+        if self.app_metrics is None:
+            return
+        taken = {family.name for family in ours}
+        for family in self.app_metrics.collect():
+            if family.name not in taken:
+                taken.add(family.name)
+                yield family
 
     def export(self) -> str:
         """All metrics in the Prometheus text format 0.0.4."""
@@ -73,15 +91,19 @@ def families(snap: Snapshot) -> list[Metric]:
         "Metric inputs dropped as invalid or unrecordable, by reason.",
         labels=["reason"],
     )
-    for reason, count in sorted(snap.dropped().items()):
+    # Every known reason from the start: rate() and increase() only see a counter's
+    # first event if the series existed (at 0) before it.
+    for reason, count in sorted({**dict.fromkeys(DROP_REASONS, 0.0), **snap.dropped()}.items()):
         dropped.add_metric([reason], count)
     storage_errors = CounterMetricFamily(
         "gatewayz_metrics_storage_errors_total",
         "Unreadable metrics files moved to quarantine/, by reason.",
         labels=["reason"],
     )
-    for (error_reason,), payload in snap.series("storage_errors"):
-        storage_errors.add_metric([str(error_reason)], payload[0])
+    errors = dict.fromkeys(STORAGE_ERROR_REASONS, 0.0)
+    errors.update({str(labels[0]): payload[0] for labels, payload in snap.series("storage_errors")})
+    for error_reason, count in sorted(errors.items()):
+        storage_errors.add_metric([error_reason], count)
     files = GaugeMetricFamily(
         "gatewayz_metrics_worker_files", "Worker files merged into this scrape, by writer state.", labels=["state"]
     )

@@ -10,11 +10,14 @@ a failed 500. Streamed responses are recorded when the server closes the body.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable
 from time import perf_counter
 from typing import Any
 
 from flask import Flask, Response, request
+from prometheus_client import REGISTRY, CollectorRegistry, multiprocess
+from prometheus_client.registry import Collector
 from werkzeug.routing import Map, Rule
 
 from .collector import MetricsCollector, get_metrics_collector
@@ -35,7 +38,7 @@ class AppMetrics:
     def __init__(self, settings: Settings, collector: MetricsCollector) -> None:
         self.settings = settings
         self.collector = collector
-        self.exporter = PrometheusExporter(collector)
+        self.exporter = PrometheusExporter(collector, app_metrics_source() if settings.include_app_metrics else None)
         self._unmatched = settings.unmatched_endpoint
         self._skip_prefix = None if settings.record_own_routes else BLUEPRINT_NAME + "."
 
@@ -124,6 +127,17 @@ def _leave(state: RequestState) -> None:
     if state.in_flight:
         state.in_flight = False
         state.collector.add_in_flight(-1)
+
+
+def app_metrics_source() -> Collector:
+    """The application's own ``prometheus_client`` metrics: merged across workers when
+    ``PROMETHEUS_MULTIPROC_DIR`` puts prometheus_client in multiprocess mode (then
+    per-process collectors are meaningless and left out), else the default registry."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry(auto_describe=False)
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        return registry
+    return REGISTRY
 
 
 def _route_of(url_map: Map, environ: dict[str, Any]) -> tuple[Rule | None, str]:

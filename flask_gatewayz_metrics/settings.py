@@ -31,6 +31,7 @@ class Settings:
     strict: bool = False
     url_prefix: str = "/metrics"
     record_own_routes: bool = False
+    include_app_metrics: bool = True
     unmatched_endpoint: str = "unmatched"
     reset_token: str | None = None
     reset_token_file: str | None = None

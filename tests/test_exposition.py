@@ -219,9 +219,21 @@ gatewayz_start_time_seconds @START_TIME@
 gatewayz_uptime_seconds 10.0
 # HELP gatewayz_metrics_dropped_total Metric inputs dropped as invalid or unrecordable, by reason.
 # TYPE gatewayz_metrics_dropped_total counter
+gatewayz_metrics_dropped_total{reason="internal_error"} 0.0
+gatewayz_metrics_dropped_total{reason="invalid_label"} 0.0
 gatewayz_metrics_dropped_total{reason="invalid_latency"} 1.0
+gatewayz_metrics_dropped_total{reason="invalid_status"} 0.0
+gatewayz_metrics_dropped_total{reason="invalid_value"} 0.0
+gatewayz_metrics_dropped_total{reason="storage_unavailable"} 0.0
 # HELP gatewayz_metrics_storage_errors_total Unreadable metrics files moved to quarantine/, by reason.
 # TYPE gatewayz_metrics_storage_errors_total counter
+gatewayz_metrics_storage_errors_total{reason="corrupt_header"} 0.0
+gatewayz_metrics_storage_errors_total{reason="corrupt_record"} 0.0
+gatewayz_metrics_storage_errors_total{reason="empty"} 0.0
+gatewayz_metrics_storage_errors_total{reason="foreign"} 0.0
+gatewayz_metrics_storage_errors_total{reason="truncated"} 0.0
+gatewayz_metrics_storage_errors_total{reason="unreadable"} 0.0
+gatewayz_metrics_storage_errors_total{reason="wrong_version"} 0.0
 # HELP gatewayz_metrics_worker_files Worker files merged into this scrape, by writer state.
 # TYPE gatewayz_metrics_worker_files gauge
 gatewayz_metrics_worker_files{state="live"} 1.0
@@ -327,7 +339,9 @@ def test_openmetrics_when_asked(collector: MetricsCollector, clock, accept: str)
     assert requests[("http_requests_total", (("endpoint", "/api/chat"), ("method", "POST")))] == 2
     assert families["http_request_duration_seconds"].type == "histogram"
     assert families["cache_hit_rate"].samples[0].value == 0.75
-    assert families["gatewayz_metrics_dropped"].samples[0].value == 1
+    dropped = {s.labels["reason"]: s.value for s in families["gatewayz_metrics_dropped"].samples if s.name.endswith("_total")}
+    assert dropped["invalid_latency"] == 1
+    assert dropped["internal_error"] == 0
 
 
 def test_text_parses_back_to_the_recorded_values(collector: MetricsCollector, clock) -> None:  # type: ignore[no-untyped-def]
