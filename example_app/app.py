@@ -419,7 +419,9 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         app.config.update(config)
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions[STATE_KEY] = Gateway(app.config)
-    GatewayzMetrics(app)
+    # Clients name the model: only catalogue models become label values, anything else
+    # is recorded as "other", so made-up model names cannot grow the series.
+    GatewayzMetrics(app, allowed_models=[model for model, _, _ in SEED_MODELS])
     app.add_url_rule("/api/chat", view_func=chat, methods=["POST"])
     app.add_url_rule("/api/models", view_func=list_models, methods=["GET"])
     app.add_url_rule("/api/models/<model_id>", view_func=get_model, methods=["GET"])

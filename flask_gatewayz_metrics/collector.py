@@ -364,11 +364,12 @@ class MetricsCollector(GatewayRecording):
         kind: str,
         labels: tuple[tuple[str, object], ...],
         increments: tuple[tuple[int, float], ...],
-        latest: float | None = None,
+        latest: tuple[float, ...] | None = None,
     ) -> None:
         """Add ``increments`` (payload index, amount) to the ``kind`` record for ``labels``
         (name, raw value) pairs, guarded like any label; with ``latest`` the payload is
-        instead set to ``(latest, now)``. Never raises (strict mode aside)."""
+        instead set to ``(*latest, now)`` (kinds merged as "latest"). Never raises (strict
+        mode aside)."""
         try:
             with self._lock:
                 self._writable()
@@ -376,8 +377,9 @@ class MetricsCollector(GatewayRecording):
                 o = self._fixed(kind, values)
                 d = self._doubles
                 if latest is not None:
-                    d[o] = latest
-                    d[o + 1] = self._clock()
+                    for index, value in enumerate(latest):
+                        d[o + index] = value
+                    d[o + len(latest)] = self._clock()
                 for index, amount in increments:
                     if amount:
                         d[o + index] += amount

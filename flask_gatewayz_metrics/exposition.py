@@ -8,7 +8,7 @@ use its multiprocess mode for our metrics, since our storage already merges work
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, choose_encoder, generate_latest
@@ -19,10 +19,11 @@ from prometheus_client.metrics_core import (
     Metric,
 )
 from prometheus_client.registry import Collector
-from prometheus_client.utils import floatToGoString
+from prometheus_client.samples import Exemplar
 
-from .exposition_gateway import gateway_families
+from .exposition_gateway import cumulative, gateway_families
 from .snapshot import Snapshot, Totals
+from .storage import layout
 
 if TYPE_CHECKING:
     from .collector import MetricsCollector
@@ -122,9 +123,24 @@ def _add(family: GaugeMetricFamily, labels: list[str], value: float | None) -> N
         family.add_metric(labels, value)
 
 
-def _histogram(family: HistogramMetricFamily, labels: list[str], totals: Totals) -> None:
-    buckets = [(floatToGoString(bound), count) for bound, count in totals.cumulative_buckets()]
+def _histogram(
+    family: HistogramMetricFamily, labels: list[str], totals: Totals, exemplars: dict[int, Exemplar] | None = None
+) -> None:
+    buckets: list[Any] = cumulative(layout.HISTOGRAM_BOUNDS, totals.buckets)
+    for index, exemplar in (exemplars or {}).items():
+        if 0 <= index < len(buckets):
+            buckets[index] = (*buckets[index], exemplar)
     family.add_metric(labels, buckets, totals.latency_sum)
+
+
+def _exemplars(snap: Snapshot) -> dict[tuple[str, str], dict[int, Exemplar]]:
+    """Latest trace id per (endpoint, method) and latency bucket (shown by OpenMetrics only)."""
+    out: dict[tuple[str, str], dict[int, Exemplar]] = {}
+    for (endpoint, method, bucket), payload in snap.series("exemplar"):
+        trace_id = "".join(f"{int(part):08x}" for part in payload[:4])
+        exemplar = Exemplar({"trace_id": trace_id}, payload[4], payload[5])
+        out.setdefault((endpoint, method), {})[int(bucket)] = exemplar
+    return out
 
 
 def _http_families(snap: Snapshot) -> list[Metric]:
@@ -153,10 +169,11 @@ def _http_families(snap: Snapshot) -> list[Metric]:
     duration = HistogramMetricFamily(
         "http_request_duration_seconds", "HTTP request latency since start.", labels=["endpoint", "method"]
     )
+    exemplars = _exemplars(snap)
     for (endpoint, method), totals in sorted(snap.requests.by_endpoint_method.items()):
         requests.add_metric([endpoint, method], totals.count)
         errors.add_metric([endpoint, method], totals.errors)
-        _histogram(duration, [endpoint, method], totals)
+        _histogram(duration, [endpoint, method], totals, exemplars.get((endpoint, method)))
     status = CounterMetricFamily(
         "http_response_status_total", "HTTP responses by status code.", labels=["endpoint", "status"]
     )

@@ -23,6 +23,7 @@ from werkzeug.routing import Map, Rule
 from .collector import MetricsCollector, get_metrics_collector
 from .exposition import PrometheusExporter
 from .labels import KNOWN_METHODS
+from .llm import trace_id_of
 from .request_state import RequestState, current_request
 from .settings import Settings
 from .streaming import ObservedStream
@@ -46,12 +47,17 @@ class AppMetrics:
         """``wsgi_app`` timed from the moment the server hands it the request."""
         collector = self.collector
         # Scrapes are not application traffic: they do not count as in flight either.
-        own_prefix = None if self.settings.record_own_routes else self.settings.url_prefix
+        own_prefix = None if self.settings.record_own_routes else self.settings.url_prefix.rstrip("/")
+        own_children = f"{own_prefix}/"
 
         def timed_wsgi_app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
             state = RequestState(collector, perf_counter())
+            traceparent = environ.get("HTTP_TRACEPARENT")
+            if traceparent:
+                state.trace_id = trace_id_of(traceparent)
             token = current_request.set(state)
-            if own_prefix is not None and environ.get("PATH_INFO", "").startswith(own_prefix):
+            path = environ.get("PATH_INFO", "")
+            if own_prefix is not None and (path == own_prefix or path.startswith(own_children)):
                 state.in_flight = False
             else:
                 collector.add_in_flight(1)
@@ -111,6 +117,8 @@ class AppMetrics:
         else:
             provider, model = state.provider, state.model
         state.collector.observe_request(state.endpoint, state.method, latency, status, provider, model, failed)
+        if state.trace_id:
+            state.collector.record_exemplar(state.endpoint, state.method, latency, state.trace_id)
         return latency
 
     def _record_stream(self, state: RequestState, status: int, outcome: str, first_chunk: float | None) -> None:
@@ -194,6 +202,8 @@ class GatewayzMetrics:
                     window_slots=settings.window_slots,
                     error_status=settings.error_status,
                     strict=settings.strict,
+                    label_limits=settings.label_limits,
+                    allowed_labels=settings.allowed_labels(),
                 )
             else:
                 collector = get_metrics_collector()

@@ -1,7 +1,7 @@
 """Label values: validation, normalisation and cardinality guards.
 
 Each process admits at most ``limits[name]`` distinct values of a label (or only the
-values of an allowlist); further values are recorded as ``other`` and counted in
+values of an allowlist); further values are recorded as ``other`` and counted (once per refused value) in
 ``gatewayz_metrics_label_overflow_total{label}``, so a flood of random model names or
 service names cannot create unbounded series. Checked only when a new label
 combination is first seen, never on the cached request path.
@@ -16,6 +16,8 @@ MAX_LABEL_LENGTH = 200
 OVERFLOW_VALUE = "other"
 DEFAULT_LIMITS: dict[str, int] = {"endpoint": 1000, "provider": 50, "model": 200, "service": 50}
 """Distinct values per label and process before new ones collapse into ``other``."""
+MAX_REMEMBERED_OVERFLOWS = 10_000
+"""Refused values remembered per label so each is counted once (memory stays bounded)."""
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE"})
 
 
@@ -56,6 +58,7 @@ class LabelGuard:
         self.limits = {**DEFAULT_LIMITS, **(limits or {})}
         self.allowed = {name: frozenset(values) for name, values in (allowed or {}).items()}
         self._seen: dict[str, set[str]] = {}
+        self._overflowed: dict[str, set[str]] = {}
 
     def admit(self, name: str, raw: object) -> tuple[str | None, bool]:
         """``(label value, overflowed)``; the value is None when ``raw`` is unusable."""
@@ -71,6 +74,12 @@ class LabelGuard:
         else:
             admitted = len(seen) < self.limits.get(name, DEFAULT_LIMITS["endpoint"])
         if not admitted:
+            # Count each refused value once (remembering at most MAX_REMEMBERED_OVERFLOWS).
+            overflowed = self._overflowed.setdefault(name, set())
+            if value in overflowed:
+                return OVERFLOW_VALUE, False
+            if len(overflowed) < MAX_REMEMBERED_OVERFLOWS:
+                overflowed.add(value)
             return OVERFLOW_VALUE, True
         seen.add(value)
         return value, False

@@ -43,7 +43,7 @@ class GatewayRecording:
         kind: str,
         labels: tuple[tuple[str, object], ...],
         increments: tuple[tuple[int, float], ...],
-        latest: float | None = None,
+        latest: tuple[float, ...] | None = None,
     ) -> None:
         raise NotImplementedError
 
@@ -96,7 +96,22 @@ class GatewayRecording:
         value = as_number(remaining)
         if limit not in RATE_LIMITS or not 0 <= value < math.inf:
             return self._drop("invalid_value")
-        self._add("rate_limit", (("provider", provider), ("limit", limit)), (), latest=value)
+        self._add("rate_limit", (("provider", provider), ("limit", limit)), (), latest=(value,))
+        return None
+
+    def record_exemplar(self, endpoint: str, method: str, latency_seconds: float, trace_id: str) -> None:
+        """Keep ``trace_id`` as the latest exemplar of the latency bucket this request fell in.
+
+        Served on ``http_request_duration_seconds`` buckets when OpenMetrics is negotiated.
+        The 128-bit id is stored as four exact 32-bit parts.
+        """
+        latency = as_number(latency_seconds)
+        if not 0 <= latency < math.inf or trace_id_of(f"00-{trace_id}-0000000000000000-01") is None:
+            return self._drop("invalid_value")
+        bucket = bisect_left(layout.HISTOGRAM_BOUNDS, latency)
+        parts = tuple(float(int(trace_id[i : i + 8], 16)) for i in range(0, 32, 8))
+        labels = (("endpoint", endpoint), ("method", method), ("bucket", str(bucket)))
+        self._add("exemplar", labels, (), latest=(*parts, latency))
         return None
 
     def record_stream(
@@ -120,6 +135,20 @@ class GatewayRecording:
         if first is not None:
             self._add("first_chunk", labels, _histogram_increments(first))
         return None
+
+
+def trace_id_of(traceparent: str | None) -> str | None:
+    """The trace id of a W3C ``traceparent`` header (``00-<32 hex>-<16 hex>-<2 hex>``)."""
+    if not traceparent or len(traceparent) < 55:
+        return None
+    parts = traceparent.strip().split("-")
+    if len(parts) < 4 or len(parts[1]) != 32 or parts[1] == "0" * 32:
+        return None
+    try:
+        int(parts[1], 16)
+    except ValueError:
+        return None
+    return parts[1].lower()
 
 
 def _histogram_increments(seconds: float) -> tuple[tuple[int, float], ...]:

@@ -29,6 +29,8 @@ class RequestState:
     provider_recorded: bool = False
     """Set when the view recorded provider calls itself; the hook then skips them."""
     finished: bool = False
+    trace_id: str | None = None
+    """From an incoming W3C ``traceparent``: becomes the latency bucket's exemplar."""
     in_flight: bool = True
     """Counted in ``http_requests_in_flight`` until recorded (or skipped)."""
 

@@ -7,12 +7,15 @@ prefix, e.g. ``window_seconds=60``) are defaults; the app's config overrides the
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
 PREFIX = "GATEWAYZ_METRICS_"
-STORAGE_KEYS = ("dir", "window_seconds", "window_slots", "error_status", "strict")
+STORAGE_KEYS = (
+    "dir", "window_seconds", "window_slots", "error_status", "strict",
+    "label_limits", "allowed_providers", "allowed_models",
+)
 """Settings that shape the collector: if any is given, the app gets its own collector."""
 SECRET_KEYS = (
     "reset_token", "reset_token_file", "auth_token", "auth_token_file",
@@ -29,6 +32,9 @@ class Settings:
     window_slots: int = 5
     error_status: int = 500
     strict: bool = False
+    label_limits: Mapping[str, int] | None = None
+    allowed_providers: str | Sequence[str] | None = None
+    allowed_models: str | Sequence[str] | None = None
     url_prefix: str = "/metrics"
     record_own_routes: bool = False
     include_app_metrics: bool = True
@@ -62,3 +68,12 @@ class Settings:
                 values[name] = os.environ[key]
         custom_storage = any(values.get(name) is not None for name in STORAGE_KEYS)
         return cls(**values), custom_storage
+
+    def allowed_labels(self) -> dict[str, list[str]]:
+        """Allowlists by label name; a string is read as comma-separated values."""
+        out = {}
+        for name, values in (("provider", self.allowed_providers), ("model", self.allowed_models)):
+            if values is not None:
+                items = values.split(",") if isinstance(values, str) else list(values)
+                out[name] = [item.strip() for item in items if item.strip()]
+        return out

@@ -42,15 +42,6 @@ class Totals:
         self.latency_sum += payload[layout.REQ_SUM]
         self.buckets = list(map(add, self.buckets, payload[layout.REQ_BUCKETS :]))
 
-    def cumulative_buckets(self) -> list[tuple[float, float]]:
-        """(upper bound, cumulative count) pairs, ending with +Inf."""
-        running = 0.0
-        out = []
-        for bound, count in zip((*layout.HISTOGRAM_BOUNDS, float("inf")), self.buckets, strict=True):
-            running += count
-            out.append((bound, running))
-        return out
-
 
 @dataclass
 class RequestTotals:

@@ -339,7 +339,8 @@ def test_openmetrics_when_asked(collector: MetricsCollector, clock, accept: str)
     assert requests[("http_requests_total", (("endpoint", "/api/chat"), ("method", "POST")))] == 2
     assert families["http_request_duration_seconds"].type == "histogram"
     assert families["cache_hit_rate"].samples[0].value == 0.75
-    dropped = {s.labels["reason"]: s.value for s in families["gatewayz_metrics_dropped"].samples if s.name.endswith("_total")}
+    samples = families["gatewayz_metrics_dropped"].samples
+    dropped = {s.labels["reason"]: s.value for s in samples if s.name.endswith("_total")}
     assert dropped["invalid_latency"] == 1
     assert dropped["internal_error"] == 0
 

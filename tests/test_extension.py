@@ -341,3 +341,58 @@ def test_error_status_threshold_configurable(metrics_dir: str) -> None:
     client.get("/teapot")
     got = scrape(client)
     assert got[("http_request_errors_total", (("endpoint", "/teapot"), ("method", "GET")))] == 1
+
+
+TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+
+
+def test_traceparent_becomes_openmetrics_exemplar(client: Any) -> None:
+    """With OpenMetrics, the request's latency bucket carries the trace id of its W3C traceparent."""
+    client.get("/api/items/1", headers={"traceparent": f"00-{TRACE_ID}-00f067aa0ba902b7-01"})
+    client.get("/api/items/2", headers={"traceparent": "garbage"})
+    text = client.get("/metrics", headers={"Accept": "application/openmetrics-text; version=1.0.0"}).get_data(
+        as_text=True
+    )
+    from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
+
+    duration = {f.name: f for f in parse_openmetrics(text)}["http_request_duration_seconds"]
+    exemplars = [s.exemplar for s in duration.samples if s.exemplar is not None]
+    assert len(exemplars) == 1
+    assert exemplars[0].labels == {"trace_id": TRACE_ID}
+    assert 0 < exemplars[0].value < 1
+    assert f'trace_id="{TRACE_ID}"' not in client.get("/metrics").get_data(as_text=True)  # 0.0.4 has none
+
+
+def test_application_metrics_served_without_duplicates(metrics_dir: str) -> None:
+    """The app's own prometheus_client metrics appear on /metrics; a clash with ours is left out."""
+    from prometheus_client import REGISTRY, Counter
+
+    widgets = Counter("app_widgets", "Widgets made by the application.")
+    clash = Counter("http_requests", "An app metric named like one of ours.")
+    try:
+        widgets.inc(3)
+        clash.inc(1000)
+        client = make_app(metrics_dir).test_client()
+        client.get("/api/items/1")
+        got = scrape(client)
+        assert got[("app_widgets_total", ())] == 3
+        assert got[("http_requests_total", (("endpoint", "/api/items/<int:item_id>"), ("method", "GET")))] == 1
+        assert ("http_requests_total", ()) not in got
+        text = client.get("/metrics").get_data(as_text=True)
+        assert text.count("# TYPE http_requests_total counter") == 1
+        off = make_app(metrics_dir + "-off", GATEWAYZ_METRICS_INCLUDE_APP_METRICS=False).test_client()
+        assert "app_widgets_total" not in off.get("/metrics").get_data(as_text=True)
+    finally:
+        REGISTRY.unregister(widgets)
+        REGISTRY.unregister(clash)
+
+
+def test_allowlists_from_config(metrics_dir: str) -> None:
+    """GATEWAYZ_METRICS_ALLOWED_MODELS (comma-separated) collapses other models into 'other'."""
+    app = make_app(metrics_dir, GATEWAYZ_METRICS_ALLOWED_MODELS="gpt-4, claude-3")
+    collector = GatewayzMetrics.of(app).collector
+    for model in ("gpt-4", "claude-3", "mystery-1", "mystery-2"):
+        collector.record_request("/x", "GET", 0.1, 200, model=model)
+    models = app.test_client().get("/metrics/json").get_json()["models"]
+    assert sorted(models) == ["claude-3", "gpt-4", "other"]
+    assert models["other"]["requests"] == 2

@@ -154,6 +154,8 @@ KINDS: dict[str, Kind] = {
     "stream": Kind(("provider", "model", "outcome"), 1),
     "first_chunk": Kind(("provider", "model"), REQUEST_SIZE),  # count, sum, latency buckets
     "stream_duration": Kind(("provider", "model"), REQUEST_SIZE),
+    # Latest trace id seen per latency bucket: four 32-bit parts, value, time set.
+    "exemplar": Kind(("endpoint", "method", "bucket"), 6, merge="latest"),
     # Archive only: worker files folded into it, and bad files the compactor quarantined.
     "absorbed": Kind(("file",), 0),
     "storage_errors": Kind(("reason",), 1),
