@@ -20,6 +20,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+import uuid
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -37,6 +38,7 @@ class Planned:
     path: str
     body: dict[str, object] | None = None
     hang_up: bool = False
+    traced: bool = False
     """Close the connection after the first bytes of the answer (a client that leaves mid-stream)."""
 
 
@@ -58,7 +60,8 @@ def plan(rng: random.Random) -> Planned:
     """A request drawn from the traffic mix: mostly chat, some listing, some noise."""
     model = rng.choice(CHAT_MODELS)
     mix: tuple[tuple[float, Planned], ...] = (
-        (0.50, Planned("POST", "/api/chat", {"model": model, "message": "hello"})),
+        (0.40, Planned("POST", "/api/chat", {"model": model, "message": "hello"})),
+        (0.10, Planned("POST", "/api/chat", {"model": model, "message": "traced"}, traced=True)),
         (0.08, Planned("POST", "/api/chat", {"model": model, "message": "stream", "stream": True})),
         (0.03, Planned("POST", "/api/chat", {
             "model": model, "message": "a long answer", "stream": True, "stream_chunk_delay_seconds": 0.05,
@@ -79,6 +82,9 @@ def send(base_url: str, planned: Planned, timeout: float) -> str:
     """Send one request and read its whole body; return its status, or an error kind."""
     data = None
     headers = {"Accept": "application/json, text/event-stream"}
+    if planned.traced:
+        # A W3C trace context: the gateway keeps its trace id as a latency exemplar.
+        headers["traceparent"] = f"00-{uuid.uuid4().hex}-{uuid.uuid4().hex[:16]}-01"
     if planned.body is not None:
         data = json.dumps(planned.body).encode("utf-8")
         headers["Content-Type"] = "application/json"

@@ -186,8 +186,10 @@ class MetricsCollector(GatewayRecording):
         provider: str | None = None,
         model: str | None = None,
         failed: bool = False,
+        leaving: bool = False,
     ) -> None:
-        """Record a request unconditionally (the Flask hooks call this; ``failed`` = exception).
+        """Record a request unconditionally (the Flask hooks call this; ``failed`` = exception;
+        ``leaving``: the request also stops counting as in flight, in the same locked write).
 
         ``endpoint`` and ``method`` None: a provider call that is not an HTTP request.
         This is the hot path: about a dozen float additions into the mmap, no
@@ -196,9 +198,9 @@ class MetricsCollector(GatewayRecording):
         if latency.__class__ is not float:
             latency = as_number(latency)
         if not 0.0 <= latency < _INF:
-            return self._drop("invalid_latency")
+            return self._drop("invalid_latency", leaving)
         if status.__class__ is not int or not 100 <= status <= 599:
-            return self._drop("invalid_status")
+            return self._drop("invalid_status", leaving)
         now = self._clock()
         try:
             with self._lock:
@@ -272,12 +274,20 @@ class MetricsCollector(GatewayRecording):
                     d[o + 2] += latency
                     if error:
                         d[o + 3] += 1.0
+                if leaving:
+                    self._in_flight -= 1
+                    o = self._in_flight_offset
+                    if o < 0:
+                        o = self._in_flight_offset = self._fixed("in_flight")
+                    self._doubles[o] = float(self._in_flight)
                 return None
         except _InvalidLabel:
-            return self._drop("invalid_label")
+            return self._drop("invalid_label", leaving)
         except StorageUnavailable:
-            return self._drop("storage_unavailable")
+            return self._drop("storage_unavailable", leaving)
         except Exception as exc:  # never break the caller
+            if leaving:
+                self.add_in_flight(-1)
             return self._internal_error(exc)
 
     def _resolve_request(self, key: tuple[object, ...]) -> _RequestTargets:
@@ -470,8 +480,11 @@ class MetricsCollector(GatewayRecording):
         """Offset of the current slot of the label-less windowed record ``kind``."""
         return self._fixed(kind) + (self._slot(now) % self._slots) * _PLAIN_STRIDE
 
-    def _drop(self, reason: str) -> None:
-        """Count input that was not recorded, under ``reason``."""
+    def _drop(self, reason: str, leaving: bool = False) -> None:
+        """Count input that was not recorded, under ``reason`` (and, for a request that
+        was in flight, still let it leave)."""
+        if leaving:
+            self.add_in_flight(-1)
         if self.strict and reason != "storage_unavailable":
             raise InvalidMetric(f"metric input dropped: {reason}")
         try:

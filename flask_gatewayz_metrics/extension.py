@@ -111,12 +111,14 @@ class AppMetrics:
     def _record(self, state: RequestState, status: int, failed: bool) -> float:
         """Record the request; return its latency."""
         latency = perf_counter() - state.start
-        _leave(state)
+        leaving, state.in_flight = state.in_flight, False
         if state.provider_recorded:
             provider = model = None
         else:
             provider, model = state.provider, state.model
-        state.collector.observe_request(state.endpoint, state.method, latency, status, provider, model, failed)
+        state.collector.observe_request(
+            state.endpoint, state.method, latency, status, provider, model, failed, leaving
+        )
         if state.trace_id:
             state.collector.record_exemplar(state.endpoint, state.method, latency, state.trace_id)
         return latency

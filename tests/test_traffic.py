@@ -1,0 +1,46 @@
+"""The traffic generator drives every kind of metric through a real gunicorn gateway."""
+
+from __future__ import annotations
+
+import urllib.request
+from typing import Any
+
+import pytest
+from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
+from test_gunicorn import scrape, start_gunicorn  # noqa: F401  (start_gunicorn is a fixture)
+
+from example_app import traffic
+
+pytestmark = pytest.mark.slow
+
+
+def test_traffic_generator_exercises_every_family(start_gunicorn: Any) -> None:  # noqa: F811 (the fixture)
+    """300 mixed requests: tokens, cost, every stream outcome, fallbacks, error types, rate limits, exemplars."""
+    server = start_gunicorn("--env", "GATEWAY_UPSTREAM_ERROR_RATE=0.1")
+    tally = traffic.run(server.url, total=300, concurrency=6, max_seconds=90, seed=3, progress=False)
+    assert tally.done == 300
+    assert not [outcome for outcome in tally.statuses if outcome.startswith("error:")], tally.statuses
+
+    samples = scrape(server.url)
+
+    def names(metric: str, label: str) -> set[str]:
+        return {dict(labels)[label] for (name, labels), value in samples.items() if name == metric and value > 0}
+
+    assert names("llm_tokens_total", "direction") == {"input", "output"}
+    assert names("llm_cost_usd_total", "provider") == {"openai", "anthropic", "google"}
+    assert names("llm_streams_total", "outcome") == {"completed", "client_disconnect", "error"}
+    assert names("llm_provider_fallbacks_total", "from_provider")
+    assert "5xx" in names("provider_errors_by_type_total", "error_type")
+    assert names("llm_time_to_first_chunk_seconds_count", "provider")
+    limits = {dict(labels)["provider"] for (name, labels) in samples if name == "llm_rate_limit_remaining"}
+    assert limits == {"openai", "anthropic", "google"}
+    assert samples[("http_requests_in_flight", ())] == 0
+    assert samples[("cache_hits_total", ())] > 0 and samples[("db_queries_total", ())] > 0
+
+    accept = {"Accept": "application/openmetrics-text; version=1.0.0"}
+    request = urllib.request.Request(server.url + "/metrics", headers=accept)
+    with urllib.request.urlopen(request, timeout=10) as response:
+        text = response.read().decode()
+    duration = {f.name: f for f in parse_openmetrics(text)}["http_request_duration_seconds"]
+    traced = [s.exemplar for s in duration.samples if s.exemplar is not None]
+    assert traced and all(len(e.labels["trace_id"]) == 32 for e in traced)
