@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
+from servers import Server, start_gateway, stop
 
 from flask_gatewayz_metrics import MetricsCollector
 
@@ -39,3 +41,18 @@ def collector(metrics_dir: str, clock: FakeClock) -> Iterator[MetricsCollector]:
     c = MetricsCollector(metrics_dir, clock=clock, strict=False)
     yield c
     c.close()
+
+
+@pytest.fixture
+def start_gunicorn(tmp_path: Path) -> Iterator[Callable[..., Server]]:
+    """Start the example gateway under gunicorn with extra options; always stopped afterwards."""
+    started: list[Server] = []
+
+    def start(*extra: str, workers: int = 4, **env: str) -> Server:
+        server = start_gateway(tmp_path, str(len(started)), *extra, workers=workers, **env)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        stop(server.process)

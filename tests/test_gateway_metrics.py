@@ -14,10 +14,7 @@ import signal
 import socket
 import struct
 import subprocess
-import sys
 import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,12 +24,13 @@ import pytest
 from conftest import FakeClock
 from flask import Flask, Response
 from prometheus_client.parser import text_string_to_metric_families
+from servers import http as http_call
+from servers import start_gateway, stop
 
 from flask_gatewayz_metrics import GatewayzMetrics, MetricsCollector, PrometheusExporter, label_request
 from flask_gatewayz_metrics._version import VERSION
 from flask_gatewayz_metrics.storage import compact
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 TOKEN_LE = [
     "1.0",
     "4.0",
@@ -762,26 +760,8 @@ def test_promtool_accepts_new_families(collector: MetricsCollector) -> None:
 
 # --------------------------------------------------------------------------- real gunicorn
 
-READY_TIMEOUT = 30.0
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def http_get(url: str, timeout: float = 10.0) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
-            return response.status, response.read()
-    except urllib.error.HTTPError as exc:
-        with exc:
-            return exc.code, exc.read()
-
-
 def gunicorn_scrape(port: int) -> Samples:
-    status, body = http_get(f"http://127.0.0.1:{port}/metrics")
+    status, body = http_call("GET", f"http://127.0.0.1:{port}/metrics")
     assert status == 200
     return parse(body.decode("utf-8"))
 
@@ -836,57 +816,12 @@ def wait_for(port: int, predicate: Any, timeout: float = 15.0) -> Samples:
     return s
 
 
-def stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=10)
-
-
 @pytest.mark.slow
 def test_gunicorn_streams_and_in_flight(tmp_path: Path) -> None:
     """Under gunicorn (2 workers): in flight while streaming, client_disconnect on abrupt close, completed, error."""
-    port = free_port()
-    log = tmp_path / "gunicorn.log"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("GATEWAYZ_METRICS_", "GATEWAY_"))}
-    env.update(
-        GATEWAYZ_METRICS_DIR=str(tmp_path / "metrics"),
-        GATEWAY_SIMULATED_LATENCY_SCALE="0.01",
-        GATEWAY_UPSTREAM_ERROR_RATE="0",
-        GATEWAY_BILLING_ERROR_RATE="0",
-        GATEWAY_DB_PATH=str(tmp_path / "models.sqlite3"),
-    )
-    command = [
-        sys.executable,
-        "-m",
-        "gunicorn",
-        "-c",
-        "conf/gunicorn.conf.py",
-        "--bind",
-        f"127.0.0.1:{port}",
-        "--workers",
-        "2",
-        "example_app.app:app",
-    ]
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            command, cwd=REPO_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-        )
+    server = start_gateway(tmp_path, "streams", workers=2, GATEWAY_SIMULATED_LATENCY_SCALE="0.01")
+    port = server.port
     try:
-        deadline = time.monotonic() + READY_TIMEOUT
-        while True:
-            assert process.poll() is None, log.read_text()
-            try:
-                if http_get(f"http://127.0.0.1:{port}/healthz", timeout=2)[0] == 200:
-                    break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.1)
-
         base = {"provider": "openai", "model": "gpt-4"}
         outcome = {o: key("llm_streams_total", outcome=o, **base) for o in ("completed", "client_disconnect", "error")}
         in_flight = key("http_requests_in_flight")
@@ -902,7 +837,7 @@ def test_gunicorn_streams_and_in_flight(tmp_path: Path) -> None:
             sock.close()
         closed_at = time.monotonic()
         s = wait_for(port, lambda s: s.get(outcome["client_disconnect"]) == 1 and s[in_flight] == 0)
-        assert s.get(outcome["client_disconnect"]) == 1, log.read_text()[-3000:]
+        assert s.get(outcome["client_disconnect"]) == 1, server.log.read_text()[-3000:]
         assert s[in_flight] == 0
         assert time.monotonic() - closed_at < 5  # noticed long before the stream would have ended
         assert s.get(outcome["completed"], 0) == 0
@@ -927,4 +862,4 @@ def test_gunicorn_streams_and_in_flight(tmp_path: Path) -> None:
             assert s[key("llm_stream_duration_seconds_count", **base)] == 3
             s = gunicorn_scrape(port)
     finally:
-        stop(process)
+        stop(server.process)

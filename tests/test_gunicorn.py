@@ -7,125 +7,18 @@ totals exactly, including requests served by workers that ``--max-requests`` ret
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
-import threading
-import time
-import urllib.error
-import urllib.request
 from collections import Counter
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
+from servers import http, scrape, send_concurrently
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-READY_TIMEOUT = 30.0
 SEND_TIMEOUT = 40.0
 SENDERS = 8
 PROVIDER_OF = {"gpt-4": "openai", "claude-3-haiku": "anthropic", "gemini-1.5-pro": "google"}
 
 pytestmark = pytest.mark.slow
-
-
-@dataclass(frozen=True)
-class Server:
-    url: str
-    process: subprocess.Popen[bytes]
-    metrics_dir: Path
-    log: Path
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def http(method: str, url: str, body: dict[str, Any] | None = None, timeout: float = 10.0) -> tuple[int, bytes]:
-    data = json.dumps(body).encode() if body is not None else None
-    headers = {"Content-Type": "application/json"} if body is not None else {}
-    req = urllib.request.Request(url, data=data, method=method, headers=headers)
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as response:
-            return response.status, response.read()
-    except urllib.error.HTTPError as exc:
-        with exc:
-            return exc.code, exc.read()
-
-
-@pytest.fixture
-def start_gunicorn(tmp_path: Path) -> Iterator[Any]:
-    """Start gunicorn with extra options; always stop it (SIGTERM, then SIGKILL) afterwards."""
-    started: list[Server] = []
-
-    def start(*extra: str) -> Server:
-        metrics_dir = tmp_path / f"metrics-{len(started)}"
-        log = tmp_path / f"gunicorn-{len(started)}.log"
-        port = free_port()
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("GATEWAYZ_METRICS_", "GATEWAY_"))}
-        env.update(
-            GATEWAYZ_METRICS_DIR=str(metrics_dir),
-            GATEWAY_SIMULATED_LATENCY_SCALE="0.02",
-            GATEWAY_UPSTREAM_ERROR_RATE="0",
-            GATEWAY_BILLING_ERROR_RATE="0",
-            GATEWAY_DB_PATH=str(tmp_path / f"models-{len(started)}.sqlite3"),
-        )
-        command = [
-            sys.executable,
-            "-m",
-            "gunicorn",
-            "-c",
-            "conf/gunicorn.conf.py",
-            "--bind",
-            f"127.0.0.1:{port}",
-            "--workers",
-            "4",
-            *extra,
-            "example_app.app:app",
-        ]
-        with log.open("wb") as out:
-            process = subprocess.Popen(
-                command, cwd=REPO_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-            )
-        server = Server(f"http://127.0.0.1:{port}", process, metrics_dir, log)
-        started.append(server)
-        wait_ready(server)
-        return server
-
-    yield start
-    for server in started:
-        stop(server.process)
-
-
-def wait_ready(server: Server) -> None:
-    deadline = time.monotonic() + READY_TIMEOUT
-    while time.monotonic() < deadline:
-        if server.process.poll() is not None:
-            pytest.fail(f"gunicorn exited with {server.process.returncode}:\n{server.log.read_text()}")
-        try:
-            if http("GET", server.url + "/healthz", timeout=2.0)[0] == 200:
-                return
-        except OSError:
-            pass
-        time.sleep(0.1)
-    pytest.fail(f"gunicorn not ready after {READY_TIMEOUT}s:\n{server.log.read_text()}")
-
-
-def stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)  # the master's group: itself and its workers
-            process.wait(timeout=10)
 
 
 def traffic_plan(total: int) -> list[dict[str, Any]]:
@@ -139,46 +32,8 @@ def traffic_plan(total: int) -> list[dict[str, Any]]:
 
 
 def send_all(url: str, plan: list[dict[str, Any]]) -> Counter[int]:
-    """Send every body from ``SENDERS`` threads; return the statuses received."""
-    statuses: Counter[int] = Counter()
-    failures: list[str] = []
-    lock = threading.Lock()
-    pending = iter(plan)
-    deadline = time.monotonic() + SEND_TIMEOUT
-
-    def sender() -> None:
-        while time.monotonic() < deadline:
-            with lock:
-                body = next(pending, None)
-            if body is None:
-                return
-            try:
-                status, _ = http("POST", url + "/api/chat", body)
-            except OSError as exc:
-                with lock:
-                    failures.append(repr(exc))
-                continue
-            with lock:
-                statuses[status] += 1
-
-    threads = [threading.Thread(target=sender) for _ in range(SENDERS)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=SEND_TIMEOUT + 15)
-    assert not failures, failures[:5]
-    return statuses
-
-
-def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    """One /metrics scrape as {(sample name, sorted labels): value}."""
-    status, body = http("GET", url + "/metrics")
-    assert status == 200
-    samples = {}
-    for family in text_string_to_metric_families(body.decode("utf-8")):
-        for sample in family.samples:
-            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
-    return samples
+    """Send every chat body from ``SENDERS`` threads; return the statuses received."""
+    return send_concurrently(url, [("POST", "/api/chat", body) for body in plan], SENDERS, SEND_TIMEOUT)
 
 
 def expected_totals(plan: list[dict[str, Any]]) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

@@ -18,11 +18,8 @@ import json
 import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.error
 import urllib.parse
@@ -38,12 +35,12 @@ import pytest
 import yaml
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
 from prometheus_client.parser import text_string_to_metric_families as parse_text
+from servers import REPO_ROOT, free_port, http, send_concurrently, stop
 
 from example_app.app import create_app
 
 pytestmark = pytest.mark.prometheus
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 CONF = REPO_ROOT / "conf"
 PROMETHEUS_CONFIG = CONF / "prometheus.yml"
 ALERT_RULES = CONF / "prometheus-alerts.yml"
@@ -453,38 +450,6 @@ SLOW_CHATS = 4
 SLOW_SECONDS = 1.1
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def http(
-    method: str, url: str, body: Any = None, timeout: float = 10.0, headers: dict[str, str] | None = None
-) -> tuple[int, bytes]:
-    data = json.dumps(body).encode() if body is not None else None
-    all_headers = {"Content-Type": "application/json"} if body is not None else {}
-    all_headers.update(headers or {})
-    request = urllib.request.Request(url, data=data, method=method, headers=all_headers)
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return response.status, response.read()
-    except urllib.error.HTTPError as exc:
-        with exc:
-            return exc.code, exc.read()
-
-
-def stop(process: subprocess.Popen[bytes]) -> None:
-    """SIGTERM, then SIGKILL (to the whole process group) if it does not exit in time."""
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=10)
-
-
 @dataclass
 class Deadline:
     at: float
@@ -633,35 +598,8 @@ def traffic_plan() -> list[dict[str, Any]]:
 
 
 def send(url: str, plan: list[dict[str, Any]], senders: int, timeout: float) -> Counter[int]:
-    statuses: Counter[int] = Counter()
-    failures: list[str] = []
-    lock = threading.Lock()
-    pending = iter(plan)
-    end = time.monotonic() + timeout
-
-    def sender() -> None:
-        while time.monotonic() < end:
-            with lock:
-                item = next(pending, None)
-            if item is None:
-                return
-            try:
-                status, _ = http(item["method"], url + item["path"], item.get("body"), timeout=15.0)
-            except OSError as exc:
-                with lock:
-                    failures.append(repr(exc))
-                continue
-            with lock:
-                statuses[status] += 1
-
-    threads = [threading.Thread(target=sender) for _ in range(senders)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=timeout + 20)
-    assert not failures, failures[:5]
-    assert sum(statuses.values()) == len(plan), "traffic did not finish in time"
-    return statuses
+    requests = [(item["method"], item["path"], item.get("body")) for item in plan]
+    return send_concurrently(url, requests, senders, timeout)
 
 
 def alert_key(alert: dict[str, Any]) -> tuple[str, str]:

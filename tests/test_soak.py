@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_gunicorn import http, scrape, start_gunicorn  # noqa: F401  (start_gunicorn is a fixture)
+from servers import http, scrape
 
 pytestmark = pytest.mark.slow
 
@@ -55,7 +55,7 @@ def request_for(i: int) -> tuple[str, str, dict[str, Any] | None]:
     return "GET", f"/no/such/path/{i}", None
 
 
-def test_soak_totals_exact_rss_and_directory_flat(start_gunicorn: Any) -> None:  # noqa: F811 (the fixture)
+def test_soak_totals_exact_rss_and_directory_flat(start_gunicorn: Any) -> None:
     """Minutes of concurrent mixed traffic: no metric-caused errors, RSS and directory flat, totals exact."""
     server = start_gunicorn()
     sent: Counter[tuple[str, int]] = Counter()

@@ -7,16 +7,16 @@ from typing import Any
 
 import pytest
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
-from test_gunicorn import scrape, start_gunicorn  # noqa: F401  (start_gunicorn is a fixture)
+from servers import scrape
 
 from example_app import traffic
 
 pytestmark = pytest.mark.slow
 
 
-def test_traffic_generator_exercises_every_family(start_gunicorn: Any) -> None:  # noqa: F811 (the fixture)
+def test_traffic_generator_exercises_every_family(start_gunicorn: Any) -> None:
     """300 mixed requests: tokens, cost, every stream outcome, fallbacks, error types, rate limits, exemplars."""
-    server = start_gunicorn("--env", "GATEWAY_UPSTREAM_ERROR_RATE=0.1")
+    server = start_gunicorn(GATEWAY_UPSTREAM_ERROR_RATE="0.1")
     tally = traffic.run(server.url, total=300, concurrency=6, max_seconds=90, seed=3, progress=False)
     assert tally.done == 300
     assert not [outcome for outcome in tally.statuses if outcome.startswith("error:")], tally.statuses
