@@ -289,3 +289,27 @@ def test_storage_problems_logged_at_most_once_a_minute(metrics_dir: str, caplog:
             c.record_request("/x", "GET", 0.1, 200)
     assert len([r for r in caplog.records if r.name == "flask_gatewayz_metrics"]) == 1
     assert c.snapshot().dropped()["storage_unavailable"] == 1000
+
+
+@settings(max_examples=25, deadline=None)
+@given(labels=st.lists(st.text(max_size=40), min_size=1, max_size=6))
+def test_fuzzed_label_values_pass_promtool(labels: list[str]) -> None:
+    """Any unicode label values (endpoint, provider, model, service): promtool check metrics accepts the output."""
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        assert os.environ.get("CI") != "true", "promtool is required in CI"
+        pytest.skip("promtool not installed (CI installs it)")
+    directory = tempfile.mkdtemp()
+    try:
+        c = MetricsCollector(os.path.join(directory, "m"))
+        for label in labels:
+            c.record_request(label, "GET", 0.1, 200, provider=label, model=label)
+            c.record_external_api_call(label)
+            c.record_tokens(label, label, 3, 5, cost_usd=0.01)
+        text = PrometheusExporter(c).export()
+        list(parse_text(text))
+        result = subprocess.run([promtool, "check", "metrics"], input=text.encode(), capture_output=True, check=False)
+        assert result.returncode == 0, result.stderr.decode() + result.stdout.decode()
+        c.close()
+    finally:
+        shutil.rmtree(directory)
