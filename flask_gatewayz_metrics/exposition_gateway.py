@@ -27,6 +27,12 @@ def cumulative(bounds: Sequence[float], counts: Sequence[float]) -> list[tuple[s
     return out
 
 
+def _fill(family: CounterMetricFamily | GaugeMetricFamily, snap: Snapshot, kind: str) -> None:
+    """One sample per series of ``kind``: its labels and the first payload value."""
+    for key, payload in snap.series(kind):
+        family.add_metric(list(key), payload[0])
+
+
 def _token_families(snap: Snapshot) -> list[Metric]:
     labels = ["provider", "model", "direction"]
     tokens = CounterMetricFamily(
@@ -35,12 +41,11 @@ def _token_families(snap: Snapshot) -> list[Metric]:
     per_call = HistogramMetricFamily(
         "llm_request_tokens", "Tokens per LLM call, by direction (buckets 1, 4, 16, ... 4^13).", labels=labels
     )
+    _fill(tokens, snap, "tokens")
     for key, payload in snap.series("tokens"):
-        tokens.add_metric(list(key), payload[0])
         per_call.add_metric(list(key), cumulative(layout.TOKEN_BOUNDS, payload[1:]), payload[0])
     cost = CounterMetricFamily("llm_cost_usd_total", "Cost of LLM calls in US dollars.", labels=["provider", "model"])
-    for key, payload in snap.series("cost"):
-        cost.add_metric(list(key), payload[0])
+    _fill(cost, snap, "cost")
     return [tokens, per_call, cost]
 
 
@@ -50,22 +55,19 @@ def _upstream_families(snap: Snapshot) -> list[Metric]:
         "Failed upstream calls by type: timeout, rate_limited, 4xx, 5xx, connection, other.",
         labels=["provider", "error_type"],
     )
-    for key, payload in snap.series("provider_error_type"):
-        by_type.add_metric(list(key), payload[0])
+    _fill(by_type, snap, "provider_error_type")
     fallbacks = CounterMetricFamily(
         "llm_provider_fallbacks_total",
         "Requests moved from one provider to another.",
         labels=["from_provider", "to_provider"],
     )
-    for key, payload in snap.series("fallback"):
-        fallbacks.add_metric(list(key), payload[0])
+    _fill(fallbacks, snap, "fallback")
     remaining = GaugeMetricFamily(
         "llm_rate_limit_remaining",
         "Latest remaining rate limit reported by the provider (requests or tokens).",
         labels=["provider", "limit"],
     )
-    for key, payload in snap.series("rate_limit"):
-        remaining.add_metric(list(key), payload[0])
+    _fill(remaining, snap, "rate_limit")
     return [by_type, fallbacks, remaining]
 
 
@@ -75,8 +77,7 @@ def _stream_families(snap: Snapshot) -> list[Metric]:
         "Streamed responses by outcome: completed, client_disconnect, error.",
         labels=["provider", "model", "outcome"],
     )
-    for key, payload in snap.series("stream"):
-        streams.add_metric(list(key), payload[0])
+    _fill(streams, snap, "stream")
     out: list[Metric] = [streams]
     for kind, name, doc in (
         ("first_chunk", "llm_time_to_first_chunk_seconds", "Time from request start to the first streamed chunk."),
@@ -107,6 +108,5 @@ def _process_families(snap: Snapshot) -> list[Metric]:
         "Label values recorded as 'other' (the label was at its limit).",
         labels=["label"],
     )
-    for key, payload in snap.series("label_overflow"):
-        overflow.add_metric(list(key), payload[0])
+    _fill(overflow, snap, "label_overflow")
     return [in_flight, build, start, overflow]
