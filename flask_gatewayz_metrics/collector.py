@@ -9,13 +9,10 @@ Nothing here imports Flask.
 
 from __future__ import annotations
 
-import atexit
 import logging
 import math
 import os
-import shutil
 import struct
-import tempfile
 import threading
 import time
 import weakref
@@ -29,7 +26,7 @@ from .llm import GatewayRecording
 from .request_state import current_request
 from .snapshot import Snapshot
 from .storage import CompactionResult, Storage, StorageUnavailable, compact, layout, merge
-from .storage.directory import ensure_directory
+from .storage.directory import ensure_directory, private_directory
 from .storage.layout import Doubles
 
 log = logging.getLogger("flask_gatewayz_metrics")
@@ -99,7 +96,7 @@ class MetricsCollector(GatewayRecording):
         if not 100 <= error_status <= 600:
             raise ValueError("error_status must be an HTTP status between 100 and 600")
         self.directory = ensure_directory(
-            directory or os.environ.get("GATEWAYZ_METRICS_DIR") or _private_directory()
+            directory or os.environ.get("GATEWAYZ_METRICS_DIR") or private_directory()
         )
         self.window_seconds = float(window_seconds)
         slots = window_slots if window_seconds > 0 else 1
@@ -634,18 +631,6 @@ def get_metrics_collector() -> MetricsCollector:
                     error_status=int(env.get("GATEWAYZ_METRICS_ERROR_STATUS", 500)),
                 )
     return _default
-
-
-def _private_directory() -> str:
-    path = tempfile.mkdtemp(prefix="gatewayz-metrics-")
-    owner = os.getpid()
-
-    def remove() -> None:
-        if os.getpid() == owner:
-            shutil.rmtree(path, ignore_errors=True)
-
-    atexit.register(remove)
-    return path
 
 
 def _after_fork_in_child() -> None:

@@ -9,8 +9,11 @@ never during a request; files are also opened with ``O_NOFOLLOW``.
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import stat
+import tempfile
 
 from . import layout
 
@@ -47,6 +50,23 @@ def ensure_directory(path: str) -> str:
             raise MetricsDirectoryError(
                 f"{os.path.join(path, name)!r} is a symlink; remove it (metrics files are never symlinks)"
             )
+    return path
+
+
+def private_directory() -> str:
+    """A new 0700 temporary directory, removed at exit by the process that made it.
+
+    What a single-process app uses when no directory is configured: the same storage
+    path as under gunicorn, nothing to clean up by hand.
+    """
+    path = tempfile.mkdtemp(prefix="gatewayz-metrics-")
+    owner = os.getpid()
+
+    def remove() -> None:
+        if os.getpid() == owner:
+            shutil.rmtree(path, ignore_errors=True)
+
+    atexit.register(remove)
     return path
 
 
