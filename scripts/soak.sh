@@ -5,4 +5,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m pip install --quiet --disable-pip-version-check -e '.[test]'
-GATEWAYZ_SOAK_SECONDS="${GATEWAYZ_SOAK_SECONDS:-180}" exec python3 -m pytest tests/test_soak.py -q "$@"
+GATEWAYZ_SOAK_SECONDS="${GATEWAYZ_SOAK_SECONDS:-180}" exec python3 -m pytest tests/test_soak.py -q -s "$@"
