@@ -16,6 +16,8 @@ from .storage import compact, layout
 from .storage.directory import ensure_directory
 
 log = logging.getLogger("flask_gatewayz_metrics")
+PREPARED_BY = "GATEWAYZ_METRICS_PREPARED_BY"
+"""Environment marker: which master process (and directory) already emptied the directory."""
 
 
 def prepare_metrics_dir(path: str | None = None) -> str:
@@ -23,13 +25,18 @@ def prepare_metrics_dir(path: str | None = None) -> str:
 
     ``path`` defaults to ``$GATEWAYZ_METRICS_DIR``, else a new private temporary
     directory. Only files this package writes are removed; anything else is left alone.
+    Emptied once per master process: a configuration reload (``kill -HUP``) runs the
+    config file again in the same master, and must not wipe the live workers' counts.
     """
     path = ensure_directory(
         path or os.environ.get("GATEWAYZ_METRICS_DIR") or tempfile.mkdtemp(prefix="gatewayz-metrics-")
     )
-    for name in os.listdir(path):
-        if name.endswith(layout.WORKER_SUFFIX) or name in (layout.CONTROL_NAME, layout.ARCHIVE_NAME):
-            os.unlink(os.path.join(path, name))
+    marker = f"{os.getpid()}:{path}"
+    if os.environ.get(PREPARED_BY) != marker:
+        for name in os.listdir(path):
+            if name.endswith(layout.WORKER_SUFFIX) or name in (layout.CONTROL_NAME, layout.ARCHIVE_NAME):
+                os.unlink(os.path.join(path, name))
+        os.environ[PREPARED_BY] = marker
     os.environ["GATEWAYZ_METRICS_DIR"] = path
     return path
 

@@ -396,3 +396,20 @@ def test_allowlists_from_config(metrics_dir: str) -> None:
     models = app.test_client().get("/metrics/json").get_json()["models"]
     assert sorted(models) == ["claude-3", "gpt-4", "other"]
     assert models["other"]["requests"] == 2
+
+
+def test_prepare_metrics_dir_empties_once_per_master(tmp_path: Any, monkeypatch: Any) -> None:
+    """A fresh master empties the directory; a config reload in the same master keeps the counts."""
+    from flask_gatewayz_metrics import gunicorn as gatewayz_gunicorn
+
+    monkeypatch.delenv("GATEWAYZ_METRICS_PREPARED_BY", raising=False)
+    monkeypatch.delenv("GATEWAYZ_METRICS_DIR", raising=False)
+    path = gatewayz_gunicorn.prepare_metrics_dir(str(tmp_path / "m"))
+    worker = MetricsCollector(path)
+    worker.record_cache_hit()
+    assert gatewayz_gunicorn.prepare_metrics_dir() == path  # HUP: the same master loads the config again
+    assert MetricsCollector(path).to_dict()["cache"]["hits"] == 1
+    monkeypatch.setenv("GATEWAYZ_METRICS_PREPARED_BY", "1:elsewhere")  # as if a new master started
+    gatewayz_gunicorn.prepare_metrics_dir(path)
+    assert MetricsCollector(path).to_dict()["cache"]["hits"] == 0
+    worker.close()
