@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import urllib.request
 from typing import Any
 
@@ -21,7 +22,13 @@ def test_traffic_generator_exercises_every_family(start_gunicorn: Any) -> None:
     assert tally.done == 300
     assert not [outcome for outcome in tally.statuses if outcome.startswith("error:")], tally.statuses
 
+    # Streams whose client hung up are still being written until the server notices
+    # (its next write fails): wait, bounded, for them to end.
+    deadline = time.monotonic() + 15
     samples = scrape(server.url)
+    while samples[("http_requests_in_flight", ())] > 0 and time.monotonic() < deadline:
+        time.sleep(0.2)
+        samples = scrape(server.url)
 
     def names(metric: str, label: str) -> set[str]:
         return {dict(labels)[label] for (name, labels), value in samples.items() if name == metric and value > 0}
