@@ -127,4 +127,7 @@ def test_hundred_generations_cost_nothing(start_gunicorn: Any) -> None:
     files = worker_files(server.metrics_dir)
     assert len(files) <= 4 + 2, [f.name for f in files]
     others = {p.name for p in server.metrics_dir.iterdir()} - {f.name for f in files}
-    assert others <= {"control.gwzc", "archive.gwza", "compaction.lock"}
+    # Hidden names are files being written right now (a new worker's file, the next archive).
+    settled = {name for name in others if not name.startswith(".")}
+    assert settled <= {"control.gwzc", "archive.gwza", "compaction.lock"}
+    assert len(others - settled) <= 2
