@@ -127,7 +127,7 @@ class AppMetrics:
         """A labelled stream ended: the request (an error if the body failed) and the stream."""
         duration = self._record(state, status, outcome == "error")
         state.collector.record_stream(
-            state.provider or "", state.model or "", outcome, duration,
+            state.provider or "unknown", state.model or "unknown", outcome, duration,
             None if first_chunk is None else first_chunk - state.start,
         )
 
