@@ -228,7 +228,7 @@ class MetricsCollector(GatewayRecording):
                     d[model_record] += 1.0
                 # Windows: the current clock-aligned slot of each windowed record.
                 if not self._slot_start <= now < self._slot_end:
-                    self._enter_slot(now)
+                    self._slot_position(now)
                 slot = self._current_slot
                 position = self._position
                 error = failed or status >= self.error_status
@@ -332,10 +332,11 @@ class MetricsCollector(GatewayRecording):
         try:
             with self._lock:
                 self._writable()
-                counts, window = self._fixed("cache"), self._window_slot("cache_window", now)
+                slot, position = self._slot_position(now)
+                counts, window = self._fixed("cache"), self._fixed("cache_window") + position * _PLAIN_STRIDE
                 d = self._doubles
                 d[counts + (0 if hit else 1)] += 1.0
-                _plain_window_add(d, window, self._slot(now), 0.0, not hit)
+                _plain_window_add(d, window, slot, 0.0, not hit)
         except StorageUnavailable:
             self._drop("storage_unavailable")
         except Exception as exc:
@@ -350,11 +351,12 @@ class MetricsCollector(GatewayRecording):
         try:
             with self._lock:
                 self._writable()
-                o, window = self._fixed("db"), self._window_slot("db_window", now)
+                slot, position = self._slot_position(now)
+                o, window = self._fixed("db"), self._fixed("db_window") + position * _PLAIN_STRIDE
                 d = self._doubles
                 d[o] += 1.0
                 d[o + 1] += latency
-                _plain_window_add(d, window, self._slot(now), latency, False)
+                _plain_window_add(d, window, slot, latency, False)
         except StorageUnavailable:
             self._drop("storage_unavailable")
         except Exception as exc:
@@ -458,24 +460,22 @@ class MetricsCollector(GatewayRecording):
         self._doubles = self._storage.doubles
         return offset
 
-    def _slot(self, now: float) -> int:
-        return int(now // self._slot_seconds) if self._slot_seconds else 0
+    def _slot_position(self, now: float) -> tuple[int, int]:
+        """The clock-aligned slot containing ``now`` and its position in a window record.
 
-    def _enter_slot(self, now: float) -> None:
-        """Cache the clock-aligned slot containing ``now`` and its time bounds, so the
-        hot path compares two floats instead of dividing on every request."""
-        slot = self._slot(now)
-        self._current_slot = slot
-        self._position = slot % self._slots
-        if self._slot_seconds:
-            self._slot_start = slot * self._slot_seconds
-            self._slot_end = self._slot_start + self._slot_seconds
-        else:
-            self._slot_start, self._slot_end = -_INF, _INF
-
-    def _window_slot(self, kind: str, now: float) -> int:
-        """Offset of the current slot of the label-less windowed record ``kind``."""
-        return self._fixed(kind) + (self._slot(now) % self._slots) * _PLAIN_STRIDE
+        Cached with the slot's time bounds, so most calls compare two floats instead of
+        dividing; the request hot path inlines the same check.
+        """
+        if not self._slot_start <= now < self._slot_end:
+            slot = int(now // self._slot_seconds) if self._slot_seconds else 0
+            self._current_slot = slot
+            self._position = slot % self._slots
+            if self._slot_seconds:
+                self._slot_start = slot * self._slot_seconds
+                self._slot_end = self._slot_start + self._slot_seconds
+            else:
+                self._slot_start, self._slot_end = -_INF, _INF
+        return self._current_slot, self._position
 
     def _drop(self, reason: str, leaving: bool = False) -> None:
         """Count input that was not recorded, under ``reason`` (and, for a request that

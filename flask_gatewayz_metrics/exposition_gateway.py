@@ -94,7 +94,7 @@ def _stream_families(snap: Snapshot) -> list[Metric]:
 
 def _process_families(snap: Snapshot) -> list[Metric]:
     in_flight = GaugeMetricFamily("http_requests_in_flight", "Requests being served now, summed over live workers.")
-    in_flight.add_metric([], max(0.0, snap.total("in_flight")[0]))
+    in_flight.add_metric([], snap.in_flight)
     build = GaugeMetricFamily(
         "gatewayz_build_info",
         "Version of flask_gatewayz_metrics and of Python (value 1).",

@@ -41,7 +41,7 @@ def health_report(snap: Snapshot, settings: Settings) -> tuple[dict[str, Any], i
         "total_errors": int(snap.total_errors),
         "error_rate": error_rate,
         "avg_latency_seconds": window.average,
-        "in_flight": max(0, int(snap.total("in_flight")[0])),
+        "in_flight": int(snap.in_flight),
         "worker_files": {"live": snap.live_files, "total": snap.worker_files},
         "storage_problems": [{"file": p.path, "reason": p.reason} for p in snap.problems],
         "storage_error": snap.storage_error,

@@ -137,6 +137,11 @@ class Snapshot:
             combined.errors += stats.errors
         return combined
 
+    @property
+    def in_flight(self) -> float:
+        """Requests being served by live workers (never negative, even mid-reset)."""
+        return max(0.0, self.total("in_flight")[0])
+
     def cache_hit_rate(self) -> float | None:
         """Hits / lookups in the window (the cache window counts misses as its errors)."""
         stats = self.window("cache_window")
@@ -210,7 +215,7 @@ class Snapshot:
                 str(service): {"calls": int(payload[0]), "errors": int(payload[1])}
                 for (service,), payload in self.series("external")
             },
-            "in_flight": max(0, int(self.total("in_flight")[0])),
+            "in_flight": int(self.in_flight),
             "llm": self._llm_dict(),
             "storage": {
                 "worker_files": self.worker_files,

@@ -32,7 +32,7 @@ from operator import add
 from . import layout
 from .control import ControlFile
 from .merge import combine
-from .reader import DirectoryReader, StorageProblem, WorkerView
+from .reader import DirectoryReader, StorageProblem, WorkerView, is_locked
 
 MAX_FILES_PER_RUN = 256
 """Dead files folded per compaction, which bounds the time one run (one scrape) takes."""
@@ -234,12 +234,9 @@ def _is_unheld(path: str) -> bool:
     except OSError:
         return False
     try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return False
+        return not is_locked(fd)
     finally:
         os.close(fd)
-    return True
 
 
 def _quarantine(directory: str, problem: StorageProblem) -> None:

@@ -140,7 +140,7 @@ class DirectoryReader:
         for _ in range(_READ_ATTEMPTS):
             fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
             try:
-                live = _is_locked(fd)
+                live = is_locked(fd)
                 if live and self.dead_only:
                     raise _Live
                 cached = self._mapped(path, fd)
@@ -236,7 +236,7 @@ def _index_records(cached: _Indexed, used: int, slots: int) -> None:
     cached.parsed_to = pos
 
 
-def _is_locked(fd: int) -> bool:
+def is_locked(fd: int) -> bool:
     """Whether a live writer holds the file's flock."""
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
