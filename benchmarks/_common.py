@@ -12,6 +12,7 @@ import os
 import statistics
 import subprocess
 import sys
+import time
 from collections.abc import Sequence
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -134,3 +135,55 @@ def serve_peer(handlers: dict[str, object], info: dict[str, object]) -> None:
 def unrecorded(collector: object) -> dict[str, int]:
     """Drops the collector could only count in memory (``internal_error`` etc.)."""
     return dict(getattr(collector, "_unrecorded", {}))
+
+
+class PeerRecorder:
+    """prometheus_client metrics equivalent to ours for one simulated worker (peer subprocess only).
+
+    The HTTP, provider and model counters and the two latency histograms, in a throwaway
+    registry: with ``PROMETHEUS_MULTIPROC_DIR`` set only the pid files they write matter.
+    """
+
+    def __init__(self, buckets: Sequence[float]) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Histogram
+
+        reg = CollectorRegistry()
+        self.req = Counter("http_requests", "r", ["endpoint", "method"], registry=reg)
+        self.err = Counter("http_request_errors", "e", ["endpoint", "method"], registry=reg)
+        self.status = Counter("http_response_status", "s", ["endpoint", "status"], registry=reg)
+        self.dur = Histogram(
+            "http_request_duration_seconds", "d", ["endpoint", "method"], buckets=buckets, registry=reg
+        )
+        self.preq = Counter("provider_requests", "r", ["provider"], registry=reg)
+        self.perr = Counter("provider_errors", "e", ["provider"], registry=reg)
+        self.pdur = Histogram("provider_request_duration_seconds", "d", ["provider"], buckets=buckets, registry=reg)
+        self.mreq = Counter("model_requests", "r", ["model"], registry=reg)
+        self.merr = Counter("model_errors", "e", ["model"], registry=reg)
+
+    def record(
+        self, endpoint: str, method: str, latency: float, code: int, provider: str | None, model: str | None
+    ) -> None:
+        failed = 1 if code >= 500 else 0
+        self.req.labels(endpoint, method).inc()
+        self.err.labels(endpoint, method).inc(failed)
+        self.status.labels(endpoint, str(code)).inc()
+        self.dur.labels(endpoint, method).observe(latency)
+        if provider is not None:
+            self.preq.labels(provider).inc()
+            self.perr.labels(provider).inc(failed)
+            self.pdur.labels(provider).observe(latency)
+        if model is not None:
+            self.mreq.labels(model).inc()
+            self.merr.labels(model).inc(failed)
+
+
+def peer_scrape() -> tuple[bytes, float]:
+    """One prometheus_client multiprocess scrape: the body and the seconds it took."""
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    t0 = time.perf_counter()
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry)
+    body = generate_latest(registry)
+    return body, time.perf_counter() - t0

@@ -64,7 +64,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _common import Peer, median, serve_peer, spread, table, unrecorded
+from _common import Peer, PeerRecorder, median, peer_scrape, serve_peer, spread, table, unrecorded
 
 LIVE_WORKERS = 4
 CHECKPOINTS = (4, 50, 200)
@@ -106,8 +106,7 @@ def traffic(seed: int, count: int = REQUESTS_PER_GENERATION) -> list[Request]:
 
 # --------------------------------------------------------------------------- peer
 def run_peer() -> None:
-    from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, values
-    from prometheus_client.multiprocess import MultiProcessCollector
+    from prometheus_client import values
 
     multiprocess = getattr(values.ValueClass, "_multiprocess", False)
 
@@ -115,38 +114,14 @@ def run_peer() -> None:
         buckets = [*bounds, float("inf")]
         for pid, seed in zip(pids, seeds, strict=True):
             values.ValueClass = values.MultiProcessValue(lambda pid=pid: pid)
-            reg = CollectorRegistry()  # throwaway: only the pid files matter
-            req = Counter("http_requests", "r", ["endpoint", "method"], registry=reg)
-            err = Counter("http_request_errors", "e", ["endpoint", "method"], registry=reg)
-            status = Counter("http_response_status", "s", ["endpoint", "status"], registry=reg)
-            dur = Histogram("http_request_duration_seconds", "d", ["endpoint", "method"], buckets=buckets, registry=reg)
-            preq = Counter("provider_requests", "r", ["provider"], registry=reg)
-            perr = Counter("provider_errors", "e", ["provider"], registry=reg)
-            pdur = Histogram("provider_request_duration_seconds", "d", ["provider"], buckets=buckets, registry=reg)
-            mreq = Counter("model_requests", "r", ["model"], registry=reg)
-            merr = Counter("model_errors", "e", ["model"], registry=reg)
-            for endpoint, method, latency, code, provider, model in traffic(seed):
-                failed = 1 if code >= 500 else 0
-                req.labels(endpoint, method).inc()
-                err.labels(endpoint, method).inc(failed)
-                status.labels(endpoint, str(code)).inc()
-                dur.labels(endpoint, method).observe(latency)
-                if provider is not None:
-                    preq.labels(provider).inc()
-                    perr.labels(provider).inc(failed)
-                    pdur.labels(provider).observe(latency)
-                if model is not None:
-                    mreq.labels(model).inc()
-                    merr.labels(model).inc(failed)
+            recorder = PeerRecorder(buckets)
+            for request in traffic(seed):
+                recorder.record(*request)
             values.ValueClass.close_all_files()  # the "process" exits: its files stay
         return {"files": len(os.listdir(os.environ["PROMETHEUS_MULTIPROC_DIR"]))}
 
     def scrape() -> dict[str, object]:
-        t0 = time.perf_counter()
-        registry = CollectorRegistry()
-        MultiProcessCollector(registry)
-        body = generate_latest(registry)
-        seconds = time.perf_counter() - t0
+        body, seconds = peer_scrape()
         samples = sum(1 for line in body.splitlines() if line and not line.startswith(b"#"))
         total = sum(
             float(line.rsplit(b" ", 1)[1]) for line in body.splitlines() if line.startswith(b"http_requests_total{")

@@ -36,9 +36,11 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import (
     COMBOS,
     Peer,
+    PeerRecorder,
     combo,
     latencies,
     median,
+    peer_scrape,
     serve_peer,
     spread,
     table,
@@ -55,46 +57,21 @@ def status_of(i: int) -> int:
 
 # --------------------------------------------------------------------------- peer
 def run_peer() -> None:
-    from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, values
-    from prometheus_client.multiprocess import MultiProcessCollector
+    from prometheus_client import values
 
     def populate(bounds: list[float], requests: int) -> dict[str, object]:
         buckets = [*bounds, float("inf")]
         lats = latencies()
         for pid in range(1, WORKERS + 1):
             values.ValueClass = values.MultiProcessValue(lambda pid=pid: 100_000 + pid)
-            reg = CollectorRegistry()  # throwaway: only the pid files matter
-            req = Counter("http_requests", "r", ["endpoint", "method"], registry=reg)
-            err = Counter("http_request_errors", "e", ["endpoint", "method"], registry=reg)
-            status = Counter("http_response_status", "s", ["endpoint", "status"], registry=reg)
-            dur = Histogram("http_request_duration_seconds", "d", ["endpoint", "method"], buckets=buckets, registry=reg)
-            preq = Counter("provider_requests", "r", ["provider"], registry=reg)
-            perr = Counter("provider_errors", "e", ["provider"], registry=reg)
-            pdur = Histogram("provider_request_duration_seconds", "d", ["provider"], buckets=buckets, registry=reg)
-            mreq = Counter("model_requests", "r", ["model"], registry=reg)
-            merr = Counter("model_errors", "e", ["model"], registry=reg)
+            recorder = PeerRecorder(buckets)
             for i in range(requests):
                 e, p, m = combo(i)
-                lat = lats[i % len(lats)]
-                code = status_of(i)
-                failed = 1 if code >= 500 else 0
-                req.labels(e, "POST").inc()
-                err.labels(e, "POST").inc(failed)
-                status.labels(e, str(code)).inc()
-                dur.labels(e, "POST").observe(lat)
-                preq.labels(p).inc()
-                perr.labels(p).inc(failed)
-                pdur.labels(p).observe(lat)
-                mreq.labels(m).inc()
-                merr.labels(m).inc(failed)
+                recorder.record(e, "POST", lats[i % len(lats)], status_of(i), p, m)
         return {"files": len(os.listdir(os.environ["PROMETHEUS_MULTIPROC_DIR"]))}
 
     def scrape() -> dict[str, object]:
-        t0 = time.perf_counter()
-        registry = CollectorRegistry()
-        MultiProcessCollector(registry)
-        body = generate_latest(registry)
-        seconds = time.perf_counter() - t0
+        body, seconds = peer_scrape()
         samples = sum(1 for line in body.splitlines() if line and not line.startswith(b"#"))
         return {"seconds": seconds, "bytes": len(body), "samples": samples}
 
