@@ -207,8 +207,8 @@ class MetricsCollector(GatewayRecording):
                 key = (endpoint, method, status, provider, model, failed)
                 try:
                     targets = self._request_targets.get(key)
-                except TypeError:  # an unhashable label value (a list, a dict)
-                    raise _InvalidLabel from None
+                except TypeError:  # an unhashable label value (a list, a dict): resolved, not cached
+                    targets = None
                 if targets is None:
                     targets = self._resolve_request(key)
                     d = self._doubles  # resolving may have grown (re-mapped) the file
@@ -290,33 +290,57 @@ class MetricsCollector(GatewayRecording):
     def _resolve_request(self, key: tuple[object, ...]) -> _RequestTargets:
         """Validate a new label combination and find or allocate its records (slow path).
 
-        Raises ``_InvalidLabel`` for a label that cannot be one.
+        A label that cannot be one (empty, not a string, unhashable) drops only its own
+        part (the HTTP request, the provider or the model), counted as ``invalid_label``;
+        such combinations are not cached, so each occurrence is counted. Strict mode
+        raises ``_InvalidLabel`` instead.
         """
         endpoint, method, status, provider, model, failed = key
         outcome = (str(status), "1" if failed else "0")
         storage = self._storage
         request = endpoint_window = provider_off = provider_window = model_off = model_window = -1
+        invalid = 0
         if endpoint is not None or method is not None:
-            endpoint_label = self._admit("endpoint", endpoint)
+            endpoint_label = self._admit_part("endpoint", endpoint)
             method_value = method_label(method)
-            if method_value is None:
-                raise _InvalidLabel
-            request = storage.offset("request", (endpoint_label, method_value, *outcome))
-            endpoint_window = storage.offset("endpoint_window", (endpoint_label,))
+            if endpoint_label is None or method_value is None:
+                invalid += 1
+            else:
+                request = storage.offset("request", (endpoint_label, method_value, *outcome))
+                endpoint_window = storage.offset("endpoint_window", (endpoint_label,))
         if provider is not None:
-            provider_label = self._admit("provider", provider)
-            provider_off = storage.offset("provider", (provider_label, *outcome))
-            provider_window = storage.offset("provider_window", (provider_label,))
+            provider_label = self._admit_part("provider", provider)
+            if provider_label is None:
+                invalid += 1
+            else:
+                provider_off = storage.offset("provider", (provider_label, *outcome))
+                provider_window = storage.offset("provider_window", (provider_label,))
         if model is not None:
-            model_label = self._admit("model", model)
-            model_off = storage.offset("model", (model_label, *outcome))
-            model_window = storage.offset("model_window", (model_label,))
+            model_label = self._admit_part("model", model)
+            if model_label is None:
+                invalid += 1
+            else:
+                model_off = storage.offset("model", (model_label, *outcome))
+                model_window = storage.offset("model_window", (model_label,))
         targets = (request, endpoint_window, provider_off, provider_window, model_off, model_window)
-        if len(self._request_targets) >= MAX_CACHED_LABEL_SETS:
-            self._request_targets.clear()
-        self._request_targets[key] = targets
+        if invalid:
+            if self.strict:
+                raise _InvalidLabel
+            self._doubles = storage.doubles
+            self._doubles[self._fixed("dropped", ("invalid_label",))] += float(invalid)
+        else:
+            if len(self._request_targets) >= MAX_CACHED_LABEL_SETS:
+                self._request_targets.clear()
+            self._request_targets[key] = targets
         self._doubles = storage.doubles
         return targets
+
+    def _admit_part(self, name: str, raw: object) -> str | None:
+        """``_admit``, with None for a value that cannot be a label (call under the lock)."""
+        try:
+            return self._admit(name, raw)
+        except _InvalidLabel:
+            return None
 
     # ------------------------------------------------------- cache, db, external
     def record_cache_hit(self) -> None:

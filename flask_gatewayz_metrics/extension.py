@@ -1,11 +1,13 @@
 """GatewayzMetrics: times every request of a Flask app and serves the metrics routes.
 
-The request path is built to be cheap (see benchmarks/): instead of three Flask hooks,
-a thin wrapper around ``app.wsgi_app`` starts the clock and publishes the request's
-state in a ``ContextVar`` (where ``label_request`` finds it), and one ``after_request``
-hook reads the route template, method and status once and records. A view exception
-that escapes Flask (``PROPAGATE_EXCEPTIONS``) is caught by the wrapper and recorded as
-a failed 500. Streamed responses are recorded when the server closes the body.
+The request path is built to be cheap (see benchmarks/) and to record every request
+exactly once whatever the response's shape: a thin wrapper around ``app.wsgi_app``
+starts the clock, publishes the request's state in a ``ContextVar`` (where
+``label_request`` finds it) and hands Flask a ``start_response`` that keeps the final
+status and reads the route; the request is recorded when its body is over (see
+``_wsgi``). One ``after_request`` hook only tells whether the body is already complete.
+A request to the metrics routes (the URL prefix and everything under it) is passed
+straight to Flask: neither recorded nor in flight, unless ``RECORD_OWN_ROUTES``.
 """
 
 from __future__ import annotations
@@ -15,22 +17,23 @@ from collections.abc import Callable, Iterable
 from time import perf_counter
 from typing import Any
 
-from flask import Flask, Response, request
+from flask import Flask, Response
 from prometheus_client import REGISTRY, CollectorRegistry, multiprocess
 from prometheus_client.registry import Collector
-from werkzeug.routing import Map, Rule
+from werkzeug.wsgi import ClosingIterator
 
+from ._wsgi import Exchange
 from .collector import MetricsCollector, get_metrics_collector
 from .exposition import PrometheusExporter
-from .labels import KNOWN_METHODS
 from .llm import trace_id_of
-from .request_state import RequestState, current_request
+from .request_state import current_request
 from .settings import Settings
-from .streaming import ObservedStream
-from .views import BLUEPRINT_NAME, create_blueprint
+from .views import create_blueprint
 
 EXTENSION_KEY = "gatewayz_metrics"
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+_OWN_ROUTES = ("", "/json", "/health", "/reset")
+"""The metrics blueprint's rules, relative to the URL prefix (see views.py)."""
 
 
 class AppMetrics:
@@ -40,103 +43,91 @@ class AppMetrics:
         self.settings = settings
         self.collector = collector
         self.exporter = PrometheusExporter(collector, app_metrics_source() if settings.include_app_metrics else None)
-        self._unmatched = settings.unmatched_endpoint
-        self._skip_prefix = None if settings.record_own_routes else BLUEPRINT_NAME + "."
+        self.unmatched = settings.unmatched_endpoint
+        self.app: Flask | None = None
 
-    def wrap(self, wsgi_app: WSGIApp, url_map: Map) -> WSGIApp:
+    def own_route_rule(self) -> tuple[frozenset[str], str | None]:
+        """The one rule for "a request to our own routes": its path is one of the metrics
+        routes, or under the URL prefix (unless the prefix is "/", which would be every
+        path). Returns the exact paths and the children prefix (None: no children rule).
+        """
+        prefix = self.settings.url_prefix.rstrip("/")
+        paths = {prefix + route for route in _OWN_ROUTES} | {prefix + "/"}
+        paths.discard("")
+        return frozenset(paths), (prefix + "/" if prefix else None)
+
+    def wrap(self, wsgi_app: WSGIApp, app: Flask) -> WSGIApp:
         """``wsgi_app`` timed from the moment the server hands it the request."""
+        self.app = app
         collector = self.collector
-        # Scrapes are not application traffic: they do not count as in flight either.
-        own_prefix = None if self.settings.record_own_routes else self.settings.url_prefix.rstrip("/")
-        own_children = f"{own_prefix}/"
+        own_paths, own_children = self.own_route_rule()
+        if self.settings.record_own_routes:
+            own_paths, own_children = frozenset(), None
+        reset_path = self.settings.url_prefix.rstrip("/") + "/reset"
 
         def timed_wsgi_app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-            state = RequestState(collector, perf_counter())
+            path = environ.get("PATH_INFO", "")
+            if path in own_paths or (own_children is not None and path.startswith(own_children)):
+                body = wsgi_app(environ, start_response)
+                if path == reset_path:
+                    # A reset starts new files: write this process's live in-flight count
+                    # into its new one now, not at its next request.
+                    collector.add_in_flight(0)
+                return body
+            exchange = Exchange(self, environ, start_response)
             traceparent = environ.get("HTTP_TRACEPARENT")
             if traceparent:
-                state.trace_id = trace_id_of(traceparent)
-            token = current_request.set(state)
-            path = environ.get("PATH_INFO", "")
-            if own_prefix is not None and (path == own_prefix or path.startswith(own_children)):
-                state.in_flight = False
-            else:
-                collector.add_in_flight(1)
+                exchange.trace_id = trace_id_of(traceparent)
+            token = current_request.set(exchange)
+            collector.add_in_flight(1)
             try:
-                return wsgi_app(environ, start_response)
+                body = wsgi_app(environ, exchange)
             except BaseException:
-                # The view raised and the exception propagates (testing, debug):
-                # after_request never ran, and Flask has dropped its request object.
-                if not state.finished and self._identify(state, *_route_of(url_map, environ)):
-                    self._record(state, 500, True)
+                # The exception escapes Flask (PROPAGATE_EXCEPTIONS, testing, debug):
+                # the server answers 500.
+                exchange.finish(True, None)
                 raise
             finally:
                 current_request.reset(token)
-                if not state.finished:  # never reached after_request: nothing to time
-                    _leave(state)
+            if exchange.streamed is False and exchange.status is not None:
+                exchange.finish(False, None)  # complete already: nothing left to time
+                return body
+            return exchange.watch(body)  # type: ignore[no-any-return]
 
         return timed_wsgi_app
 
     def after_request(self, response: Response) -> Response:
+        """Note whether the body is complete now (recorded at once) or still to come."""
         state = current_request.get()
-        if state is None or state.finished or state.collector is not self.collector:
-            return response
-        state.finished = True
-        req = request._get_current_object()  # type: ignore[attr-defined]
-        if not self._identify(state, req.url_rule, req.method):
-            _leave(state)
-            return response
-        status = response.status_code
-        if not _streams_after_return(response):
-            self._record(state, status, False)
-        elif (state.provider or state.model) and not response.direct_passthrough:
-            response.response = ObservedStream(
-                response.response, lambda outcome, first: self._record_stream(state, status, outcome, first)
+        if isinstance(state, Exchange) and state.metrics is self:
+            state.streamed = response.is_streamed and (
+                response.direct_passthrough
+                or response.content_length is None
+                # An HTTP error page is a finished WSGI response (force_type ran it);
+                # any other iterator is produced as the server reads it.
+                or response.response.__class__ is not ClosingIterator
             )
-        else:
-            response.call_on_close(lambda: self._record(state, status, False))
         return response
 
-    def _identify(self, state: RequestState, rule: Rule | None, method: str) -> bool:
-        """Fill in the endpoint label and method; False for routes not to be recorded."""
+    def record(self, state: Exchange, status: int, failed: bool, stream_outcome: str | None) -> None:
+        """Record the request (and, for a labelled streamed body, the stream)."""
         state.finished = True
-        if rule is None:
-            state.endpoint = self._unmatched
-        elif self._skip_prefix is not None and rule.endpoint.startswith(self._skip_prefix):
-            return False
-        else:
-            state.endpoint = rule.rule
-        state.method = method if method in KNOWN_METHODS else "OTHER"
-        return True
-
-    def _record(self, state: RequestState, status: int, failed: bool) -> float:
-        """Record the request; return its latency."""
         latency = perf_counter() - state.start
         leaving, state.in_flight = state.in_flight, False
         if state.provider_recorded:
             provider = model = None
         else:
             provider, model = state.provider, state.model
-        state.collector.observe_request(
-            state.endpoint, state.method, latency, status, provider, model, failed, leaving
-        )
+        collector = state.collector
+        collector.observe_request(state.endpoint, state.method, latency, status, provider, model, failed, leaving)
         if state.trace_id:
-            state.collector.record_exemplar(state.endpoint, state.method, latency, state.trace_id)
-        return latency
-
-    def _record_stream(self, state: RequestState, status: int, outcome: str, first_chunk: float | None) -> None:
-        """A labelled stream ended: the request (an error if the body failed) and the stream."""
-        duration = self._record(state, status, outcome == "error")
-        state.collector.record_stream(
-            state.provider or "unknown", state.model or "unknown", outcome, duration,
-            None if first_chunk is None else first_chunk - state.start,
-        )
-
-
-def _leave(state: RequestState) -> None:
-    """The request no longer counts as in flight (once)."""
-    if state.in_flight:
-        state.in_flight = False
-        state.collector.add_in_flight(-1)
+            collector.record_exemplar(state.endpoint, state.method, latency, state.trace_id)
+        if stream_outcome is not None and (state.provider or state.model):
+            first_chunk = state.first_chunk
+            collector.record_stream(
+                state.provider or "unknown", state.model or "unknown", stream_outcome, latency,
+                first_chunk - state.start if first_chunk else None,
+            )  # fmt: skip
 
 
 def app_metrics_source() -> Collector:
@@ -148,27 +139,6 @@ def app_metrics_source() -> Collector:
         multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
         return registry
     return REGISTRY
-
-
-def _route_of(url_map: Map, environ: dict[str, Any]) -> tuple[Rule | None, str]:
-    """The rule a request matches, found again from its environ (slow; error path only)."""
-    method = str(environ.get("REQUEST_METHOD", "GET")).upper()
-    try:
-        rule, _ = url_map.bind_to_environ(environ).match(return_rule=True)
-    except Exception:  # no match, redirect, method not allowed
-        return None, method
-    return rule, method
-
-
-def _streams_after_return(response: Response) -> bool:
-    """Whether the body is produced after the view returned (generator, file).
-
-    Error pages built from HTTP exceptions are wrapped as iterators too, but they carry a
-    Content-Length and are already complete: they are recorded at once.
-    """
-    if not response.is_streamed:
-        return False
-    return response.direct_passthrough or response.content_length is None
 
 
 class GatewayzMetrics:
@@ -211,7 +181,7 @@ class GatewayzMetrics:
                 collector = get_metrics_collector()
         state = AppMetrics(settings, collector)
         app.extensions[EXTENSION_KEY] = state
-        app.wsgi_app = state.wrap(app.wsgi_app, app.url_map)  # type: ignore[method-assign,assignment]
+        app.wsgi_app = state.wrap(app.wsgi_app, app)  # type: ignore[method-assign,assignment]
         app.after_request(state.after_request)
         app.register_blueprint(create_blueprint(state), url_prefix=settings.url_prefix)
 

@@ -1,38 +1,55 @@
 """What the request being timed right now carries: its collector, provider and model.
 
-Kept in a ``ContextVar`` so that code deep inside a view (or the ``track_request``
-decorator) can attach labels to the current request without any Flask import, and so
-that nothing records the same request twice.
+Kept in a ``ContextVar`` so that code deep inside a view, a streamed body or the
+``track_request`` decorator can attach labels to the current request without any
+Flask import, and so that nothing records the same request twice.
 """
 
 from __future__ import annotations
 
 from contextvars import ContextVar
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from .collector import MetricsCollector
 
 
-@dataclass(slots=True)
 class RequestState:
-    """Per-request bookkeeping of the Flask extension (one object per request)."""
+    """Per-request bookkeeping of the Flask extension (one object per request).
 
-    collector: MetricsCollector
-    start: float
-    endpoint: str = ""
-    """Route template of the request (or the unmatched label), known once it is routed."""
-    method: str = ""
-    provider: str | None = None
-    model: str | None = None
-    provider_recorded: bool = False
-    """Set when the view recorded provider calls itself; the hook then skips them."""
-    finished: bool = False
-    trace_id: str | None = None
-    """From an incoming W3C ``traceparent``: becomes the latency bucket's exemplar."""
-    in_flight: bool = True
-    """Counted in ``http_requests_in_flight`` until recorded (or skipped)."""
+    A plain class with ``__slots__`` (not a dataclass) so that the WSGI layer can
+    extend it into the one object a request allocates (see ``_wsgi.Exchange``).
+    """
+
+    __slots__ = (
+        "collector",
+        "endpoint",
+        "finished",
+        "in_flight",
+        "method",
+        "model",
+        "provider",
+        "provider_recorded",
+        "start",
+        "trace_id",
+    )  # fmt: skip
+
+    def __init__(self, collector: MetricsCollector, start: float) -> None:
+        self.collector = collector
+        self.start = start
+        self.endpoint = ""
+        """Route template of the request (or the unmatched label), known once it is routed."""
+        self.method = ""
+        self.provider: str | None = None
+        self.model: str | None = None
+        self.provider_recorded = False
+        """Set when the view recorded provider calls itself; the request then skips them."""
+        self.finished = False
+        """Set once the request is recorded (or dropped): nothing records it again."""
+        self.trace_id: str | None = None
+        """From an incoming W3C ``traceparent``: becomes the latency bucket's exemplar."""
+        self.in_flight = True
+        """Counted in ``http_requests_in_flight`` until recorded."""
 
 
 current_request: ContextVar[RequestState | None] = ContextVar(
@@ -43,9 +60,11 @@ current_request: ContextVar[RequestState | None] = ContextVar(
 def label_request(provider: str | None = None, model: str | None = None) -> bool:
     """Attach ``provider`` and/or ``model`` to the request being timed.
 
-    When the request ends, its latency and status are then also recorded under
-    ``provider_*`` and ``model_*``. Returns False (and does nothing) outside a request
-    timed by ``GatewayzMetrics``.
+    Works anywhere in the request's lifetime: in the view, in hooks and error handlers,
+    and in a streamed body while the server iterates it. When the request ends, its
+    latency and status are then also recorded under ``provider_*`` and ``model_*``
+    (and, for a streamed body, ``llm_stream_*``). Returns False (and does nothing)
+    outside a request timed by ``GatewayzMetrics``.
     """
     state = current_request.get()
     if state is None:

@@ -1,0 +1,539 @@
+"""Every Flask response is recorded exactly once, whatever its shape, hooks and middleware.
+
+Each test drives the app through Flask's test client and reads the merged numbers back
+from ``/metrics``: the requests recorded (count, route, method), their status, whether
+they were errors, and ``http_requests_in_flight``. Real servers: test_responses_servers.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Iterator
+from http import HTTPStatus
+from typing import Any
+
+import pytest
+from flask import Blueprint, Flask, Response, abort, make_response, redirect, stream_with_context
+from prometheus_client.parser import text_string_to_metric_families
+from responses_app import FILE_BODY, STATIC, Boom, create_app
+from werkzeug.exceptions import NotFound
+from werkzeug.middleware.dispatcher import DispatcherMiddleware
+from werkzeug.middleware.proxy_fix import ProxyFix
+from werkzeug.test import Client
+
+from flask_gatewayz_metrics import GatewayzMetrics, label_request
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def scrape(client: Any, path: str = "/metrics") -> Samples:
+    out = {}
+    for family in text_string_to_metric_families(client.get(path).get_data(as_text=True)):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+Row = tuple[str, str, str, bool]
+"""One recorded request: (endpoint, method, status, error)."""
+View = tuple[list[tuple[str, str, bool]], list[tuple[str, str]]]
+
+
+def recorded(samples: Samples) -> View:
+    """What the families tell of the recorded requests: one (endpoint, method, error) per
+    request, and one (endpoint, status) per request (statuses are counted per endpoint)."""
+    by_method: list[tuple[str, str, bool]] = []
+    by_status: list[tuple[str, str]] = []
+    for (name, labels), value in samples.items():
+        label = dict(labels)
+        if name == "http_requests_total":
+            errors = samples.get(("http_request_errors_total", labels), 0.0)
+            by_method += [(label["endpoint"], label["method"], i < errors) for i in range(int(value))]
+        elif name == "http_response_status_total":
+            by_status += [(label["endpoint"], label["status"])] * int(value)
+    return sorted(by_method), sorted(by_status)
+
+
+def same(got: View, expected: list[Row]) -> bool:
+    """``got`` tells exactly the requests of ``expected``."""
+    return got == (sorted((r[0], r[1], r[3]) for r in expected), sorted((r[0], r[2]) for r in expected))
+
+
+def in_flight(samples: Samples) -> float:
+    return samples[("http_requests_in_flight", ())]
+
+
+def dropped(samples: Samples, reason: str) -> float:
+    return samples.get(("gatewayz_metrics_dropped_total", (("reason", reason),)), 0.0)
+
+
+def make(metrics_dir: str, **config: Any) -> Flask:
+    app = Flask(__name__, static_folder=str(STATIC), static_url_path="/static")
+    app.config.update(GATEWAYZ_METRICS_DIR=metrics_dir, **config)
+    GatewayzMetrics(app)
+    return app
+
+
+# --------------------------------------------------------------- file responses
+def test_send_file_recorded_once_and_leaves(metrics_dir: str) -> None:
+    """send_file (pass-through body): in flight until the body is read, then one 200."""
+    app = create_app(GATEWAYZ_METRICS_DIR=metrics_dir)
+    client = app.test_client()
+    response = client.get("/file")
+    assert in_flight(scrape(client)) == 1
+    assert response.get_data() == FILE_BODY
+    response.close()
+    got = scrape(client)
+    assert same(recorded(got), [("/file", "GET", "200", False)])
+    assert in_flight(got) == 0
+
+
+def test_static_200_206_304_404_each_recorded(metrics_dir: str) -> None:
+    """The static route's 200, Range 206, If-None-Match 304 and 404 are four requests."""
+    client = make(metrics_dir).test_client()
+    full = client.get("/static/data.bin")
+    assert full.get_data() == FILE_BODY
+    part = client.get("/static/data.bin", headers={"Range": "bytes=10-19"})
+    assert (part.status_code, part.get_data()) == (206, FILE_BODY[10:20])
+    etag = full.headers["ETag"]
+    assert client.get("/static/data.bin", headers={"If-None-Match": etag}).status_code == 304
+    assert client.get("/static/missing.bin").status_code == 404
+    got = scrape(client)
+    route = "/static/<path:filename>"
+    assert same(recorded(got), sorted((route, "GET", s, False) for s in ("200", "206", "304", "404")))
+    assert in_flight(got) == 0
+
+
+def test_file_body_closed_early_is_recorded(metrics_dir: str) -> None:
+    """A file response whose body the server closes unread is still recorded once."""
+    client = create_app(GATEWAYZ_METRICS_DIR=metrics_dir).test_client()
+    client.get("/file").close()
+    got = scrape(client)
+    assert same(recorded(got), [("/file", "GET", "200", False)])
+    assert in_flight(got) == 0
+
+
+# -------------------------------------------------------------------- hooks
+@pytest.mark.parametrize("position", ["before", "after"])
+@pytest.mark.parametrize("propagate", [False, True])
+def test_after_request_hook_that_raises(metrics_dir: str, position: str, propagate: bool) -> None:
+    """An app after_request hook that raises, registered before or after us: one 500 error."""
+    app = create_app(position, GATEWAYZ_METRICS_DIR=metrics_dir, PROPAGATE_EXCEPTIONS=propagate)
+    client = app.test_client()
+    if propagate:
+        with pytest.raises(Boom):
+            client.get("/hooked")
+    else:
+        assert client.get("/hooked").status_code == 500
+    got = scrape(client)
+    assert same(recorded(got), [("/hooked", "GET", "500", True)])
+    assert in_flight(got) == 0
+
+
+def test_before_request_short_circuits(metrics_dir: str) -> None:
+    """A before_request returning a response or aborting: recorded under the route."""
+    app = make(metrics_dir)
+
+    @app.before_request
+    def guard() -> Any:
+        from flask import request
+
+        if request.args.get("deny"):
+            return "denied", 403
+        if request.args.get("abort"):
+            abort(401)
+        return None
+
+    app.add_url_rule("/guarded", "guarded", lambda: "ok")
+    client = app.test_client()
+    assert client.get("/guarded?deny=1").status_code == 403
+    assert client.get("/guarded?abort=1").status_code == 401
+    assert client.get("/guarded?x=1&y=2").status_code == 200
+    got = scrape(client)
+    assert same(recorded(got), [("/guarded", "GET", s, False) for s in ("200", "401", "403")])
+    assert in_flight(got) == 0
+
+
+def test_hooks_in_any_order_record_once(metrics_dir: str) -> None:
+    """before/after/teardown hooks registered before and after us change nothing."""
+    app = Flask(__name__)
+    calls: list[str] = []
+    app.before_request(lambda: calls.append("before-1") and None)
+    app.after_request(lambda r: (calls.append("after-1"), r)[1])
+    app.teardown_request(lambda e: calls.append("teardown-1"))
+    app.config["GATEWAYZ_METRICS_DIR"] = metrics_dir
+    GatewayzMetrics(app)
+    app.before_request(lambda: calls.append("before-2") and None)
+    app.after_request(lambda r: (calls.append("after-2"), r.headers.set("X-Hook", "2"), r)[2])
+    app.teardown_request(lambda e: calls.append("teardown-2"))
+    app.add_url_rule("/x", "x", lambda: "x")
+    client = app.test_client()
+    assert client.get("/x").headers["X-Hook"] == "2"
+    assert {"before-1", "before-2", "after-1", "after-2", "teardown-1", "teardown-2"} <= set(calls)
+    got = scrape(client)
+    assert same(recorded(got), [("/x", "GET", "200", False)])
+    assert in_flight(got) == 0
+
+
+def test_user_errorhandlers(metrics_dir: str) -> None:
+    """Error handlers decide the status: 422 for a ValueError, a JSON 404, a 500 handler."""
+    app = make(metrics_dir, PROPAGATE_EXCEPTIONS=False)
+    app.register_error_handler(ValueError, lambda e: ({"error": str(e)}, 422))
+    app.register_error_handler(404, lambda e: ({"error": "nope"}, 404))
+    app.register_error_handler(500, lambda e: ("handled", 500))
+
+    def bad() -> str:
+        raise ValueError("bad input")
+
+    def crash() -> str:
+        raise KeyError("x")
+
+    app.add_url_rule("/bad", "bad", bad)
+    app.add_url_rule("/crash", "crash", crash)
+    client = app.test_client()
+    assert client.get("/bad").status_code == 422
+    assert client.get("/missing").get_json() == {"error": "nope"}
+    assert client.get("/crash").get_data() == b"handled"
+    got = scrape(client)
+    assert same(recorded(got), [("/bad", "GET", "422", False), ("/crash", "GET", "500", True),
+                             ("unmatched", "GET", "404", False)])  # fmt: skip
+    assert in_flight(got) == 0
+
+
+def test_view_exception_propagated_is_one_500(metrics_dir: str) -> None:
+    """With PROPAGATE_EXCEPTIONS the exception reaches the caller; one 500 error recorded."""
+    app = make(metrics_dir, TESTING=True)
+
+    def boom(n: int) -> str:
+        raise Boom("view failed")
+
+    app.add_url_rule("/items/<int:n>", "boom", boom)
+    client = app.test_client()
+    with pytest.raises(Boom):
+        client.get("/items/3")
+    got = scrape(client)
+    assert same(recorded(got), [("/items/<int:n>", "GET", "500", True)])
+    assert in_flight(got) == 0
+
+
+# --------------------------------------------------------- return value shapes
+def test_make_response_httpstatus_and_exception_instances(metrics_dir: str) -> None:
+    """make_response, HTTPStatus, a returned HTTPException and redirect() keep their status."""
+    app = make(metrics_dir)
+    app.add_url_rule("/made", "made", lambda: make_response("made", 201))
+    app.add_url_rule("/status", "status", lambda: ("", HTTPStatus.ACCEPTED))
+    app.add_url_rule("/exc", "exc", NotFound)
+    app.add_url_rule("/moved", "moved", lambda: redirect("/made"))
+    client = app.test_client()
+    assert [client.get(p).status_code for p in ("/made", "/status", "/exc", "/moved")] == [201, 202, 404, 302]
+    got = scrape(client)
+    assert same(recorded(got), [("/exc", "GET", "404", False), ("/made", "GET", "201", False),
+                             ("/moved", "GET", "302", False), ("/status", "GET", "202", False)])  # fmt: skip
+
+
+def test_redirects_followed_and_strict_slashes(metrics_dir: str) -> None:
+    """A followed redirect is two requests; the automatic trailing-slash 308 is unmatched."""
+    app = make(metrics_dir)
+    app.add_url_rule("/target", "target", lambda: "here")
+    app.add_url_rule("/moved", "moved", lambda: redirect("/target"))
+    app.add_url_rule("/dir/", "dir", lambda: "dir")
+    client = app.test_client()
+    assert client.get("/moved", follow_redirects=True).get_data() == b"here"
+    assert client.get("/dir").status_code == 308
+    got = scrape(client)
+    assert same(recorded(got), [("/moved", "GET", "302", False), ("/target", "GET", "200", False),
+                             ("unmatched", "GET", "308", False)])  # fmt: skip
+
+
+def test_head_options_query_strings(metrics_dir: str) -> None:
+    """HEAD and automatic OPTIONS are recorded under the route with their own method."""
+    app = make(metrics_dir)
+    app.add_url_rule("/r", "r", lambda: "body")
+    client = app.test_client()
+    assert client.head("/r?a=1").status_code == 200
+    assert client.options("/r").status_code == 200
+    assert client.get("/r?q=%C3%A9&x=").status_code == 200
+    got = scrape(client)
+    assert same(recorded(got), [("/r", "GET", "200", False), ("/r", "HEAD", "200", False),
+                             ("/r", "OPTIONS", "200", False)])  # fmt: skip
+
+
+# ------------------------------------------------------------- routing shapes
+def test_blueprints_nested_and_prefixed_and_converters(metrics_dir: str) -> None:
+    """Blueprint prefixes, nested blueprints and path/uuid converters give full templates."""
+    app = make(metrics_dir)
+    parent = Blueprint("parent", __name__, url_prefix="/v1")
+    child = Blueprint("child", __name__, url_prefix="/models")
+    child.add_url_rule("/<uuid:model_id>", "model", lambda model_id: model_id.hex)
+    parent.add_url_rule("/files/<path:name>", "files", lambda name: name)
+    parent.register_blueprint(child)
+    app.register_blueprint(parent)
+    client = app.test_client()
+    assert client.get(f"/v1/models/{uuid.uuid4()}").status_code == 200
+    assert client.get("/v1/files/a/b/c.txt").status_code == 200
+    assert client.get("/v1/models/not-a-uuid").status_code == 404
+    got = scrape(client)
+    assert same(recorded(got), [("/v1/files/<path:name>", "GET", "200", False),
+                             ("/v1/models/<uuid:model_id>", "GET", "200", False),
+                             ("unmatched", "GET", "404", False)])  # fmt: skip
+
+
+def test_non_ascii_route(metrics_dir: str) -> None:
+    """A route with non-ASCII characters is recorded under its template."""
+    app = make(metrics_dir)
+    app.add_url_rule("/café/<name>", "cafe", lambda name: name)
+    client = app.test_client()
+    assert client.get("/caf%C3%A9/cr%C3%A8me").status_code == 200
+    assert same(recorded(scrape(client)), [("/café/<name>", "GET", "200", False)])
+
+
+def test_subdomain_blueprint_exception_keeps_route(metrics_dir: str) -> None:
+    """A raising route of a subdomain blueprint (propagated) is recorded under its route."""
+    app = make(metrics_dir, SERVER_NAME="example.test", TESTING=True)
+    app.subdomain_matching = True
+    api = Blueprint("api", __name__, subdomain="api")
+
+    def fail(n: int) -> str:
+        raise Boom("subdomain route failed")
+
+    api.add_url_rule("/jobs/<int:n>", "fail", fail)
+    api.add_url_rule("/ok", "ok", lambda: "ok")
+    app.register_blueprint(api)
+    client = app.test_client()
+    with pytest.raises(Boom):
+        client.get("/jobs/1", base_url="http://api.example.test")
+    assert client.get("/ok", base_url="http://api.example.test").status_code == 200
+    assert client.get("/ok", base_url="http://example.test").status_code == 404
+    got = scrape(client, "http://example.test/metrics")
+    assert same(recorded(got), [("/jobs/<int:n>", "GET", "500", True), ("/ok", "GET", "200", False),
+                             ("unmatched", "GET", "404", False)])  # fmt: skip
+    assert in_flight(got) == 0
+
+
+def test_405_keeps_route_template(metrics_dir: str) -> None:
+    """A method a real route does not allow is a 405 under that route, also when propagated."""
+    app = make(metrics_dir)
+    app.add_url_rule("/only-get/<int:n>", "only_get", lambda n: "ok")
+    client = app.test_client()
+    assert client.post("/only-get/1").status_code == 405
+    assert client.delete("/only-get/2").status_code == 405
+    got = scrape(client)
+    route = "/only-get/<int:n>"
+    assert same(recorded(got), [(route, "DELETE", "405", False), (route, "POST", "405", False)])
+
+
+# ------------------------------------------------------------ streamed bodies
+def test_generator_failing_mid_stream_is_an_error(metrics_dir: str) -> None:
+    """An unlabelled generator that fails after its first chunk: one 200, counted as an error."""
+    client = create_app(GATEWAYZ_METRICS_DIR=metrics_dir).test_client()
+    response = client.get("/stream-fails")
+    with pytest.raises(Boom):
+        response.get_data()
+    response.close()
+    got = scrape(client)
+    assert same(recorded(got), [("/stream-fails", "GET", "200", True)])
+    assert in_flight(got) == 0
+
+
+def test_generator_failing_before_first_chunk_is_a_500(metrics_dir: str) -> None:
+    """A body that fails before yielding anything leaves the server to answer 500."""
+    app = make(metrics_dir)
+
+    def chunks() -> Iterator[str]:
+        raise Boom("no first chunk")
+        yield ""  # pragma: no cover
+
+    app.add_url_rule("/s", "s", lambda: Response(chunks()))
+    client = app.test_client()
+    with pytest.raises(Boom):
+        client.get("/s")
+    assert same(recorded(scrape(client)), [("/s", "GET", "500", True)])
+
+
+def test_labelled_stream_failing_records_stream_error(metrics_dir: str) -> None:
+    """A labelled failing stream: the request is an error and the stream's outcome is error."""
+    app = make(metrics_dir)
+
+    def chunks() -> Iterator[str]:
+        yield "x"
+        raise Boom("upstream dropped")
+
+    def view() -> Response:
+        label_request(provider="openai", model="gpt-4")
+        return Response(chunks())
+
+    app.add_url_rule("/chat", "chat", view)
+    client = app.test_client()
+    with pytest.raises(Boom):
+        client.get("/chat").get_data()
+    got = scrape(client)
+    assert same(recorded(got), [("/chat", "GET", "200", True)])
+    assert got[("llm_streams_total", (("model", "gpt-4"), ("outcome", "error"), ("provider", "openai")))] == 1
+    assert got[("provider_errors_total", (("provider", "openai"),))] == 1
+
+
+def test_label_request_inside_stream_with_context_body(metrics_dir: str) -> None:
+    """label_request in a stream_with_context body labels the request and its stream."""
+    client = create_app(GATEWAYZ_METRICS_DIR=metrics_dir).test_client()
+    assert client.get("/labelled-in-body").get_data() == b"alabelled"
+    got = scrape(client)
+    assert same(recorded(got), [("/labelled-in-body", "GET", "200", False)])
+    assert got[("provider_requests_total", (("provider", "openai"),))] == 1
+    assert got[("llm_streams_total", (("model", "gpt-4"), ("outcome", "completed"), ("provider", "openai")))] == 1
+    assert got[("llm_time_to_first_chunk_seconds_count", (("model", "gpt-4"), ("provider", "openai")))] == 1
+
+
+def test_label_request_in_plain_generator_and_call_on_close(metrics_dir: str) -> None:
+    """label_request works in a plain generator body too, and not after the request."""
+    app = make(metrics_dir)
+
+    def chunks() -> Iterator[str]:
+        yield "a"
+        label_request(model="claude-3")
+        yield "b"
+
+    app.add_url_rule("/g", "g", lambda: Response(chunks()))
+    client = app.test_client()
+    assert client.get("/g").get_data() == b"ab"
+    assert label_request(provider="late") is False
+    got = scrape(client)
+    assert got[("model_requests_total", (("model", "claude-3"),))] == 1
+    assert ("provider_requests_total", (("provider", "late"),)) not in got
+
+
+def test_stream_closed_early_is_not_an_error(metrics_dir: str) -> None:
+    """A client that hangs up mid-stream: recorded as its status, no error; labelled: disconnect."""
+    app = make(metrics_dir)
+
+    def chunks() -> Iterator[str]:
+        label_request(provider="anthropic")
+        while True:
+            yield "tick"
+
+    app.add_url_rule("/forever", "forever", lambda: Response(stream_with_context(chunks())))
+    client = app.test_client()
+    response = client.get("/forever")
+    assert in_flight(scrape(client)) == 1
+    response.close()
+    got = scrape(client)
+    assert same(recorded(got), [("/forever", "GET", "200", False)])
+    outcome = ("llm_streams_total", (("model", "unknown"), ("outcome", "client_disconnect"), ("provider", "anthropic")))
+    assert got[outcome] == 1
+    assert in_flight(got) == 0
+
+
+def test_head_of_streamed_and_file_routes(metrics_dir: str) -> None:
+    """HEAD of a generator route and of send_file: one request each, nothing left in flight."""
+    client = create_app(GATEWAYZ_METRICS_DIR=metrics_dir).test_client()
+    assert client.head("/stream").status_code == 200
+    assert client.head("/file").status_code == 200
+    got = scrape(client)
+    assert same(recorded(got), [("/file", "HEAD", "200", False), ("/stream", "HEAD", "200", False)])
+    assert in_flight(got) == 0
+
+
+# -------------------------------------------------------------- middleware etc.
+def test_proxyfix_and_dispatcher_middleware(metrics_dir: str, tmp_path: Any) -> None:
+    """Under ProxyFix and DispatcherMiddleware (mounted at /api) routes and counts hold."""
+    app = make(metrics_dir)
+    app.add_url_rule("/who", "who", lambda: __import__("flask").request.remote_addr or "")
+    app.wsgi_app = ProxyFix(app.wsgi_app, x_for=1)  # type: ignore[method-assign]
+    other = Flask("other")
+    other.add_url_rule("/elsewhere", "elsewhere", lambda: "other app")
+    client = Client(DispatcherMiddleware(other, {"/api": app}))
+    assert client.get("/api/who", headers={"X-Forwarded-For": "10.1.2.3"}).get_data() == b"10.1.2.3"
+    assert client.get("/elsewhere").get_data() == b"other app"
+    assert client.get("/api/nope").status_code == 404
+    got = scrape(client, "/api/metrics")
+    assert same(recorded(got), [("/who", "GET", "200", False), ("unmatched", "GET", "404", False)])
+    assert in_flight(got) == 0
+
+
+def test_async_view(metrics_dir: str) -> None:
+    """An async view (flask[async]) is recorded like a sync one, labels included."""
+    app = make(metrics_dir)
+
+    async def slow() -> str:
+        await asyncio.sleep(0.01)
+        label_request(provider="openai")
+        return "done"
+
+    app.add_url_rule("/async", "async", slow)
+    client = app.test_client()
+    assert client.get("/async").get_data() == b"done"
+    got = scrape(client)
+    assert same(recorded(got), [("/async", "GET", "200", False)])
+    assert got[("provider_requests_total", (("provider", "openai"),))] == 1
+
+
+# -------------------------------------------------------- labels and own routes
+@pytest.mark.parametrize("bad", ["", 42, ["x"], {"a": 1}])
+def test_bad_provider_label_drops_only_that_part(metrics_dir: str, bad: Any) -> None:
+    """A bad provider label is dropped and counted; the request and its model still count."""
+    app = make(metrics_dir)
+
+    def view() -> str:
+        label_request(provider=bad, model="gpt-4")
+        return "ok"
+
+    app.add_url_rule("/chat", "chat", view)
+    client = app.test_client()
+    for _ in range(2):
+        assert client.get("/chat").status_code == 200
+    got = scrape(client)
+    assert same(recorded(got), [("/chat", "GET", "200", False)] * 2)
+    assert got[("model_requests_total", (("model", "gpt-4"),))] == 2
+    assert not any(k[0] == "provider_requests_total" and v for k, v in got.items())
+    assert dropped(got, "invalid_label") == 2
+
+
+def test_own_routes_never_recorded(metrics_dir: str) -> None:
+    """Scrapes, GET /metrics/reset (405) and 404s under the prefix are not traffic."""
+    client = make(metrics_dir).test_client()
+    assert client.get("/metrics/reset").status_code == 405
+    assert client.get("/metrics/nope").status_code == 404
+    assert client.get("/metrics/json").status_code == 200
+    assert client.head("/metrics").status_code == 200
+    got = scrape(client)
+    assert same(recorded(got), [])
+    assert in_flight(got) == 0
+
+
+def test_own_routes_recorded_when_asked(metrics_dir: str) -> None:
+    """With RECORD_OWN_ROUTES, GET /metrics/reset is a 405 under its route template."""
+    client = make(metrics_dir, GATEWAYZ_METRICS_RECORD_OWN_ROUTES=True).test_client()
+    assert client.get("/metrics/reset").status_code == 405
+    got = scrape(client)
+    by_method, by_status = recorded(got)
+    assert ("/metrics/reset", "GET", False) in by_method
+    assert ("/metrics/reset", "405") in by_status
+
+
+@pytest.mark.parametrize("prefix", ["/", "/metrics", "/ops/metrics/"])
+def test_in_flight_during_a_request_for_any_prefix(metrics_dir: str, prefix: str) -> None:
+    """Inside a view the request counts as in flight (1), whatever the URL prefix."""
+    app = make(metrics_dir, GATEWAYZ_METRICS_URL_PREFIX=prefix)
+    collector = GatewayzMetrics.of(app).collector
+    app.add_url_rule("/api/work", "work", lambda: str(collector.snapshot().in_flight))
+    client = app.test_client()
+    assert client.get("/api/work").get_data() == b"1.0"
+    got = scrape(client, prefix)
+    assert same(recorded(got), [("/api/work", "GET", "200", False)])
+    assert in_flight(got) == 0
+
+
+def test_in_flight_right_after_reset(metrics_dir: str) -> None:
+    """A reset while a request runs: the gauge still shows it, and returns to 0 after."""
+    app = make(metrics_dir, GATEWAYZ_METRICS_RESET_TOKEN="t")
+    app.add_url_rule("/s", "s", lambda: Response(iter(["a", "b", "c"])))
+    client = app.test_client()
+    running = client.get("/s")
+    assert in_flight(scrape(client)) == 1
+    assert client.post("/metrics/reset", headers={"Authorization": "Bearer t"}).status_code == 200
+    assert in_flight(scrape(client)) == 1
+    assert running.get_data() == b"abc"
+    running.close()
+    got = scrape(client)
+    assert in_flight(got) == 0
+    assert same(recorded(got), [("/s", "GET", "200", False)])
