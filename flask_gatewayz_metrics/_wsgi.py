@@ -1,8 +1,8 @@
 """The WSGI layer: one object per request that sees what the server and the client see.
 
 ``Exchange`` is at once the request's ``RequestState`` (what ``label_request`` finds),
-the ``start_response`` handed to Flask (it keeps the final status and reads the route
-while Flask's request context is still pushed) and, when the body is produced after
+the ``start_response`` handed to Flask (a bound method: it keeps the final status and
+reads the route while Flask's request context is still pushed) and, when the body is produced after
 the view returned, the iterable handed back to the server. The request is recorded
 exactly once, when the body is over: exhausted, failed, or closed by the server
 (PEP 3333 servers always call ``close()``), so no response shape (generator,
@@ -67,7 +67,6 @@ class Exchange(RequestState):
         self.provider_recorded = False
         self.finished = False
         self.trace_id = None
-        self.in_flight = True
         self.metrics = metrics
         self.environ = environ
         self._start_response = start_response
@@ -84,30 +83,27 @@ class Exchange(RequestState):
         self._close: Callable[[], object] | None = None
 
     # ------------------------------------------------------------ start_response
-    def __call__(self, status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
-        """``start_response`` as Flask sees it: note the status (and route) and pass on."""
+    def start_response(self, status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+        """``start_response`` as Flask sees it: note the status, read the route and method
+        from Flask's request context (still pushed when Flask starts the response; else
+        matched again from the environ), and pass on."""
         self.status = status
         self.headers = headers
         if not self.endpoint:
-            self._identify()
+            ctx = _current_flask_request(None)
+            if ctx is None or ctx.app is not self.metrics.app:  # a middleware answered
+                self._identify_from_environ()
+            else:
+                request = ctx.request
+                rule = request.url_rule
+                if rule is None:
+                    rule = _allowed_rule(ctx)
+                self.endpoint = self.metrics.unmatched if rule is None else rule.rule
+                method = request.method
+                self.method = method if method in KNOWN_METHODS else "OTHER"
         if exc_info is None:
             return self._start_response(status, headers)
         return self._start_response(status, headers, exc_info)
-
-    def _identify(self) -> None:
-        """Route template and method, read from Flask's request context (still pushed
-        when Flask starts the response), else matched again from the environ."""
-        ctx = _current_flask_request(None)
-        if ctx is None or ctx.app is not self.metrics.app:  # a middleware answered
-            self._identify_from_environ()
-            return
-        request = ctx.request
-        rule = request.url_rule
-        if rule is None:
-            rule = _allowed_rule(ctx)
-        self.endpoint = self.metrics.unmatched if rule is None else rule.rule
-        method = request.method
-        self.method = method if method in KNOWN_METHODS else "OTHER"
 
     def _identify_from_environ(self) -> None:
         """The route Flask would match, found again from the environ (slow; error path only:
@@ -184,24 +180,37 @@ class Exchange(RequestState):
 
     # -------------------------------------------------------------- recording
     def finish(self, failed: bool, outcome: str | None) -> None:
-        """Record the request once. A body that failed before its first chunk leaves the
-        server nothing sent, so the client gets the server's 500."""
+        """Record the request once, and take it out of the in-flight gauge (one locked
+        write). ``outcome``: how a streamed body ended (also recorded as the stream's,
+        when the request is labelled). A body that failed before its first chunk left
+        the server nothing sent, so the client got the server's 500."""
         if self.finished:
             return
+        self.finished = True
+        latency = perf_counter() - self.start
         if not self.endpoint:
             self._identify_from_environ()
-        status = 500 if failed and not self.first_chunk else status_code(self.status)
-        self.metrics.record(self, status, failed, outcome if self.streamed else None)
-
-
-def status_code(status: str | None) -> int:
-    """The code of a WSGI status line (0, dropped as invalid, if it has none)."""
-    if status is None:
-        return 500  # start_response never called: the server answers 500
-    try:
-        return int(status[:3])
-    except (TypeError, ValueError):
-        return 0
+        if failed and not self.first_chunk:
+            status = 500
+        else:
+            try:
+                status = int(self.status[:3])  # type: ignore[index]
+            except (TypeError, ValueError):  # never started (the server answers 500), or malformed
+                status = 500 if self.status is None else 0
+        if self.provider_recorded:
+            provider = model = None
+        else:
+            provider, model = self.provider, self.model
+        collector = self.collector
+        collector.observe_request(self.endpoint, self.method, latency, status, provider, model, failed, True)
+        if self.trace_id:
+            collector.record_exemplar(self.endpoint, self.method, latency, self.trace_id)
+        if outcome is not None and self.streamed and (self.provider or self.model):
+            first_chunk = self.first_chunk
+            collector.record_stream(
+                self.provider or "unknown", self.model or "unknown", outcome, latency,
+                first_chunk - self.start if first_chunk else None,
+            )  # fmt: skip
 
 
 def _complete(body: object, headers: list[tuple[str, str]]) -> bool:

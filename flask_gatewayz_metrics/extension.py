@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable
-from time import perf_counter
 from typing import Any
 
 from flask import Flask, Response
@@ -46,28 +45,29 @@ class AppMetrics:
         self.unmatched = settings.unmatched_endpoint
         self.app: Flask | None = None
 
-    def own_route_rule(self) -> tuple[frozenset[str], str | None]:
-        """The one rule for "a request to our own routes": its path is one of the metrics
-        routes, or under the URL prefix (unless the prefix is "/", which would be every
-        path). Returns the exact paths and the children prefix (None: no children rule).
+    def own_route_rule(self) -> tuple[str | tuple[()], frozenset[str], tuple[str, ...]]:
+        """The one rule for "a request to our own routes", used for recording and in-flight
+        alike: its path is one of the metrics routes or under the URL prefix (with prefix
+        "/", which is every path, only the metrics routes). As ``(root, paths, children)``:
+        ``path.startswith(root) and (path in paths or path.startswith(children))``
+        (``startswith(())`` is always False: with ``RECORD_OWN_ROUTES`` nothing is ours).
         """
+        if self.settings.record_own_routes:
+            return (), frozenset(), ()
         prefix = self.settings.url_prefix.rstrip("/")
-        paths = {prefix + route for route in _OWN_ROUTES} | {prefix + "/"}
-        paths.discard("")
-        return frozenset(paths), (prefix + "/" if prefix else None)
+        paths = frozenset({prefix + route for route in _OWN_ROUTES} | {prefix + "/"}) - {""}
+        return prefix or "/", paths, ((prefix + "/",) if prefix else ())
 
     def wrap(self, wsgi_app: WSGIApp, app: Flask) -> WSGIApp:
         """``wsgi_app`` timed from the moment the server hands it the request."""
         self.app = app
         collector = self.collector
-        own_paths, own_children = self.own_route_rule()
-        if self.settings.record_own_routes:
-            own_paths, own_children = frozenset(), None
+        own_root, own_paths, own_children = self.own_route_rule()
         reset_path = self.settings.url_prefix.rstrip("/") + "/reset"
 
         def timed_wsgi_app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
             path = environ.get("PATH_INFO", "")
-            if path in own_paths or (own_children is not None and path.startswith(own_children)):
+            if path.startswith(own_root) and (path in own_paths or path.startswith(own_children)):
                 body = wsgi_app(environ, start_response)
                 if path == reset_path:
                     # A reset starts new files: write this process's live in-flight count
@@ -81,7 +81,7 @@ class AppMetrics:
             token = current_request.set(exchange)
             collector.add_in_flight(1)
             try:
-                body = wsgi_app(environ, exchange)
+                body = wsgi_app(environ, exchange.start_response)
             except BaseException:
                 # The exception escapes Flask (PROPAGATE_EXCEPTIONS, testing, debug):
                 # the server answers 500.
@@ -108,26 +108,6 @@ class AppMetrics:
                 or response.response.__class__ is not ClosingIterator
             )
         return response
-
-    def record(self, state: Exchange, status: int, failed: bool, stream_outcome: str | None) -> None:
-        """Record the request (and, for a labelled streamed body, the stream)."""
-        state.finished = True
-        latency = perf_counter() - state.start
-        leaving, state.in_flight = state.in_flight, False
-        if state.provider_recorded:
-            provider = model = None
-        else:
-            provider, model = state.provider, state.model
-        collector = state.collector
-        collector.observe_request(state.endpoint, state.method, latency, status, provider, model, failed, leaving)
-        if state.trace_id:
-            collector.record_exemplar(state.endpoint, state.method, latency, state.trace_id)
-        if stream_outcome is not None and (state.provider or state.model):
-            first_chunk = state.first_chunk
-            collector.record_stream(
-                state.provider or "unknown", state.model or "unknown", stream_outcome, latency,
-                first_chunk - state.start if first_chunk else None,
-            )  # fmt: skip
 
 
 def app_metrics_source() -> Collector:

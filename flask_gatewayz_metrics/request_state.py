@@ -25,7 +25,6 @@ class RequestState:
         "collector",
         "endpoint",
         "finished",
-        "in_flight",
         "method",
         "model",
         "provider",
@@ -45,11 +44,10 @@ class RequestState:
         self.provider_recorded = False
         """Set when the view recorded provider calls itself; the request then skips them."""
         self.finished = False
-        """Set once the request is recorded (or dropped): nothing records it again."""
+        """Set once the request is recorded (which also takes it out of the in-flight
+        gauge): nothing records it again."""
         self.trace_id: str | None = None
         """From an incoming W3C ``traceparent``: becomes the latency bucket's exemplar."""
-        self.in_flight = True
-        """Counted in ``http_requests_in_flight`` until recorded."""
 
 
 current_request: ContextVar[RequestState | None] = ContextVar(
