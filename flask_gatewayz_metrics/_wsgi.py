@@ -94,13 +94,16 @@ class Exchange(RequestState):
             if ctx is None or ctx.app is not self.metrics.app:  # a middleware answered
                 self._identify_from_environ()
             else:
-                request = ctx.request
-                rule = request.url_rule
-                if rule is None:
-                    rule = _allowed_rule(ctx)
-                self.endpoint = self.metrics.unmatched if rule is None else rule.rule
-                method = request.method
-                self.method = method if method in KNOWN_METHODS else "OTHER"
+                try:
+                    request = ctx.request
+                    rule = request.url_rule
+                    if rule is None:
+                        rule = _allowed_rule(ctx)
+                    self.endpoint = self.metrics.unmatched if rule is None else rule.rule
+                    method = request.method
+                    self.method = method if method in KNOWN_METHODS else "OTHER"
+                except Exception:  # metrics never break the response
+                    self._identify_from_environ()
         if exc_info is None:
             return self._start_response(status, headers)
         return self._start_response(status, headers, exc_info)
@@ -120,7 +123,7 @@ class Exchange(RequestState):
         or the server's own file wrapper (kept, so that it can still use sendfile)
         with its ``close`` chained to ours."""
         if self.streamed is None and self.status is not None and _complete(body, self.headers):
-            self.finish(False, None)  # our hook did not run (an earlier one raised): an error page
+            self.finish(False, None)
             return body
         self._close = getattr(body, "close", None)
         file_wrapper = self.environ.get("wsgi.file_wrapper")
@@ -214,8 +217,11 @@ class Exchange(RequestState):
 
 
 def _complete(body: object, headers: list[tuple[str, str]]) -> bool:
-    """Whether a body is a finished Flask/werkzeug response (an error page): a werkzeug
-    ``ClosingIterator`` with a Content-Length (a guess, used only when our hook did not run)."""
+    """Whether a body is complete already though our hook did not run (an earlier hook
+    raised, or a middleware answered): a list or tuple, or a werkzeug ``ClosingIterator``
+    with a Content-Length (Flask's error pages)."""
+    if body.__class__ in (list, tuple):
+        return True
     return body.__class__ is ClosingIterator and any(name.lower() == "content-length" for name, _ in headers)
 
 

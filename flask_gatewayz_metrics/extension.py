@@ -100,12 +100,14 @@ class AppMetrics:
         """Note whether the body is complete now (recorded at once) or still to come."""
         state = current_request.get()
         if isinstance(state, Exchange) and state.metrics is self:
-            state.streamed = response.is_streamed and (
+            body = response.response
+            # A list is Flask's usual complete body: skip the is_streamed property call.
+            state.streamed = body.__class__ is not list and response.is_streamed and (
                 response.direct_passthrough
                 or response.content_length is None
                 # An HTTP error page is a finished WSGI response (force_type ran it);
                 # any other iterator is produced as the server reads it.
-                or response.response.__class__ is not ClosingIterator
+                or body.__class__ is not ClosingIterator
             )
         return response
 

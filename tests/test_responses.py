@@ -230,6 +230,7 @@ def test_make_response_httpstatus_and_exception_instances(metrics_dir: str) -> N
     got = scrape(client)
     assert same(recorded(got), [("/exc", "GET", "404", False), ("/made", "GET", "201", False),
                              ("/moved", "GET", "302", False), ("/status", "GET", "202", False)])  # fmt: skip
+    assert in_flight(got) == 0
 
 
 def test_redirects_followed_and_strict_slashes(metrics_dir: str) -> None:
@@ -244,6 +245,7 @@ def test_redirects_followed_and_strict_slashes(metrics_dir: str) -> None:
     got = scrape(client)
     assert same(recorded(got), [("/moved", "GET", "302", False), ("/target", "GET", "200", False),
                              ("unmatched", "GET", "308", False)])  # fmt: skip
+    assert in_flight(got) == 0
 
 
 def test_head_options_query_strings(metrics_dir: str) -> None:
@@ -257,6 +259,7 @@ def test_head_options_query_strings(metrics_dir: str) -> None:
     got = scrape(client)
     assert same(recorded(got), [("/r", "GET", "200", False), ("/r", "HEAD", "200", False),
                              ("/r", "OPTIONS", "200", False)])  # fmt: skip
+    assert in_flight(got) == 0
 
 
 # ------------------------------------------------------------- routing shapes
@@ -277,6 +280,7 @@ def test_blueprints_nested_and_prefixed_and_converters(metrics_dir: str) -> None
     assert same(recorded(got), [("/v1/files/<path:name>", "GET", "200", False),
                              ("/v1/models/<uuid:model_id>", "GET", "200", False),
                              ("unmatched", "GET", "404", False)])  # fmt: skip
+    assert in_flight(got) == 0
 
 
 def test_non_ascii_route(metrics_dir: str) -> None:
@@ -286,6 +290,7 @@ def test_non_ascii_route(metrics_dir: str) -> None:
     client = app.test_client()
     assert client.get("/caf%C3%A9/cr%C3%A8me").status_code == 200
     assert same(recorded(scrape(client)), [("/café/<name>", "GET", "200", False)])
+    assert in_flight(scrape(client)) == 0
 
 
 def test_subdomain_blueprint_exception_keeps_route(metrics_dir: str) -> None:
@@ -321,6 +326,7 @@ def test_405_keeps_route_template(metrics_dir: str) -> None:
     got = scrape(client)
     route = "/only-get/<int:n>"
     assert same(recorded(got), [(route, "DELETE", "405", False), (route, "POST", "405", False)])
+    assert in_flight(got) == 0
 
 
 # ------------------------------------------------------------ streamed bodies
@@ -349,6 +355,7 @@ def test_generator_failing_before_first_chunk_is_a_500(metrics_dir: str) -> None
     with pytest.raises(Boom):
         client.get("/s")
     assert same(recorded(scrape(client)), [("/s", "GET", "500", True)])
+    assert in_flight(scrape(client)) == 0
 
 
 def test_labelled_stream_failing_records_stream_error(metrics_dir: str) -> None:
@@ -369,6 +376,7 @@ def test_labelled_stream_failing_records_stream_error(metrics_dir: str) -> None:
         client.get("/chat").get_data()
     got = scrape(client)
     assert same(recorded(got), [("/chat", "GET", "200", True)])
+    assert in_flight(got) == 0
     assert got[("llm_streams_total", (("model", "gpt-4"), ("outcome", "error"), ("provider", "openai")))] == 1
     assert got[("provider_errors_total", (("provider", "openai"),))] == 1
 
@@ -379,6 +387,7 @@ def test_label_request_inside_stream_with_context_body(metrics_dir: str) -> None
     assert client.get("/labelled-in-body").get_data() == b"alabelled"
     got = scrape(client)
     assert same(recorded(got), [("/labelled-in-body", "GET", "200", False)])
+    assert in_flight(got) == 0
     assert got[("provider_requests_total", (("provider", "openai"),))] == 1
     assert got[("llm_streams_total", (("model", "gpt-4"), ("outcome", "completed"), ("provider", "openai")))] == 1
     assert got[("llm_time_to_first_chunk_seconds_count", (("model", "gpt-4"), ("provider", "openai")))] == 1
@@ -418,6 +427,7 @@ def test_stream_closed_early_is_not_an_error(metrics_dir: str) -> None:
     response.close()
     got = scrape(client)
     assert same(recorded(got), [("/forever", "GET", "200", False)])
+    assert in_flight(got) == 0
     outcome = ("llm_streams_total", (("model", "unknown"), ("outcome", "client_disconnect"), ("provider", "anthropic")))
     assert got[outcome] == 1
     assert in_flight(got) == 0
@@ -450,6 +460,30 @@ def test_proxyfix_and_dispatcher_middleware(metrics_dir: str, tmp_path: Any) -> 
     assert in_flight(got) == 0
 
 
+def test_inner_middleware_answering_itself(metrics_dir: str) -> None:
+    """A middleware inside the extension that answers without Flask: recorded under the
+    route Flask would have matched, with the middleware's status."""
+    app = Flask(__name__)
+    app.config["GATEWAYZ_METRICS_DIR"] = metrics_dir
+    app.add_url_rule("/guarded/<int:n>", "guarded", lambda n: "ok")
+    flask_app = app.wsgi_app
+
+    def deny(environ: dict[str, Any], start_response: Any) -> Any:
+        if environ.get("HTTP_X_DENY"):
+            start_response("403 FORBIDDEN", [("Content-Length", "0")])
+            return [b""]
+        return flask_app(environ, start_response)
+
+    app.wsgi_app = deny  # type: ignore[method-assign]
+    GatewayzMetrics(app)
+    client = app.test_client()
+    assert client.get("/guarded/1", headers={"X-Deny": "1"}).status_code == 403
+    assert client.get("/guarded/2").status_code == 200
+    got = scrape(client)
+    assert same(recorded(got), [("/guarded/<int:n>", "GET", "403", False), ("/guarded/<int:n>", "GET", "200", False)])
+    assert in_flight(got) == 0
+
+
 def test_async_view(metrics_dir: str) -> None:
     """An async view (flask[async]) is recorded like a sync one, labels included."""
     app = make(metrics_dir)
@@ -464,6 +498,7 @@ def test_async_view(metrics_dir: str) -> None:
     assert client.get("/async").get_data() == b"done"
     got = scrape(client)
     assert same(recorded(got), [("/async", "GET", "200", False)])
+    assert in_flight(got) == 0
     assert got[("provider_requests_total", (("provider", "openai"),))] == 1
 
 
@@ -483,6 +518,7 @@ def test_bad_provider_label_drops_only_that_part(metrics_dir: str, bad: Any) -> 
         assert client.get("/chat").status_code == 200
     got = scrape(client)
     assert same(recorded(got), [("/chat", "GET", "200", False)] * 2)
+    assert in_flight(got) == 0
     assert got[("model_requests_total", (("model", "gpt-4"),))] == 2
     assert not any(k[0] == "provider_requests_total" and v for k, v in got.items())
     assert dropped(got, "invalid_label") == 2
@@ -537,3 +573,4 @@ def test_in_flight_right_after_reset(metrics_dir: str) -> None:
     got = scrape(client)
     assert in_flight(got) == 0
     assert same(recorded(got), [("/s", "GET", "200", False)])
+    assert in_flight(got) == 0
