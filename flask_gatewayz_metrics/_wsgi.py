@@ -162,10 +162,10 @@ class Exchange(RequestState):
 
     def close(self) -> None:
         """Called by the server when it is done with the body: ``client_disconnect`` if
-        the body was not over yet."""
+        the body was not over yet (a server file wrapper we do not iterate: ``completed``)."""
         token = _set_current(self)
         try:
-            self._end("client_disconnect")
+            self._end("client_disconnect" if self._next is not None else "completed")
         finally:
             _reset_current(token)
 
