@@ -76,7 +76,7 @@ def clean_env() -> dict[str, str]:
 def test_python_block_runs(block: Block, tmp_path: Path) -> None:
     """A README Python block runs as written in a fresh interpreter, without any setup."""
     result = subprocess.run(
-        [sys.executable, "-c", block.text], cwd=tmp_path, env=clean_env(),
+        [sys.executable, "-c", block.text], check=False, cwd=tmp_path, env=clean_env(),
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert result.returncode == 0, f"README line {block.line}:\n{result.stderr}"
@@ -146,7 +146,7 @@ def _port_free(port: int) -> bool:
 
 def _run(command: str, timeout: float = 120) -> str:
     result = subprocess.run(
-        ["bash", "-o", "pipefail", "-c", command], cwd=REPO_ROOT, env=clean_env(),
+        ["bash", "-o", "pipefail", "-c", command], check=False, cwd=REPO_ROOT, env=clean_env(),
         capture_output=True, text=True, timeout=timeout,
     )  # fmt: skip
     assert result.returncode == 0, f"{command!r} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
