@@ -27,6 +27,7 @@ from .request_state import current_request
 from .snapshot import Snapshot
 from .storage import CompactionResult, Storage, StorageUnavailable, compact, layout, merge
 from .storage.directory import ensure_directory, private_directory
+from .storage.history import SlotHistory, slot_history
 from .storage.layout import Doubles
 
 log = logging.getLogger("flask_gatewayz_metrics")
@@ -554,6 +555,13 @@ class MetricsCollector(GatewayRecording):
     def to_dict(self) -> dict[str, object]:
         """The JSON snapshot (``/metrics/json``)."""
         return self.snapshot().to_dict()
+
+    def history(self) -> SlotHistory:
+        """The window's slots one by one, merged across workers (``/metrics/json?history=1``)."""
+        now = self._clock()
+        with self._read_lock:
+            views, _ = self._storage.read()
+            return slot_history(views, self._storage.control.epoch, now, self._slot_seconds, self._slots)
 
     def reset(self) -> None:
         """Zero every metric of every process sharing the metrics directory."""

@@ -51,6 +51,7 @@ class Settings:
     record_own_routes: bool = False
     include_app_metrics: bool = True
     unmatched_endpoint: str = "unmatched"
+    dashboard: bool = True
     reset_token: str | None = None
     reset_token_file: str | None = None
     auth_token: str | None = None
@@ -242,6 +243,7 @@ _CHECKS: dict[str, Callable[[Any], Any]] = {
     "record_own_routes": _flag,
     "include_app_metrics": _flag,
     "unmatched_endpoint": _text(required=True),
+    "dashboard": _flag,
     "health_degraded_error_rate": _number(0.0, 1.0),
     "health_unhealthy_error_rate": _number(0.0, 1.0),
     **{name: _text(required=False) for name in SECRET_KEYS},
@@ -259,6 +261,7 @@ _EXPECTED: dict[str, str] = {
     "record_own_routes": "a bool",
     "include_app_metrics": "a bool",
     "unmatched_endpoint": "a non-empty str",
+    "dashboard": "a bool",
     "health_degraded_error_rate": "a number between 0 and 1",
     "health_unhealthy_error_rate": "a number between 0 and 1",
     **dict.fromkeys(SECRET_KEYS, "a str (or None)"),

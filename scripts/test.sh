@@ -6,10 +6,11 @@ cd "$(dirname "$0")/.."
 
 python3 -m pip install --quiet --disable-pip-version-check -e '.[test,dev]'
 
-# Debian packages the tests use: the Prometheus server and promtool, and curl and jq
-# (the README's shell commands are executed by tests/test_readme.py).
+# Debian packages the tests use: the Prometheus server and promtool, curl and jq (the
+# README's shell commands are executed by tests/test_readme.py), and Chromium with its
+# driver (the dashboard is tested in a real headless browser).
 missing=()
-for tool in promtool:prometheus curl:curl jq:jq; do
+for tool in promtool:prometheus curl:curl jq:jq chromium:chromium chromedriver:chromium-driver; do
     command -v "${tool%%:*}" >/dev/null 2>&1 || missing+=("${tool##*:}")
 done
 if [ "${#missing[@]}" -gt 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
