@@ -117,6 +117,18 @@ def test_history_merges_workers_slot_by_slot(metrics_dir: str, clock: FakeClock)
     second.close()
 
 
+def test_history_since_start_is_one_slot(metrics_dir: str, clock: FakeClock) -> None:
+    """With WINDOW_SECONDS = 0 the history is the single since-start slot, with no rate period."""
+    collector = MetricsCollector(metrics_dir, clock=clock, window_seconds=0)
+    collector.record_request("/a", "GET", 0.010, 200)
+    clock.advance(10_000)
+    collector.record_request("/a", "GET", 0.010, 200)
+    history = collector.history().to_dict()
+    assert history["slot_seconds"] == 0.0
+    assert [(p["requests"], p["seconds"]) for p in history["requests"]] == [(2, None)]
+    collector.close()
+
+
 # ---------------------------------------------------------------- real browser
 def _chrome(tmp_path: Path, width: int, height: int) -> Any:
     if not (shutil.which("chromium") and shutil.which("chromedriver")):

@@ -116,6 +116,9 @@ function chart(id, series, data) {
 }
 
 function drawHistory(history) {
+  // With WINDOW_SECONDS = 0 the window is one slot since start: there is no history.
+  $("history-section").hidden = !history.slot_seconds;
+  if (!history.slot_seconds) return;
   const points = history.requests || [];
   const x = points.map((p) => p.start);
   const slot = history.slot_seconds || 60;
@@ -131,9 +134,7 @@ function drawHistory(history) {
     { label: "p95", stroke: "#7d4e00", width: 2 },
     { label: "p99", stroke: "#a40e26", width: 2 },
   ], [x, points.map((p) => p.p50), points.map((p) => p.p95), points.map((p) => p.p99)]);
-  $("slot-hint").textContent = history.slot_seconds
-    ? "(one point per " + seconds(history.slot_seconds) + " slot, merged across workers)"
-    : "";
+  $("slot-hint").textContent = "(one point per " + seconds(history.slot_seconds) + " slot, merged across workers)";
 }
 
 // ------------------------------------------------------------------ sections
