@@ -107,7 +107,7 @@ class _Metric:
             return None
         collector = self._collector
         admitted = []
-        with collector._lock:  # the guard is not thread-safe
+        with collector._lock:  # neither the guard nor the handles' cache is thread-safe
             for name, raw in zip(names, values, strict=True):
                 value, overflowed = self._guard.admit(name, raw)
                 if value is None:
@@ -115,10 +115,10 @@ class _Metric:
                 if overflowed:
                     self._count_overflow(name)
                 admitted.append(value)
-        if len(admitted) != len(names):
-            self._dropped("invalid_label")
-            return None
-        return self._series(tuple(admitted))
+            else:
+                return self._series(tuple(admitted))
+        self._dropped("invalid_label")
+        return None
 
     def _count_overflow(self, label: str) -> None:
         """Count a value recorded as ``other`` (call under the lock; storage trouble only
@@ -135,7 +135,7 @@ class _Metric:
         found = self._children.get(values)
         if found is None:
             if len(self._children) >= MAX_CHILDREN:
-                self._children.clear()
+                self._children.clear()  # a gauge's value is read back from the file (_offset)
             labels = json.dumps(list(values), ensure_ascii=False)
             name = self.definition.name
             key = (name, labels) if self._bounds is None else (name, self._bounds, labels)
@@ -160,12 +160,15 @@ class _Metric:
         if series.generation != generation:
             meta = collector._fixed(META_KIND, self._meta)
             collector._doubles[meta] = self._defined_at
+            fresh = series.generation < 0
             series.offset = collector._fixed(self.definition.kind, series.key)
             series.generation = generation
             pid = os.getpid()
             if series.pid != pid:  # a forked child: the parent's gauge values are not ours
                 series.pid = pid
                 series.value = 0.0
+            elif fresh:  # a new handle for a series this file may already hold (evicted)
+                series.value = collector._doubles[series.offset]
         return series.offset
 
 
