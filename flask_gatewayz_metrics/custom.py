@@ -116,8 +116,10 @@ class _Metric:
                     self._count_overflow(name)
                 admitted.append(value)
             else:
-                return self._series(tuple(admitted))
-        self._dropped("invalid_label")
+                series = self._series(tuple(admitted))
+                if len(layout.encode_key(self.definition.kind, series.key)) <= layout.MAX_KEY_BYTES:
+                    return series
+        self._dropped("invalid_label")  # unusable, or too long together to be stored
         return None
 
     def _count_overflow(self, label: str) -> None:

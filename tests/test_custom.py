@@ -228,6 +228,7 @@ def test_bad_input_is_dropped_and_counted(collector: MetricsCollector) -> None:
     plain.labels(team="a").inc()  # unlabelled metric with labels
     counter.labels(team=["not", "a", "string"]).inc()
     counter.labels(team="").inc()
+    collector.counter("app_wide", "Ten long labels.", [f"l{i}" for i in range(10)]).labels(*["€" * 200] * 10).inc()
     counter.labels(team="a").inc(-1)
     counter.labels(team="a").inc(math.inf)
     counter.labels(team="a").inc("3")  # type: ignore[arg-type]
@@ -236,7 +237,7 @@ def test_bad_input_is_dropped_and_counted(collector: MetricsCollector) -> None:
     histogram.observe(math.inf)
     got = samples(collector)
     assert got[("app_chats_total", (("team", "a"),))] == 1.0
-    assert got[("gatewayz_metrics_dropped_total", (("reason", "invalid_label"),))] == 7.0
+    assert got[("gatewayz_metrics_dropped_total", (("reason", "invalid_label"),))] == 8.0
     assert got[("gatewayz_metrics_dropped_total", (("reason", "invalid_value"),))] == 6.0
     assert got[("app_level", ())] == 0.0
     assert got[("app_size_count", ())] == 0.0
