@@ -68,10 +68,12 @@ MAX_CHILDREN = 10_000
 class _Series:
     """One label set's place in this process's file (re-found after a new file)."""
 
-    __slots__ = ("generation", "key", "offset", "pid", "value")
+    __slots__ = ("generation", "key", "offset", "pid", "storable", "value")
 
-    def __init__(self, key: tuple[str, ...]) -> None:
+    def __init__(self, kind: str, key: tuple[str, ...]) -> None:
         self.key = key
+        self.storable = len(layout.encode_key(kind, key)) <= layout.MAX_KEY_BYTES
+        """False for label values too long together to fit a record key."""
         self.generation = -1
         self.offset = -1
         self.value = 0.0
@@ -86,6 +88,7 @@ class _Metric:
         self.definition = definition
         self._collector = collector
         self._guard = LabelGuard(dict.fromkeys(definition.labelnames, max_label_values))
+        self._label_set = frozenset(definition.labelnames)
         self._children: dict[tuple[str, ...], _Series] = {}
         self._meta = definition.meta_labels()
         self._defined_at = time.time()
@@ -98,10 +101,16 @@ class _Metric:
         drop) if they do not match the label names or a value is unusable."""
         names = self.definition.labelnames
         if named:
-            if values or set(named) != set(names):
+            if values or named.keys() != self._label_set:
                 self._dropped("invalid_label")
                 return None
             values = tuple(named[n] for n in names)
+        try:
+            known = self._children.get(values)  # type: ignore[arg-type]
+        except TypeError:  # an unhashable value: the guard refuses it below
+            known = None
+        if known is not None and known.storable:
+            return known  # label values already admitted as they are
         if len(values) != len(names) or not names:
             self._dropped("invalid_label")
             return None
@@ -117,7 +126,7 @@ class _Metric:
                 admitted.append(value)
             else:
                 series = self._series(tuple(admitted))
-                if len(layout.encode_key(self.definition.kind, series.key)) <= layout.MAX_KEY_BYTES:
+                if series.storable:
                     return series
         self._dropped("invalid_label")  # unusable, or too long together to be stored
         return None
@@ -141,7 +150,7 @@ class _Metric:
             labels = json.dumps(list(values), ensure_ascii=False)
             name = self.definition.name
             key = (name, labels) if self._bounds is None else (name, self._bounds, labels)
-            found = self._children[values] = _Series(key)
+            found = self._children[values] = _Series(self.definition.kind, key)
         return found
 
     def _no_labels(self) -> _Series | None:
