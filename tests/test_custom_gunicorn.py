@@ -156,7 +156,8 @@ def make():
 '''
 
 
-def test_default_registry_counter_not_served_under_gunicorn(tmp_path: Path) -> None:
+@pytest.mark.parametrize("preload", [False, True], ids=["fork-then-import", "preload"])
+def test_default_registry_counter_not_served_under_gunicorn(tmp_path: Path, preload: bool) -> None:
     """A default-registry app counter under 3 gunicorn workers: withheld, health degraded, a log says how to fix."""
     (tmp_path / "registry_app.py").write_text(APP_SOURCE)
     metrics_dir = tmp_path / "metrics"
@@ -164,7 +165,8 @@ def test_default_registry_counter_not_served_under_gunicorn(tmp_path: Path) -> N
     port = free_port()
     command = [
         sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--workers", "3",
-        "--pythonpath", str(tmp_path), "--log-level", "warning", "registry_app:app",
+        "--pythonpath", str(tmp_path), "--log-level", "warning", *(["--preload"] if preload else []),
+        "registry_app:app",
     ]  # fmt: skip
     with log.open("wb") as out:
         process = subprocess.Popen(
