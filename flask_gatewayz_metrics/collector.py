@@ -21,6 +21,8 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 
 from . import sketch
+from .custom import CustomMetrics
+from .default_registry import multi_process_reason
 from .labels import LabelGuard, as_number, method_label
 from .llm import GatewayRecording
 from .request_state import current_request
@@ -64,7 +66,7 @@ class InvalidMetric(ValueError):
     """Raised in strict mode for input that would otherwise be dropped and counted."""
 
 
-class MetricsCollector(GatewayRecording):
+class MetricsCollector(GatewayRecording, CustomMetrics):
     """Records requests, provider/model calls, cache, database and external API use.
 
     ``directory`` is the metrics directory shared by all worker processes (default:
@@ -125,6 +127,7 @@ class MetricsCollector(GatewayRecording):
         self._last_log = -_INF
         self._last_compaction = -_INF
         self._compaction_error: str | None = None
+        self._multi_process: str | None = None
         _live_collectors.add(self)
 
     # ----------------------------------------------------------------- requests
@@ -520,6 +523,7 @@ class MetricsCollector(GatewayRecording):
             workers = [v for v in views if not v.is_archive]
             if self.auto_compact and (problems or any(not v.live for v in workers)):
                 self._maybe_compact()
+            self._multi_process = multi_process_reason(workers, self._multi_process)
         merged = merge(views, self._storage.control.epoch, now)
         return Snapshot(
             merged=merged,
@@ -533,6 +537,8 @@ class MetricsCollector(GatewayRecording):
             unrecorded=dict(self._unrecorded),
             storage_error=self._storage.last_error,
             compaction_error=self._compaction_error,
+            custom_definitions=self.custom_definitions(),
+            multi_process=self._multi_process,
         )
 
     def compact(self) -> CompactionResult:

@@ -21,6 +21,7 @@ from prometheus_client.registry import Collector
 from werkzeug.routing import Map, Rule
 
 from .collector import MetricsCollector, get_metrics_collector
+from .default_registry import DefaultRegistry
 from .exposition import PrometheusExporter
 from .labels import KNOWN_METHODS
 from .llm import trace_id_of
@@ -141,13 +142,14 @@ def _leave(state: RequestState) -> None:
 
 def app_metrics_source() -> Collector:
     """The application's own ``prometheus_client`` metrics: merged across workers when
-    ``PROMETHEUS_MULTIPROC_DIR`` puts prometheus_client in multiprocess mode (then
-    per-process collectors are meaningless and left out), else the default registry."""
+    ``PROMETHEUS_MULTIPROC_DIR`` puts prometheus_client in multiprocess mode (exact; then
+    per-process collectors are meaningless and left out), else the default registry,
+    served whole only while the server is single-process (see ``default_registry``)."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry(auto_describe=False)
         multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
         return registry
-    return REGISTRY
+    return DefaultRegistry(REGISTRY)
 
 
 def _route_of(url_map: Map, environ: dict[str, Any]) -> tuple[Rule | None, str]:
