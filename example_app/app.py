@@ -15,7 +15,9 @@ Routes:
   upstream failure falls back once to the next provider (``FALLBACK``). Each successful
   completion records its tokens and cost and is billed through a simulated Stripe call
   (``GATEWAY_BILLING_ERROR_RATE`` of those fail, without failing the chat); every
-  upstream attempt reports the provider's remaining request budget.
+  upstream attempt reports the provider's remaining request budget. Every chat request
+  is also counted per team (``X-Team`` header) in ``gateway_team_chats_total``, a
+  custom metric defined through the extension's API.
 - ``GET /api/models`` and ``GET /api/models/<model_id>``: the model catalogue, read from a
   SQLite database (``GATEWAY_DB_PATH``, else a temporary file) through a TTL cache.
 - ``GET /healthz``: liveness for load balancers, not metrics.
@@ -41,7 +43,7 @@ from typing import Any
 
 from flask import Flask, Response, current_app, jsonify, request
 
-from flask_gatewayz_metrics import GatewayzMetrics, get_metrics_collector, label_request
+from flask_gatewayz_metrics import Counter, GatewayzMetrics, get_metrics_collector, label_request
 
 DEFAULT_MODEL = "gpt-4"
 PROVIDER_PREFIXES: tuple[tuple[str, str], ...] = (("gpt-", "openai"), ("claude-", "anthropic"), ("gemini-", "google"))
@@ -176,6 +178,8 @@ class Gateway:
         self._budgets: dict[str, tuple[int, int]] = {}
         path = settings["GATEWAY_DB_PATH"] or _temporary_database()
         self.catalogue = ModelCatalogue(str(path))
+        self.team_chats: Counter | None = None
+        """The gateway's own metric (see ``create_app``)."""
 
     def spend_request(self, provider: str, exhausted: bool = False) -> int:
         """Use one request of ``provider``'s per-minute budget; return what remains."""
@@ -297,6 +301,8 @@ def error_response(status: int, message: str, kind: str, **extra: Any) -> tuple[
 
 def chat() -> Response | tuple[Response, int]:
     gateway: Gateway = current_app.extensions[STATE_KEY]
+    if gateway.team_chats is not None:
+        gateway.team_chats.labels(team=request.headers.get("X-Team") or "none").inc()
     if not request.is_json:
         return error_response(400, "Content-Type must be application/json", "invalid_request_error")
     try:
@@ -421,7 +427,12 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     app.extensions[STATE_KEY] = Gateway(app.config)
     # Clients name the model: only catalogue models become label values, anything else
     # is recorded as "other", so made-up model names cannot grow the series.
-    GatewayzMetrics(app, allowed_models=[model for model, _, _ in SEED_MODELS])
+    metrics = GatewayzMetrics(app, allowed_models=[model for model, _, _ in SEED_MODELS])
+    # A metric of the gateway's own, merged across workers like the extension's: chat
+    # requests per team (the X-Team header; past 20 teams a worker records "other").
+    app.extensions[STATE_KEY].team_chats = metrics.of(app).collector.counter(
+        "gateway_team_chats", "Chat requests by team (X-Team header).", ["team"], max_label_values=20
+    )
     app.add_url_rule("/api/chat", view_func=chat, methods=["POST"])
     app.add_url_rule("/api/models", view_func=list_models, methods=["GET"])
     app.add_url_rule("/api/models/<model_id>", view_func=get_model, methods=["GET"])

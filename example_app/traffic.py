@@ -159,13 +159,23 @@ def draw_progress(done: int, total: int, width: int = 40) -> None:
     sys.stderr.flush()
 
 
+def is_failure(outcome: str) -> bool:
+    """Whether an outcome from ``send`` is a failure: a 5xx, a broken stream or no answer.
+
+    Outcomes are statuses ("200"), or what happened instead ("hung_up": we left on
+    purpose; "broken_stream"; "error:<kind>")."""
+    if outcome.isdigit():
+        return int(outcome) >= 500
+    return outcome != "hung_up"
+
+
 def summary(tally: Tally, elapsed: float) -> str:
     lines = ["requests by status:"]
     for outcome, count in sorted(tally.statuses.items()):
         lines.append(f"  {outcome:>24}: {count}")
-    errors = sum(n for k, n in tally.statuses.items() if k.startswith("error:") or int(k) >= 500)
+    errors = sum(n for outcome, n in tally.statuses.items() if is_failure(outcome))
     rate = tally.done / elapsed if elapsed > 0 else 0.0
-    lines.append(f"sent: {tally.done}  errors (5xx or no answer): {errors}")
+    lines.append(f"sent: {tally.done}  failed (5xx, broken stream or no answer): {errors}")
     lines.append(f"elapsed: {elapsed:.2f}s  rate: {rate:.1f} req/s")
     return "\n".join(lines)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ._version import VERSION
 from .collector import InvalidMetric, MetricsCollector, get_metrics_collector
+from .custom import Counter, Gauge, Histogram
 from .exposition import PrometheusExporter
 from .extension import GatewayzMetrics
 from .request_state import label_request
@@ -13,7 +14,10 @@ from .tracking import track_request
 __version__ = VERSION
 
 __all__ = [
+    "Counter",
     "GatewayzMetrics",
+    "Gauge",
+    "Histogram",
     "InvalidMetric",
     "MetricsCollector",
     "PrometheusExporter",

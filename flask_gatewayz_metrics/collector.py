@@ -21,12 +21,15 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 
 from . import sketch
+from .custom import CustomMetrics
+from .default_registry import multi_process_reason
 from .labels import LabelGuard, as_number, method_label
 from .llm import GatewayRecording
 from .request_state import current_request
 from .snapshot import Snapshot
 from .storage import CompactionResult, Storage, StorageUnavailable, compact, layout, merge
 from .storage.directory import ensure_directory, private_directory
+from .storage.history import SlotHistory, slot_history
 from .storage.layout import Doubles
 
 log = logging.getLogger("flask_gatewayz_metrics")
@@ -63,7 +66,7 @@ class InvalidMetric(ValueError):
     """Raised in strict mode for input that would otherwise be dropped and counted."""
 
 
-class MetricsCollector(GatewayRecording):
+class MetricsCollector(GatewayRecording, CustomMetrics):
     """Records requests, provider/model calls, cache, database and external API use.
 
     ``directory`` is the metrics directory shared by all worker processes (default:
@@ -124,6 +127,7 @@ class MetricsCollector(GatewayRecording):
         self._last_log = -_INF
         self._last_compaction = -_INF
         self._compaction_error: str | None = None
+        self._multi_process: str | None = None
         _live_collectors.add(self)
 
     # ----------------------------------------------------------------- requests
@@ -543,6 +547,7 @@ class MetricsCollector(GatewayRecording):
             workers = [v for v in views if not v.is_archive]
             if self.auto_compact and (problems or any(not v.live for v in workers)):
                 self._maybe_compact()
+            self._multi_process = multi_process_reason(workers, self._multi_process)
         merged = merge(views, self._storage.control.epoch, now)
         return Snapshot(
             merged=merged,
@@ -556,6 +561,8 @@ class MetricsCollector(GatewayRecording):
             unrecorded=dict(self._unrecorded),
             storage_error=self._storage.last_error,
             compaction_error=self._compaction_error,
+            custom_definitions=self.custom_definitions(),
+            multi_process=self._multi_process,
         )
 
     def compact(self) -> CompactionResult:
@@ -578,6 +585,13 @@ class MetricsCollector(GatewayRecording):
     def to_dict(self) -> dict[str, object]:
         """The JSON snapshot (``/metrics/json``)."""
         return self.snapshot().to_dict()
+
+    def history(self) -> SlotHistory:
+        """The window's slots one by one, merged across workers (``/metrics/json?history=1``)."""
+        now = self._clock()
+        with self._read_lock:
+            views, _ = self._storage.read()
+            return slot_history(views, self._storage.control.epoch, now, self._slot_seconds, self._slots)
 
     def reset(self) -> None:
         """Zero every metric of every process sharing the metrics directory."""

@@ -3,11 +3,15 @@
 The exporter is a ``prometheus_client`` custom collector, so the text formats (0.0.4,
 1.0.0, OpenMetrics) and content negotiation are ``prometheus_client``'s own; we never
 use its multiprocess mode for our metrics, since our storage already merges workers.
+Served in this order, a family whose name is taken by an earlier one left out: ours,
+the application's custom metrics (``custom``), the application's ``prometheus_client``
+metrics (filtered by ``default_registry`` when the server is multi-process).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from functools import cache
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry
@@ -21,9 +25,11 @@ from prometheus_client.metrics_core import (
 from prometheus_client.registry import Collector
 from prometheus_client.samples import Exemplar
 
+from .custom_families import CustomFamily
+from .default_registry import DefaultRegistry
 from .exposition_gateway import cumulative, gateway_families
 from .snapshot import Snapshot, Totals
-from .storage import layout
+from .storage import Merged, layout
 
 if TYPE_CHECKING:
     from .collector import MetricsCollector
@@ -52,12 +58,20 @@ class PrometheusExporter(Collector):
         self.registry.register(self)
 
     def collect(self) -> Iterator[Metric]:
-        ours = families(self.collector.snapshot())
+        snap = self.collector.snapshot()
+        ours = families(snap)
         yield from ours
+        taken = {family.name for family in ours} | our_sample_names()
+        for custom in snap.custom:
+            names = custom.definition.sample_names()
+            if taken.isdisjoint(names):  # a clash can only come from a foreign file
+                taken.update(names)
+                yield custom_family(custom)
         if self.app_metrics is None:
             return
-        taken = {family.name for family in ours}
-        for family in self.app_metrics.collect():
+        source = self.app_metrics
+        app_families = source.collect_for(snap) if isinstance(source, DefaultRegistry) else source.collect()
+        for family in app_families:
             if family.name not in taken:
                 taken.add(family.name)
                 yield family
@@ -111,6 +125,39 @@ def families(snap: Snapshot) -> list[Metric]:
     files.add_metric(["live"], snap.live_files)
     files.add_metric(["dead"], snap.worker_files - snap.live_files)
     return [*out, *gateway_families(snap), uptime, dropped, storage_errors, files]
+
+
+def custom_family(custom: CustomFamily) -> Metric:
+    """One custom metric of the application as a Prometheus family."""
+    definition = custom.definition
+    labels = list(definition.labelnames)
+    family: CounterMetricFamily | GaugeMetricFamily | HistogramMetricFamily
+    if definition.type == "histogram":
+        family = HistogramMetricFamily(definition.name, definition.documentation, labels=labels)
+        for series in custom.series:
+            family.add_metric(list(series.labels), cumulative(series.bounds, series.buckets), series.value)
+        return family
+    if definition.type == "counter":
+        family = CounterMetricFamily(definition.name, definition.documentation, labels=labels)
+    else:
+        family = GaugeMetricFamily(definition.name, definition.documentation, labels=labels)
+    for series in custom.series:
+        family.add_metric(list(series.labels), series.value)
+    return family
+
+
+@cache
+def our_sample_names() -> frozenset[str]:
+    """Every family and sample name we serve (custom metrics may not take them)."""
+    empty = Snapshot(Merged(), 0.0, 0.0, 0.0, 500, 0, 0)
+    names: set[str] = set()
+    for family in families(empty):
+        names.add(family.name)
+        suffixes = {
+            "counter": ("_total", "_created"), "histogram": ("_bucket", "_sum", "_count", "_created"),
+        }.get(family.type, ())
+        names.update(family.name + suffix for suffix in suffixes)
+    return frozenset(names)
 
 
 def _gauge(name: str, doc: str, labels: list[str]) -> GaugeMetricFamily:

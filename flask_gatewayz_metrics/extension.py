@@ -23,16 +23,15 @@ from werkzeug.wsgi import ClosingIterator
 
 from ._wsgi import Exchange
 from .collector import MetricsCollector, get_metrics_collector
+from .default_registry import DefaultRegistry
 from .exposition import PrometheusExporter
 from .llm import trace_id_of
 from .request_state import current_request
 from .settings import Settings
-from .views import create_blueprint
+from .views import BLUEPRINT_NAME, create_blueprint
 
 EXTENSION_KEY = "gatewayz_metrics"
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
-_OWN_ROUTES = ("", "/json", "/health", "/reset")
-"""The metrics blueprint's rules, relative to the URL prefix (see views.py)."""
 
 
 class AppMetrics:
@@ -45,24 +44,27 @@ class AppMetrics:
         self.unmatched = settings.unmatched_endpoint
         self.app: Flask | None = None
 
-    def own_route_rule(self) -> tuple[str | tuple[()], frozenset[str], tuple[str, ...]]:
+    def own_route_rule(self, app: Flask) -> tuple[str | tuple[()], frozenset[str], tuple[str, ...]]:
         """The one rule for "a request to our own routes", used for recording and in-flight
-        alike: its path is one of the metrics routes or under the URL prefix (with prefix
-        "/", which is every path, only the metrics routes). As ``(root, paths, children)``:
+        alike: its path is under the URL prefix, or (with prefix "/", which is every path)
+        one of the metrics blueprint's routes. As ``(root, paths, children)``:
         ``path.startswith(root) and (path in paths or path.startswith(children))``
         (``startswith(())`` is always False: with ``RECORD_OWN_ROUTES`` nothing is ours).
         """
         if self.settings.record_own_routes:
             return (), frozenset(), ()
         prefix = self.settings.url_prefix.rstrip("/")
-        paths = frozenset({prefix + route for route in _OWN_ROUTES} | {prefix + "/"}) - {""}
-        return prefix or "/", paths, ((prefix + "/",) if prefix else ())
+        if prefix:
+            return prefix, frozenset({prefix, prefix + "/"}), (prefix + "/",)
+        ours = [r.rule for r in app.url_map.iter_rules() if r.endpoint.startswith(BLUEPRINT_NAME + ".")]
+        # Static rules match exactly; a rule with a converter by its static head.
+        return "/", frozenset(r for r in ours if "<" not in r), tuple(r.split("<", 1)[0] for r in ours if "<" in r)
 
     def wrap(self, wsgi_app: WSGIApp, app: Flask) -> WSGIApp:
         """``wsgi_app`` timed from the moment the server hands it the request."""
         self.app = app
         collector = self.collector
-        own_root, own_paths, own_children = self.own_route_rule()
+        own_root, own_paths, own_children = self.own_route_rule(app)
         reset_path = self.settings.url_prefix.rstrip("/") + "/reset"
 
         def timed_wsgi_app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
@@ -114,13 +116,14 @@ class AppMetrics:
 
 def app_metrics_source() -> Collector:
     """The application's own ``prometheus_client`` metrics: merged across workers when
-    ``PROMETHEUS_MULTIPROC_DIR`` puts prometheus_client in multiprocess mode (then
-    per-process collectors are meaningless and left out), else the default registry."""
+    ``PROMETHEUS_MULTIPROC_DIR`` puts prometheus_client in multiprocess mode (exact; then
+    per-process collectors are meaningless and left out), else the default registry,
+    served whole only while the server is single-process (see ``default_registry``)."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry(auto_describe=False)
         multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
         return registry
-    return REGISTRY
+    return DefaultRegistry(REGISTRY)
 
 
 class GatewayzMetrics:
@@ -163,9 +166,9 @@ class GatewayzMetrics:
                 collector = get_metrics_collector()
         state = AppMetrics(settings, collector)
         app.extensions[EXTENSION_KEY] = state
+        app.register_blueprint(create_blueprint(state), url_prefix=settings.url_prefix)
         app.wsgi_app = state.wrap(app.wsgi_app, app)  # type: ignore[method-assign,assignment]
         app.after_request(state.after_request)
-        app.register_blueprint(create_blueprint(state), url_prefix=settings.url_prefix)
 
     @staticmethod
     def of(app: Flask) -> AppMetrics:

@@ -4,7 +4,8 @@
   rate over the window is at least ``health_unhealthy_error_rate`` (default 0.5).
 - ``degraded`` (HTTP 200): some files in the metrics directory were skipped as
   unreadable, or the window's error rate is at least ``health_degraded_error_rate``
-  (default 0.05).
+  (default 0.05), or the application's ``prometheus_client`` default-registry metrics
+  are not served because the server is multi-process (see ``default_registry``).
 - ``healthy`` (HTTP 200) otherwise.
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .default_registry import withheld_reason
 from .settings import Settings
 from .snapshot import Snapshot
 
@@ -30,6 +32,9 @@ def health_report(snap: Snapshot, settings: Settings) -> tuple[dict[str, Any], i
             reasons.append(f"{len(snap.problems)} unreadable file(s) in the metrics directory")
         if error_rate is not None and error_rate >= settings.health_degraded_error_rate:
             reasons.append(f"error rate {error_rate:.3f} >= {settings.health_degraded_error_rate}")
+        withheld = withheld_reason(snap) if settings.include_app_metrics else None
+        if withheld:
+            reasons.append(withheld)
         if reasons:
             status = "degraded"
     report = {

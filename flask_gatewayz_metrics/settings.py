@@ -1,13 +1,24 @@
-"""Configuration of the Flask extension: ``GATEWAYZ_METRICS_*`` keys and their defaults.
+"""Configuration of the Flask extension: ``GATEWAYZ_METRICS_*`` keys, their defaults and types.
 
-Constructor keyword arguments of ``GatewayzMetrics`` (the lower-case key without the
-prefix, e.g. ``window_seconds=60``) are defaults; the app's config overrides them.
+Precedence, highest first:
+
+1. the app's config (``app.config["GATEWAYZ_METRICS_WINDOW_SECONDS"] = 60``);
+2. keyword arguments of ``GatewayzMetrics`` (the lower-case key without the prefix,
+   e.g. ``window_seconds=60``);
+3. for secrets only (``SECRET_KEYS``), environment variables of the same prefixed name,
+   so credentials stay out of code, config files and the process list;
+4. the defaults of ``Settings``.
+
+Every value is type-checked when it is read (``init_app`` time), and a wrong one raises
+``TypeError`` / ``ValueError`` naming the key and what it expects, never a bare error
+from deep inside the collector.
 """
 
 from __future__ import annotations
 
+import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -21,12 +32,13 @@ SECRET_KEYS = (
     "reset_token", "reset_token_file", "auth_token", "auth_token_file",
     "auth_username", "auth_password", "auth_password_file",
 )
-"""Settings that may also come from environment variables of the same (prefixed) name,
-so credentials stay out of code, config files and the process list."""
+"""Settings that may also come from environment variables of the same (prefixed) name."""
 
 
 @dataclass(frozen=True)
 class Settings:
+    """Every setting of the extension, with its default (the one place defaults live)."""
+
     dir: str | None = None
     window_seconds: float = 300.0
     window_slots: int = 5
@@ -39,6 +51,7 @@ class Settings:
     record_own_routes: bool = False
     include_app_metrics: bool = True
     unmatched_endpoint: str = "unmatched"
+    dashboard: bool = True
     reset_token: str | None = None
     reset_token_file: str | None = None
     auth_token: str | None = None
@@ -51,7 +64,8 @@ class Settings:
 
     @classmethod
     def resolve(cls, config: Mapping[str, Any], options: Mapping[str, Any]) -> tuple[Settings, bool]:
-        """Settings from ``options`` overridden by ``config``; and whether any storage key was given."""
+        """Settings from ``config`` over ``options`` over secret env variables over defaults,
+        each value checked; and whether any storage key was given."""
         known = {f.name for f in fields(cls)}
         unknown = set(options) - known
         if unknown:
@@ -59,15 +73,23 @@ class Settings:
                 f"unknown GatewayzMetrics option(s): {', '.join(sorted(unknown))}; "
                 f"known: {', '.join(sorted(known))}"
             )
-        values = dict(options)
+        values: dict[str, Any] = {}
         for name in known:
             key = PREFIX + name.upper()
             if key in config:
-                values[name] = config[key]
+                values[name] = check(name, config[key], key)
+            elif name in options:
+                values[name] = check(name, options[name], f"GatewayzMetrics({name}=...)")
             elif name in SECRET_KEYS and os.environ.get(key):
                 values[name] = os.environ[key]
         custom_storage = any(values.get(name) is not None for name in STORAGE_KEYS)
-        return cls(**values), custom_storage
+        settings = cls(**values)
+        if settings.health_degraded_error_rate > settings.health_unhealthy_error_rate:
+            raise ValueError(
+                f"{PREFIX}HEALTH_DEGRADED_ERROR_RATE ({settings.health_degraded_error_rate}) must not be above "
+                f"{PREFIX}HEALTH_UNHEALTHY_ERROR_RATE ({settings.health_unhealthy_error_rate})"
+            )
+        return settings, custom_storage
 
     def allowed_labels(self) -> dict[str, list[str]]:
         """Allowlists by label name; a string is read as comma-separated values."""
@@ -77,3 +99,170 @@ class Settings:
                 items = values.split(",") if isinstance(values, str) else list(values)
                 out[name] = [item.strip() for item in items if item.strip()]
         return out
+
+
+def collector_options_from_env(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Keyword arguments for the process-wide ``MetricsCollector`` from environment variables.
+
+    ``GATEWAYZ_METRICS_WINDOW_SECONDS``, ``_WINDOW_SLOTS`` and ``_ERROR_STATUS`` are parsed
+    and checked like config values (a malformed one raises an error naming it); unset
+    ones are left to the defaults of ``Settings``.
+    """
+    env = os.environ if environ is None else environ
+    parsers: dict[str, Callable[[str], float]] = {"window_seconds": float, "window_slots": int, "error_status": int}
+    options: dict[str, Any] = {}
+    for name, parse in parsers.items():
+        key = PREFIX + name.upper()
+        raw = env.get(key, "").strip()
+        if not raw:
+            continue
+        try:
+            value = parse(raw)
+        except ValueError:
+            raise ValueError(f"environment variable {key}={raw!r} is not {_EXPECTED[name]}") from None
+        options[name] = check(name, value, f"environment variable {key}")
+    return options
+
+
+def check(name: str, value: Any, where: str) -> Any:
+    """``value`` for setting ``name`` if it has the right type and range, else a
+    ``TypeError`` / ``ValueError`` naming ``where`` it came from and what is expected.
+    Returns the normalised value."""
+    try:
+        return _CHECKS[name](value)
+    except (TypeError, ValueError) as exc:
+        shown = repr(value)
+        if len(shown) > 80:
+            shown = shown[:77] + "..."
+        raise type(exc)(f"{where} must be {_EXPECTED[name]}, got {type(value).__name__} {shown}") from None
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _number(low: float, high: float) -> Callable[[Any], float]:
+    def checked(value: Any) -> float:
+        if not _is_number(value):
+            raise TypeError
+        number = float(value)
+        if not (math.isfinite(number) and low <= number <= high):
+            raise ValueError
+        return number
+
+    return checked
+
+
+def _integer(low: int, high: int) -> Callable[[Any], int]:
+    def checked(value: Any) -> int:
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise TypeError
+        if not low <= value <= high:
+            raise ValueError
+        return value
+
+    return checked
+
+
+def _flag(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError
+    return value
+
+
+def _text(required: bool) -> Callable[[Any], str | None]:
+    def checked(value: Any) -> str | None:
+        if value is None and not required:
+            return None
+        if not isinstance(value, str):
+            raise TypeError
+        if required and not value:
+            raise ValueError
+        return value
+
+    return checked
+
+
+def _path(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    if not isinstance(value, str):
+        raise TypeError
+    if not value or "\0" in value:
+        raise ValueError
+    return value
+
+
+def _url_prefix(value: Any) -> str:
+    if not isinstance(value, str):
+        raise TypeError
+    if not value.startswith("/") or any(c.isspace() for c in value):
+        raise ValueError
+    return value
+
+
+def _limits(value: Any) -> Mapping[str, int] | None:
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        raise TypeError
+    checked = {}
+    for label, limit in value.items():
+        if not isinstance(label, str) or not isinstance(limit, int) or isinstance(limit, bool):
+            raise TypeError
+        if limit < 0:
+            raise ValueError
+        checked[label] = limit
+    return checked
+
+
+def _label_values(value: Any) -> str | tuple[str, ...] | None:
+    if value is None or isinstance(value, str):
+        return value
+    if not isinstance(value, (list, tuple, set, frozenset)):
+        raise TypeError
+    if not all(isinstance(item, str) for item in value):
+        raise TypeError
+    return tuple(value)
+
+
+_CHECKS: dict[str, Callable[[Any], Any]] = {
+    "dir": _path,
+    "window_seconds": _number(0.0, 366 * 86400.0),
+    "window_slots": _integer(1, 1024),
+    "error_status": _integer(100, 600),
+    "strict": _flag,
+    "label_limits": _limits,
+    "allowed_providers": _label_values,
+    "allowed_models": _label_values,
+    "url_prefix": _url_prefix,
+    "record_own_routes": _flag,
+    "include_app_metrics": _flag,
+    "unmatched_endpoint": _text(required=True),
+    "dashboard": _flag,
+    "health_degraded_error_rate": _number(0.0, 1.0),
+    "health_unhealthy_error_rate": _number(0.0, 1.0),
+    **{name: _text(required=False) for name in SECRET_KEYS},
+}
+_EXPECTED: dict[str, str] = {
+    "dir": "a path (str or os.PathLike) to a directory",
+    "window_seconds": "a number of seconds between 0 (since start) and one year",
+    "window_slots": "an int between 1 and 1024",
+    "error_status": "an int HTTP status between 100 and 600",
+    "strict": "a bool",
+    "label_limits": 'a dict of label name to a non-negative int, e.g. {"model": 500}',
+    "allowed_providers": "a list of str or a comma-separated str",
+    "allowed_models": "a list of str or a comma-separated str",
+    "url_prefix": "a str path starting with '/' (e.g. '/metrics')",
+    "record_own_routes": "a bool",
+    "include_app_metrics": "a bool",
+    "unmatched_endpoint": "a non-empty str",
+    "dashboard": "a bool",
+    "health_degraded_error_rate": "a number between 0 and 1",
+    "health_unhealthy_error_rate": "a number between 0 and 1",
+    **dict.fromkeys(SECRET_KEYS, "a str (or None)"),
+}

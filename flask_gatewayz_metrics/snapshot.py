@@ -18,6 +18,7 @@ from functools import cached_property
 from operator import add
 from typing import Any, TypeVar
 
+from .custom_families import CustomFamily, CustomSeries, Definition, custom_families
 from .storage import Merged, StorageProblem, WindowStats, layout
 
 Labels = tuple[str, ...]
@@ -74,6 +75,16 @@ class Snapshot:
     """Drops this process could not write to storage (storage unavailable)."""
     storage_error: str | None = None
     compaction_error: str | None = None
+    custom_definitions: tuple[Definition, ...] = ()
+    """The custom metrics this process defined (others are described by their files)."""
+    multi_process: str | None = None
+    """Why the server is known to run several processes (None: no sign of it), see
+    ``default_registry``."""
+
+    @cached_property
+    def custom(self) -> list[CustomFamily]:
+        """The application's custom metrics, merged (see ``custom``)."""
+        return custom_families(self.merged, self.custom_definitions)
 
     @property
     def uptime_seconds(self) -> float:
@@ -217,6 +228,7 @@ class Snapshot:
             },
             "in_flight": int(self.in_flight),
             "llm": self._llm_dict(),
+            "custom": self._custom_dict(),
             "storage": {
                 "worker_files": self.worker_files,
                 "live_worker_files": self.live_files,
@@ -227,6 +239,36 @@ class Snapshot:
                 "errors": {str(labels[0]): int(p[0]) for labels, p in self.series("storage_errors")},
             },
         }
+
+    def _custom_dict(self) -> dict[str, Any]:
+        """Custom metrics: ``{name: {"type", "documentation", "series": [...]}}``."""
+        out: dict[str, Any] = {}
+        for family in self.custom:
+            definition = family.definition
+            rows: list[dict[str, Any]] = []
+            for series in family.series:
+                row: dict[str, Any] = {"labels": dict(zip(definition.labelnames, series.labels, strict=True))}
+                if definition.type == "histogram":
+                    row.update(count=series.count, sum=series.value, buckets=_bucket_dict(series))
+                else:
+                    row["value"] = series.value
+                rows.append(row)
+            entry: dict[str, Any] = {"type": definition.type, "documentation": definition.documentation}
+            if definition.mode:
+                entry["mode"] = definition.mode
+            entry["series"] = rows
+            out[definition.name] = entry
+        return out
+
+
+def _bucket_dict(series: CustomSeries) -> dict[str, float]:
+    """Cumulative histogram counts keyed by upper bound (``"+Inf"`` last)."""
+    out: dict[str, float] = {}
+    running = 0.0
+    for bound, count in zip((*series.bounds, float("inf")), series.buckets, strict=True):
+        running += count
+        out["+Inf" if bound == float("inf") else repr(bound)] = running
+    return out
 
 
 def _nested(rows: Iterator[tuple[Labels, list[float]]], index: int = 0) -> dict[str, Any]:

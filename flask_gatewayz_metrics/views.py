@@ -1,20 +1,26 @@
-"""The metrics blueprint: ``/metrics``, ``/metrics/json``, ``/metrics/health``, ``/metrics/reset``."""
+"""The metrics blueprint: ``/metrics``, ``/metrics/json``, ``/metrics/health``, ``/metrics/reset``
+and ``/metrics/dashboard``."""
 
 from __future__ import annotations
 
+import gzip
 from collections.abc import Callable
 from typing import TYPE_CHECKING, TypeVar
 
 from flask import Blueprint, Response, jsonify, request
 
 from .auth import Credentials, reset_credentials, scrape_credentials
+from .dashboard import DashboardFiles
 from .health import health_report
 
 if TYPE_CHECKING:
     from .extension import AppMetrics
 
 BLUEPRINT_NAME = "gatewayz_metrics"
-View = TypeVar("View", bound=Callable[[], "Response | tuple[Response, int]"])
+GZIP_MIN_BYTES = 1024
+"""Smaller scrapes are sent as they are: compressing them saves nothing worth the CPU."""
+GZIP_LEVEL = 6
+View = TypeVar("View", bound=Callable[..., "Response | tuple[Response, int]"])
 
 
 def create_blueprint(metrics: AppMetrics) -> Blueprint:
@@ -26,12 +32,35 @@ def create_blueprint(metrics: AppMetrics) -> Blueprint:
     @guarded(scrape_auth)
     def scrape() -> Response:
         body, content_type = metrics.exporter.render(request.headers.get("Accept"))
-        return Response(body, content_type=content_type)
+        response = Response(body, content_type=content_type)
+        response.vary.add("Accept-Encoding")
+        # Prometheus asks for gzip; an exposition of many series shrinks ~10x.
+        if request.accept_encodings["gzip"] > 0 and len(body) >= GZIP_MIN_BYTES:
+            response.set_data(gzip.compress(body, compresslevel=GZIP_LEVEL))
+            response.headers["Content-Encoding"] = "gzip"
+        return response
 
     @bp.get("/json")
     @guarded(scrape_auth)
     def as_json() -> Response:
-        return jsonify(metrics.collector.to_dict())
+        document = metrics.collector.to_dict()
+        if request.args.get("history", "0") not in ("", "0", "false"):
+            document["history"] = metrics.collector.history().to_dict()
+        return jsonify(document)
+
+    if metrics.settings.dashboard:
+        files = DashboardFiles()
+
+        @bp.get("/dashboard")
+        @guarded(scrape_auth)
+        def dashboard() -> Response:
+            return files.page()
+
+        @bp.get("/dashboard/<name>")
+        @guarded(scrape_auth)
+        def dashboard_asset(name: str) -> Response | tuple[Response, int]:
+            found = files.asset(name)
+            return found if found is not None else (jsonify(error="no such file"), 404)
 
     @bp.get("/health")
     @guarded(scrape_auth)
@@ -61,10 +90,10 @@ def guarded(credentials: Credentials) -> Callable[[View], View]:
         if not credentials.required:
             return view
 
-        def checked() -> Response | tuple[Response, int]:
+        def checked(**arguments: str) -> Response | tuple[Response, int]:
             if not credentials.allow(request.headers.get("Authorization")):
                 return _unauthorized(credentials, "credentials required")
-            return view()
+            return view(**arguments)
 
         checked.__name__ = view.__name__
         return checked  # type: ignore[return-value]

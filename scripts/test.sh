@@ -6,9 +6,15 @@ cd "$(dirname "$0")/.."
 
 python3 -m pip install --quiet --disable-pip-version-check -e '.[test,dev]'
 
-# The Prometheus server and promtool (Debian package) for the tests that use them.
-if ! command -v promtool >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null
+# Debian packages the tests use: the Prometheus server and promtool, curl and jq (the
+# README's shell commands are executed by tests/test_readme.py), and Chromium with its
+# driver (the dashboard is tested in a real headless browser).
+missing=()
+for tool in promtool:prometheus curl:curl jq:jq chromium:chromium chromedriver:chromium-driver; do
+    command -v "${tool%%:*}" >/dev/null 2>&1 || missing+=("${tool##*:}")
+done
+if [ "${#missing[@]}" -gt 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
 python3 -m ruff check .

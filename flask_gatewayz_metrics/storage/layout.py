@@ -113,7 +113,9 @@ class Kind:
     with_sketch: bool = False
     merge: str = "sum"
     """How workers combine: "sum"; "latest" (the payload whose last value, a
-    timestamp, is newest wins); "live" (summed over live workers only, never archived)."""
+    timestamp, is newest wins); "live" (summed over live workers only, never archived);
+    "max" / "min" (payload ``(value, set)``: the largest / smallest value among the
+    payloads whose ``set`` flag is non-zero)."""
 
     def payload_size(self, slots: int) -> int:
         if not self.windowed:
@@ -159,7 +161,28 @@ KINDS: dict[str, Kind] = {
     # Archive only: worker files folded into it, and bad files the compactor quarantined.
     "absorbed": Kind(("file",), 0),
     "storage_errors": Kind(("reason",), 1),
+    # The application's own metrics (``custom``). "labels" is the JSON array of the label
+    # values; "custom_meta" describes a metric (kind: the storage kind of its series,
+    # labelnames: a JSON array), its payload is the time it was defined (newest wins).
+    "custom_meta": Kind(("name", "kind", "documentation", "labelnames"), 1, merge="latest"),
+    "custom_counter": Kind(("name", "labels"), 1),
+    "custom_gauge_sum": Kind(("name", "labels"), 1),
+    "custom_gauge_livesum": Kind(("name", "labels"), 1, merge="live"),
+    "custom_gauge_max": Kind(("name", "labels"), 2, merge="max"),  # value, set
+    "custom_gauge_min": Kind(("name", "labels"), 2, merge="min"),  # value, set
+    "custom_gauge_latest": Kind(("name", "labels"), 2, merge="latest"),  # value, time set
 }
+
+MAX_CUSTOM_BUCKETS = 64
+"""Most finite bucket bounds of a custom histogram."""
+CUSTOM_HISTOGRAM_PREFIX = "custom_histogram_"
+# One kind per bucket count, so the reader knows a record's payload size from its key:
+# "custom_histogram_<n>" holds the sum, then n + 1 bucket counts (+Inf last); "bounds"
+# is the comma-separated finite upper bounds.
+KINDS.update({
+    f"{CUSTOM_HISTOGRAM_PREFIX}{n}": Kind(("name", "bounds", "labels"), n + 2)
+    for n in range(1, MAX_CUSTOM_BUCKETS + 1)
+})
 
 
 def padded(n: int) -> int:

@@ -117,6 +117,14 @@ def combine(kind: layout.Kind, current: list[float] | None, incoming: list[float
         return incoming
     if kind.merge == "latest":
         return incoming if incoming[-1] > current[-1] else current
+    if kind.merge in ("max", "min"):
+        # (value, set): a payload never set (allocated, not yet written) has no say.
+        if not incoming[-1]:
+            return current
+        if not current[-1]:
+            return incoming
+        pick = max if kind.merge == "max" else min
+        return [pick(current[0], incoming[0]), 1.0]
     return list(map(add, current, incoming))
 
 
