@@ -72,7 +72,7 @@ class Exchange(RequestState):
         self._start_response = start_response
         self.status: str | None = None
         """The status line of the last ``start_response`` call: what the client gets."""
-        self.headers: list[tuple[str, str]] = []
+        self.headers: list[tuple[str, str]] | None = None
         self.streamed: bool | None = None
         """Set by the extension's ``after_request`` hook: False = the body is complete
         when the view returns, True = produced afterwards (generator, file), None = the
@@ -216,13 +216,17 @@ class Exchange(RequestState):
             )  # fmt: skip
 
 
-def _complete(body: object, headers: list[tuple[str, str]]) -> bool:
+def _complete(body: object, headers: list[tuple[str, str]] | None) -> bool:
     """Whether a body is complete already though our hook did not run (an earlier hook
     raised, or a middleware answered): a list or tuple, or a werkzeug ``ClosingIterator``
     with a Content-Length (Flask's error pages)."""
     if body.__class__ in (list, tuple):
         return True
-    return body.__class__ is ClosingIterator and any(name.lower() == "content-length" for name, _ in headers)
+    return (
+        body.__class__ is ClosingIterator
+        and headers is not None
+        and any(name.lower() == "content-length" for name, _ in headers)
+    )
 
 
 def _allowed_rule(ctx: RequestContext) -> Rule | None:
