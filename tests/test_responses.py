@@ -411,6 +411,33 @@ def test_label_request_in_plain_generator_and_call_on_close(metrics_dir: str) ->
     assert ("provider_requests_total", (("provider", "late"),)) not in got
 
 
+def test_label_request_in_hooks_error_handlers_and_teardown(metrics_dir: str) -> None:
+    """label_request from after_request, an errorhandler and teardown_request is applied."""
+    app = make(metrics_dir, PROPAGATE_EXCEPTIONS=False)
+    app.after_request(lambda r: (r.status_code == 200 and label_request(provider="from-hook"), r)[1])
+    app.teardown_request(lambda e: label_request(model="from-teardown") and None)
+
+    def fail() -> str:
+        raise ValueError("x")
+
+    def handler(e: Exception) -> tuple[str, int]:
+        label_request(provider="from-handler")
+        return "handled", 502
+
+    app.add_url_rule("/ok", "ok", lambda: "ok")
+    app.add_url_rule("/fail", "fail", fail)
+    app.register_error_handler(ValueError, handler)
+    client = app.test_client()
+    assert client.get("/ok").status_code == 200
+    assert client.get("/fail").status_code == 502
+    got = scrape(client)
+    assert same(recorded(got), [("/ok", "GET", "200", False), ("/fail", "GET", "502", True)])
+    assert got[("provider_requests_total", (("provider", "from-hook"),))] == 1
+    assert got[("provider_requests_total", (("provider", "from-handler"),))] == 1
+    assert got[("model_requests_total", (("model", "from-teardown"),))] == 2
+    assert in_flight(got) == 0
+
+
 def test_stream_closed_early_is_not_an_error(metrics_dir: str) -> None:
     """A client that hangs up mid-stream: recorded as its status, no error; labelled: disconnect."""
     app = make(metrics_dir)
