@@ -19,9 +19,9 @@ from http import client as http_client
 from pathlib import Path
 
 import pytest
+from recorded import Row, View, recorded, same
 from responses_app import FILE_BODY, create_app
 from servers import REPO_ROOT, Server, free_port, http, scrape, stop, wait_ready
-from test_responses import Row, View, recorded, same
 from werkzeug.serving import make_server
 
 EXPECTED: list[Row] = [
