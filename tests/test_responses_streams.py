@@ -203,12 +203,15 @@ def test_own_routes_recorded_when_asked(metrics_dir: str) -> None:
 
 @pytest.mark.parametrize("prefix", ["/", "/metrics", "/ops/metrics/"])
 def test_in_flight_during_a_request_for_any_prefix(metrics_dir: str, prefix: str) -> None:
-    """Inside a view the request counts as in flight (1), whatever the URL prefix."""
+    """Inside a view the request counts as in flight (1), whatever the URL prefix; the
+    metrics routes under that prefix are neither recorded nor in flight."""
     app = make(metrics_dir, GATEWAYZ_METRICS_URL_PREFIX=prefix)
     collector = GatewayzMetrics.of(app).collector
     app.add_url_rule("/api/work", "work", lambda: str(collector.snapshot().in_flight))
     client = app.test_client()
     assert client.get("/api/work").get_data() == b"1.0"
+    assert client.get(prefix.rstrip("/") + "/json").status_code == 200
+    assert client.get(prefix.rstrip("/") + "/health").status_code == 200
     got = scrape(client, prefix)
     assert same(recorded(got), [("/api/work", "GET", "200", False)])
     assert in_flight(got) == 0
