@@ -1,32 +1,50 @@
-"""The example gateway, driven through Flask's test client, as its metrics see it."""
+"""The example gateway, driven through Flask's test client, as its metrics see it.
+
+Its providers are real: the provider simulator in its own process on loopback ports
+(fast and without random failures unless a test asks for them).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from servers import Simulator, running_simulator
 
 from example_app.app import create_app
 
+FAST = ("--latency-scale", "0.01", "--error-rate", "0", "--billing-error-rate", "0")
 
-@pytest.fixture
-def app(tmp_path: Path) -> Flask:
-    """The gateway with its own metrics directory, fast upstream calls and no random errors."""
+
+@pytest.fixture(scope="module")
+def simulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Simulator]:
+    """One provider simulator for the module: fast, no random errors or 429s."""
+    with running_simulator(tmp_path_factory.mktemp("simulator"), *FAST) as running:
+        yield running
+
+
+def gateway(tmp_path: Path, upstreams: dict[str, str], **config: Any) -> Flask:
     metrics = tmp_path / "metrics"
-    metrics.mkdir(mode=0o700)
+    metrics.mkdir(mode=0o700, exist_ok=True)
     return create_app(
         {
             "TESTING": True,
             "GATEWAYZ_METRICS_DIR": str(metrics),
-            "GATEWAY_SIMULATED_LATENCY_SCALE": 0.01,
-            "GATEWAY_UPSTREAM_ERROR_RATE": 0.0,
-            "GATEWAY_BILLING_ERROR_RATE": 0.0,
             "GATEWAY_DB_PATH": str(tmp_path / "models.sqlite3"),
+            **upstreams,
+            **config,
         }
     )
+
+
+@pytest.fixture
+def app(tmp_path: Path, simulator: Simulator) -> Flask:
+    """The gateway with its own metrics directory, calling the module's simulator."""
+    return gateway(tmp_path, simulator.config)
 
 
 def metrics_json(client: FlaskClient) -> dict[str, Any]:
@@ -184,34 +202,28 @@ def test_stripe_billing_counted_per_successful_chat(client: FlaskClient) -> None
 
 
 def test_billing_errors_are_counted(tmp_path: Path) -> None:
-    """With a billing error rate of 1 every stripe call is an error, and the chat still succeeds."""
-    app = create_app(
-        {
-            "GATEWAYZ_METRICS_DIR": str(tmp_path / "m"),
-            "GATEWAY_SIMULATED_LATENCY_SCALE": 0.0,
-            "GATEWAY_UPSTREAM_ERROR_RATE": 0.0,
-            "GATEWAY_BILLING_ERROR_RATE": 1.0,
-        }
-    )
-    client = app.test_client()
-    assert client.post("/api/chat", json={"message": "x"}).status_code == 200
+    """With a billing API that always fails every stripe call is an error, and the chat still succeeds."""
+    with running_simulator(tmp_path, *FAST, "--billing-error-rate", "1") as failing:
+        client = gateway(tmp_path, failing.config).test_client()
+        assert client.post("/api/chat", json={"message": "x"}).status_code == 200
     assert client.get("/metrics/json").get_json()["external_apis"] == {"stripe": {"calls": 1, "errors": 1}}
 
 
-def test_random_upstream_errors_answer_502(tmp_path: Path) -> None:
-    """With an upstream error rate of 1 every chat is a 502 counted as a provider error."""
-    app = create_app(
-        {
-            "GATEWAYZ_METRICS_DIR": str(tmp_path / "m"),
-            "GATEWAY_SIMULATED_LATENCY_SCALE": 0.0,
-            "GATEWAY_UPSTREAM_ERROR_RATE": 1.0,
-        }
-    )
-    client = app.test_client()
-    assert client.post("/api/chat", json={"message": "x"}).status_code == 502
+def test_random_upstream_errors_fall_back_then_fail(tmp_path: Path) -> None:
+    """With providers that always fail, a chat falls back once and answers the fallback's 5xx, both counted."""
+    with running_simulator(tmp_path, *FAST, "--error-rate", "1") as failing:
+        client = gateway(tmp_path, failing.config).test_client()
+        response = client.post("/api/chat", json={"message": "x"})
+    assert response.status_code in (500, 502, 503)
+    assert response.get_json()["error"]["provider"] == "anthropic"  # openai's fallback
     data = client.get("/metrics/json").get_json()
     assert data["providers"]["openai"]["errors"] == 1
+    assert data["providers"]["anthropic"]["errors"] == 1
     assert data["endpoints"]["/api/chat"]["errors"] == 1
+    assert data["external_apis"] == {}
+    scrape = client.get("/metrics").get_data(as_text=True)
+    assert 'llm_provider_fallbacks_total{from_provider="openai",to_provider="anthropic"} 1.0' in scrape
+    assert 'provider_errors_by_type_total{error_type="5xx",provider="openai"} 1.0' in scrape
 
 
 def test_unmatched_path_and_healthz(client: FlaskClient) -> None:
@@ -225,5 +237,7 @@ def test_unmatched_path_and_healthz(client: FlaskClient) -> None:
 
 def test_invalid_gateway_setting_fails_at_startup() -> None:
     """A non-numeric gateway setting is refused when the app is built, not on first request."""
-    with pytest.raises(ValueError, match="GATEWAY_SIMULATED_LATENCY_SCALE"):
-        create_app({"GATEWAY_SIMULATED_LATENCY_SCALE": "fast"})
+    with pytest.raises(ValueError, match="GATEWAY_UPSTREAM_TIMEOUT"):
+        create_app({"GATEWAY_UPSTREAM_TIMEOUT": "fast"})
+    with pytest.raises(ValueError, match="GATEWAY_OPENAI_URL"):
+        create_app({"GATEWAY_OPENAI_URL": "ftp://127.0.0.1:1"})
