@@ -378,6 +378,11 @@ class SimulatorServer(ThreadingHTTPServer):
         self.provider = provider
         super().__init__((HOST, port), Handler)
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A gateway that drops its connection (its client left mid-stream) is normal: no traceback."""
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
+
 
 def parse_ports(spec: str) -> dict[str, int]:
     """``openai=8101,anthropic=8102`` -> {"openai": 8101, "anthropic": 8102}."""
