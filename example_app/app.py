@@ -63,7 +63,7 @@ DEFAULTS: dict[str, Any] = {
     "GATEWAY_ANTHROPIC_URL": "http://127.0.0.1:8102",
     "GATEWAY_GOOGLE_URL": "http://127.0.0.1:8103",
     "GATEWAY_STRIPE_URL": "http://127.0.0.1:8104",
-    "GATEWAY_UPSTREAM_TIMEOUT": 30.0,
+    "GATEWAY_UPSTREAM_TIMEOUT": 25.0,  # under gunicorn's 30 s worker time-out
     "GATEWAY_MODELS_CACHE_TTL": 30.0,
     "GATEWAY_DB_PATH": None,
 }
@@ -91,11 +91,13 @@ class TTLCache:
     """A tiny thread-safe cache whose entries expire ``ttl`` seconds after being stored.
 
     Stored values may be ``None`` (a model that does not exist), so a miss is reported
-    separately from the value.
+    separately from the value. Clients choose the keys (model ids), so at most
+    ``max_entries`` are kept: the oldest goes first.
     """
 
-    def __init__(self, ttl: float, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, ttl: float, clock: Callable[[], float] = time.monotonic, max_entries: int = 4096) -> None:
         self.ttl = ttl
+        self.max_entries = max_entries
         self._clock = clock
         self._entries: dict[str, tuple[float, Any]] = {}
         self._lock = threading.Lock()
@@ -112,6 +114,9 @@ class TTLCache:
 
     def put(self, key: str, value: Any) -> None:
         with self._lock:
+            self._entries.pop(key, None)  # re-inserted last: dict order is the age order
+            while len(self._entries) >= self.max_entries:
+                del self._entries[next(iter(self._entries))]
             self._entries[key] = (self._clock() + self.ttl, value)
 
 
@@ -300,7 +305,7 @@ def chat() -> Response | tuple[Response, int]:
     if usage is not None:
         gateway.upstreams.bill(attempt, usage)
     return jsonify(
-        id=attempt.payload.get("id") or f"chatcmpl-{uuid.uuid4().hex[:24]}",
+        id=openai_api.text_of(attempt.payload.get("id")) or f"chatcmpl-{uuid.uuid4().hex[:24]}",
         object="chat.completion",
         model=attempt.model,
         provider=attempt.provider,

@@ -195,7 +195,7 @@ def chat_completions() -> Response | tuple[Response, int]:
     if usage is not None:
         gateway.upstreams.bill(attempt, usage)
     response = jsonify(
-        id=_text(attempt.payload.get("id")) or f"chatcmpl-{uuid.uuid4().hex[:24]}",
+        id=text_of(attempt.payload.get("id")) or f"chatcmpl-{uuid.uuid4().hex[:24]}",
         object="chat.completion",
         created=int(time.time()),
         model=attempt.model,
@@ -274,7 +274,8 @@ def _first_choice(payload: Mapping[str, Any]) -> dict[str, Any]:
     return {}
 
 
-def _text(value: object) -> str | None:
+def text_of(value: object) -> str | None:
+    """A provider's (untrusted) string field, bounded; None if it is not a string."""
     return value[:100] if isinstance(value, str) else None
 
 

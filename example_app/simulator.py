@@ -22,7 +22,8 @@ the simulator deterministic with ``--jitter 0 --error-rate 0 --rate-limit-rate 0
 Defaults come from the environment where the gateway's variables of the same meaning
 exist (``GATEWAY_SIMULATED_LATENCY_SCALE``, ``GATEWAY_UPSTREAM_ERROR_RATE``,
 ``GATEWAY_BILLING_ERROR_RATE``, ``GATEWAY_SEED``), so ``scripts/run_example.sh`` shapes
-both processes with one environment. Loopback addresses only.
+both processes with one environment. Loopback addresses only; it exits with (or after)
+the process that started it.
 """
 
 from __future__ import annotations
@@ -451,7 +452,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         threading.Thread(target=server.serve_forever, daemon=True).start()
     listening = ", ".join(f"{name}=http://{HOST}:{port}" for name, port in args.ports.items())
     print(f"simulator listening: {listening}", flush=True)
-    while not stopping.wait(0.5):  # a timed wait: the signal handler runs between waits
+    parent = os.getppid()
+    # A timed wait: the signal handler runs between waits. An orphaned simulator (whoever
+    # started it was killed without stopping it) exits too, rather than hold its ports.
+    while not stopping.wait(0.5) and os.getppid() == parent:
         pass
     for server in servers:
         server.shutdown()

@@ -16,7 +16,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 from servers import Simulator, free_port, running_simulator
 
-from example_app.app import create_app
+from example_app.app import TTLCache, create_app
 
 FAST = ("--latency-scale", "0.01", "--error-rate", "0", "--billing-error-rate", "0")
 
@@ -392,3 +392,11 @@ def test_v1_upstream_time_out_is_504(tmp_path: Path, simulator: Simulator) -> No
     assert 'provider_errors_by_type_total{error_type="timeout",provider="openai"} 1.0' in scrape
     assert 'provider_errors_by_type_total{error_type="timeout",provider="anthropic"} 1.0' in scrape
     assert 'http_request_errors_total{endpoint="/v1/chat/completions",method="POST"} 1.0' in scrape
+
+
+def test_models_cache_is_bounded() -> None:
+    """Client-chosen keys cannot grow the cache past its bound; the newest entries stay."""
+    cache = TTLCache(60.0, max_entries=3)
+    for i in range(10):
+        cache.put(f"model:{i}", None)
+    assert [cache.get(f"model:{i}")[0] for i in range(10)] == [False] * 7 + [True] * 3
