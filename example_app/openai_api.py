@@ -114,18 +114,19 @@ def parse_completion_request(body: object) -> dict[str, Any]:
         raise InvalidRequest("'stream_options' is only allowed with 'stream': true, as an object", "stream_options")
     include_usage = bool(options and options.get("include_usage") is True)
     forwarded: dict[str, Any] = {"messages": messages}
-    for name, low, high in (("max_tokens", 1, 1_000_000), ("max_completion_tokens", 1, 1_000_000)):
+    for name in ("max_tokens", "max_completion_tokens"):
         value = body.get(name)
         if value is not None:
-            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-                raise InvalidRequest(f"'{name}' must be an integer between {low} and {high}", name)
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 1_000_000:
+                raise InvalidRequest(f"'{name}' must be an integer between 1 and 1000000", name)
             forwarded[name] = value
-    for name, high in (("temperature", 2.0), ("top_p", 1.0)):
-        value = body.get(name)
-        if value is not None:
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= high:
+    limits: tuple[tuple[str, float], ...] = (("temperature", 2.0), ("top_p", 1.0))
+    for name, high in limits:
+        number = body.get(name)
+        if number is not None:
+            if isinstance(number, bool) or not isinstance(number, (int, float)) or not 0 <= number <= high:
                 raise InvalidRequest(f"'{name}' must be a number between 0 and {high:g}", name)
-            forwarded[name] = value
+            forwarded[name] = number
     if body.get("n") not in (None, 1):
         raise InvalidRequest("only 'n': 1 is supported", "n")
     return {"model": model, "body": forwarded, "stream": stream, "include_usage": include_usage}
@@ -147,7 +148,7 @@ def _content_length(content: object, role: str, param: str) -> int:
 
 
 def forced_from_headers(headers: Mapping[str, str]) -> Forced:
-    """The client's ``x-simulate-*`` headers, checked (the simulator checks them again)."""
+    """The client's ``x-simulate-*`` headers (lower-case names), checked (the simulator checks them again)."""
     values: dict[str, Any] = {}
     for name, key, high in (("x-simulate-latency", "latency", 30.0), ("x-simulate-chunk-delay", "chunk_delay", 5.0)):
         raw = headers.get(name)
@@ -175,7 +176,7 @@ def chat_completions() -> Response | tuple[Response, int]:
         return openai_error(400, "The body must be JSON (Content-Type: application/json)", "invalid_request_error")
     try:
         parsed = parse_completion_request(body)
-        forced = forced_from_headers(request.headers)
+        forced = forced_from_headers({name.lower(): value for name, value in request.headers.items()})
     except InvalidRequest as exc:
         return openai_error(400, str(exc), "invalid_request_error", exc.param)
     row = gateway.cached(f"model:{parsed['model']}", lambda: gateway.catalogue.get(parsed["model"]))

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import http.client
+import importlib
 import ipaddress
 import json
 import random
@@ -29,12 +30,16 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-import httpx
 import openai
+from openai.types.chat import ChatCompletionMessageParam
 
 CHAT_MODELS = ("gpt-4", "gpt-4o", "gpt-3.5-turbo", "claude-3-opus", "claude-3-haiku", "gemini-1.5-pro")
 LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
 REQUEST_TIMEOUT = 30.0
+SDK_HTTP_ERROR: type[Exception] = importlib.import_module(
+    openai.DefaultHttpxClient.__mro__[1].__module__.partition(".")[0]
+).HTTPError
+"""What the SDK's own HTTP library (httpx, or httpx2 from openai 3 on) raises for a broken connection."""
 
 
 @dataclass(frozen=True)
@@ -107,10 +112,10 @@ def send(client: openai.OpenAI, base_url: str, planned: Planned, timeout: float)
 
 
 def _send_sdk(client: openai.OpenAI, planned: Planned, timeout: float) -> tuple[str, tuple[int, int] | None]:
-    messages = [{"role": "user", "content": f"Say hello to {planned.model}"}]
+    messages: list[ChatCompletionMessageParam] = [{"role": "user", "content": f"Say hello to {planned.model}"}]
     if planned.kind == "sdk_chat":
         completion = client.chat.completions.create(
-            model=planned.model, messages=messages, extra_headers=planned.headers, timeout=timeout  # type: ignore[arg-type]
+            model=planned.model, messages=messages, extra_headers=planned.headers, timeout=timeout
         )
         usage = completion.usage
         return "200", (usage.prompt_tokens, usage.completion_tokens) if usage else None
@@ -124,10 +129,10 @@ def _send_sdk(client: openai.OpenAI, planned: Planned, timeout: float) -> tuple[
 
 
 def _stream(
-    client: openai.OpenAI, planned: Planned, messages: list[dict[str, str]], timeout: float
+    client: openai.OpenAI, planned: Planned, messages: list[ChatCompletionMessageParam], timeout: float
 ) -> tuple[str, tuple[int, int] | None]:
     stream = client.chat.completions.create(
-        model=planned.model, messages=messages, stream=True, stream_options={"include_usage": True},  # type: ignore[arg-type]
+        model=planned.model, messages=messages, stream=True, stream_options={"include_usage": True},
         extra_headers=planned.headers, timeout=timeout,
     )  # fmt: skip
     usage = None
@@ -138,7 +143,7 @@ def _stream(
                     return "hung_up", None  # leaving the block closes the connection mid-stream
                 if chunk.usage is not None:
                     usage = (chunk.usage.prompt_tokens, chunk.usage.completion_tokens)
-        except (openai.APIError, httpx.HTTPError):
+        except (openai.APIError, SDK_HTTP_ERROR):
             return "broken_stream", None  # the gateway reported the provider's broken stream, or aborted
     return "200", usage
 
@@ -191,7 +196,7 @@ def run(base_url: str, total: int, concurrency: int, max_seconds: float, seed: i
     # retries, so every outcome is the gateway's own answer to one request.
     client = openai.OpenAI(
         base_url=base_url + "/v1", api_key="unused-by-the-example", max_retries=0, timeout=REQUEST_TIMEOUT,
-        http_client=httpx.Client(trust_env=False, limits=httpx.Limits(max_connections=concurrency)),
+        http_client=openai.DefaultHttpxClient(trust_env=False),  # loopback: no proxy from the environment
     )  # fmt: skip
 
     def worker() -> None:

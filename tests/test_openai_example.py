@@ -30,7 +30,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import openai
 import pytest
 from servers import REPO_ROOT, Server, Simulator, free_port, http, running_simulator, scrape, stop
@@ -168,7 +167,7 @@ def test_openai_sdk_through_gunicorn_with_real_providers(
     server = start_gunicorn(workers=WORKERS, simulator_args=None, **urls)
     client = openai.OpenAI(
         base_url=server.url + "/v1", api_key="test", max_retries=0, timeout=30,
-        http_client=httpx.Client(trust_env=False),
+        http_client=openai.DefaultHttpxClient(trust_env=False),
     )  # fmt: skip
     with client:
         # Phase 1: every provider up.
