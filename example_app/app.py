@@ -1,23 +1,29 @@
 """A small but real AI gateway, instrumented only through ``flask_gatewayz_metrics``'s public API.
 
+Providers are real HTTP upstreams that speak OpenAI's chat-completions API, one base URL
+each (``GATEWAY_OPENAI_URL``, ``GATEWAY_ANTHROPIC_URL``, ``GATEWAY_GOOGLE_URL``; the
+billing API at ``GATEWAY_STRIPE_URL``). ``scripts/run_example.sh`` runs the provider
+simulator (``example_app/simulator.py``) there; ``example_app/upstream.py`` calls them
+and records every attempt, fallback, rate-limit header, token count and billing call.
+
 Routes:
 
-- ``POST /api/chat`` with JSON ``{"model": ..., "message": ..., "stream": false}``. The
-  model defaults to ``"gpt-4"``; the provider follows from the model's prefix (``gpt-*``
-  openai, ``claude-*`` anthropic, ``gemini-*`` google); any other model is a 400. The
-  upstream call is simulated (latency ~30-120 ms times ``GATEWAY_SIMULATED_LATENCY_SCALE``,
-  and ``GATEWAY_UPSTREAM_ERROR_RATE`` of calls fail with a 502). Two optional fields shape
-  traffic deterministically: ``simulate_latency_seconds`` (0..30, replaces the random
-  latency) and ``simulate_status`` (200..599; a status >= 400 is answered as the
-  upstream's failure, anything lower means success). ``"stream": true`` answers as
-  server-sent events; ``stream_chunk_delay_seconds`` (0..5) waits between chunks and
-  ``simulate_stream_error`` breaks the stream after its first chunk. A real (random)
-  upstream failure falls back once to the next provider (``FALLBACK``). Each successful
-  completion records its tokens and cost and is billed through a simulated Stripe call
-  (``GATEWAY_BILLING_ERROR_RATE`` of those fail, without failing the chat); every
-  upstream attempt reports the provider's remaining request budget. Every chat request
-  is also counted per team (``X-Team`` header) in ``gateway_team_chats_total``, a
-  custom metric defined through the extension's API.
+- ``POST /v1/chat/completions``, ``GET /v1/models``, ``GET /v1/models/<model_id>``: the
+  OpenAI-compatible API (``example_app/openai_api.py``), for the official ``openai`` SDK.
+- ``POST /api/chat`` with JSON ``{"model": ..., "message": ..., "stream": false}`` (the
+  seed's API). The model defaults to ``"gpt-4"``; the provider follows from the model's
+  prefix (``gpt-*`` openai, ``claude-*`` anthropic, ``gemini-*`` google); any other model
+  is a 400. Optional fields ask the simulated provider for an outcome (forwarded as its
+  ``x-simulate-*`` headers): ``simulate_latency_seconds`` (0..30, time to the answer or
+  first token), ``simulate_status`` (200..599; a status >= 400 is the provider's
+  failure, answered as is), ``stream_chunk_delay_seconds`` (0..5 between streamed
+  chunks) and ``simulate_stream_error`` (the provider's stream breaks after its first
+  chunk). ``"stream": true`` answers as server-sent events. A provider failure that was
+  not asked for (5xx, 429, time-out, refused connection) falls back once to the next
+  provider (``FALLBACK``). Each successful completion records its tokens and cost from
+  the provider's ``usage`` and is billed through the billing API.
+  Every chat request is also counted per team (``X-Team`` header) in
+  ``gateway_team_chats_total``, a custom metric defined through the extension's API.
 - ``GET /api/models`` and ``GET /api/models/<model_id>``: the model catalogue, read from a
   SQLite database (``GATEWAY_DB_PATH``, else a temporary file) through a TTL cache.
 - ``GET /healthz``: liveness for load balancers, not metrics.
@@ -29,10 +35,8 @@ name (so a gunicorn run can be shaped without code), else from the defaults belo
 from __future__ import annotations
 
 import atexit
-import json
 import math
 import os
-import random
 import sqlite3
 import tempfile
 import threading
@@ -43,35 +47,26 @@ from typing import Any
 
 from flask import Flask, Response, current_app, jsonify, request
 
-from flask_gatewayz_metrics import Counter, GatewayzMetrics, get_metrics_collector, label_request
+from flask_gatewayz_metrics import Counter, GatewayzMetrics, get_metrics_collector
+
+from . import openai_api
+from .upstream import FALLBACK, PRICES_PER_1K_TOKENS, Attempt, Forced, Upstreams, record_usage
 
 DEFAULT_MODEL = "gpt-4"
 PROVIDER_PREFIXES: tuple[tuple[str, str], ...] = (("gpt-", "openai"), ("claude-", "anthropic"), ("gemini-", "google"))
 MAX_SIMULATED_LATENCY = 30.0
 MAX_MESSAGE_LENGTH = 100_000
-FALLBACK: dict[str, tuple[str, str]] = {
-    "openai": ("anthropic", "claude-3-haiku"),
-    "anthropic": ("google", "gemini-1.5-pro"),
-    "google": ("openai", "gpt-4o"),
-}
-"""Where a failed upstream call is retried once: provider -> (provider, model)."""
-PRICES_PER_1K_TOKENS: dict[str, tuple[float, float]] = {
-    "gpt-4": (0.03, 0.06),
-    "gpt-4o": (0.005, 0.015),
-    "claude-3-haiku": (0.00025, 0.00125),
-    "claude-3-opus": (0.015, 0.075),
-    "gemini-1.5-pro": (0.0035, 0.0105),
-}
-"""Simulated list prices (USD per 1000 input / output tokens) for the cost counter."""
-REQUESTS_PER_MINUTE = 600
-"""Simulated per-provider request budget; its remainder is reported as a gauge."""
+__all__ = ["FALLBACK", "PRICES_PER_1K_TOKENS", "create_app"]  # the fallback and price tables live in upstream.py
+MODELS_CREATED = 1_700_000_000
+"""The ``created`` time the OpenAI model objects report."""
 
 DEFAULTS: dict[str, Any] = {
-    "GATEWAY_SIMULATED_LATENCY_SCALE": 1.0,
-    "GATEWAY_UPSTREAM_ERROR_RATE": 0.02,
-    "GATEWAY_BILLING_ERROR_RATE": 0.01,
+    "GATEWAY_OPENAI_URL": "http://127.0.0.1:8101",
+    "GATEWAY_ANTHROPIC_URL": "http://127.0.0.1:8102",
+    "GATEWAY_GOOGLE_URL": "http://127.0.0.1:8103",
+    "GATEWAY_STRIPE_URL": "http://127.0.0.1:8104",
+    "GATEWAY_UPSTREAM_TIMEOUT": 25.0,  # under gunicorn's 30 s worker time-out
     "GATEWAY_MODELS_CACHE_TTL": 30.0,
-    "GATEWAY_SEED": 0,
     "GATEWAY_DB_PATH": None,
 }
 """Gateway settings; ``create_app(config)`` overrides the environment, which overrides these."""
@@ -98,11 +93,13 @@ class TTLCache:
     """A tiny thread-safe cache whose entries expire ``ttl`` seconds after being stored.
 
     Stored values may be ``None`` (a model that does not exist), so a miss is reported
-    separately from the value.
+    separately from the value. Clients choose the keys (model ids), so at most
+    ``max_entries`` are kept: the oldest goes first.
     """
 
-    def __init__(self, ttl: float, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, ttl: float, clock: Callable[[], float] = time.monotonic, max_entries: int = 4096) -> None:
         self.ttl = ttl
+        self.max_entries = max_entries
         self._clock = clock
         self._entries: dict[str, tuple[float, Any]] = {}
         self._lock = threading.Lock()
@@ -119,6 +116,9 @@ class TTLCache:
 
     def put(self, key: str, value: Any) -> None:
         with self._lock:
+            self._entries.pop(key, None)  # re-inserted last: dict order is the age order
+            while len(self._entries) >= self.max_entries:
+                del self._entries[next(iter(self._entries))]
             self._entries[key] = (self._clock() + self.ttl, value)
 
 
@@ -162,43 +162,31 @@ class ModelCatalogue:
 
 
 def _model_row(row: tuple[Any, ...]) -> dict[str, Any]:
-    return {"id": row[0], "provider": row[1], "context_window": row[2], "object": "model"}
+    """A catalogue row as an OpenAI model object (``owned_by`` its provider) with our extra fields."""
+    return {
+        "id": row[0], "object": "model", "created": MODELS_CREATED, "owned_by": row[1],
+        "provider": row[1], "context_window": row[2],
+    }  # fmt: skip
 
 
 class Gateway:
-    """Per-app state: settings, the seeded random source, the catalogue and its cache."""
+    """Per-app state: settings, the upstream providers, the catalogue and its cache."""
 
     def __init__(self, settings: Mapping[str, Any]) -> None:
-        self.latency_scale = _number(settings, "GATEWAY_SIMULATED_LATENCY_SCALE", 0.0, 1000.0)
-        self.upstream_error_rate = _number(settings, "GATEWAY_UPSTREAM_ERROR_RATE", 0.0, 1.0)
-        self.billing_error_rate = _number(settings, "GATEWAY_BILLING_ERROR_RATE", 0.0, 1.0)
+        timeout = _number(settings, "GATEWAY_UPSTREAM_TIMEOUT", 0.01, 600.0)
+        urls = {}
+        for provider in ("openai", "anthropic", "google", "stripe"):
+            key = f"GATEWAY_{provider.upper()}_URL"
+            url = settings[key]
+            if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+                raise ValueError(f"{key} must be an http(s) URL, got {url!r}")
+            urls[provider] = url
+        self.upstreams = Upstreams(urls, timeout)
         self.cache = TTLCache(_number(settings, "GATEWAY_MODELS_CACHE_TTL", 0.0, 86400.0))
-        self.random = random.Random(int(settings["GATEWAY_SEED"]))
-        self._random_lock = threading.Lock()
-        self._budgets: dict[str, tuple[int, int]] = {}
         path = settings["GATEWAY_DB_PATH"] or _temporary_database()
         self.catalogue = ModelCatalogue(str(path))
         self.team_chats: Counter | None = None
         """The gateway's own metric (see ``create_app``)."""
-
-    def spend_request(self, provider: str, exhausted: bool = False) -> int:
-        """Use one request of ``provider``'s per-minute budget; return what remains."""
-        minute = int(time.time() // 60)
-        with self._random_lock:
-            used_minute, remaining = self._budgets.get(provider, (minute, REQUESTS_PER_MINUTE))
-            if used_minute != minute:
-                remaining = REQUESTS_PER_MINUTE
-            remaining = 0 if exhausted else max(0, remaining - 1)
-            self._budgets[provider] = (minute, remaining)
-            return remaining
-
-    def chance(self, rate: float) -> bool:
-        with self._random_lock:
-            return self.random.random() < rate
-
-    def upstream_latency(self) -> float:
-        with self._random_lock:
-            return self.random.uniform(0.03, 0.12) * self.latency_scale
 
     def cached(self, key: str, load: Callable[[], Any]) -> Any:
         """``load()`` through the TTL cache, recording the hit or miss."""
@@ -288,10 +276,7 @@ def parse_chat(body: object) -> dict[str, Any]:
         "provider": provider,
         "message": message,
         "stream": stream,
-        "latency": latency,
-        "status": status,
-        "chunk_delay": float(chunk_delay),
-        "stream_error": stream_error,
+        "forced": Forced(status, latency, float(chunk_delay) if chunk_delay else None, stream_error),
     }
 
 
@@ -310,91 +295,41 @@ def chat() -> Response | tuple[Response, int]:
     except BadRequest as exc:
         return error_response(400, str(exc), "invalid_request_error")
     provider, model = chat_request["provider"], chat_request["model"]
-    label_request(provider=provider, model=model)
-
-    status = call_upstream(gateway, provider, model, chat_request)
-    if status >= 500 and chat_request["status"] is None:
-        # A real upstream failure (not a simulated one): fall back to the next provider once.
-        backup_provider, backup_model = FALLBACK[provider]
-        get_metrics_collector().record_fallback(provider, backup_provider)
-        provider, model = backup_provider, backup_model
-        label_request(provider=provider, model=model)
-        status = call_upstream(gateway, provider, model, chat_request)
-    if status >= 400:
-        return error_response(status, f"{provider} answered {status}", "upstream_error", provider=provider)
-
-    reply = f"[{model}] You said: {chat_request['message'][:200]}"
-    usage = {"prompt_tokens": len(chat_request["message"].split()), "completion_tokens": len(reply.split())}
-    input_price, output_price = PRICES_PER_1K_TOKENS.get(model, (0.001, 0.002))
-    get_metrics_collector().record_tokens(
-        provider, model, usage["prompt_tokens"], usage["completion_tokens"],
-        cost_usd=(usage["prompt_tokens"] * input_price + usage["completion_tokens"] * output_price) / 1000,
-    )
-    billing_failed = gateway.chance(gateway.billing_error_rate)
-    get_metrics_collector().record_external_api_call("stripe", error=billing_failed)
-    completion_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
-    if chat_request["stream"]:
+    body = {"messages": [{"role": "user", "content": chat_request["message"]}]}
+    forced, stream = chat_request["forced"], chat_request["stream"]
+    attempt = gateway.upstreams.call_with_fallback(provider, model, body, forced, stream)
+    if not attempt.ok:
+        status = attempt.status or (504 if attempt.error_type == "timeout" else 502)
+        return error_response(status, attempt.message, "upstream_error", provider=attempt.provider)
+    if attempt.stream is not None:
         return Response(
-            _sse_chunks(completion_id, model, reply, chat_request["chunk_delay"], chat_request["stream_error"]),
+            _sse_chunks(gateway, attempt),
             mimetype="text/event-stream",
             headers={"Cache-Control": "no-cache"},
         )
+    usage = record_usage(attempt, attempt.payload.get("usage"))
+    if usage is not None:
+        gateway.upstreams.bill(attempt, usage)
     return jsonify(
-        id=completion_id,
+        id=openai_api.text_of(attempt.payload.get("id")) or f"chatcmpl-{uuid.uuid4().hex[:24]}",
         object="chat.completion",
-        model=model,
-        provider=provider,
-        choices=[{"index": 0, "message": {"role": "assistant", "content": reply}, "finish_reason": "stop"}],
+        model=attempt.model,
+        provider=attempt.provider,
+        choices=[
+            {"index": 0, "message": {"role": "assistant", "content": openai_api.content_of(attempt.payload)},
+             "finish_reason": "stop"},
+        ],
         usage=usage,
     )
 
 
-def call_upstream(gateway: Gateway, provider: str, model: str, chat_request: dict[str, Any]) -> int:
-    """One simulated upstream attempt: wait as long as the provider would, then decide.
+def _sse_chunks(gateway: Gateway, attempt: Attempt) -> Iterator[str]:
+    """The provider's server-sent events relayed as they arrive, then ``[DONE]``.
 
-    Records the attempt (latency, status, error type) and the provider's remaining
-    request budget, which a 429 empties.
+    Runs after the view returned (the extension watches it: first chunk, outcome). The
+    tokens are recorded, and billed, once the provider's usage arrived at the end.
     """
-    latency = chat_request["latency"]
-    if latency is None:
-        latency = gateway.upstream_latency()
-    started = time.perf_counter()
-    time.sleep(latency)
-    status = chat_request["status"]
-    if status is None:
-        status = 502 if gateway.chance(gateway.upstream_error_rate) else 200
-    elif status < 400:
-        status = 200
-    collector = get_metrics_collector()
-    collector.record_provider_call(provider, model, time.perf_counter() - started, status_code=status)
-    collector.set_rate_limit_remaining(provider, "requests", gateway.spend_request(provider, exhausted=status == 429))
-    return status
-
-
-def _sse_chunks(
-    completion_id: str, model: str, reply: str, delay: float = 0.0, fail: bool = False
-) -> Iterator[str]:
-    """Server-sent events: one delta per word group, then ``[DONE]``.
-
-    ``delay`` waits between chunks; ``fail`` raises after the first one (an upstream
-    that breaks mid-stream). Needs nothing from the request, so it runs safely after
-    the view returned.
-    """
-    words = reply.split(" ")
-    for i in range(0, len(words), 3):
-        if i:
-            if fail:
-                raise RuntimeError("upstream stream broke")
-            time.sleep(delay)
-        delta = " ".join(words[i : i + 3]) + (" " if i + 3 < len(words) else "")
-        event = {
-            "id": completion_id,
-            "object": "chat.completion.chunk",
-            "model": model,
-            "choices": [{"index": 0, "delta": {"content": delta}}],
-        }
-        yield f"data: {json.dumps(event)}\n\n"
-    yield "data: [DONE]\n\n"
+    yield from openai_api.relay(gateway.upstreams, attempt, include_usage=False)
 
 
 def list_models() -> Response:
@@ -437,6 +372,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     app.add_url_rule("/api/models", view_func=list_models, methods=["GET"])
     app.add_url_rule("/api/models/<model_id>", view_func=get_model, methods=["GET"])
     app.add_url_rule("/healthz", view_func=healthz, methods=["GET"])
+    openai_api.register(app)
     return app
 
 

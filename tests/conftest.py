@@ -6,7 +6,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from servers import Server, start_gateway, stop
+from servers import Server, running_simulator, start_gateway, stop
 
 from flask_gatewayz_metrics import MetricsCollector
 
@@ -56,3 +56,11 @@ def start_gunicorn(tmp_path: Path) -> Iterator[Callable[..., Server]]:
     yield start
     for server in started:
         stop(server.process)
+
+
+@pytest.fixture(scope="module")
+def example_upstreams(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """A provider simulator for the example app (fast, no random failures): the app settings that point at it."""
+    fast = ("--latency-scale", "0.01", "--error-rate", "0", "--billing-error-rate", "0")
+    with running_simulator(tmp_path_factory.mktemp("upstreams"), *fast) as simulator:
+        yield simulator.config

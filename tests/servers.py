@@ -1,8 +1,10 @@
-"""Real servers for the tests: the example gateway under gunicorn, and loopback HTTP.
+"""Real servers for the tests: the example gateway under gunicorn, its provider simulator, loopback HTTP.
 
 Shared by the gunicorn, soak, traffic, streaming and Prometheus tests so that each
 starts, probes and stops processes the same way: loopback only, bounded waits, always
-stopped (SIGTERM, then SIGKILL to the whole process group).
+stopped (SIGTERM, then SIGKILL to the whole process group). ``start_gateway`` also
+starts the provider simulator (``example_app/simulator.py``) on free ports and points
+the gateway at it; ``stop`` of the gateway's process stops its simulator too.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ import time
 import urllib.error
 import urllib.request
 from collections import Counter
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +31,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 READY_TIMEOUT = 30.0
+UPSTREAMS = ("openai", "anthropic", "google", "stripe")
+"""What the simulator serves for a test gateway: the three providers and the billing API."""
 
 
 @dataclass(frozen=True)
@@ -60,8 +66,29 @@ def http(
             return exc.code, exc.read()
 
 
+@dataclass(frozen=True)
+class Simulator:
+    """A running provider simulator: its process and the port of each simulated service."""
+
+    process: subprocess.Popen[bytes]
+    ports: dict[str, int]
+    log: Path
+
+    @property
+    def config(self) -> dict[str, str]:
+        """The gateway settings (config keys or environment) that point it at this simulator."""
+        return {f"GATEWAY_{name.upper()}_URL": f"http://127.0.0.1:{port}" for name, port in self.ports.items()}
+
+
+_simulators: dict[int, Simulator] = {}
+"""The simulator started with each gateway process (by pid), stopped with it."""
+
+
 def stop(process: subprocess.Popen[bytes]) -> None:
-    """SIGTERM, then SIGKILL (to the whole process group) if it does not exit in time."""
+    """SIGTERM, then SIGKILL (to the whole process group) if it does not exit in time.
+
+    A gateway's simulator (see ``start_gateway``) is stopped after it.
+    """
     if process.poll() is None:
         process.send_signal(signal.SIGTERM)
         try:
@@ -69,10 +96,64 @@ def stop(process: subprocess.Popen[bytes]) -> None:
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait(timeout=10)
+    simulator = _simulators.pop(process.pid, None)
+    if simulator is not None:
+        stop(simulator.process)
+
+
+def start_simulator(
+    tmp_path: Path, *args: str, name: str = "sim", upstreams: Sequence[str] = UPSTREAMS,
+    env: dict[str, str] | None = None,
+) -> Simulator:  # fmt: skip
+    """The provider simulator on free loopback ports, answering on each; no random 429s unless ``args`` ask.
+
+    ``env`` (default: this process's) supplies the ``GATEWAY_*`` defaults it reads
+    (latency scale, error rates, seed); ``args`` are its command-line options and win.
+    """
+    ports = {upstream: free_port() for upstream in upstreams}
+    log = tmp_path / f"simulator-{name}.log"
+    command = [
+        sys.executable, "-m", "example_app.simulator",
+        "--ports", ",".join(f"{upstream}={port}" for upstream, port in ports.items()),
+        "--rate-limit-rate", "0", *args,
+    ]  # fmt: skip
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            command, cwd=REPO_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    simulator = Simulator(process, ports, log)
+    deadline = time.monotonic() + READY_TIMEOUT
+    try:
+        for port in ports.values():
+            while True:
+                if process.poll() is not None:
+                    pytest.fail(f"simulator exited with {process.returncode}:\n{log.read_text()}")
+                try:
+                    if http("GET", f"http://127.0.0.1:{port}/health", timeout=2.0)[0] == 200:
+                        break
+                except OSError:
+                    pass
+                if time.monotonic() > deadline:
+                    pytest.fail(f"simulator not ready after {READY_TIMEOUT}s:\n{log.read_text()}")
+                time.sleep(0.05)
+    except BaseException:
+        stop(process)
+        raise
+    return simulator
+
+
+@contextmanager
+def running_simulator(tmp_path: Path, *args: str, **kwargs: Any) -> Iterator[Simulator]:
+    """``start_simulator`` as a context: always stopped afterwards."""
+    simulator = start_simulator(tmp_path, *args, **kwargs)
+    try:
+        yield simulator
+    finally:
+        stop(simulator.process)
 
 
 def gateway_env(tmp_path: Path, metrics_dir: Path, **overrides: str) -> dict[str, str]:
-    """The environment of a test gateway: fast simulated upstreams, no random failures."""
+    """The environment of a test gateway and its simulator: fast upstreams, no random failures."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("GATEWAYZ_METRICS_", "GATEWAY_"))}
     env.update(
         GATEWAYZ_METRICS_DIR=str(metrics_dir),
@@ -85,20 +166,40 @@ def gateway_env(tmp_path: Path, metrics_dir: Path, **overrides: str) -> dict[str
     return env
 
 
-def start_gateway(tmp_path: Path, name: str, *extra: str, workers: int = 4, **env: str) -> Server:
-    """The example gateway under gunicorn (``conf/gunicorn.conf.py``), ready to serve."""
+def start_gateway(
+    tmp_path: Path, name: str, *extra: str, workers: int = 4, simulator_args: Sequence[str] | None = (), **env: str
+) -> Server:
+    """The example gateway under gunicorn (``conf/gunicorn.conf.py``), ready to serve.
+
+    Its providers are a provider simulator started for it (``simulator_args`` are the
+    simulator's options; ``env`` is also the simulator's), stopped by ``stop(server.process)``.
+    With ``simulator_args=None`` none is started: ``env`` gives the upstream URLs.
+    """
     metrics_dir = tmp_path / f"metrics-{name}"
     log = tmp_path / f"gunicorn-{name}.log"
     port = free_port()
+    environment = gateway_env(tmp_path, metrics_dir, **env)
+    simulator = None
+    if simulator_args is not None:
+        simulator = start_simulator(tmp_path, *simulator_args, name=name, env=environment)
+        environment.update(simulator.config)
+        environment.update(env)
     command = [
         sys.executable, "-m", "gunicorn", "-c", "conf/gunicorn.conf.py",
         "--bind", f"127.0.0.1:{port}", "--workers", str(workers), *extra, "example_app.app:app",
     ]  # fmt: skip
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            command, cwd=REPO_ROOT, env=gateway_env(tmp_path, metrics_dir, **env),
-            stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
+    try:
+        with log.open("wb") as out:
+            process = subprocess.Popen(
+                command, cwd=REPO_ROOT, env=environment,
+                stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            )  # fmt: skip
+    except BaseException:
+        if simulator is not None:
+            stop(simulator.process)
+        raise
+    if simulator is not None:
+        _simulators[process.pid] = simulator
     server = Server(f"http://127.0.0.1:{port}", port, process, metrics_dir, log)
     try:
         wait_ready(server)

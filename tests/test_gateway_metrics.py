@@ -666,16 +666,14 @@ def test_label_limits_bound_llm_families(metrics_dir: str) -> None:
         c.close()
 
 
-def example_app(metrics_dir: str, tmp_path: Path) -> Flask:
+def example_app(metrics_dir: str, tmp_path: Path, upstreams: dict[str, str]) -> Flask:
     from example_app.app import create_app
 
     return create_app(
         {
             "GATEWAYZ_METRICS_DIR": metrics_dir,
-            "GATEWAY_SIMULATED_LATENCY_SCALE": 0.0,
-            "GATEWAY_UPSTREAM_ERROR_RATE": 0.0,
-            "GATEWAY_BILLING_ERROR_RATE": 0.0,
             "GATEWAY_DB_PATH": str(tmp_path / "models.sqlite3"),
+            **upstreams,
         }
     )
 
@@ -685,9 +683,11 @@ def series_counts(s: Samples) -> tuple[int, int, int]:
     return len(named(s, "http_requests_total")), len(models), len(s)
 
 
-def test_example_app_random_paths_and_models_add_a_handful_of_series(metrics_dir: str, tmp_path: Path) -> None:
+def test_example_app_random_paths_and_models_add_a_handful_of_series(
+    metrics_dir: str, tmp_path: Path, example_upstreams: dict[str, str]
+) -> None:
     """10,000 random unknown paths and 1,000 chats with random unknown models add at most a handful of series."""
-    app = example_app(metrics_dir, tmp_path)
+    app = example_app(metrics_dir, tmp_path, example_upstreams)
     client = app.test_client()
     assert client.post("/api/chat", json={"message": "warm up"}).status_code == 200
     assert client.get("/api/models").status_code == 200
@@ -708,9 +708,11 @@ def test_example_app_random_paths_and_models_add_a_handful_of_series(metrics_dir
     assert total_after - len(before) <= 40  # one new endpoint label (unmatched) with its buckets and gauges
 
 
-def test_example_app_accepted_random_models_collapse_into_other(metrics_dir: str, tmp_path: Path) -> None:
+def test_example_app_accepted_random_models_collapse_into_other(
+    metrics_dir: str, tmp_path: Path, example_upstreams: dict[str, str]
+) -> None:
     """1,000 chats with random gpt-* models (accepted by the example) add one model series: other."""
-    app = example_app(metrics_dir, tmp_path)
+    app = example_app(metrics_dir, tmp_path, example_upstreams)
     client = app.test_client()
     rng = random.Random(5)
     for _ in range(1_000):

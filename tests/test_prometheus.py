@@ -35,7 +35,7 @@ import pytest
 import yaml
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
 from prometheus_client.parser import text_string_to_metric_families as parse_text
-from servers import REPO_ROOT, free_port, http, send_concurrently, stop
+from servers import REPO_ROOT, free_port, http, send_concurrently, start_simulator, stop
 
 from example_app.app import create_app
 
@@ -199,20 +199,21 @@ ACCEPT_TEXT_1 = "text/plain; version=1.0.0"
 
 
 @pytest.fixture(scope="module")
-def scrapes(tmp_path_factory: pytest.TempPathFactory) -> Scrapes:
+def scrapes(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Scrapes:
     """The example app (Flask test client) after every kind of traffic, scraped in each format."""
     tmp = tmp_path_factory.mktemp("scrape")
     metrics_dir = tmp / "metrics"
     metrics_dir.mkdir(mode=0o700)
+    upstreams = start_simulator(
+        tmp, "--latency-scale", "0.01", "--error-rate", "0.1", "--billing-error-rate", "0.2", "--seed", "7"
+    )
+    request.addfinalizer(lambda: stop(upstreams.process))
     app = create_app(
         {
             "TESTING": True,
             "GATEWAYZ_METRICS_DIR": str(metrics_dir),
-            "GATEWAY_SIMULATED_LATENCY_SCALE": 0.01,
-            "GATEWAY_UPSTREAM_ERROR_RATE": 0.1,
-            "GATEWAY_BILLING_ERROR_RATE": 0.2,
-            "GATEWAY_SEED": 7,
             "GATEWAY_DB_PATH": str(tmp / "models.sqlite3"),
+            **upstreams.config,
         }
     )
     client = app.test_client()
@@ -609,7 +610,7 @@ def alert_key(alert: dict[str, Any]) -> tuple[str, str]:
 
 
 @pytest.mark.slow
-def test_real_prometheus_scrapes_gunicorn(tmp_path: Path) -> None:
+def test_real_prometheus_scrapes_gunicorn(tmp_path: Path, example_upstreams: dict[str, str]) -> None:
     """The example app under gunicorn (4 workers), scraped every second by a real Prometheus."""
     prometheus = require_binary("prometheus")
     require_binary("promtool")
@@ -624,10 +625,8 @@ def test_real_prometheus_scrapes_gunicorn(tmp_path: Path) -> None:
     env.update(
         GATEWAYZ_METRICS_DIR=str(metrics_dir),
         GATEWAYZ_METRICS_AUTH_TOKEN_FILE=str(token_file),
-        GATEWAY_SIMULATED_LATENCY_SCALE="0.02",
-        GATEWAY_UPSTREAM_ERROR_RATE="0",
-        GATEWAY_BILLING_ERROR_RATE="0",
         GATEWAY_DB_PATH=str(tmp_path / "models.sqlite3"),
+        **example_upstreams,
     )
     config = write_test_prometheus_config(tmp_path, app_port, token_file)
     prometheus_command = [

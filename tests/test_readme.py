@@ -73,8 +73,10 @@ def clean_env() -> dict[str, str]:
 
 
 @pytest.mark.parametrize("block", readme_blocks("python"), ids=lambda b: f"line{b.line}")
-def test_python_block_runs(block: Block, tmp_path: Path) -> None:
-    """A README Python block runs as written in a fresh interpreter, without any setup."""
+def test_python_block_runs(block: Block, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    """A README Python block runs as written in a fresh interpreter (with the example running if it calls it)."""
+    if re.search(r"\b(127\.0\.0\.1|localhost):8000\b", block.text):
+        request.getfixturevalue("example").ensure()
     result = subprocess.run(
         [sys.executable, "-c", block.text], check=False, cwd=tmp_path, env=clean_env(),
         capture_output=True, text=True, timeout=60,

@@ -1,4 +1,4 @@
-"""The traffic generator drives every kind of metric through a real gunicorn gateway."""
+"""The traffic generator (the ``openai`` SDK) drives every kind of metric through a real gunicorn gateway."""
 
 from __future__ import annotations
 
@@ -17,10 +17,11 @@ pytestmark = pytest.mark.slow
 
 def test_traffic_generator_exercises_every_family(start_gunicorn: Any) -> None:
     """300 mixed requests: tokens, cost, every stream outcome, fallbacks, error types, rate limits, exemplars."""
-    server = start_gunicorn(GATEWAY_UPSTREAM_ERROR_RATE="0.1")
+    server = start_gunicorn(GATEWAY_UPSTREAM_ERROR_RATE="0.1")  # the simulated providers' 5xx share
     tally = traffic.run(server.url, total=300, concurrency=6, max_seconds=90, seed=3, progress=False)
     assert tally.done == 300
     assert not [outcome for outcome in tally.statuses if outcome.startswith("error:")], tally.statuses
+    assert {"200", "404", "429", "500", "hung_up", "broken_stream"} <= set(tally.statuses), tally.statuses
 
     # Streams whose client hung up are still being written until the server notices
     # (its next write fails): wait, bounded, for them to end.
@@ -34,6 +35,13 @@ def test_traffic_generator_exercises_every_family(start_gunicorn: Any) -> None:
         return {dict(labels)[label] for (name, labels), value in samples.items() if name == metric and value > 0}
 
     assert names("llm_tokens_total", "direction") == {"input", "output"}
+    # The SDK's usage is counted; /api/chat's tokens come on top.
+    input_tokens = sum(
+        v for (name, labels), v in samples.items() if name == "llm_tokens_total" and ("direction", "input") in labels
+    )
+    assert tally.input_tokens > 0 and input_tokens >= tally.input_tokens
+    chat = samples[("http_requests_total", (("endpoint", "/v1/chat/completions"), ("method", "POST")))]
+    assert chat > 150
     assert names("llm_cost_usd_total", "provider") == {"openai", "anthropic", "google"}
     assert names("llm_streams_total", "outcome") == {"completed", "client_disconnect", "error"}
     assert names("llm_provider_fallbacks_total", "from_provider")
