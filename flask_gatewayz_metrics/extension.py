@@ -211,6 +211,8 @@ class GatewayzMetrics:
                 )
             else:
                 collector = get_metrics_collector()
+        if settings.prices is not None:
+            collector.set_prices(settings.prices)
         state = AppMetrics(settings, collector)
         app.extensions[EXTENSION_KEY] = state
         app.wsgi_app = state.wrap(app.wsgi_app, app.url_map)  # type: ignore[method-assign,assignment]
