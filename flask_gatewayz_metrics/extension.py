@@ -25,6 +25,7 @@ from .default_registry import DefaultRegistry
 from .exposition import PrometheusExporter
 from .labels import KNOWN_METHODS
 from .llm import trace_id_of
+from .otlp import OtlpExporter, families_of, otlp_config
 from .request_state import RequestState, current_request
 from .settings import Settings
 from .streaming import ObservedStream
@@ -218,6 +219,9 @@ class GatewayzMetrics:
         app.wsgi_app = state.wrap(app.wsgi_app, app.url_map)  # type: ignore[method-assign,assignment]
         app.after_request(state.after_request)
         app.register_blueprint(create_blueprint(state), url_prefix=settings.url_prefix)
+        otlp = otlp_config(settings.otlp_endpoint)
+        if otlp is not None:  # each worker starts its export thread on its first request
+            app.before_request(OtlpExporter(otlp, families_of(state.exporter), collector.directory).ensure_running)
 
     @staticmethod
     def of(app: Flask) -> AppMetrics:
