@@ -147,6 +147,15 @@ def _milliseconds(raw: str | None, default: int, low: int, high: int, name: str)
     return value
 
 
+def retry_delay(failures: int, interval: float) -> float:
+    """Seconds before the next attempt after ``failures`` failed ones in a row: doubling
+    from 1 s (or an eighth of a short interval), never longer than the interval, with
+    jitter so that many servers do not retry in step."""
+    base = min(1.0, interval / 8)
+    growth = float(2 ** min(max(failures, 1) - 1, 30))
+    return min(interval, base * growth) * random.uniform(0.8, 1.0)
+
+
 def extra_installed() -> bool:
     """Whether the ``otlp`` extra (opentelemetry-proto) can be imported."""
     try:
@@ -246,9 +255,7 @@ class OtlpExporter:
                         self._failures = 0
                     else:
                         self._failures += 1
-                        base = min(1.0, self.config.interval / 8)
-                        delay = min(self.config.interval, base * 2 ** min(self._failures - 1, 30))
-                        delay *= random.uniform(0.8, 1.0)  # spread retries of many servers
+                        delay = retry_delay(self._failures, self.config.interval)
             except Exception:  # never let the thread die; the next interval tries again
                 log.exception("OTLP export thread error")
             stop.wait(delay)

@@ -416,3 +416,40 @@ def test_gunicorn_three_workers_export_once_survive_sigkill_and_dead_receiver(tm
     finally:
         stop(server.process)
         receiver.stop()
+
+
+def test_retry_delay_doubles_up_to_the_interval() -> None:
+    """Failed exports are retried after 1, 2, 4 ... s (jittered down by at most 20%), never later than the interval."""
+    delays = [otlp_module.retry_delay(n, 60.0) for n in range(1, 10)]
+    for n, delay in enumerate(delays, start=1):
+        assert 0.8 * min(60.0, 2.0 ** (n - 1)) <= delay <= min(60.0, 2.0 ** (n - 1))
+    assert otlp_module.retry_delay(1000, 60.0) <= 60.0
+    assert otlp_module.retry_delay(1, 0.5) <= 0.0625  # a short interval backs off from an eighth of it
+
+
+def test_summary_info_and_stateset_families_are_encoded() -> None:
+    """Families of other types (an application's Summary, Info, Enum) go out too: as a Summary and as gauges."""
+    from prometheus_client import CollectorRegistry, Enum, Info, Summary
+
+    from flask_gatewayz_metrics.otlp_encode import encode_request
+
+    registry = CollectorRegistry()
+    summary = Summary("app_job_seconds", "Job time.", ["queue"], registry=registry)
+    summary.labels("a").observe(2.0)
+    summary.labels("a").observe(3.0)
+    Info("app_build", "Build.", registry=registry).info({"version": "1.2"})
+    Enum("app_state", "State.", states=["up", "down"], registry=registry).state("down")
+    body, count = encode_request(registry.collect(), {"service.name": "s"}, 1000.0, 2000.0)
+    from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
+
+    request = ExportMetricsServiceRequest.FromString(body)
+    metrics = {m.name: m for m in request.resource_metrics[0].scope_metrics[0].metrics}
+    (point,) = metrics["app_job_seconds"].summary.data_points
+    assert (point.count, point.sum) == (2, 5.0)
+    assert [(a.key, a.value.string_value) for a in point.attributes] == [("queue", "a")]
+    (info,) = metrics["app_build_info"].gauge.data_points
+    assert info.as_double == 1.0 and [a.value.string_value for a in info.attributes] == ["1.2"]
+    states = {p.attributes[0].value.string_value: p.as_double for p in metrics["app_state"].gauge.data_points}
+    assert states == {"up": 0.0, "down": 1.0}
+    assert point.start_time_unix_nano == 1000 * 10**9 and point.time_unix_nano == 2000 * 10**9
+    assert count >= 4
