@@ -214,6 +214,7 @@ class OtlpExporter:
                 return
             self._forget_parent()
             self._pid = pid
+            self._failures, self._last_error = 0, None  # the parent's results are not ours
             self._stop = threading.Event()
             self._thread = threading.Thread(target=self._run, name="gatewayz-otlp-export", daemon=True)
             self._thread.start()
