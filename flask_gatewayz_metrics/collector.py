@@ -25,6 +25,7 @@ from .custom import CustomMetrics
 from .default_registry import multi_process_reason
 from .labels import LabelGuard, as_number, method_label
 from .llm import GatewayRecording
+from .otlp import otlp_report
 from .request_state import current_request
 from .snapshot import Snapshot
 from .storage import CompactionResult, Storage, StorageUnavailable, compact, layout, merge
@@ -563,6 +564,7 @@ class MetricsCollector(GatewayRecording, CustomMetrics):
             compaction_error=self._compaction_error,
             custom_definitions=self.custom_definitions(),
             multi_process=self._multi_process,
+            otlp=otlp_report(self.directory),
         )
 
     def compact(self) -> CompactionResult:

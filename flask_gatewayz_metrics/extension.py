@@ -26,6 +26,7 @@ from .collector import MetricsCollector, get_metrics_collector
 from .default_registry import DefaultRegistry
 from .exposition import PrometheusExporter
 from .llm import trace_id_of
+from .otlp import OtlpExporter, families_of, otlp_config
 from .request_state import current_request
 from .settings import Settings
 from .views import BLUEPRINT_NAME, create_blueprint
@@ -164,11 +165,16 @@ class GatewayzMetrics:
                 )
             else:
                 collector = get_metrics_collector()
+        if settings.prices is not None:
+            collector.set_prices(settings.prices)
         state = AppMetrics(settings, collector)
         app.extensions[EXTENSION_KEY] = state
         app.register_blueprint(create_blueprint(state), url_prefix=settings.url_prefix)
         app.wsgi_app = state.wrap(app.wsgi_app, app)  # type: ignore[method-assign,assignment]
         app.after_request(state.after_request)
+        otlp = otlp_config(settings.otlp_endpoint)
+        if otlp is not None:  # each worker starts its export thread on its first request
+            app.before_request(OtlpExporter(otlp, families_of(state.exporter), collector.directory).ensure_running)
 
     @staticmethod
     def of(app: Flask) -> AppMetrics:

@@ -5,7 +5,8 @@
 - ``degraded`` (HTTP 200): some files in the metrics directory were skipped as
   unreadable, or the window's error rate is at least ``health_degraded_error_rate``
   (default 0.05), or the application's ``prometheus_client`` default-registry metrics
-  are not served because the server is multi-process (see ``default_registry``).
+  are not served because the server is multi-process (see ``default_registry``), or the
+  configured OTLP export fails, is stalled or lacks its extra (see ``otlp``).
 - ``healthy`` (HTTP 200) otherwise.
 """
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 from .default_registry import withheld_reason
+from .otlp import health_reasons
 from .settings import Settings
 from .snapshot import Snapshot
 
@@ -35,6 +37,7 @@ def health_report(snap: Snapshot, settings: Settings) -> tuple[dict[str, Any], i
         withheld = withheld_reason(snap) if settings.include_app_metrics else None
         if withheld:
             reasons.append(withheld)
+        reasons += health_reasons(snap.otlp, snap.taken_at)
         if reasons:
             status = "degraded"
     report = {

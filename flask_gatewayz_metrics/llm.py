@@ -8,16 +8,21 @@ the caller (strict mode aside), and writes through the collector's storage.
 
 from __future__ import annotations
 
+import logging
 import math
 from bisect import bisect_left
+from typing import Any
 
 from .labels import as_number
+from .prices import PriceTable, load_prices
 from .storage import layout
 
 ERROR_TYPES = frozenset({"timeout", "rate_limited", "4xx", "5xx", "connection", "other"})
 RATE_LIMITS = frozenset({"requests", "tokens"})
 STREAM_OUTCOMES = frozenset({"completed", "client_disconnect", "error"})
 TOKEN_DIRECTIONS = ("input", "output", "cached_input")
+MAX_UNPRICED_LOGGED = 100
+log = logging.getLogger("flask_gatewayz_metrics")
 
 
 def error_type_of(status_code: int, error_type: str | None = None) -> str:
@@ -50,6 +55,15 @@ class GatewayRecording:
     def _drop(self, reason: str) -> None:
         raise NotImplementedError
 
+    _prices: PriceTable | None = None
+    _unpriced: set[str] | None = None
+
+    def set_prices(self, prices: Any) -> None:
+        """Use ``prices`` (a dict, a JSON file path or a ``PriceTable``; None: no table) to
+        cost ``record_tokens`` calls made without ``cost_usd``. See ``prices``."""
+        self._prices = None if prices is None else load_prices(prices)
+        self._unpriced = set()
+
     def record_tokens(
         self,
         provider: str,
@@ -62,12 +76,15 @@ class GatewayRecording:
         """Count the tokens (and, if known, the cost in US dollars) of one LLM call.
 
         Feeds ``llm_tokens_total{provider,model,direction}``, the per-call histogram
-        ``llm_request_tokens`` and ``llm_cost_usd_total{provider,model}``.
+        ``llm_request_tokens`` and ``llm_cost_usd_total{provider,model}``. Without
+        ``cost_usd``, the cost comes from the price table (``set_prices``), if it has the model.
         """
         counts = [as_number(input_tokens), as_number(output_tokens), as_number(cached_input_tokens)]
         cost = None if cost_usd is None else as_number(cost_usd)
         if not all(0 <= n < math.inf for n in counts) or (cost is not None and not 0 <= cost < math.inf):
             return self._drop("invalid_value")
+        if cost is None and self._prices is not None:
+            cost = self._priced(model, counts)
         for direction, count in zip(TOKEN_DIRECTIONS, counts, strict=True):
             if direction == "cached_input" and count == 0:
                 continue
@@ -77,6 +94,18 @@ class GatewayRecording:
         if cost is not None:
             self._add("cost", (("provider", provider), ("model", model)), ((0, cost),))
         return None
+
+    def _priced(self, model: str, counts: list[float]) -> float | None:
+        """The table's cost of one call; an unknown model is logged once (bounded), not costed."""
+        prices = self._prices
+        if prices is None or not isinstance(model, str):
+            return None
+        cost = prices.cost(model, counts[0], counts[1], counts[2])
+        unpriced = self._unpriced
+        if cost is None and unpriced is not None and model not in unpriced and len(unpriced) < MAX_UNPRICED_LOGGED:
+            unpriced.add(model)
+            log.warning("no price for model %r in the price table (%s): its cost is not recorded", model[:200], prices)
+        return cost
 
     def record_provider_error(self, provider: str, status_code: int = 0, error_type: str | None = None) -> None:
         """Count a failed upstream call by type: timeout, rate_limited, 4xx, 5xx, connection, other.

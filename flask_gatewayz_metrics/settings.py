@@ -22,6 +22,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
+from .prices import PriceTable, load_prices
+
 PREFIX = "GATEWAYZ_METRICS_"
 STORAGE_KEYS = (
     "dir", "window_seconds", "window_slots", "error_status", "strict",
@@ -61,6 +63,8 @@ class Settings:
     auth_password_file: str | None = None
     health_degraded_error_rate: float = 0.05
     health_unhealthy_error_rate: float = 0.5
+    prices: PriceTable | None = None
+    otlp_endpoint: str | None = None
 
     @classmethod
     def resolve(cls, config: Mapping[str, Any], options: Mapping[str, Any]) -> tuple[Settings, bool]:
@@ -134,7 +138,8 @@ def check(name: str, value: Any, where: str) -> Any:
         shown = repr(value)
         if len(shown) > 80:
             shown = shown[:77] + "..."
-        raise type(exc)(f"{where} must be {_EXPECTED[name]}, got {type(value).__name__} {shown}") from None
+        detail = f" ({exc})" if str(exc) else ""  # e.g. which model of a price table is wrong
+        raise type(exc)(f"{where} must be {_EXPECTED[name]}, got {type(value).__name__} {shown}{detail}") from None
 
 
 def _is_number(value: Any) -> bool:
@@ -230,6 +235,20 @@ def _label_values(value: Any) -> str | tuple[str, ...] | None:
     return tuple(value)
 
 
+def _prices(value: Any) -> PriceTable | None:
+    return None if value is None else load_prices(value)
+
+
+def _http_url(value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise TypeError
+    if not value.startswith(("http://", "https://")) or any(c.isspace() for c in value) or len(value) > 2048:
+        raise ValueError
+    return value
+
+
 _CHECKS: dict[str, Callable[[Any], Any]] = {
     "dir": _path,
     "window_seconds": _number(0.0, 366 * 86400.0),
@@ -246,6 +265,8 @@ _CHECKS: dict[str, Callable[[Any], Any]] = {
     "dashboard": _flag,
     "health_degraded_error_rate": _number(0.0, 1.0),
     "health_unhealthy_error_rate": _number(0.0, 1.0),
+    "prices": _prices,
+    "otlp_endpoint": _http_url,
     **{name: _text(required=False) for name in SECRET_KEYS},
 }
 _EXPECTED: dict[str, str] = {
@@ -264,5 +285,8 @@ _EXPECTED: dict[str, str] = {
     "dashboard": "a bool",
     "health_degraded_error_rate": "a number between 0 and 1",
     "health_unhealthy_error_rate": "a number between 0 and 1",
+    "prices": 'a dict (or the path of a JSON file) of model to USD per million tokens, '
+    'e.g. {"gpt-4o": {"input": 2.5, "output": 10, "cached_input": 1.25}}',
+    "otlp_endpoint": "an http:// or https:// URL of an OTLP/HTTP metrics receiver (e.g. http://localhost:4318/v1/metrics)",
     **dict.fromkeys(SECRET_KEYS, "a str (or None)"),
 }

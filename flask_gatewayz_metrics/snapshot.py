@@ -80,6 +80,8 @@ class Snapshot:
     multi_process: str | None = None
     """Why the server is known to run several processes (None: no sign of it), see
     ``default_registry``."""
+    otlp: dict[str, Any] | None = None
+    """The OTLP export's report when export is configured (see ``otlp``)."""
 
     @cached_property
     def custom(self) -> list[CustomFamily]:
@@ -229,6 +231,7 @@ class Snapshot:
             "in_flight": int(self.in_flight),
             "llm": self._llm_dict(),
             "custom": self._custom_dict(),
+            **({"otlp": self.otlp} if self.otlp is not None else {}),
             "storage": {
                 "worker_files": self.worker_files,
                 "live_worker_files": self.live_files,
