@@ -41,9 +41,17 @@ _BOUNDS = layout.HISTOGRAM_BOUNDS
 _SKETCH_STRIDE = layout.slot_stride(True)
 _PLAIN_STRIDE = layout.slot_stride(False)
 _SLOT_HEADER = layout.SLOT_HEADER
-_SKETCH_LOWEST = 2.0**sketch.MIN_KEY_EXPONENT
-_SKETCH_HIGHEST = 2.0**sketch.MAX_KEY_EXPONENT
-_UPPER_BOUNDS = sketch.UPPER_BOUNDS
+# sketch.bucket_index, shifted to index a slot directly (its buckets follow the header);
+# every constant comes from sketch.py, so the inlined copy cannot drift from it.
+_SKETCH_LOWEST = sketch.LOWEST
+_SKETCH_HIGHEST = sketch.HIGHEST
+_SKETCH_SCALE = sketch.SCALE
+_KEY_TO_SLOT = sketch.MIN_KEY - layout.SLOT_HEADER
+"""Subtracted from a bucket key to give its index within a slot."""
+_UNDERFLOW_SLOT = layout.SLOT_HEADER + sketch.UNDERFLOW_INDEX
+_OVERFLOW_SLOT = layout.SLOT_HEADER + sketch.OVERFLOW_INDEX
+_SLOT_UPPER_BOUNDS = (math.nan,) * layout.SLOT_HEADER + sketch.UPPER_BOUNDS
+"""``sketch.UPPER_BOUNDS`` indexed by position within a slot."""
 _log2 = math.log2
 _ceil = math.ceil
 _EPOCH_INDEX = layout.CONTROL_EPOCH_INDEX
@@ -233,26 +241,20 @@ class MetricsCollector(GatewayRecording):
                 position = self._position
                 error = failed or status >= self.error_status
                 if latency <= _SKETCH_LOWEST:
-                    index = _SLOT_HEADER + sketch.UNDERFLOW_INDEX
+                    index = _UNDERFLOW_SLOT
                 elif latency > _SKETCH_HIGHEST:
-                    index = _SLOT_HEADER + sketch.OVERFLOW_INDEX
-                else:  # sketch.bucket_index, inlined
-                    index = _ceil(_log2(latency) * 32) - sketch.MIN_KEY
-                    if latency > _UPPER_BOUNDS[index]:
+                    index = _OVERFLOW_SLOT
+                else:  # sketch.bucket_index, inlined (index within the slot)
+                    index = _ceil(_log2(latency) * _SKETCH_SCALE) - _KEY_TO_SLOT
+                    if latency > _SLOT_UPPER_BOUNDS[index]:
                         index += 1
-                    elif latency <= _UPPER_BOUNDS[index - 1]:
+                    elif latency <= _SLOT_UPPER_BOUNDS[index - 1]:
                         index -= 1
-                    index += _SLOT_HEADER
+                # Each window slot: id, count (unused: the buckets hold it), sum, errors,
+                # min, max, sketch buckets. The three copies below are deliberate: a
+                # helper call would cost more than the additions themselves.
                 if endpoint_window >= 0:
                     o = endpoint_window + position * _SKETCH_STRIDE
-                    if d[o] != slot:
-                        _rotate(d, o, slot, True)
-                    d[o + 2] += latency
-                    d[o + index] += 1.0
-                    if error:
-                        d[o + 3] += 1.0
-                if provider_window >= 0:
-                    o = provider_window + position * _SKETCH_STRIDE
                     if d[o] != slot:
                         _rotate(d, o, slot, True)
                     d[o + 2] += latency
@@ -263,14 +265,30 @@ class MetricsCollector(GatewayRecording):
                         d[o + 4] = latency
                     if latency > d[o + 5]:  # noqa: PLR1730
                         d[o + 5] = latency
-                if model_window >= 0:
-                    o = model_window + position * _PLAIN_STRIDE
+                if provider_window >= 0:
+                    o = provider_window + position * _SKETCH_STRIDE
                     if d[o] != slot:
-                        _rotate(d, o, slot, False)
-                    d[o + 1] += 1.0
+                        _rotate(d, o, slot, True)
                     d[o + 2] += latency
+                    d[o + index] += 1.0
                     if error:
                         d[o + 3] += 1.0
+                    if latency < d[o + 4]:  # noqa: PLR1730
+                        d[o + 4] = latency
+                    if latency > d[o + 5]:  # noqa: PLR1730
+                        d[o + 5] = latency
+                if model_window >= 0:
+                    o = model_window + position * _SKETCH_STRIDE
+                    if d[o] != slot:
+                        _rotate(d, o, slot, True)
+                    d[o + 2] += latency
+                    d[o + index] += 1.0
+                    if error:
+                        d[o + 3] += 1.0
+                    if latency < d[o + 4]:  # noqa: PLR1730
+                        d[o + 4] = latency
+                    if latency > d[o + 5]:  # noqa: PLR1730
+                        d[o + 5] = latency
                 if leaving:
                     self._in_flight -= 1
                     o = self._in_flight_offset
@@ -592,6 +610,10 @@ def _plain_window_add(d: Doubles, base: int, slot: int, value: float, error: boo
     d[base + 2] += value
     if error:
         d[base + 3] += 1.0
+    if value < d[base + 4]:  # noqa: PLR1730 (no builtin call, no write)
+        d[base + 4] = value
+    if value > d[base + 5]:  # noqa: PLR1730
+        d[base + 5] = value
 
 
 def _rotate(d: Doubles, base: int, slot: int, with_sketch: bool) -> None:
