@@ -127,6 +127,10 @@ class MetricsCollector(GatewayRecording):
         self._current_slot = self._position = 0
         self._slot_start = self._slot_end = 0.0
         self._request_targets: dict[tuple[object, ...], _RequestTargets] = {}
+        self._slot_extremes: dict[int, list[float]] = {}
+        """Sketch window record offset -> [slot id, min, max] of the slot last written:
+        a copy of the file's values (only this process writes them), forgotten whenever
+        the file is (re)opened."""
         self._unrecorded: Counter[str] = Counter()
         """Drops that could not be written to storage (it was unavailable)."""
         self._last_log = -_INF
@@ -238,7 +242,8 @@ class MetricsCollector(GatewayRecording):
                 if not self._slot_start <= now < self._slot_end:
                     self._slot_position(now)
                 slot = self._current_slot
-                position = self._position
+                shift = self._position * _SKETCH_STRIDE
+                extremes = self._slot_extremes
                 error = failed or status >= self.error_status
                 if latency <= _SKETCH_LOWEST:
                     index = _UNDERFLOW_SLOT
@@ -251,44 +256,58 @@ class MetricsCollector(GatewayRecording):
                     elif latency <= _SLOT_UPPER_BOUNDS[index - 1]:
                         index -= 1
                 # Each window slot: id, count (unused: the buckets hold it), sum, errors,
-                # min, max, sketch buckets. The three copies below are deliberate: a
-                # helper call would cost more than the additions themselves.
+                # min, max, sketch buckets. Slot id, min and max of the current slot are
+                # mirrored in ``extremes`` (reading the mmap costs several times more).
+                # The three copies below are deliberate: a helper call would cost more
+                # than the additions themselves.
                 if endpoint_window >= 0:
-                    o = endpoint_window + position * _SKETCH_STRIDE
-                    if d[o] != slot:
-                        _rotate(d, o, slot, True)
+                    try:
+                        current = extremes[endpoint_window]
+                    except KeyError:
+                        current = _UNKNOWN_SLOT
+                    o = endpoint_window + shift
+                    if current[0] != slot:
+                        current = extremes[endpoint_window] = _enter_slot(d, o, slot)
                     d[o + 2] += latency
                     d[o + index] += 1.0
                     if error:
                         d[o + 3] += 1.0
-                    if latency < d[o + 4]:  # noqa: PLR1730 (no builtin call, no write)
-                        d[o + 4] = latency
-                    if latency > d[o + 5]:  # noqa: PLR1730
-                        d[o + 5] = latency
+                    if latency < current[1]:
+                        d[o + 4] = current[1] = latency
+                    if latency > current[2]:
+                        d[o + 5] = current[2] = latency
                 if provider_window >= 0:
-                    o = provider_window + position * _SKETCH_STRIDE
-                    if d[o] != slot:
-                        _rotate(d, o, slot, True)
+                    try:
+                        current = extremes[provider_window]
+                    except KeyError:
+                        current = _UNKNOWN_SLOT
+                    o = provider_window + shift
+                    if current[0] != slot:
+                        current = extremes[provider_window] = _enter_slot(d, o, slot)
                     d[o + 2] += latency
                     d[o + index] += 1.0
                     if error:
                         d[o + 3] += 1.0
-                    if latency < d[o + 4]:  # noqa: PLR1730
-                        d[o + 4] = latency
-                    if latency > d[o + 5]:  # noqa: PLR1730
-                        d[o + 5] = latency
+                    if latency < current[1]:
+                        d[o + 4] = current[1] = latency
+                    if latency > current[2]:
+                        d[o + 5] = current[2] = latency
                 if model_window >= 0:
-                    o = model_window + position * _SKETCH_STRIDE
-                    if d[o] != slot:
-                        _rotate(d, o, slot, True)
+                    try:
+                        current = extremes[model_window]
+                    except KeyError:
+                        current = _UNKNOWN_SLOT
+                    o = model_window + shift
+                    if current[0] != slot:
+                        current = extremes[model_window] = _enter_slot(d, o, slot)
                     d[o + 2] += latency
                     d[o + index] += 1.0
                     if error:
                         d[o + 3] += 1.0
-                    if latency < d[o + 4]:  # noqa: PLR1730
-                        d[o + 4] = latency
-                    if latency > d[o + 5]:  # noqa: PLR1730
-                        d[o + 5] = latency
+                    if latency < current[1]:
+                        d[o + 4] = current[1] = latency
+                    if latency > current[2]:
+                        d[o + 5] = current[2] = latency
                 if leaving:
                     self._in_flight -= 1
                     o = self._in_flight_offset
@@ -462,6 +481,7 @@ class MetricsCollector(GatewayRecording):
         """Open (or re-open after a reset or fork) this process's file; forget old offsets."""
         self._doubles = _NO_FILE
         self._file_epoch = -1
+        self._slot_extremes.clear()
         d = self._storage.writable()
         self._epoch_words = self._storage.control.words  # re-created if the directory was
         if self._storage.generation != self._generation:
@@ -593,6 +613,7 @@ class MetricsCollector(GatewayRecording):
         self._doubles = _NO_FILE
         self._file_epoch = -1
         self._request_targets.clear()
+        self._slot_extremes.clear()
         self._unrecorded.clear()
         self._in_flight = 0  # the parent's requests are not ours
         self._in_flight_offset = -1
@@ -614,6 +635,18 @@ def _plain_window_add(d: Doubles, base: int, slot: int, value: float, error: boo
         d[base + 4] = value
     if value > d[base + 5]:  # noqa: PLR1730
         d[base + 5] = value
+
+
+_UNKNOWN_SLOT: list[float] = [math.nan]
+"""Stands in for a window whose current slot is not mirrored yet (NaN equals no slot id)."""
+
+
+def _enter_slot(d: Doubles, base: int, slot: int) -> list[float]:
+    """Make the sketch slot at ``base`` hold ``slot`` (zeroing it if it held an older
+    interval); its [slot id, min, max] for the hot path's mirror."""
+    if d[base] != slot:
+        _rotate(d, base, slot, True)
+    return [float(slot), d[base + 4], d[base + 5]]
 
 
 def _rotate(d: Doubles, base: int, slot: int, with_sketch: bool) -> None:

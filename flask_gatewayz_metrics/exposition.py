@@ -33,6 +33,7 @@ DROP_REASONS = (
 )
 STORAGE_ERROR_REASONS = (
     "empty", "truncated", "foreign", "wrong_version", "corrupt_header", "corrupt_record", "unreadable",
+    "window_geometry",
 )
 ENDPOINT_QUANTILES = (("p50", 0.50), ("p95", 0.95), ("p99", 0.99))
 WINDOW_LATENCY_GAUGES = ("avg", "min", "max", "p50", "p95", "p99")

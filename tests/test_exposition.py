@@ -277,6 +277,7 @@ gatewayz_metrics_storage_errors_total{reason="empty"} 0.0
 gatewayz_metrics_storage_errors_total{reason="foreign"} 0.0
 gatewayz_metrics_storage_errors_total{reason="truncated"} 0.0
 gatewayz_metrics_storage_errors_total{reason="unreadable"} 0.0
+gatewayz_metrics_storage_errors_total{reason="window_geometry"} 0.0
 gatewayz_metrics_storage_errors_total{reason="wrong_version"} 0.0
 # HELP gatewayz_metrics_worker_files Worker files merged into this scrape, by writer state.
 # TYPE gatewayz_metrics_worker_files gauge
