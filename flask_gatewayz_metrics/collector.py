@@ -45,9 +45,17 @@ _BOUNDS = layout.HISTOGRAM_BOUNDS
 _SKETCH_STRIDE = layout.slot_stride(True)
 _PLAIN_STRIDE = layout.slot_stride(False)
 _SLOT_HEADER = layout.SLOT_HEADER
-_SKETCH_LOWEST = 2.0**sketch.MIN_KEY_EXPONENT
-_SKETCH_HIGHEST = 2.0**sketch.MAX_KEY_EXPONENT
-_UPPER_BOUNDS = sketch.UPPER_BOUNDS
+# sketch.bucket_index, shifted to index a slot directly (its buckets follow the header);
+# every constant comes from sketch.py, so the inlined copy cannot drift from it.
+_SKETCH_LOWEST = sketch.LOWEST
+_SKETCH_HIGHEST = sketch.HIGHEST
+_SKETCH_SCALE = sketch.SCALE
+_KEY_TO_SLOT = sketch.MIN_KEY - layout.SLOT_HEADER
+"""Subtracted from a bucket key to give its index within a slot."""
+_UNDERFLOW_SLOT = layout.SLOT_HEADER + sketch.UNDERFLOW_INDEX
+_OVERFLOW_SLOT = layout.SLOT_HEADER + sketch.OVERFLOW_INDEX
+_SLOT_UPPER_BOUNDS = (math.nan,) * layout.SLOT_HEADER + sketch.UPPER_BOUNDS
+"""``sketch.UPPER_BOUNDS`` indexed by position within a slot."""
 _log2 = math.log2
 _ceil = math.ceil
 _EPOCH_INDEX = layout.CONTROL_EPOCH_INDEX
@@ -123,6 +131,10 @@ class MetricsCollector(GatewayRecording, CustomMetrics):
         self._current_slot = self._position = 0
         self._slot_start = self._slot_end = 0.0
         self._request_targets: dict[tuple[object, ...], _RequestTargets] = {}
+        self._slot_extremes: dict[int, list[float]] = {}
+        """Sketch window record offset -> [slot id, min, max] of the slot last written:
+        a copy of the file's values (only this process writes them), forgotten whenever
+        the file is (re)opened."""
         self._unrecorded: Counter[str] = Counter()
         """Drops that could not be written to storage (it was unavailable)."""
         self._last_log = -_INF
@@ -235,47 +247,72 @@ class MetricsCollector(GatewayRecording, CustomMetrics):
                 if not self._slot_start <= now < self._slot_end:
                     self._slot_position(now)
                 slot = self._current_slot
-                position = self._position
+                shift = self._position * _SKETCH_STRIDE
+                extremes = self._slot_extremes
                 error = failed or status >= self.error_status
                 if latency <= _SKETCH_LOWEST:
-                    index = _SLOT_HEADER + sketch.UNDERFLOW_INDEX
+                    index = _UNDERFLOW_SLOT
                 elif latency > _SKETCH_HIGHEST:
-                    index = _SLOT_HEADER + sketch.OVERFLOW_INDEX
-                else:  # sketch.bucket_index, inlined
-                    index = _ceil(_log2(latency) * 32) - sketch.MIN_KEY
-                    if latency > _UPPER_BOUNDS[index]:
+                    index = _OVERFLOW_SLOT
+                else:  # sketch.bucket_index, inlined (index within the slot)
+                    index = _ceil(_log2(latency) * _SKETCH_SCALE) - _KEY_TO_SLOT
+                    if latency > _SLOT_UPPER_BOUNDS[index]:
                         index += 1
-                    elif latency <= _UPPER_BOUNDS[index - 1]:
+                    elif latency <= _SLOT_UPPER_BOUNDS[index - 1]:
                         index -= 1
-                    index += _SLOT_HEADER
+                # Each window slot: id, count (unused: the buckets hold it), sum, errors,
+                # min, max, sketch buckets. Slot id, min and max of the current slot are
+                # mirrored in ``extremes`` (reading the mmap costs several times more).
+                # The three copies below are deliberate: a helper call would cost more
+                # than the additions themselves.
                 if endpoint_window >= 0:
-                    o = endpoint_window + position * _SKETCH_STRIDE
-                    if d[o] != slot:
-                        _rotate(d, o, slot, True)
+                    try:
+                        current = extremes[endpoint_window]
+                    except KeyError:
+                        current = _UNKNOWN_SLOT
+                    o = endpoint_window + shift
+                    if current[0] != slot:
+                        current = extremes[endpoint_window] = _enter_slot(d, o, slot)
                     d[o + 2] += latency
                     d[o + index] += 1.0
                     if error:
                         d[o + 3] += 1.0
+                    if latency < current[1]:
+                        d[o + 4] = current[1] = latency
+                    if latency > current[2]:
+                        d[o + 5] = current[2] = latency
                 if provider_window >= 0:
-                    o = provider_window + position * _SKETCH_STRIDE
-                    if d[o] != slot:
-                        _rotate(d, o, slot, True)
+                    try:
+                        current = extremes[provider_window]
+                    except KeyError:
+                        current = _UNKNOWN_SLOT
+                    o = provider_window + shift
+                    if current[0] != slot:
+                        current = extremes[provider_window] = _enter_slot(d, o, slot)
                     d[o + 2] += latency
                     d[o + index] += 1.0
                     if error:
                         d[o + 3] += 1.0
-                    if latency < d[o + 4]:  # noqa: PLR1730 (no builtin call, no write)
-                        d[o + 4] = latency
-                    if latency > d[o + 5]:  # noqa: PLR1730
-                        d[o + 5] = latency
+                    if latency < current[1]:
+                        d[o + 4] = current[1] = latency
+                    if latency > current[2]:
+                        d[o + 5] = current[2] = latency
                 if model_window >= 0:
-                    o = model_window + position * _PLAIN_STRIDE
-                    if d[o] != slot:
-                        _rotate(d, o, slot, False)
-                    d[o + 1] += 1.0
+                    try:
+                        current = extremes[model_window]
+                    except KeyError:
+                        current = _UNKNOWN_SLOT
+                    o = model_window + shift
+                    if current[0] != slot:
+                        current = extremes[model_window] = _enter_slot(d, o, slot)
                     d[o + 2] += latency
+                    d[o + index] += 1.0
                     if error:
                         d[o + 3] += 1.0
+                    if latency < current[1]:
+                        d[o + 4] = current[1] = latency
+                    if latency > current[2]:
+                        d[o + 5] = current[2] = latency
                 if leaving:
                     self._in_flight -= 1
                     o = self._in_flight_offset
@@ -473,6 +510,7 @@ class MetricsCollector(GatewayRecording, CustomMetrics):
         """Open (or re-open after a reset or fork) this process's file; forget old offsets."""
         self._doubles = _NO_FILE
         self._file_epoch = -1
+        self._slot_extremes.clear()
         d = self._storage.writable()
         self._epoch_words = self._storage.control.words  # re-created if the directory was
         if self._storage.generation != self._generation:
@@ -615,6 +653,7 @@ class MetricsCollector(GatewayRecording, CustomMetrics):
         self._doubles = _NO_FILE
         self._file_epoch = -1
         self._request_targets.clear()
+        self._slot_extremes.clear()
         self._unrecorded.clear()
         self._in_flight = 0  # the parent's requests are not ours
         self._in_flight_offset = -1
@@ -632,6 +671,22 @@ def _plain_window_add(d: Doubles, base: int, slot: int, value: float, error: boo
     d[base + 2] += value
     if error:
         d[base + 3] += 1.0
+    if value < d[base + 4]:  # noqa: PLR1730 (no builtin call, no write)
+        d[base + 4] = value
+    if value > d[base + 5]:  # noqa: PLR1730
+        d[base + 5] = value
+
+
+_UNKNOWN_SLOT: list[float] = [math.nan]
+"""Stands in for a window whose current slot is not mirrored yet (NaN equals no slot id)."""
+
+
+def _enter_slot(d: Doubles, base: int, slot: int) -> list[float]:
+    """Make the sketch slot at ``base`` hold ``slot`` (zeroing it if it held an older
+    interval); its [slot id, min, max] for the hot path's mirror."""
+    if d[base] != slot:
+        _rotate(d, base, slot, True)
+    return [float(slot), d[base + 4], d[base + 5]]
 
 
 def _rotate(d: Doubles, base: int, slot: int, with_sketch: bool) -> None:

@@ -29,7 +29,7 @@ from .custom_families import CustomFamily
 from .default_registry import DefaultRegistry
 from .exposition_gateway import cumulative, gateway_families
 from .snapshot import Snapshot, Totals
-from .storage import Merged, layout
+from .storage import Merged, WindowStats, layout
 
 if TYPE_CHECKING:
     from .collector import MetricsCollector
@@ -39,8 +39,11 @@ DROP_REASONS = (
 )
 STORAGE_ERROR_REASONS = (
     "empty", "truncated", "foreign", "wrong_version", "corrupt_header", "corrupt_record", "unreadable",
+    "window_geometry",
 )
 ENDPOINT_QUANTILES = (("p50", 0.50), ("p95", 0.95), ("p99", 0.99))
+WINDOW_LATENCY_GAUGES = ("avg", "min", "max", "p50", "p95", "p99")
+"""Window latency gauges per endpoint, provider and model (``<prefix>_latency_<name>_seconds``)."""
 
 
 class PrometheusExporter(Collector):
@@ -202,11 +205,16 @@ def _http_families(snap: Snapshot) -> list[Metric]:
         )
         for name, q in ENDPOINT_QUANTILES
     ]
+    # Beyond the spec: the window's exact min / max per endpoint.
+    low = _gauge("http_request_latency_min_seconds", f"Smallest request latency per endpoint {window}.", ["endpoint"])
+    high = _gauge("http_request_latency_max_seconds", f"Largest request latency per endpoint {window}.", ["endpoint"])
     for endpoint in snap.endpoints():
         stats = snap.window("endpoint_window", (endpoint,))
         _add(avg, [endpoint], stats.average)
         for q, family in quantiles:
             _add(family, [endpoint], stats.quantile(q))
+        _add(low, [endpoint], stats.minimum)
+        _add(high, [endpoint], stats.maximum)
     requests = CounterMetricFamily("http_requests_total", "HTTP requests.", labels=["endpoint", "method"])
     errors = CounterMetricFamily(
         "http_request_errors_total",
@@ -226,7 +234,7 @@ def _http_families(snap: Snapshot) -> list[Metric]:
     )
     for (endpoint, code), count in sorted(snap.requests.by_endpoint_status.items()):
         status.add_metric([endpoint, code], count)
-    return [avg, *(f for _, f in quantiles), requests, errors, status, duration]
+    return [avg, *(f for _, f in quantiles), low, high, requests, errors, status, duration]
 
 
 def _provider_families(snap: Snapshot) -> list[Metric]:
@@ -234,10 +242,7 @@ def _provider_families(snap: Snapshot) -> list[Metric]:
     requests = CounterMetricFamily("provider_requests_total", "Requests to the AI provider.", labels=["provider"])
     errors = CounterMetricFamily("provider_errors_total", "Failed requests to the AI provider.", labels=["provider"])
     rate = _gauge("provider_error_rate", f"Share of the provider's requests that failed {window} (0-1).", ["provider"])
-    gauges = {
-        name: _gauge(f"provider_latency_{name}_seconds", f"{name} provider latency {window}.", ["provider"])
-        for name in ("avg", "min", "max", "p95")
-    }
+    gauges = _latency_gauges("provider", "provider", {})
     duration = HistogramMetricFamily(
         "provider_request_duration_seconds", "AI provider request latency since start.", labels=["provider"]
     )
@@ -247,11 +252,7 @@ def _provider_families(snap: Snapshot) -> list[Metric]:
         _histogram(duration, [provider], totals)
         stats = snap.window("provider_window", (provider,))
         _add(rate, [provider], stats.error_rate)
-        _add(gauges["avg"], [provider], stats.average)
-        if stats.count > 0:
-            gauges["min"].add_metric([provider], stats.low)
-            gauges["max"].add_metric([provider], stats.high)
-        _add(gauges["p95"], [provider], stats.quantile(0.95))
+        _add_latency(gauges, [provider], stats)
     return [requests, errors, rate, *gauges.values(), duration]
 
 
@@ -261,14 +262,37 @@ def _model_families(snap: Snapshot) -> list[Metric]:
     rate = _gauge(
         "model_error_rate", "Share of the model's requests that failed over the sliding window (0-1).", ["model"]
     )
-    avg = _gauge("model_latency_avg_seconds", "Average model latency over the sliding window.", ["model"])
+    gauges = _latency_gauges("model", "model", {"avg": "Average", "min": "Smallest", "max": "Largest"})
     for model, totals in sorted(snap.requests.by_model.items()):
         requests.add_metric([model], totals.count)
         errors.add_metric([model], totals.errors)
         stats = snap.window("model_window", (model,))
         _add(rate, [model], stats.error_rate)
-        _add(avg, [model], stats.average)
-    return [requests, errors, rate, avg]
+        _add_latency(gauges, [model], stats)
+    return [requests, errors, rate, *gauges.values()]
+
+
+def _latency_gauges(prefix: str, label: str, words: dict[str, str]) -> dict[str, GaugeMetricFamily]:
+    """``<prefix>_latency_{avg,min,max,p50,p95,p99}_seconds`` gauges labelled ``label``
+    (HELP starts with ``words[name]``, else the name).
+
+    The spec names avg/min/max/p95 for providers and avg for models; the others are
+    ours (exact min / max and sketch percentiles on every window)."""
+    return {
+        name: _gauge(
+            f"{prefix}_latency_{name}_seconds", f"{words.get(name, name)} {prefix} latency over the sliding window.",
+            [label],
+        )
+        for name in WINDOW_LATENCY_GAUGES
+    }
+
+
+def _add_latency(gauges: dict[str, GaugeMetricFamily], labels: list[str], stats: WindowStats) -> None:
+    _add(gauges["avg"], labels, stats.average)
+    _add(gauges["min"], labels, stats.minimum)
+    _add(gauges["max"], labels, stats.maximum)
+    for name, q in ENDPOINT_QUANTILES:
+        _add(gauges[name], labels, stats.quantile(q))
 
 
 def _cache_db_external_families(snap: Snapshot) -> list[Metric]:
@@ -284,10 +308,15 @@ def _cache_db_external_families(snap: Snapshot) -> list[Metric]:
     db_avg = GaugeMetricFamily(
         "db_query_latency_avg_seconds", "Average database query latency over the sliding window."
     )
-    _add(db_avg, [], snap.window("db_window").average)
+    db_window = snap.window("db_window")
+    _add(db_avg, [], db_window.average)
+    db_min = GaugeMetricFamily("db_query_latency_min_seconds", "Smallest database query latency, sliding window.")
+    _add(db_min, [], db_window.minimum)
+    db_max = GaugeMetricFamily("db_query_latency_max_seconds", "Largest database query latency, sliding window.")
+    _add(db_max, [], db_window.maximum)
     calls = CounterMetricFamily("external_api_calls_total", "Calls to external APIs.", labels=["service"])
     failures = CounterMetricFamily("external_api_errors_total", "Failed calls to external APIs.", labels=["service"])
     for (service,), payload in snap.series("external"):
         calls.add_metric([str(service)], payload[0])
         failures.add_metric([str(service)], payload[1])
-    return [hits, misses, hit_rate, queries, db_avg, calls, failures]
+    return [hits, misses, hit_rate, queries, db_avg, db_min, db_max, calls, failures]

@@ -54,5 +54,7 @@ def health_report(snap: Snapshot, settings: Settings) -> tuple[dict[str, Any], i
         "storage_problems": [{"file": p.path, "reason": p.reason} for p in snap.problems],
         "storage_error": snap.storage_error,
         "dropped": {reason: int(n) for reason, n in sorted(snap.dropped().items())},
+        # Counted by compactions: files quarantined, window slots of another geometry lost.
+        "storage_errors": {str(labels[0]): int(p[0]) for labels, p in snap.series("storage_errors")},
     }
     return report, 503 if status == "unhealthy" else 200

@@ -7,9 +7,12 @@ representative ``2 * GAMMA**k / (GAMMA + 1)``, whose relative error is at most
 ``(GAMMA - 1) / (GAMMA + 1)`` ~= 1.08 % for any value inside the tracked range.
 
 Counts simply add across workers and time slots, which is what makes the sketch
-mergeable. The tracked range is ``2**-17`` s (7.6 us) to ``2**10`` s (1024 s, past
-any LLM time-out); smaller values fall into an underflow bucket, larger ones into an
-overflow bucket, and answers from those are clamped to the observed min / max.
+mergeable. The tracked range is ``2**-20`` s (0.95 us, below any timer's resolution
+for a request) to ``2**15`` s (9.1 hours, past any LLM stream or batch call), so every
+value from 1 us to 6 h is answered within the bound. Smaller values fall into an
+underflow bucket, larger ones into an overflow bucket; a quantile landing in one of
+those is answered with the exact min / max of the window, which every windowed series
+tracks.
 """
 
 from __future__ import annotations
@@ -18,42 +21,48 @@ import math
 from collections.abc import Sequence
 
 SCHEMA = 5
-GAMMA = 2.0 ** (1.0 / 32)
+SCALE = 1 << SCHEMA
+"""Buckets per doubling: a value's key is ``ceil(log2(value) * SCALE)``."""
+GAMMA: float = 2.0 ** (1.0 / SCALE)
 MAX_RELATIVE_ERROR = (GAMMA - 1.0) / (GAMMA + 1.0)
 
-MIN_KEY_EXPONENT = -17
-MAX_KEY_EXPONENT = 10
-MIN_KEY = MIN_KEY_EXPONENT * 32
-"""Native-histogram key of the lowest tracked bucket; anything <= 2**-17 s underflows."""
-MAX_KEY = MAX_KEY_EXPONENT * 32
-"""Native-histogram key of the highest tracked bucket (upper bound 1024 s)."""
+MIN_KEY_EXPONENT = -20
+MAX_KEY_EXPONENT = 15
+MIN_KEY = MIN_KEY_EXPONENT * SCALE
+"""Native-histogram key of the lowest tracked bucket; anything <= 2**-20 s underflows."""
+MAX_KEY = MAX_KEY_EXPONENT * SCALE
+"""Native-histogram key of the highest tracked bucket (upper bound 32768 s)."""
 
 UNDERFLOW_INDEX = 0
 OVERFLOW_INDEX = MAX_KEY - MIN_KEY + 1
 BUCKET_COUNT = OVERFLOW_INDEX + 1
 """Slots in a sketch array: underflow, one per tracked key, overflow."""
 
-UPPER_LIMIT = 2.0**MAX_KEY_EXPONENT
-"""Largest value the sketch resolves; quantiles past it are reported as this (or max)."""
-_LOWEST = 2.0**MIN_KEY_EXPONENT
-_HIGHEST = 2.0**MAX_KEY_EXPONENT
-UPPER_BOUNDS: tuple[float, ...] = tuple(2.0 ** (key / 32) for key in range(MIN_KEY, MAX_KEY + 1))
+LOWEST = 2.0**MIN_KEY_EXPONENT
+"""Values up to this (included) fall into the underflow bucket."""
+HIGHEST = 2.0**MAX_KEY_EXPONENT
+"""Values above this fall into the overflow bucket."""
+UPPER_LIMIT = HIGHEST
+"""Largest value the sketch resolves (answers past it come from the exact max)."""
+UPPER_BOUNDS: tuple[float, ...] = tuple(2.0 ** (key / SCALE) for key in range(MIN_KEY, MAX_KEY + 1))
 """Float upper bound of the bucket at each array index (index 0: the underflow bucket).
 
 ``ceil(log2(value) * 32)`` can be off by one next to a boundary (``log2`` rounds), so
 the estimate is corrected against these exact bounds: a value equal to a bound belongs
-to that bucket, like in Prometheus native histograms."""
+to that bucket, like in Prometheus native histograms. The collector's hot path inlines
+``bucket_index`` from these same constants (``LOWEST``, ``HIGHEST``, ``SCALE``,
+``MIN_KEY``, ``UPPER_BOUNDS``)."""
 _log2 = math.log2
 _ceil = math.ceil
 
 
 def bucket_index(value: float) -> int:
     """Array index of the bucket holding ``value`` (a finite, non-negative float)."""
-    if value <= _LOWEST:
+    if value <= LOWEST:
         return UNDERFLOW_INDEX
-    if value > _HIGHEST:
+    if value > HIGHEST:
         return OVERFLOW_INDEX
-    index = _ceil(_log2(value) * 32) - MIN_KEY
+    index = _ceil(_log2(value) * SCALE) - MIN_KEY
     if value > UPPER_BOUNDS[index]:
         return index + 1
     if value <= UPPER_BOUNDS[index - 1]:
@@ -74,9 +83,10 @@ def quantile(
 
     ``counts`` may be the touched slice of a sketch array starting at index
     ``offset``. ``lowest`` and ``highest`` are the exact min and max of the same
-    observations (or the sketch's range when those are not tracked); the answer is
-    clamped to them, which only ever moves it closer to the truth and gives exact
-    answers for underflow and overflow buckets. ``None`` when empty.
+    observations; the answer is clamped to them, which only ever moves it closer to
+    the truth, and a rank in the underflow (overflow) bucket is answered with the min
+    (max) itself: exact when that rank is the smallest (largest) observation, and
+    otherwise the closest value known. ``None`` when empty.
     """
     total = math.fsum(counts)
     if total <= 0:

@@ -198,12 +198,7 @@ class Snapshot:
                 "requests": int(totals.count),
                 "errors": int(totals.errors),
                 "error_rate": stats.error_rate,
-                "latency_seconds": {
-                    "avg": stats.average,
-                    "min": stats.low if stats.count else None,
-                    "max": stats.high if stats.count else None,
-                    "p95": stats.quantile(0.95),
-                },
+                "latency_seconds": _latency(stats),
             }
         models = {}
         for model, totals in sorted(self.requests.by_model.items()):
@@ -212,7 +207,7 @@ class Snapshot:
                 "requests": int(totals.count),
                 "errors": int(totals.errors),
                 "error_rate": stats.error_rate,
-                "latency_seconds": {"avg": stats.average},
+                "latency_seconds": _latency(stats),
             }
         hits, misses = self.total("cache")
         queries, _ = self.total("db")
@@ -223,7 +218,12 @@ class Snapshot:
             "providers": providers,
             "models": models,
             "cache": {"hits": int(hits), "misses": int(misses), "hit_rate": self.cache_hit_rate()},
-            "database": {"queries": int(queries), "latency_avg_seconds": self.window("db_window").average},
+            "database": {
+                "queries": int(queries),
+                "latency_avg_seconds": self.window("db_window").average,
+                "latency_min_seconds": self.window("db_window").minimum,
+                "latency_max_seconds": self.window("db_window").maximum,
+            },
             "external_apis": {
                 str(service): {"calls": int(payload[0]), "errors": int(payload[1])}
                 for (service,), payload in self.series("external")
@@ -291,11 +291,19 @@ def _endpoint_entry(stats: WindowStats) -> dict[str, object]:
         "errors": 0,
         "methods": {},
         "status": {},
-        "latency_seconds": {
-            "avg": stats.average,
-            "p50": stats.quantile(0.50),
-            "p95": stats.quantile(0.95),
-            "p99": stats.quantile(0.99),
-        },
+        "latency_seconds": _latency(stats),
         "window": {"requests": int(stats.count), "errors": int(stats.errors), "error_rate": stats.error_rate},
+    }
+
+
+def _latency(stats: WindowStats) -> dict[str, float | None]:
+    """Window latency of one endpoint, provider or model: average, exact min / max and
+    sketch percentiles (all None when the window saw nothing)."""
+    return {
+        "avg": stats.average,
+        "min": stats.minimum,
+        "max": stats.maximum,
+        "p50": stats.quantile(0.50),
+        "p95": stats.quantile(0.95),
+        "p99": stats.quantile(0.99),
     }

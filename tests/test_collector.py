@@ -89,7 +89,8 @@ def test_record_request_with_provider_and_model(collector: MetricsCollector) -> 
     assert openai["latency_seconds"]["min"] == 0.2
     assert openai["latency_seconds"]["max"] == 0.6
     assert d["models"]["claude-3"] == {
-        "requests": 1, "errors": 0, "error_rate": 0.0, "latency_seconds": {"avg": pytest.approx(0.4)},
+        "requests": 1, "errors": 0, "error_rate": 0.0,
+        "latency_seconds": {"avg": pytest.approx(0.4), "min": 0.4, "max": 0.4, "p50": 0.4, "p95": 0.4, "p99": 0.4},
     }
 
     assert sample(collector, "provider_requests_total", provider="openai") == 2
@@ -120,7 +121,12 @@ def test_record_provider_call_is_not_an_http_request(collector: MetricsCollector
     assert d["providers"]["openai"]["errors"] == 1
     assert d["providers"]["google"]["errors"] == 1  # 503 >= error_status
     assert d["models"] == {"gpt-4": {
-        "requests": 2, "errors": 1, "error_rate": 0.5, "latency_seconds": {"avg": 1.0},
+        "requests": 2, "errors": 1, "error_rate": 0.5,
+        "latency_seconds": {
+            "avg": 1.0, "min": 0.5, "max": 1.5, "p50": 0.5,
+            "p95": pytest.approx(1.5, rel=sketch.MAX_RELATIVE_ERROR),
+            "p99": pytest.approx(1.5, rel=sketch.MAX_RELATIVE_ERROR),
+        },
     }}
     assert "http_requests_total" not in names(collector)
 
@@ -194,7 +200,10 @@ def test_db_queries(collector: MetricsCollector) -> None:
     """Database queries are counted and their latency averaged."""
     collector.record_db_query(0.01)
     collector.record_db_query(0.03)
-    assert collector.to_dict()["database"] == {"queries": 2, "latency_avg_seconds": pytest.approx(0.02)}
+    assert collector.to_dict()["database"] == {
+        "queries": 2, "latency_avg_seconds": pytest.approx(0.02),
+        "latency_min_seconds": 0.01, "latency_max_seconds": 0.03,
+    }
     assert sample(collector, "db_queries_total") == 2
     assert sample(collector, "db_query_latency_avg_seconds") == pytest.approx(0.02)
 
@@ -303,10 +312,10 @@ def test_window_values_age_out_counters_do_not(collector: MetricsCollector, cloc
 
     clock.advance(0.001)  # the slot of the record left the window
     d = collector.to_dict()
-    assert d["endpoints"]["/a"]["latency_seconds"] == {"avg": None, "p50": None, "p95": None, "p99": None}
+    assert d["endpoints"]["/a"]["latency_seconds"] == dict.fromkeys(("avg", "min", "max", "p50", "p95", "p99"))
     assert d["endpoints"]["/a"]["window"] == {"requests": 0, "errors": 0, "error_rate": None}
     assert d["providers"]["p"]["error_rate"] is None
-    assert d["providers"]["p"]["latency_seconds"] == {"avg": None, "min": None, "max": None, "p95": None}
+    assert d["providers"]["p"]["latency_seconds"] == dict.fromkeys(("avg", "min", "max", "p50", "p95", "p99"))
     assert d["models"]["m"]["error_rate"] is None
     assert d["cache"]["hit_rate"] is None
     assert d["database"]["latency_avg_seconds"] is None
@@ -357,14 +366,25 @@ def test_window_zero_keeps_everything(metrics_dir: str, clock) -> None:  # type:
         c.close()
 
 
-def test_collector_quantile_uses_sketch_buckets(collector: MetricsCollector) -> None:
-    """The collector files a latency in the same bucket as sketch.bucket_index (even on a boundary)."""
-    for key in (-29, -3, 0, 17):
-        value = 2.0 ** (key / 32)
-        endpoint = f"/k{key}"
-        collector.record_request(endpoint, "GET", value, 200)
-        expected = sketch.representative(sketch.bucket_index(value))
-        assert collector.to_dict()["endpoints"][endpoint]["latency_seconds"]["p50"] == expected
+def test_collector_quantile_uses_sketch_buckets(metrics_dir: str, clock) -> None:  # type: ignore[no-untyped-def]
+    """The hot path files a latency in sketch.bucket_index's bucket in every window, on and
+    next to every bucket boundary of the range, and in the underflow / overflow buckets."""
+    keys = range(sketch.MIN_KEY - 1, sketch.MAX_KEY + 2, 37)
+    values = [0.0, 2.0**-30, sketch.LOWEST, sketch.HIGHEST, 1e9]
+    for key in [*keys, sketch.MIN_KEY, sketch.MAX_KEY]:
+        bound = 2.0 ** (key / sketch.SCALE)
+        values += [math.nextafter(bound, 0.0), bound, math.nextafter(bound, math.inf)]
+    collector = MetricsCollector(metrics_dir, clock=clock, strict=True, label_limits={"provider": 500, "model": 500})
+    for i, value in enumerate(values):
+        collector.record_request(f"/k{i}", "GET", value, 200, provider=f"p{i}", model=f"m{i}")
+    snap = collector.snapshot()
+    collector.close()
+    for i, value in enumerate(values):
+        expected = sketch.bucket_index(value)
+        for kind, label in (("endpoint_window", "/k"), ("provider_window", "p"), ("model_window", "m")):
+            stats = snap.window(kind, (f"{label}{i}",))
+            assert (stats.lo, stats.hi, stats.count) == (expected, expected, 1.0), (kind, value)
+            assert stats.minimum == stats.maximum == value
 
 
 # ---------------------------------------------------------------------- reset

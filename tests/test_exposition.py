@@ -59,10 +59,21 @@ OUR_FAMILIES = {
     "http_requests_in_flight": "gauge",
     "gatewayz_build_info": "gauge",
     "gatewayz_start_time_seconds": "gauge",
+    "http_request_latency_min_seconds": "gauge",
+    "http_request_latency_max_seconds": "gauge",
+    "provider_latency_p50_seconds": "gauge",
+    "provider_latency_p99_seconds": "gauge",
+    "model_latency_min_seconds": "gauge",
+    "model_latency_max_seconds": "gauge",
+    "model_latency_p50_seconds": "gauge",
+    "model_latency_p95_seconds": "gauge",
+    "model_latency_p99_seconds": "gauge",
+    "db_query_latency_min_seconds": "gauge",
+    "db_query_latency_max_seconds": "gauge",
 }
 
-# p50 of {0.25, 0.75} is 0.25, reported as the representative of its sketch bucket;
-# p95/p99 are 0.75's representative (the provider's p95 would be clamped to its max).
+# p50 of {0.25, 0.75} is 0.25: its sketch bucket's representative (P_025) is below the
+# window's exact min, so the min answers; p95/p99 are 0.75's representative.
 P_025 = "0.24729249968665737"
 P_075 = "0.7464100874755201"
 
@@ -72,13 +83,19 @@ EXPECTED = """\
 http_request_latency_avg_seconds{endpoint="/api/chat"} 0.5
 # HELP http_request_latency_p50_seconds p50 request latency per endpoint over the sliding window.
 # TYPE http_request_latency_p50_seconds gauge
-http_request_latency_p50_seconds{endpoint="/api/chat"} 0.24729249968665737
+http_request_latency_p50_seconds{endpoint="/api/chat"} 0.25
 # HELP http_request_latency_p95_seconds p95 request latency per endpoint over the sliding window.
 # TYPE http_request_latency_p95_seconds gauge
 http_request_latency_p95_seconds{endpoint="/api/chat"} 0.7464100874755201
 # HELP http_request_latency_p99_seconds p99 request latency per endpoint over the sliding window.
 # TYPE http_request_latency_p99_seconds gauge
 http_request_latency_p99_seconds{endpoint="/api/chat"} 0.7464100874755201
+# HELP http_request_latency_min_seconds Smallest request latency per endpoint over the sliding window.
+# TYPE http_request_latency_min_seconds gauge
+http_request_latency_min_seconds{endpoint="/api/chat"} 0.25
+# HELP http_request_latency_max_seconds Largest request latency per endpoint over the sliding window.
+# TYPE http_request_latency_max_seconds gauge
+http_request_latency_max_seconds{endpoint="/api/chat"} 0.75
 # HELP http_requests_total HTTP requests.
 # TYPE http_requests_total counter
 http_requests_total{endpoint="/api/chat",method="POST"} 2.0
@@ -128,9 +145,15 @@ provider_latency_min_seconds{provider="openai"} 0.25
 # HELP provider_latency_max_seconds max provider latency over the sliding window.
 # TYPE provider_latency_max_seconds gauge
 provider_latency_max_seconds{provider="openai"} 0.75
+# HELP provider_latency_p50_seconds p50 provider latency over the sliding window.
+# TYPE provider_latency_p50_seconds gauge
+provider_latency_p50_seconds{provider="openai"} 0.25
 # HELP provider_latency_p95_seconds p95 provider latency over the sliding window.
 # TYPE provider_latency_p95_seconds gauge
 provider_latency_p95_seconds{provider="openai"} 0.7464100874755201
+# HELP provider_latency_p99_seconds p99 provider latency over the sliding window.
+# TYPE provider_latency_p99_seconds gauge
+provider_latency_p99_seconds{provider="openai"} 0.7464100874755201
 # HELP provider_request_duration_seconds AI provider request latency since start.
 # TYPE provider_request_duration_seconds histogram
 provider_request_duration_seconds_bucket{le="0.005",provider="openai"} 0.0
@@ -164,6 +187,21 @@ model_error_rate{model="gpt-4"} 0.5
 # HELP model_latency_avg_seconds Average model latency over the sliding window.
 # TYPE model_latency_avg_seconds gauge
 model_latency_avg_seconds{model="gpt-4"} 0.5
+# HELP model_latency_min_seconds Smallest model latency over the sliding window.
+# TYPE model_latency_min_seconds gauge
+model_latency_min_seconds{model="gpt-4"} 0.25
+# HELP model_latency_max_seconds Largest model latency over the sliding window.
+# TYPE model_latency_max_seconds gauge
+model_latency_max_seconds{model="gpt-4"} 0.75
+# HELP model_latency_p50_seconds p50 model latency over the sliding window.
+# TYPE model_latency_p50_seconds gauge
+model_latency_p50_seconds{model="gpt-4"} 0.25
+# HELP model_latency_p95_seconds p95 model latency over the sliding window.
+# TYPE model_latency_p95_seconds gauge
+model_latency_p95_seconds{model="gpt-4"} 0.7464100874755201
+# HELP model_latency_p99_seconds p99 model latency over the sliding window.
+# TYPE model_latency_p99_seconds gauge
+model_latency_p99_seconds{model="gpt-4"} 0.7464100874755201
 # HELP cache_hits_total Cache lookups that found their entry.
 # TYPE cache_hits_total counter
 cache_hits_total 3.0
@@ -179,6 +217,12 @@ db_queries_total 1.0
 # HELP db_query_latency_avg_seconds Average database query latency over the sliding window.
 # TYPE db_query_latency_avg_seconds gauge
 db_query_latency_avg_seconds 0.5
+# HELP db_query_latency_min_seconds Smallest database query latency, sliding window.
+# TYPE db_query_latency_min_seconds gauge
+db_query_latency_min_seconds 0.5
+# HELP db_query_latency_max_seconds Largest database query latency, sliding window.
+# TYPE db_query_latency_max_seconds gauge
+db_query_latency_max_seconds 0.5
 # HELP external_api_calls_total Calls to external APIs.
 # TYPE external_api_calls_total counter
 external_api_calls_total{service="stripe"} 1.0
@@ -233,6 +277,7 @@ gatewayz_metrics_storage_errors_total{reason="empty"} 0.0
 gatewayz_metrics_storage_errors_total{reason="foreign"} 0.0
 gatewayz_metrics_storage_errors_total{reason="truncated"} 0.0
 gatewayz_metrics_storage_errors_total{reason="unreadable"} 0.0
+gatewayz_metrics_storage_errors_total{reason="window_geometry"} 0.0
 gatewayz_metrics_storage_errors_total{reason="wrong_version"} 0.0
 # HELP gatewayz_metrics_worker_files Worker files merged into this scrape, by writer state.
 # TYPE gatewayz_metrics_worker_files gauge
@@ -257,6 +302,7 @@ def scenario(collector: MetricsCollector, clock) -> None:  # type: ignore[no-unt
 def test_quantile_literals_are_sketch_representatives() -> None:
     """The percentile numbers in EXPECTED are the sketch's answers for 0.25 and 0.75."""
     assert float(P_025) == sketch.representative(sketch.bucket_index(0.25))
+    assert float(P_025) < 0.25  # below the exact min: p50 is answered with the min
     assert float(P_075) == sketch.representative(sketch.bucket_index(0.75))
     assert abs(float(P_025) - 0.25) / 0.25 <= sketch.MAX_RELATIVE_ERROR * (1 + 1e-9)
     assert abs(float(P_075) - 0.75) / 0.75 <= sketch.MAX_RELATIVE_ERROR

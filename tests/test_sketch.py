@@ -31,11 +31,14 @@ def _counts(values: list[float]) -> list[float]:
 
 
 def test_bucket_layout_constants() -> None:
-    """The sketch is schema 5 over [2**-17, 2**10] with one underflow and one overflow slot."""
+    """The sketch is schema 5 over [2**-20, 2**15] with one underflow and one overflow slot."""
     assert sketch.SCHEMA == 5
+    assert sketch.SCALE == 32
     assert sketch.GAMMA == 2.0 ** (1 / 32)
-    assert sketch.MIN_KEY == -17 * 32
-    assert sketch.MAX_KEY == 10 * 32
+    assert sketch.MIN_KEY == -20 * 32
+    assert sketch.MAX_KEY == 15 * 32
+    assert sketch.LOWEST == 2.0**-20 < 1e-6  # 1 us is tracked
+    assert sketch.HIGHEST == 2.0**15 > 6 * 3600  # 6 hours are tracked
     assert sketch.UNDERFLOW_INDEX == 0
     assert sketch.OVERFLOW_INDEX == sketch.MAX_KEY - sketch.MIN_KEY + 1
     assert sketch.BUCKET_COUNT == sketch.OVERFLOW_INDEX + 1
@@ -71,16 +74,18 @@ def test_known_bucket_indices() -> None:
 
 
 def test_underflow() -> None:
-    """Zero and values up to 2**-17 fall into the underflow bucket."""
-    for value in (0.0, 1e-12, 2.0**-18, 2.0**-17):
+    """Zero and values up to 2**-20 fall into the underflow bucket; 1 us does not."""
+    for value in (0.0, 1e-12, 2.0**-21, 2.0**-20):
         assert sketch.bucket_index(value) == sketch.UNDERFLOW_INDEX
-    assert sketch.bucket_index(math.nextafter(2.0**-17, 1.0)) == 1
+    assert sketch.bucket_index(math.nextafter(2.0**-20, 1.0)) == 1
+    assert sketch.bucket_index(1e-6) > sketch.UNDERFLOW_INDEX
 
 
 def test_overflow() -> None:
-    """Values above 2**10 fall into the overflow bucket; 2**10 itself is the last tracked one."""
-    assert sketch.bucket_index(2.0**10) == sketch.OVERFLOW_INDEX - 1
-    for value in (math.nextafter(2.0**10, math.inf), 1025.0, 1e9):
+    """Values above 2**15 fall into the overflow bucket; 2**15 itself is the last tracked one."""
+    assert sketch.bucket_index(2.0**15) == sketch.OVERFLOW_INDEX - 1
+    assert sketch.bucket_index(6 * 3600.0) < sketch.OVERFLOW_INDEX
+    for value in (math.nextafter(2.0**15, math.inf), 32769.0, 1e9):
         assert sketch.bucket_index(value) == sketch.OVERFLOW_INDEX
 
 
@@ -126,9 +131,9 @@ def test_quantile_single_value_clamped_exact() -> None:
 
 def test_quantile_underflow_and_overflow_answer_min_and_max() -> None:
     """Quantiles in the underflow/overflow buckets return the observed min/max exactly."""
-    counts = _counts([1e-7, 5000.0])
-    assert sketch.quantile(counts, 0.5, 1e-7, 5000.0) == 1e-7
-    assert sketch.quantile(counts, 1.0, 1e-7, 5000.0) == 5000.0
+    counts = _counts([1e-7, 50000.0])
+    assert sketch.quantile(counts, 0.5, 1e-7, 50000.0) == 1e-7
+    assert sketch.quantile(counts, 1.0, 1e-7, 50000.0) == 50000.0
 
 
 def test_counts_merge_by_addition() -> None:

@@ -56,7 +56,9 @@ def test_merged_totals_are_exact_sums(four: list[MetricsCollector]) -> None:
         assert d["providers"]["openai"]["latency_seconds"]["min"] == 0.5
         assert d["models"]["gpt-4"]["requests"] == rounds
         assert d["cache"] == {"hits": rounds, "misses": rounds, "hit_rate": 0.5}
-        assert d["database"] == {"queries": rounds, "latency_avg_seconds": 0.125}
+        assert d["database"] == {
+            "queries": rounds, "latency_avg_seconds": 0.125, "latency_min_seconds": 0.125, "latency_max_seconds": 0.125,
+        }
         assert d["external_apis"] == {"stripe": {"calls": rounds, "errors": rounds}}
         assert d["storage"]["dropped"] == {"invalid_latency": rounds}
         assert d["storage"]["worker_files"] == 4

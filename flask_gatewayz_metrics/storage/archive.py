@@ -6,8 +6,9 @@ compactor, holding an exclusive ``flock`` on ``compaction.lock``:
 
 1. reads the archive and every worker file whose writer is gone (its flock is free);
 2. merges them into new archive content: totals add, windowed slots add when they cover
-   the same interval (else the newer wins), and the names of the absorbed files are
-   recorded in the archive itself;
+   the same interval (else the newer wins; windows of another geometry are re-bucketed
+   into the newest configuration's, see ``ArchiveBuilder``), and the names of the
+   absorbed files are recorded in the archive itself;
 3. writes it to a temporary file, fsyncs it, renames it over ``archive.gwza`` (atomic)
    and fsyncs the directory;
 4. only then deletes the absorbed worker files.
@@ -23,6 +24,7 @@ deleted.
 from __future__ import annotations
 
 import fcntl
+import math
 import os
 import time
 from collections.abc import Callable
@@ -51,42 +53,103 @@ class CompactionResult:
     quarantined: int = 0
 
 
+WINDOW_GEOMETRY_REASON = "window_geometry"
+"""Storage error reason: windowed slots of another geometry that could not be re-bucketed
+into the archive's (an interval straddling two new slots, or "since start" data going
+into a sliding window) while still inside the window."""
+
+
 @dataclass
 class ArchiveBuilder:
-    """Accumulates the merged payload of every series of several files."""
+    """Accumulates the merged payload of every series of several files.
+
+    Windows of a file with another geometry (slot width, slot count) are re-bucketed:
+    each old slot whose interval lies inside one slot of this geometry is added to it;
+    a non-empty one that fits none while still in the window is counted under
+    ``WINDOW_GEOMETRY_REASON``, never dropped silently.
+    """
 
     epoch: int
     slot_seconds: float
     slots: int
     payloads: dict[tuple[str, tuple[str, ...]], list[float]] = field(default_factory=dict)
+    now: float = field(default_factory=time.time)
+    """Wall time of the compaction (writers stamp slots with wall time too)."""
 
     def add(self, view: WorkerView, skip_absorbed: bool = False) -> None:
         same_geometry = view.slot_seconds == self.slot_seconds and view.slots == self.slots
+        lost = 0
         for record in view.records:
             kind = layout.KINDS[record.kind]
             if (
-                (kind.windowed and not same_geometry)
-                or (skip_absorbed and record.kind == "absorbed")
+                (skip_absorbed and record.kind == "absorbed")
                 or kind.merge == "live"  # only live workers count (requests in flight)
             ):
                 continue
-            size = kind.payload_size(self.slots)
-            incoming = list(view.doubles[record.offset : record.offset + size])
             key = (record.kind, record.labels)
             current = self.payloads.get(key)
-            if current is None:
-                self.payloads[key] = incoming
-            elif kind.windowed:
-                _merge_slots(current, incoming, self.slots, layout.slot_stride(kind.with_sketch))
-            else:
-                self.payloads[key] = combine(kind, current, incoming)
+            if kind.windowed:
+                stride = layout.slot_stride(kind.with_sketch)
+                incoming = list(view.doubles[record.offset : record.offset + view.slots * stride])
+                if not same_geometry:
+                    incoming, unplaced = self._rebucket(incoming, view.slot_seconds, view.slots, stride)
+                    lost += unplaced
+                if current is None:
+                    self.payloads[key] = incoming
+                else:
+                    _merge_slots(current, incoming, self.slots, stride)
+                continue
+            incoming = list(view.doubles[record.offset : record.offset + kind.size])
+            self.payloads[key] = incoming if current is None else combine(kind, current, incoming)
+        if lost:
+            self.count_error(WINDOW_GEOMETRY_REASON, lost)
+
+    def _rebucket(
+        self, payload: list[float], slot_seconds: float, slots: int, stride: int
+    ) -> tuple[list[float], int]:
+        """``payload`` (``slots`` slots of ``slot_seconds``) in this builder's geometry,
+        and how many non-empty slots still in the window found no place."""
+        out = (list(layout.EMPTY_SLOT) + [0.0] * (stride - layout.SLOT_HEADER)) * self.slots
+        lost = 0
+        for position in range(slots):
+            base = position * stride
+            slot_id = payload[base + layout.SLOT_ID]
+            if not 0 <= slot_id < _MAX_SLOT_ID or not _has_values(payload, base, stride):
+                continue  # unused (or damaged) slot
+            target = self._target_slot(slot_id, slot_seconds)
+            if target is None:
+                lost += self._in_window(slot_id, slot_seconds)
+                continue
+            piece = payload[base : base + stride]
+            piece[layout.SLOT_ID] = float(target)
+            _merge_slot(out, (target % self.slots) * stride, piece, 0, stride)
+        return out, lost
+
+    def _target_slot(self, slot_id: float, slot_seconds: float) -> int | None:
+        """The slot of this geometry containing old slot ``slot_id`` entirely, if any."""
+        if self.slot_seconds <= 0:
+            return 0  # one slot since start holds every interval
+        if not 0 < slot_seconds < math.inf:
+            return None  # "since start" (or damaged): no interval to place
+        start = slot_id * slot_seconds
+        target = math.floor(start / self.slot_seconds + _EPSILON)
+        if start + slot_seconds <= (target + 1) * self.slot_seconds * (1 + _EPSILON):
+            return target
+        return None
+
+    def _in_window(self, slot_id: float, slot_seconds: float) -> bool:
+        """Whether an old slot's interval reaches into this geometry's current window."""
+        if not 0 < slot_seconds < math.inf:
+            return True  # "since start" data may be recent
+        oldest = math.floor(self.now / self.slot_seconds) - self.slots + 1
+        return (slot_id + 1) * slot_seconds > oldest * self.slot_seconds
 
     def absorb(self, name: str) -> None:
         self.payloads[("absorbed", (name,))] = []
 
-    def count_error(self, reason: str) -> None:
+    def count_error(self, reason: str, count: int = 1) -> None:
         key = ("storage_errors", (reason,))
-        self.payloads[key] = [self.payloads.get(key, [0.0])[0] + 1.0]
+        self.payloads[key] = [self.payloads.get(key, [0.0])[0] + count]
 
     def encode(self) -> bytes:
         body = b"".join(
@@ -100,27 +163,100 @@ class ArchiveBuilder:
         return header + body
 
 
+_MAX_SLOT_ID = 2.0**53
+"""Slot ids are integers stored as float64; anything larger (or NaN) is damage."""
+_EPSILON = 1e-9
+"""Tolerance of the interval arithmetic (slot bounds are float products)."""
+
+
 def _sort_key(item: tuple[tuple[str, tuple[str, ...]], list[float]]) -> tuple[str, str]:
     (kind, labels), _ = item
     return kind, repr(labels)
 
 
+def _has_values(payload: list[float], base: int, stride: int) -> bool:
+    """Whether the slot at ``base`` saw anything (sketch slots count in their buckets)."""
+    return payload[base + layout.SLOT_COUNT] > 0 or any(payload[base + layout.SLOT_HEADER : base + stride])
+
+
 def _merge_slots(current: list[float], incoming: list[float], slots: int, stride: int) -> None:
     """Merge windowed payloads slot position by slot position (in place into ``current``)."""
     for position in range(slots):
-        base = position * stride
-        new_id, old_id = incoming[base + layout.SLOT_ID], current[base + layout.SLOT_ID]
-        if new_id < 0 or new_id < old_id:
-            continue
-        if new_id > old_id:
-            current[base : base + stride] = incoming[base : base + stride]
-            continue
-        for field_index in (layout.SLOT_COUNT, layout.SLOT_SUM, layout.SLOT_ERRORS):
-            current[base + field_index] += incoming[base + field_index]
-        current[base + layout.SLOT_MIN] = min(current[base + layout.SLOT_MIN], incoming[base + layout.SLOT_MIN])
-        current[base + layout.SLOT_MAX] = max(current[base + layout.SLOT_MAX], incoming[base + layout.SLOT_MAX])
-        start, end = base + layout.SLOT_HEADER, base + stride
-        current[start:end] = map(add, current[start:end], incoming[start:end])
+        _merge_slot(current, position * stride, incoming, position * stride, stride)
+
+
+def _merge_slot(current: list[float], base: int, incoming: list[float], source: int, stride: int) -> None:
+    """Merge the slot at ``incoming[source:]`` into ``current[base:]``: the same interval
+    adds up, a newer one replaces an older one (which has left the window)."""
+    new_id, old_id = incoming[source + layout.SLOT_ID], current[base + layout.SLOT_ID]
+    if new_id < 0 or new_id < old_id:
+        return
+    if new_id > old_id:
+        current[base : base + stride] = incoming[source : source + stride]
+        return
+    for field_index in (layout.SLOT_COUNT, layout.SLOT_SUM, layout.SLOT_ERRORS):
+        current[base + field_index] += incoming[source + field_index]
+    current[base + layout.SLOT_MIN] = min(current[base + layout.SLOT_MIN], incoming[source + layout.SLOT_MIN])
+    current[base + layout.SLOT_MAX] = max(current[base + layout.SLOT_MAX], incoming[source + layout.SLOT_MAX])
+    start, end = base + layout.SLOT_HEADER, base + stride
+    current[start:end] = map(add, current[start:end], incoming[source + layout.SLOT_HEADER : source + stride])
+
+
+def _newest_geometry(directory: str, dead: list[WorkerView], archive: WorkerView | None) -> tuple[float, int]:
+    """Window geometry of the newest configuration: a live writer's (it runs the current
+    configuration; read from its header only), the most recently created one if several;
+    else the most recently created dead file's; else the archive's; else the defaults.
+    Headers are untrusted: a file with an unusable geometry is passed over."""
+    newest: tuple[bool, float, float, int] | None = None
+    """(live, created, slot_seconds, slots) of the best candidate so far."""
+    for view in dead:
+        candidate = (False, view.doubles[layout.CREATED_INDEX], view.slot_seconds, view.slots)
+        if _usable(*candidate[1:]) and (newest is None or candidate > newest):
+            newest = candidate
+    dead_names = {view.name for view in dead}
+    try:
+        names = sorted(os.listdir(directory))
+    except OSError:
+        names = []
+    for name in names[:_MAX_HEADERS_READ]:
+        if name.endswith(layout.WORKER_SUFFIX) and not name.startswith(layout.TEMP_PREFIX) and name not in dead_names:
+            header = _header(os.path.join(directory, name))
+            if header is not None and (newest is None or header > newest):
+                newest = header
+    if newest is not None:
+        return newest[2], newest[3]
+    if archive is not None and _usable(0.0, archive.slot_seconds, archive.slots):
+        return archive.slot_seconds, archive.slots
+    return DEFAULT_SLOT_SECONDS, DEFAULT_SLOTS
+
+
+_MAX_HEADERS_READ = 4096
+"""Bound on the directory entries looked at for live writers' geometry."""
+
+
+def _usable(created: float, slot_seconds: float, slots: int) -> bool:
+    return math.isfinite(created) and 0 <= slot_seconds < math.inf and 1 <= slots <= 1024
+
+
+def _header(path: str) -> tuple[bool, float, float, int] | None:
+    """(live, created, slot_seconds, slots) of a worker file, if its header is usable."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError:
+        return None
+    try:
+        raw = os.pread(fd, layout.HEADER_SIZE, 0)
+        live = is_locked(fd)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    if len(raw) < layout.HEADER_SIZE:
+        return None
+    magic, version, _used, _epoch, _pid, created, slot_seconds, slots = layout.HEADER.unpack(raw)
+    if magic != layout.WORKER_MAGIC or version != layout.VERSION or not _usable(created, slot_seconds, slots):
+        return None
+    return live, created, slot_seconds, slots
 
 
 def compact(
@@ -172,14 +308,9 @@ def _compact_locked(directory: str, max_files: int, step: Callable[[str], None])
     bad = [p for p in problems if _is_metrics_file(p.path) and _is_unheld(p.path)]
     if not dead and not bad:
         return result
-    # The newest files decide the window geometry: after a configuration change the
-    # archive's old windows are dropped (its totals are kept).
-    geometry = dead[0] if dead else archive
-    builder = ArchiveBuilder(
-        epoch,
-        geometry.slot_seconds if geometry else DEFAULT_SLOT_SECONDS,
-        geometry.slots if geometry else DEFAULT_SLOTS,
-    )
+    # The newest configuration decides the window geometry; windows of any other
+    # geometry (the archive's after a change, old workers') are re-bucketed into it.
+    builder = ArchiveBuilder(epoch, *_newest_geometry(directory, dead, archive))
     if archive is not None:
         builder.add(archive, skip_absorbed=True)
     for view in dead:

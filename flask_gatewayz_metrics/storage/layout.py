@@ -52,7 +52,8 @@ else:
     Doubles = memoryview
 """A file (or part of one) viewed as float64 values."""
 
-VERSION = 1
+VERSION = 2
+"""Bumped when record payloads change (2: wider sketch, model sketch, min / max in every slot)."""
 WORKER_MAGIC = b"GWZW"
 CONTROL_MAGIC = b"GWZC"
 WORKER_SUFFIX = ".gwzm"
@@ -69,6 +70,8 @@ HEADER = struct.Struct("<4sIQQQddQ8x")
 """magic, version, used, epoch, pid, created, slot_seconds, slots."""
 USED_INDEX = 1
 """Index of ``used`` when the file is viewed as an array of u64."""
+CREATED_INDEX = 4
+"""Index of the creation time when the file is viewed as an array of float64."""
 
 CONTROL_SIZE = 64
 CONTROL = struct.Struct("<4sIQd")
@@ -92,7 +95,8 @@ TOKENS_SIZE = 1 + len(TOKEN_BOUNDS) + 1
 """Payload of a "tokens" record: token sum, then one count per bucket (+Inf last)."""
 
 # Slot header fields of windowed records. Sketch slots leave SLOT_COUNT at 0 (the
-# count is the sum of their buckets) and only provider slots track min / max.
+# count is the sum of their buckets); every slot tracks the exact min / max of the
+# values it saw (the cache window's values are all 0).
 SLOT_ID, SLOT_COUNT, SLOT_SUM, SLOT_ERRORS, SLOT_MIN, SLOT_MAX = range(6)
 SLOT_HEADER = 6
 EMPTY_SLOT: tuple[float, ...] = (-1.0, 0.0, 0.0, 0.0, float("inf"), float("-inf"))
@@ -138,7 +142,7 @@ KINDS: dict[str, Kind] = {
     "model": Kind(("model", *OUTCOME_LABELS), 1),
     "endpoint_window": Kind(("endpoint",), windowed=True, with_sketch=True),
     "provider_window": Kind(("provider",), windowed=True, with_sketch=True),
-    "model_window": Kind(("model",), windowed=True),
+    "model_window": Kind(("model",), windowed=True, with_sketch=True),
     "cache": Kind((), 2),  # hits, misses
     "cache_window": Kind((), windowed=True),  # count = lookups, errors = misses
     "db": Kind((), 2),  # queries, latency sum

@@ -61,12 +61,25 @@ class WindowStats:
     def error_rate(self) -> float | None:
         return self.errors / self.count if self.count > 0 else None
 
+    @property
+    def minimum(self) -> float | None:
+        """Exact smallest value observed in the window (None when it saw nothing)."""
+        return self.low if self.count > 0 and self.low <= self.high else None
+
+    @property
+    def maximum(self) -> float | None:
+        """Exact largest value observed in the window (None when it saw nothing)."""
+        return self.high if self.count > 0 and self.low <= self.high else None
+
     def quantile(self, q: float) -> float | None:
-        """Quantile ``q`` from the sketch, clamped to min / max where those are tracked."""
+        """Quantile ``q`` from the sketch, clamped to the exact min / max (which also
+        answer ranks in the underflow / overflow buckets)."""
         if self.buckets is None or self.count <= 0:
             return None
-        low = self.low if self.low <= self.high else 0.0
-        high = self.high if self.low <= self.high else sketch.UPPER_LIMIT
+        if self.low <= self.high:
+            low, high = self.low, self.high
+        else:  # no min / max in the slots (a damaged file): the sketch's range
+            low, high = 0.0, sketch.UPPER_LIMIT
         return sketch.quantile(self.buckets[self.lo : self.hi + 1], q, low, high, self.lo)
 
 
