@@ -18,6 +18,7 @@ import mmap
 import os
 import secrets
 import time
+import weakref
 
 from . import layout
 
@@ -54,6 +55,9 @@ class WorkerFile:
             os.unlink(temp_path)
             raise
         self._used = layout.HEADER_SIZE
+        # A file object that is garbage-collected without close() (a discarded app, a
+        # test that builds an app per case) must not keep its descriptor and flock.
+        self._finalizer = weakref.finalize(self, os.close, self._fd)
 
     def _reserve(self, size: int) -> None:
         try:
@@ -105,8 +109,33 @@ class WorkerFile:
                 os.unlink(self.path)
             except FileNotFoundError:
                 pass
+        self._finalizer.detach()
         os.close(self._fd)
         self._fd = -1
+        self._unmap()
+
+    def _unmap(self) -> None:
+        """Close the map now if nobody else holds a view of it: the map keeps its own
+        duplicate of the descriptor, and with it the flock."""
+        try:
+            self.doubles.release()
+            self._words.release()
+            self._mmap.close()
+        except BufferError:  # someone still reads it: freed (and unlocked) with the last view
+            pass
+
+    def deleted(self) -> bool:
+        """Whether this file is no longer in the metrics directory (directory deleted or
+        replaced, file removed): writing on would be lost."""
+        if self._fd < 0:
+            return False
+        try:
+            if os.fstat(self._fd).st_nlink == 0:
+                return True
+            st = os.stat(self.path, follow_symlinks=False)
+        except OSError:
+            return True
+        return st.st_ino != os.fstat(self._fd).st_ino
 
     def abandon_after_fork(self) -> None:
         """In a forked child: drop the inherited descriptor without touching the file.
@@ -115,5 +144,7 @@ class WorkerFile:
         the parent's file.
         """
         if self._fd >= 0:
+            self._finalizer.detach()
             os.close(self._fd)
             self._fd = -1
+            self._unmap()  # the map's own descriptor shares the parent's lock too
