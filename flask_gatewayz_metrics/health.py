@@ -3,8 +3,9 @@
 - ``unhealthy`` (HTTP 503): this process cannot write its metrics file, or the error
   rate over the window is at least ``health_unhealthy_error_rate`` (default 0.5).
 - ``degraded`` (HTTP 200): some files in the metrics directory were skipped as
-  unreadable, or the window's error rate is at least ``health_degraded_error_rate``
-  (default 0.05).
+  unreadable or untrusted (another user's, a FIFO, a link), the directory was deleted or
+  replaced while serving (the requests recorded into it are lost), or the window's
+  error rate is at least ``health_degraded_error_rate`` (default 0.05).
 - ``healthy`` (HTTP 200) otherwise.
 """
 
@@ -14,6 +15,8 @@ from typing import Any
 
 from .settings import Settings
 from .snapshot import Snapshot
+
+_UNTRUSTED = ("untrusted_owner", "not_regular_file", "symlink")
 
 
 def health_report(snap: Snapshot, settings: Settings) -> tuple[dict[str, Any], int]:
@@ -26,8 +29,14 @@ def health_report(snap: Snapshot, settings: Settings) -> tuple[dict[str, Any], i
         reasons.append(f"error rate {error_rate:.3f} >= {settings.health_unhealthy_error_rate}")
     status = "unhealthy" if reasons else "healthy"
     if status == "healthy":
-        if snap.problems:
-            reasons.append(f"{len(snap.problems)} unreadable file(s) in the metrics directory")
+        untrusted = sum(1 for p in snap.problems if p.reason in _UNTRUSTED)
+        if len(snap.problems) > untrusted:
+            reasons.append(f"{len(snap.problems) - untrusted} unreadable file(s) in the metrics directory")
+        if untrusted:
+            reasons.append(f"{untrusted} file(s) in the metrics directory ignored: not regular files of a trusted user")
+        lost = snap.unrecorded.get("directory_lost", 0)
+        if lost:
+            reasons.append(f"metrics directory was deleted or replaced: {int(lost)} recorded request(s) lost")
         if error_rate is not None and error_rate >= settings.health_degraded_error_rate:
             reasons.append(f"error rate {error_rate:.3f} >= {settings.health_degraded_error_rate}")
         if reasons:

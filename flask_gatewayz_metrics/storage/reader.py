@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import fcntl
 import json
-import math
 import mmap
 import os
 import stat
@@ -32,6 +31,9 @@ OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC
 """How any name in the metrics directory is opened for reading."""
 DIRECTORY_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 MAX_SLOTS = 1024
+MIN_SLOT_SECONDS = 1e-9
+MAX_SLOT_SECONDS = 1e12
+"""Slot widths a header may give (0 = one slot since start): slot ids stay finite."""
 TRUSTED_UIDS_ENV = "GATEWAYZ_METRICS_TRUSTED_UIDS"
 """Comma-separated uids (besides our own) whose files in the directory are read."""
 
@@ -257,7 +259,7 @@ def _view(path: str, cached: _Indexed, header: tuple[Any, ...], live: bool) -> W
         used < layout.HEADER_SIZE
         or used % 8
         or not 1 <= slots <= MAX_SLOTS
-        or not (math.isfinite(slot_seconds) and 0.0 <= slot_seconds < 1e12)
+        or not (slot_seconds == 0.0 or MIN_SLOT_SECONDS <= slot_seconds <= MAX_SLOT_SECONDS)
         or epoch >= 2**53
     ):
         raise _Skip("corrupt_header")
