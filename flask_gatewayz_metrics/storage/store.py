@@ -88,15 +88,7 @@ class Storage:
     def _open_new_file(self) -> WorkerFile:
         if time.monotonic() < self._retry_at:
             raise StorageUnavailable(self.last_error or "storage unavailable")
-        lost = 0.0
-        if self._file is not None:
-            if self._file.deleted():
-                # The directory was deleted or replaced: what this file holds is gone.
-                lost = self._recorded_requests()
-            self._file.close(unlink=not lost)  # older epoch: readers ignore it anyway
-            self._file = None
-        self._offsets.clear()
-        self.generation += 1
+        lost = self._drop_file()
         try:
             if self.control.replaced():
                 # The directory vanished (or was emptied) under us: start it again.
@@ -110,6 +102,20 @@ class Storage:
             raise self._unavailable(exc) from exc
         self.last_error = None
         return self._file
+
+    def _drop_file(self) -> float:
+        """Close this process's file (deleting it unless it is already gone); forget its
+        offsets. Returns the requests lost with it when the directory lost it."""
+        lost = 0.0
+        if self._file is not None:
+            if self._file.deleted():
+                # The directory was deleted or replaced: what this file holds is gone.
+                lost = self._recorded_requests()
+            self._file.close(unlink=not lost)  # older epoch: readers ignore it anyway
+            self._file = None
+        self._offsets.clear()
+        self.generation += 1
+        return lost
 
     def _recorded_requests(self) -> float:
         """Requests this process recorded into its current file (what is lost with it)."""
@@ -136,10 +142,13 @@ class Storage:
         """
         if not self.control.replaced():
             return False
+        lost = self._drop_file() if self._file is not None and self._file.deleted() else 0.0
         try:
             self._reopen_control()
         except (OSError, RuntimeError) as exc:
             self.last_error = f"{type(exc).__name__}: {exc}"
+        if lost:
+            self._count_lost_safely("directory_lost", lost)
         return True
 
     def count_lost(self, reason: str, count: float = 1.0) -> None:
