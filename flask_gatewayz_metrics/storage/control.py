@@ -18,6 +18,7 @@ from __future__ import annotations
 import fcntl
 import mmap
 import os
+import secrets
 import stat
 import struct
 import time
@@ -163,8 +164,8 @@ def _open_or_create(path: str) -> int:
 
 
 def _create(path: str) -> None:
-    tmp = f"{path}.{os.getpid()}.tmp"
-    fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o600)
+    tmp = f"{path}.{secrets.token_hex(8)}.tmp"  # a fresh name: nothing planted can be reused
+    fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
         content = layout.CONTROL.pack(layout.CONTROL_MAGIC, layout.VERSION, 0, time.time())
         os.write(fd, content.ljust(CONTROL_FILE_SIZE, b"\0"))

@@ -21,6 +21,7 @@ import time
 import weakref
 
 from . import layout
+from .directory import open_directory
 
 INITIAL_SIZE = 256 * 1024
 _OPEN_FLAGS = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -37,8 +38,21 @@ class WorkerFile:
         self.slots = slots
         # Created under a hidden name and renamed once locked and complete, so no reader
         # or compactor ever sees it empty and unlocked (it would look like debris).
-        temp_path = os.path.join(directory, layout.TEMP_PREFIX + name)
-        self._fd = os.open(temp_path, _OPEN_FLAGS, 0o600)
+        # Through a checked descriptor of the directory: whatever its path points to
+        # meanwhile, the file is made inside a directory of ours.
+        temp_name = layout.TEMP_PREFIX + name
+        dir_fd = open_directory(directory)
+        try:
+            self._create(dir_fd, temp_name, name, epoch, slot_seconds, slots)
+        finally:
+            os.close(dir_fd)
+        self._used = layout.HEADER_SIZE
+        # A file object that is garbage-collected without close() (a discarded app, a
+        # test that builds an app per case) must not keep its descriptor and flock.
+        self._finalizer = weakref.finalize(self, os.close, self._fd)
+
+    def _create(self, dir_fd: int, temp_name: str, name: str, epoch: int, slot_seconds: float, slots: int) -> None:
+        self._fd = os.open(temp_name, _OPEN_FLAGS, 0o600, dir_fd=dir_fd)
         try:
             fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             self._size = 0
@@ -49,15 +63,11 @@ class WorkerFile:
                 time.time(), slot_seconds, slots,
             )
             self._mmap[: layout.HEADER_SIZE] = header
-            os.rename(temp_path, self.path)
+            os.rename(temp_name, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
         except BaseException:
             os.close(self._fd)
-            os.unlink(temp_path)
+            os.unlink(temp_name, dir_fd=dir_fd)
             raise
-        self._used = layout.HEADER_SIZE
-        # A file object that is garbage-collected without close() (a discarded app, a
-        # test that builds an app per case) must not keep its descriptor and flock.
-        self._finalizer = weakref.finalize(self, os.close, self._fd)
 
     def _reserve(self, size: int) -> None:
         try:
