@@ -73,15 +73,19 @@ def test_deleted_directory_is_noticed_by_every_worker(start_gunicorn: Any) -> No
     _models_requests(server.url, 60)
     assert _requests_of(scrape(server.url), "/api/models") == 60
     shutil.rmtree(server.metrics_dir)
-    _models_requests(server.url, 90)  # written into deleted files: lost
+    # Written into deleted files and lost, unless a worker that had no file yet noticed
+    # the deletion when creating one (it then tells every other worker at once).
+    _models_requests(server.url, 90)
     scrape(server.url)  # one scrape notices, recreates the directory and tells every worker
     _models_requests(server.url, 300)
-    for _ in range(6):  # likely answered by different workers: all see all 300
-        assert _requests_of(scrape(server.url), "/api/models") == 300
+    seen = {_requests_of(scrape(server.url), "/api/models") for _ in range(6)}
+    assert len(seen) == 1, seen  # every worker's scrape agrees (likely answered by different ones)
+    counted = seen.pop()
+    assert 300 <= counted <= 390
     assert (server.metrics_dir / "control.gwzc").is_file()
     status, body = http("GET", server.url + "/metrics/health")
     report = json.loads(body)
     assert status == 200 and report["status"] == "degraded", report
     assert any("deleted or replaced" in reason for reason in report["reasons"]), report
-    # 60 + 90 requests (and the readiness probes) were recorded into the deleted files
-    assert report["dropped"]["directory_lost"] >= 150
+    # 60 + the uncounted part of the 90 (and readiness probes) were recorded into deleted files
+    assert report["dropped"]["directory_lost"] >= 60 + 390 - counted
