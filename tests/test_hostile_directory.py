@@ -92,7 +92,7 @@ class FuzzTarget:
         self.collector.record_request("/kept", "GET", 0.1, 200)
         self.cases = 0
 
-    def check(self, content: bytes, compact_too: bool = False) -> None:
+    def check(self, content: bytes, compact_too: bool = False, expect_records: bool = False) -> None:
         self.cases += 1
         path = os.path.join(self.directory, f"worker-1-{self.cases:08x}.gwzm")
         with open(path, "wb") as f:
@@ -106,6 +106,8 @@ class FuzzTarget:
         else:
             os.unlink(path)
         assert snap.to_dict()["endpoints"]["/kept"]["requests"] >= 1
+        if expect_records:
+            assert not snap.problems and snap.to_dict()["cache"]["hits"] == 1
 
 
 @pytest.fixture(scope="module")
@@ -122,6 +124,11 @@ def test_every_truncation_of_a_real_file_is_skipped_or_read(fuzz: FuzzTarget) ->
     """A real worker file cut at every length (aligned or not) never breaks a scrape."""
     for length in range(len(SMALL) + 1):
         fuzz.check(SMALL[:length])
+    # Files are pre-allocated beyond ``used``: a copy cut anywhere there (at any length,
+    # not only multiples of 8) still holds every record.
+    preallocated = SMALL + bytes(256)
+    for length in range(len(SMALL) + 1, len(preallocated) + 1):
+        fuzz.check(preallocated[:length], expect_records=True)
     # The big file (windows with sketches) at every length around its header and record
     # boundaries, and every 24th + 3 bytes elsewhere.
     for length in [*range(200), *range(3, len(FULL), 24)]:
