@@ -31,6 +31,7 @@ from hypothesis import strategies as st
 from flask_gatewayz_metrics import GatewayzMetrics, MetricsCollector, PrometheusExporter
 from flask_gatewayz_metrics.health import health_report
 from flask_gatewayz_metrics.settings import Settings
+from flask_gatewayz_metrics.snapshot import Snapshot
 from flask_gatewayz_metrics.storage import compact, layout, store
 from flask_gatewayz_metrics.storage.directory import MetricsDirectoryError
 
@@ -42,13 +43,13 @@ def _worker_files(directory: str) -> list[str]:
     return sorted(n for n in os.listdir(directory) if n.endswith(layout.WORKER_SUFFIX) and not n.startswith("."))
 
 
-def _scrape(collector: MetricsCollector) -> str:
+def _scrape(collector: MetricsCollector) -> Snapshot:
     """What a scrape does: snapshot, exposition text, JSON and health (none may raise)."""
+    PrometheusExporter(collector).export()
     snap = collector.snapshot()
-    text = PrometheusExporter(collector).export()
     snap.to_dict()
     health_report(snap, Settings())
-    return text
+    return snap
 
 
 def _real_file(record: Callable[[MetricsCollector], None]) -> bytes:
@@ -97,12 +98,10 @@ class FuzzTarget:
         path = os.path.join(self.directory, f"worker-1-{self.cases:08x}.gwzm")
         with open(path, "wb") as f:
             f.write(content)
-        _scrape(self.collector)
-        snap = self.collector.snapshot()
+        snap = _scrape(self.collector)
         if compact_too:
             compact(self.directory)
-            _scrape(self.collector)
-            snap = self.collector.snapshot()
+            snap = _scrape(self.collector)
         else:
             os.unlink(path)
         assert snap.to_dict()["endpoints"]["/kept"]["requests"] >= 1
