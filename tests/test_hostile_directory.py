@@ -8,6 +8,7 @@ a small tmpfs. The gunicorn cases (master and deleted directory) are in
 from __future__ import annotations
 
 import gc
+import math
 import multiprocessing
 import os
 import pwd
@@ -134,7 +135,7 @@ def test_every_truncation_of_a_real_file_is_skipped_or_read(fuzz: FuzzTarget) ->
         fuzz.check(FULL[:length])
 
 
-@settings(max_examples=2200, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=1500, deadline=None, suppress_health_check=list(HealthCheck))
 @given(data=st.binary(max_size=4096))
 def test_random_bytes_never_break_a_scrape(fuzz: FuzzTarget, data: bytes) -> None:
     """Random bytes, also behind a valid magic and version, are skipped or read, never raised."""
@@ -142,7 +143,7 @@ def test_random_bytes_never_break_a_scrape(fuzz: FuzzTarget, data: bytes) -> Non
     fuzz.check(FULL[:16] + data)
 
 
-@settings(max_examples=2500, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=2000, deadline=None, suppress_health_check=list(HealthCheck))
 @given(
     source=st.sampled_from([SMALL, FULL]),
     flips=st.lists(st.tuples(st.integers(0, 2**31), st.integers(0, 7)), min_size=1, max_size=4),
@@ -157,6 +158,28 @@ def test_bit_flips_in_headers_and_records_never_break_a_scrape(
     for position, bit in flips:
         index = position % (layout.HEADER_SIZE + 16 if header_only else len(data))
         data[index] ^= 1 << bit
+    fuzz.check(bytes(data), compact_too)
+
+
+HOSTILE_DOUBLES = [math.nan, math.inf, -math.inf, 1e308, -1e308, -1.0, 2.0**53 + 2, 5e-324, 0.5, 1e6]
+
+
+@settings(max_examples=1500, deadline=None, suppress_health_check=list(HealthCheck))
+@given(
+    source=st.sampled_from([SMALL, FULL]),
+    writes=st.lists(
+        st.tuples(st.integers(0, 2**31), st.sampled_from(HOSTILE_DOUBLES) | st.floats()), min_size=1, max_size=6
+    ),
+    compact_too=st.booleans(),
+)
+def test_hostile_values_in_records_never_break_a_scrape(
+    fuzz: FuzzTarget, source: bytes, writes: list[tuple[int, float]], compact_too: bool
+) -> None:
+    """NaN, infinities, huge and negative numbers written over payloads (also archived) never break a scrape."""
+    data = bytearray(source)
+    slots = (len(data) - layout.HEADER_SIZE) // 8
+    for position, value in writes:
+        struct.pack_into("<d", data, layout.HEADER_SIZE + 8 * (position % slots), value)
     fuzz.check(bytes(data), compact_too)
 
 

@@ -315,12 +315,29 @@ def _index_records(cached: _Indexed, used: int, slots: int) -> None:
             len(labels) != len(kind.labels)
             or not all(isinstance(v, str) for v in labels)
             or pos + length - payload_start != 8 * kind.payload_size(slots)
+            or not all(_LABEL_CHECKS.get(name, _any_label)(v) for name, v in zip(kind.labels, labels, strict=True))
         ):
             raise _Skip("corrupt_record")
         found.append(Record(key[0], labels, payload_start // 8))
         pos += length
     cached.records.extend(found)
     cached.parsed_to = pos
+
+
+def _any_label(value: str) -> bool:
+    return True
+
+
+def _small_number(value: str) -> bool:
+    return value.isascii() and value.isdigit() and len(value) <= 3
+
+
+_LABEL_CHECKS = {
+    "status": _small_number,  # an HTTP status: read as a number at merge time
+    "failed": lambda value: value in ("0", "1"),
+    "bucket": _small_number,  # an exemplar's histogram bucket index
+}
+"""Labels the reader of a snapshot parses: anything else in them marks the record corrupt."""
 
 
 def is_locked(fd: int) -> bool:
