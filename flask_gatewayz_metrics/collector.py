@@ -39,6 +39,8 @@ MAX_CACHED_LABEL_SETS = 50_000
 LOG_INTERVAL_SECONDS = 60.0
 COMPACTION_INTERVAL_SECONDS = 10.0
 """Least time between two compactions a scrape triggers (child_exit may run more often)."""
+COMPACTION_BUDGET_SECONDS = 2.0
+"""Time one compaction may spend reading files; the rest is left for the next one."""
 
 _INF = math.inf
 _BOUNDS = layout.HISTOGRAM_BOUNDS
@@ -85,7 +87,10 @@ class MetricsCollector(GatewayRecording, CustomMetrics):
     With ``auto_compact`` a snapshot that finds dead workers' files folds them into the
     archive afterwards (see ``storage.archive``). ``label_limits`` (per label name:
     endpoint, provider, model, service) and ``allowed_labels`` (allowlists) bound the
-    distinct values recorded; see ``labels``.
+    distinct values recorded; see ``labels``. Files in the directory owned by another
+    user are ignored and reported unless their uid is in ``trusted_uids`` (or
+    ``$GATEWAYZ_METRICS_TRUSTED_UIDS``, comma-separated), e.g. a Celery worker that
+    records as another user.
     """
 
     def __init__(
@@ -100,6 +105,7 @@ class MetricsCollector(GatewayRecording, CustomMetrics):
         label_limits: Mapping[str, int] | None = None,
         allowed_labels: Mapping[str, Iterable[str]] | None = None,
         clock: Callable[[], float] = time.time,
+        trusted_uids: Iterable[int] | None = None,
     ) -> None:
         if not window_seconds >= 0 or not math.isfinite(window_seconds):
             raise ValueError("window_seconds must be a finite number >= 0 (0 = since start)")
@@ -121,7 +127,7 @@ class MetricsCollector(GatewayRecording, CustomMetrics):
         self._in_flight = 0
         self._in_flight_offset = -1
         self._clock = clock
-        self._storage = Storage(self.directory, self._slot_seconds, slots)
+        self._storage = Storage(self.directory, self._slot_seconds, slots, trusted_uids)
         self._lock = threading.Lock()
         self._read_lock = threading.Lock()
         self._generation = -1
@@ -557,7 +563,11 @@ class MetricsCollector(GatewayRecording, CustomMetrics):
                 offset = self._fixed("dropped", (reason,))
                 self._doubles[offset] += 1.0
         except (StorageUnavailable, OSError):
-            self._unrecorded[reason] += 1
+            try:
+                # Shared and pre-allocated: survives this worker, adds up over all of them.
+                self._storage.count_lost(reason)
+            except (OSError, LookupError, ValueError):
+                self._unrecorded[reason] += 1  # not even the control file: this process only
             self._log_rate_limited("metrics storage unavailable: %s", self._storage.last_error)
 
     def _internal_error(self, exc: Exception) -> None:
@@ -582,22 +592,30 @@ class MetricsCollector(GatewayRecording, CustomMetrics):
         """
         now = self._clock()
         with self._read_lock:
+            # A deleted or replaced directory is noticed here (and every process told).
+            self._storage.check_directory()
             views, problems = self._storage.read()
             workers = [v for v in views if not v.is_archive]
             if self.auto_compact and (problems or any(not v.live for v in workers)):
                 self._maybe_compact()
             self._multi_process = multi_process_reason(workers, self._multi_process)
-        merged = merge(views, self._storage.control.epoch, now)
+            control = self._storage.control
+            unrecorded = Counter(self._unrecorded)
+            for reason, count in control.lost().items():
+                unrecorded[reason] += int(count)
+        # Each view owns its record list and mapping, so merging outside the lock is safe
+        # while another thread's scrape re-reads (and re-maps) the same files.
+        merged = merge(views, control.epoch, now)
         return Snapshot(
             merged=merged,
             taken_at=now,
-            start_time=self._storage.control.start_time,
+            start_time=control.start_time,
             window_seconds=self.window_seconds,
             error_status=self.error_status,
             live_files=sum(1 for v in workers if v.live),
             worker_files=len(workers),
             problems=problems,
-            unrecorded=dict(self._unrecorded),
+            unrecorded=dict(unrecorded),
             storage_error=self._storage.last_error,
             compaction_error=self._compaction_error,
             custom_definitions=self.custom_definitions(),
@@ -607,7 +625,12 @@ class MetricsCollector(GatewayRecording, CustomMetrics):
 
     def compact(self) -> CompactionResult:
         """Fold dead workers' files into the archive now (see ``storage.archive``)."""
-        result = compact(self.directory)
+        result = compact(
+            self.directory,
+            budget_seconds=COMPACTION_BUDGET_SECONDS,
+            label_limits=_archive_limits(self._guard),
+            trusted=self._storage.trusted,
+        )
         self._last_compaction = time.monotonic()
         return result
 
@@ -661,6 +684,15 @@ class MetricsCollector(GatewayRecording, CustomMetrics):
 
 class _InvalidLabel(Exception):
     pass
+
+
+def _archive_limits(guard: LabelGuard) -> dict[str, int]:
+    """The label limits the archive applies server-wide: the writers' own (an allowlist
+    admits all of its values)."""
+    limits = dict(guard.limits)
+    for name, values in guard.allowed.items():
+        limits[name] = max(limits.get(name, 0), len(values))
+    return limits
 
 
 def _plain_window_add(d: Doubles, base: int, slot: int, value: float, error: bool) -> None:

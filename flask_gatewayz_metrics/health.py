@@ -3,10 +3,12 @@
 - ``unhealthy`` (HTTP 503): this process cannot write its metrics file, or the error
   rate over the window is at least ``health_unhealthy_error_rate`` (default 0.5).
 - ``degraded`` (HTTP 200): some files in the metrics directory were skipped as
-  unreadable, or the window's error rate is at least ``health_degraded_error_rate``
-  (default 0.05), or the application's ``prometheus_client`` default-registry metrics
-  are not served because the server is multi-process (see ``default_registry``), or the
-  configured OTLP export fails, is stalled or lacks its extra (see ``otlp``).
+  unreadable or untrusted (another user's, a FIFO, a link), the directory was deleted or
+  replaced while serving (the requests recorded into it are lost), or the window's
+  error rate is at least ``health_degraded_error_rate`` (default 0.05), or the
+  application's ``prometheus_client`` default-registry metrics are not served because
+  the server is multi-process (see ``default_registry``), or the configured OTLP export
+  fails, is stalled or lacks its extra (see ``otlp``).
 - ``healthy`` (HTTP 200) otherwise.
 """
 
@@ -19,6 +21,8 @@ from .otlp import health_reasons
 from .settings import Settings
 from .snapshot import Snapshot
 
+_UNTRUSTED = ("untrusted_owner", "not_regular_file", "symlink")
+
 
 def health_report(snap: Snapshot, settings: Settings) -> tuple[dict[str, Any], int]:
     window = snap.request_window()
@@ -30,8 +34,14 @@ def health_report(snap: Snapshot, settings: Settings) -> tuple[dict[str, Any], i
         reasons.append(f"error rate {error_rate:.3f} >= {settings.health_unhealthy_error_rate}")
     status = "unhealthy" if reasons else "healthy"
     if status == "healthy":
-        if snap.problems:
-            reasons.append(f"{len(snap.problems)} unreadable file(s) in the metrics directory")
+        untrusted = sum(1 for p in snap.problems if p.reason in _UNTRUSTED)
+        if len(snap.problems) > untrusted:
+            reasons.append(f"{len(snap.problems) - untrusted} unreadable file(s) in the metrics directory")
+        if untrusted:
+            reasons.append(f"{untrusted} file(s) in the metrics directory ignored: not regular files of a trusted user")
+        lost = snap.unrecorded.get("directory_lost", 0)
+        if lost:
+            reasons.append(f"metrics directory was deleted or replaced: {int(lost)} recorded request(s) lost")
         if error_rate is not None and error_rate >= settings.health_degraded_error_rate:
             reasons.append(f"error rate {error_rate:.3f} >= {settings.health_degraded_error_rate}")
         withheld = withheld_reason(snap) if settings.include_app_metrics else None

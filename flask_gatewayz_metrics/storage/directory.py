@@ -10,6 +10,7 @@ never during a request; files are also opened with ``O_NOFOLLOW``.
 from __future__ import annotations
 
 import atexit
+import errno
 import os
 import shutil
 import stat
@@ -50,7 +51,38 @@ def ensure_directory(path: str) -> str:
             raise MetricsDirectoryError(
                 f"{os.path.join(path, name)!r} is a symlink; remove it (metrics files are never symlinks)"
             )
+    _check_quarantine(os.path.join(path, layout.QUARANTINE_DIR))
     return path
+
+
+def _check_quarantine(path: str) -> None:
+    """The compactor moves bad files into ``quarantine/``: it must be a real directory of ours."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise MetricsDirectoryError(f"cannot check {path!r}: {exc.strerror}") from exc
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & stat.S_IWOTH:
+        raise MetricsDirectoryError(
+            f"{path!r} is not a private directory of this user (a symlink, a file, or another user's); "
+            "remove it, the quarantine is created when needed"
+        )
+
+
+def open_directory(path: str) -> int:
+    """A descriptor of the metrics directory ``path`` for ``dir_fd=`` operations.
+
+    Refuses (``OSError``) a symlink, a directory of another user or a world-writable
+    one, so that whatever is created, renamed or deleted through the descriptor is
+    inside a directory we own, whatever the path points to later.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    st = os.fstat(fd)
+    if st.st_uid != os.geteuid() or st.st_mode & stat.S_IWOTH:
+        os.close(fd)
+        raise PermissionError(errno.EPERM, "metrics directory is not a private directory of this user", path)
+    return fd
 
 
 def private_directory() -> str:

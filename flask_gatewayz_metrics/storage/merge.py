@@ -47,7 +47,11 @@ class WindowStats:
         if lo > hi:
             return
         counts = doubles[start + lo : start + hi + 1].tolist()
-        self.count += math.fsum(counts)
+        try:
+            self.count += math.fsum(counts)
+        except (ValueError, OverflowError):  # inf - inf in a damaged file: the slot is unusable
+            self.count = math.nan  # dropped with its series at the end of the merge
+            return
         if self.buckets is None:
             self.buckets = [0.0] * sketch.BUCKET_COUNT
         self.buckets[lo : hi + 1] = map(add, self.buckets[lo : hi + 1], counts)
@@ -121,7 +125,41 @@ def merge(views: list[WorkerView], epoch: int, now: float) -> Merged:
                 base = record.offset + slot * stride
                 if doubles[base + layout.SLOT_ID] >= oldest_slot:
                     stats.add_slot(doubles, base, kind.with_sketch)
+    _drop_impossible(merged)
     return merged
+
+
+MAX_VALUE = 2.0**53
+"""Largest magnitude a merged value may have (beyond it a count is no longer exact)."""
+
+
+def _plausible(values: list[float]) -> bool:
+    """No NaN, no infinity, nothing beyond ``MAX_VALUE`` (three C-speed passes)."""
+    if not values:
+        return True
+    total = sum(values)
+    return math.isfinite(total) and min(values) >= -MAX_VALUE and max(values) <= MAX_VALUE
+
+
+def _drop_impossible(merged: Merged) -> None:
+    """Remove series whose merged values no file we write could hold (a damaged file).
+
+    The file's structure was validated when it was read; its numbers are checked here,
+    once per merged series, so that nothing downstream (``int()``, quantiles) can fail.
+    """
+    for series in merged.totals.values():
+        bad = [labels for labels, payload in series.items() if not _plausible(payload)]
+        for labels in bad:
+            del series[labels]
+    for windows in merged.windows.values():
+        bad = [
+            labels for labels, stats in windows.items()
+            if not _plausible([stats.count, stats.total, stats.errors])
+            or math.isnan(stats.low) or math.isnan(stats.high)
+            or (stats.buckets is not None and not _plausible(stats.buckets[stats.lo : stats.hi + 1]))
+        ]  # fmt: skip
+        for labels in bad:
+            del windows[labels]
 
 
 def combine(kind: layout.Kind, current: list[float] | None, incoming: list[float]) -> list[float]:

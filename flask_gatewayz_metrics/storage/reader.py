@@ -4,6 +4,12 @@ Readers never lock writers: they map each file read-only, read ``used``, and ind
 the records below it. The index of a file is kept between scrapes and extended with new
 records only, so a scrape does not re-parse keys it has seen. A file that is empty,
 truncated, foreign or corrupt is skipped and reported; it never fails the scrape.
+
+Everything in the directory is untrusted (see SECURITY.md): names are opened relative
+to a descriptor of the directory, non-blocking (a FIFO cannot stall a scrape) and with
+``O_NOFOLLOW``; only regular files owned by a trusted uid are mapped (a file another
+user owns could be truncated under our mapping, and its numbers are not ours to
+report); every length and offset read from a file is checked against what was mapped.
 """
 
 from __future__ import annotations
@@ -12,11 +18,36 @@ import fcntl
 import json
 import mmap
 import os
+import stat
+import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from . import layout
 from .layout import Doubles
+
+OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC
+"""How any name in the metrics directory is opened for reading."""
+DIRECTORY_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+MAX_SLOTS = 1024
+MIN_SLOT_SECONDS = 1e-9
+MAX_SLOT_SECONDS = 1e12
+"""Slot widths a header may give (0 = one slot since start): slot ids stay finite."""
+TRUSTED_UIDS_ENV = "GATEWAYZ_METRICS_TRUSTED_UIDS"
+"""Comma-separated uids (besides our own) whose files in the directory are read."""
+
+
+def trusted_uids(extra: Iterable[int] | None = None) -> frozenset[int]:
+    """Our effective uid, ``extra``, and the uids of ``$GATEWAYZ_METRICS_TRUSTED_UIDS``.
+
+    A malformed environment entry is ignored (it must never stop the application).
+    """
+    uids = {os.geteuid(), *(extra or ())}
+    for part in os.environ.get(TRUSTED_UIDS_ENV, "").split(","):
+        if part.strip().isdigit():
+            uids.add(int(part))
+    return frozenset(uids)
 
 
 @dataclass
@@ -38,6 +69,8 @@ class WorkerView:
     live: bool
     doubles: Doubles
     records: list[Record]
+    """The records that fit in ``doubles``: a list of this view's own (another
+    thread's later read of the same file never changes it)."""
 
     @property
     def name(self) -> str:
@@ -62,6 +95,7 @@ class StorageProblem:
 class _Indexed:
     inode: int
     size: int
+    """Bytes mapped: the file's size rounded down to a multiple of 8."""
     mm: mmap.mmap
     parsed_to: int
     records: list[Record] = field(default_factory=list)
@@ -70,42 +104,55 @@ class _Indexed:
 class DirectoryReader:
     """Reads all worker files of one directory; keeps per-file indexes between calls."""
 
-    def __init__(self, directory: str, dead_only: bool = False) -> None:
+    def __init__(self, directory: str, dead_only: bool = False, trusted: Iterable[int] | None = None) -> None:
         self.directory = directory
         self.dead_only = dead_only
         """Skip (without parsing) files a live writer holds: the compactor's view."""
+        self.trusted = frozenset(trusted) if trusted is not None else trusted_uids()
+        """Owners whose files are read; others are skipped as ``untrusted_owner``."""
         self._index: dict[str, _Indexed] = {}
+        self.deadline: float | None = None
+        """``time.monotonic()`` after which no further worker file is read (compaction)."""
 
-    def read(self) -> tuple[list[WorkerView], list[StorageProblem]]:
+    def read(self, dir_fd: int | None = None) -> tuple[list[WorkerView], list[StorageProblem]]:
         """Every readable file: the archive (if any) first, then the worker files it has
         not absorbed.
 
         The archive is read before the directory is listed, and its identity checked
         again afterwards: if a compaction replaced it in between (and may have deleted
         files the old archive did not hold yet), the read is repeated, so no value is
-        ever missing from, or counted twice in, one result.
+        ever missing from, or counted twice in, one result. ``dir_fd``: an open
+        descriptor of the directory to use (the compactor's), else it is opened here.
         """
-        for _ in range(_READ_ATTEMPTS):
-            archive_before = _identity(os.path.join(self.directory, layout.ARCHIVE_NAME))
-            views, problems = self._read_once()
-            if _identity(os.path.join(self.directory, layout.ARCHIVE_NAME)) == archive_before:
-                break
+        own_fd = dir_fd is None
+        try:
+            fd = os.open(self.directory, DIRECTORY_FLAGS) if dir_fd is None else dir_fd
+        except OSError as exc:
+            return [], [StorageProblem(self.directory, f"unreadable_directory: {exc.strerror}")]
+        try:
+            for _ in range(_READ_ATTEMPTS):
+                archive_before = _identity(fd, layout.ARCHIVE_NAME)
+                views, problems = self._read_once(fd)
+                if _identity(fd, layout.ARCHIVE_NAME) == archive_before:
+                    break
+        finally:
+            if own_fd:
+                os.close(fd)
         return views, problems
 
-    def _read_once(self) -> tuple[list[WorkerView], list[StorageProblem]]:
+    def _read_once(self, dir_fd: int) -> tuple[list[WorkerView], list[StorageProblem]]:
         views: list[WorkerView] = []
         problems: list[StorageProblem] = []
         absorbed: set[str] = set()
         seen = set()
-        archive_path = os.path.join(self.directory, layout.ARCHIVE_NAME)
-        archive = self._try_read(archive_path, problems)
+        archive = self._try_read(dir_fd, layout.ARCHIVE_NAME, problems)
         if archive is not None:
-            seen.add(archive_path)
+            seen.add(layout.ARCHIVE_NAME)
             views.append(archive)
             absorbed = archive.absorbed()
         try:
             names = sorted(
-                n for n in os.listdir(self.directory)
+                n for n in os.listdir(dir_fd)
                 if n.endswith(layout.WORKER_SUFFIX) and not n.startswith(layout.TEMP_PREFIX)
             )
         except OSError as exc:
@@ -113,69 +160,88 @@ class DirectoryReader:
         for name in names:
             if name in absorbed:
                 continue
-            path = os.path.join(self.directory, name)
-            seen.add(path)
-            view = self._try_read(path, problems)
+            if self.deadline is not None and time.monotonic() > self.deadline:
+                break  # the compactor's time budget is spent: the rest waits for the next run
+            seen.add(name)
+            view = self._try_read(dir_fd, name, problems)
             if view is not None:
                 views.append(view)
-        for path in set(self._index) - seen:
-            del self._index[path]
+        for name in set(self._index) - seen:
+            del self._index[name]
         return views, problems
 
-    def _try_read(self, path: str, problems: list[StorageProblem]) -> WorkerView | None:
+    def _try_read(self, dir_fd: int, name: str, problems: list[StorageProblem]) -> WorkerView | None:
+        path = os.path.join(self.directory, name)
         try:
-            return self._read_file(path)
+            return self._read_file(dir_fd, name, path)
         except _Live:
             pass
         except _Skip as skip:
-            self._index.pop(path, None)
+            self._index.pop(name, None)
             problems.append(StorageProblem(path, skip.reason))
         except OSError as exc:
-            self._index.pop(path, None)
+            self._index.pop(name, None)
             if not isinstance(exc, FileNotFoundError):  # removed since listed: compacted
-                problems.append(StorageProblem(path, "unreadable"))
+                problems.append(StorageProblem(path, "symlink" if exc.errno == _ELOOP else "unreadable"))
+        except (ValueError, OverflowError, TypeError):  # anything else a hostile file manages
+            self._index.pop(name, None)
+            problems.append(StorageProblem(path, "corrupt_header"))
         return None
 
-    def _read_file(self, path: str) -> WorkerView:
+    def _read_file(self, dir_fd: int, name: str, path: str) -> WorkerView:
         for _ in range(_READ_ATTEMPTS):
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            fd = os.open(name, OPEN_FLAGS, dir_fd=dir_fd)
             try:
+                st = _checked(fd, self.trusted)
                 live = is_locked(fd)
                 if live and self.dead_only:
                     raise _Live
-                cached = self._mapped(path, fd)
+                cached = self._mapped(name, fd, st)
             finally:
                 os.close(fd)
             header = layout.HEADER.unpack_from(cached.mm, 0)
             if header[2] <= cached.size:
                 break
             # ``used`` is past what we mapped: the writer grew the file since our fstat.
-            self._index.pop(path, None)
+            self._index.pop(name, None)
         return _view(path, cached, header, live)
 
-    def _mapped(self, path: str, fd: int) -> _Indexed:
-        st = os.fstat(fd)
-        if st.st_size == 0:
-            raise _Skip("empty")
-        if st.st_size < layout.HEADER_SIZE:
+    def _mapped(self, name: str, fd: int, st: os.stat_result) -> _Indexed:
+        # Only whole float64 values are mapped: a length that is not a multiple of 8
+        # (a copy cut short) must not make the float64 view impossible.
+        size = st.st_size & ~7
+        if size < layout.HEADER_SIZE:
             raise _Skip("truncated")
-        cached = self._index.get(path)
-        if cached is not None and cached.inode == st.st_ino and cached.size == st.st_size:
+        cached = self._index.get(name)
+        if cached is not None and cached.inode == st.st_ino and cached.size == size:
             return cached
-        mm = mmap.mmap(fd, st.st_size, prot=mmap.PROT_READ)
+        mm = mmap.mmap(fd, size, prot=mmap.PROT_READ)
         same_file = cached is not None and cached.inode == st.st_ino
         records = cached.records if cached is not None and same_file else []
         parsed_to = cached.parsed_to if cached is not None and same_file else layout.HEADER_SIZE
-        cached = self._index[path] = _Indexed(st.st_ino, st.st_size, mm, parsed_to, records)
+        cached = self._index[name] = _Indexed(st.st_ino, size, mm, parsed_to, records)
         return cached
 
 
 _READ_ATTEMPTS = 3
+_ELOOP = 40
 
 
-def _identity(path: str) -> tuple[int, int] | None:
+def _checked(fd: int, trusted: frozenset[int]) -> os.stat_result:
+    """``fd``'s status if it is a non-empty regular file of a trusted owner, else ``_Skip``."""
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        raise _Skip("not_regular_file")
+    if st.st_uid not in trusted:
+        raise _Skip("untrusted_owner")
+    if st.st_size == 0:
+        raise _Skip("empty")
+    return st
+
+
+def _identity(dir_fd: int, name: str) -> tuple[int, int] | None:
     try:
-        st = os.stat(path, follow_symlinks=False)
+        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
     except OSError:  # absent, or the directory itself is gone or unusable
         return None
     return st.st_ino, st.st_mtime_ns
@@ -187,13 +253,23 @@ def _view(path: str, cached: _Indexed, header: tuple[Any, ...], live: bool) -> W
         raise _Skip("foreign")
     if version != layout.VERSION:
         raise _Skip("wrong_version")
-    if used > cached.size or used < layout.HEADER_SIZE or not 1 <= slots <= 1024:
-        raise _Skip("truncated" if used > cached.size else "corrupt_header")
+    if used > cached.size:
+        raise _Skip("truncated")
+    if (
+        used < layout.HEADER_SIZE
+        or used % 8
+        or not 1 <= slots <= MAX_SLOTS
+        or not (slot_seconds == 0.0 or MIN_SLOT_SECONDS <= slot_seconds <= MAX_SLOT_SECONDS)
+        or epoch >= 2**53
+    ):
+        raise _Skip("corrupt_header")
     if cached.parsed_to < used:
         _index_records(cached, used, slots)
+    # Our own list: records appended by a later read (of a grown file) belong to that
+    # read's larger mapping, never to this view's ``doubles``.
     return WorkerView(
         path, int(epoch), float(slot_seconds), int(slots), live,
-        memoryview(cached.mm).cast("d"), cached.records,
+        memoryview(cached.mm).cast("d"), cached.records[:],
     )
 
 
@@ -208,32 +284,60 @@ class _Skip(Exception):
 
 
 def _index_records(cached: _Indexed, used: int, slots: int) -> None:
-    """Parse records in ``[cached.parsed_to, used)`` and add them to the index."""
+    """Parse records in ``[cached.parsed_to, used)`` and add them to the index.
+
+    All or nothing: a corrupt record leaves the index as it was (and skips the file).
+    """
     mm = cached.mm
     pos = cached.parsed_to
+    found: list[Record] = []
     while pos < used:
         if used - pos < layout.RECORD_HEADER.size:
             raise _Skip("corrupt_record")
         length, key_len = layout.RECORD_HEADER.unpack_from(mm, pos)
         key_start = pos + layout.RECORD_HEADER.size
         payload_start = key_start + layout.padded(key_len)
-        if length % 8 or pos + length > used or key_len > layout.MAX_KEY_BYTES or payload_start > pos + length:
+        if (
+            length < layout.RECORD_HEADER.size
+            or length % 8
+            or pos + length > used
+            or key_len > layout.MAX_KEY_BYTES
+            or payload_start > pos + length
+        ):
             raise _Skip("corrupt_record")
         try:
             key = json.loads(bytes(mm[key_start : key_start + key_len]).decode("utf-8"))
             kind = layout.KINDS[key[0]]
             labels = tuple(key[1:])
-        except (ValueError, KeyError, TypeError, IndexError):
+        except (ValueError, KeyError, TypeError, IndexError, RecursionError):
             raise _Skip("corrupt_record") from None
         if (
             len(labels) != len(kind.labels)
             or not all(isinstance(v, str) for v in labels)
             or pos + length - payload_start != 8 * kind.payload_size(slots)
+            or not all(_LABEL_CHECKS.get(name, _any_label)(v) for name, v in zip(kind.labels, labels, strict=True))
         ):
             raise _Skip("corrupt_record")
-        cached.records.append(Record(key[0], labels, payload_start // 8))
+        found.append(Record(key[0], labels, payload_start // 8))
         pos += length
+    cached.records.extend(found)
     cached.parsed_to = pos
+
+
+def _any_label(value: str) -> bool:
+    return True
+
+
+def _small_number(value: str) -> bool:
+    return value.isascii() and value.isdigit() and len(value) <= 3
+
+
+_LABEL_CHECKS = {
+    "status": _small_number,  # an HTTP status: read as a number at merge time
+    "failed": lambda value: value in ("0", "1"),
+    "bucket": _small_number,  # an exemplar's histogram bucket index
+}
+"""Labels the reader of a snapshot parses: anything else in them marks the record corrupt."""
 
 
 def is_locked(fd: int) -> bool:

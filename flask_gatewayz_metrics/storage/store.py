@@ -11,14 +11,14 @@ seeing a half-zeroed file.
 
 from __future__ import annotations
 
-import os
 import time
+from collections.abc import Iterable
 
 from . import layout
 from .control import ControlFile
 from .directory import ensure_directory
 from .layout import Doubles
-from .reader import DirectoryReader, StorageProblem, WorkerView
+from .reader import DirectoryReader, StorageProblem, WorkerView, trusted_uids
 from .worker_file import WorkerFile
 
 RETRY_SECONDS = 5.0
@@ -30,12 +30,16 @@ class StorageUnavailable(Exception):
 
 
 class Storage:
-    def __init__(self, directory: str, slot_seconds: float, slots: int) -> None:
+    def __init__(
+        self, directory: str, slot_seconds: float, slots: int, trusted: Iterable[int] | None = None
+    ) -> None:
         self.directory = directory
         self.slot_seconds = slot_seconds
         self.slots = slots
+        self.trusted = trusted_uids(trusted)
+        """Uids whose files in the directory are read (ours, configured ones)."""
         self.control = ControlFile(directory)
-        self.reader = DirectoryReader(directory)
+        self.reader = DirectoryReader(directory, trusted=self.trusted)
         self.generation = 0
         """Bumped whenever offsets from ``offset()`` become invalid (new file)."""
         self._file: WorkerFile | None = None
@@ -84,17 +88,13 @@ class Storage:
     def _open_new_file(self) -> WorkerFile:
         if time.monotonic() < self._retry_at:
             raise StorageUnavailable(self.last_error or "storage unavailable")
-        if self._file is not None:
-            self._file.close(unlink=True)  # data of an older epoch: readers ignore it anyway
-            self._file = None
-        self._offsets.clear()
-        self.generation += 1
+        lost = self._drop_file()
         try:
-            if not os.path.exists(self.control.path):
+            if self.control.replaced():
                 # The directory vanished (or was emptied) under us: start it again.
-                ensure_directory(self.directory)
-                self.control = ControlFile(self.directory)
-                self._epoch_word = self.control.words
+                self._reopen_control()
+            if lost:
+                self._count_lost_safely("directory_lost", lost)
             self._file = WorkerFile(
                 self.directory, self.control.epoch, self.slot_seconds, self.slots
             )
@@ -102,6 +102,71 @@ class Storage:
             raise self._unavailable(exc) from exc
         self.last_error = None
         return self._file
+
+    def _drop_file(self) -> float:
+        """Close this process's file (deleting it unless it is already gone); forget its
+        offsets. Returns the requests lost with it when the directory lost it."""
+        lost = 0.0
+        if self._file is not None:
+            if self._file.deleted():
+                # The directory was deleted or replaced: what this file holds is gone.
+                lost = self._recorded_requests()
+            self._file.close(unlink=not lost)  # older epoch: readers ignore it anyway
+            self._file = None
+        self._offsets.clear()
+        self.generation += 1
+        return lost
+
+    def _recorded_requests(self) -> float:
+        """Requests this process recorded into its current file (what is lost with it)."""
+        assert self._file is not None
+        d = self._file.doubles
+        try:
+            return float(sum(d[o] for (kind, _), o in self._offsets.items() if kind == "request"))
+        except (ValueError, IndexError):
+            return 0.0
+
+    def _reopen_control(self) -> None:
+        """Re-create the directory (same checks as at start) and map its control file."""
+        self.control.retire()
+        ensure_directory(self.directory)
+        self.control = ControlFile(self.directory)
+        self._epoch_word = self.control.words
+
+    def check_directory(self) -> bool:
+        """Notice a deleted or replaced directory (a scrape calls this: two ``stat`` calls).
+
+        Every process that still maps the old control file is told through it (its epoch
+        moves), so each writer starts a new file in the new directory at its next write.
+        Returns whether the directory had been replaced.
+        """
+        if not self.control.replaced():
+            return False
+        lost = self._drop_file() if self._file is not None and self._file.deleted() else 0.0
+        try:
+            self._reopen_control()
+        except (OSError, RuntimeError) as exc:
+            self.last_error = f"{type(exc).__name__}: {exc}"
+        if lost:
+            self._count_lost_safely("directory_lost", lost)
+        return True
+
+    def count_lost(self, reason: str, count: float = 1.0) -> None:
+        """Count observations that could not be recorded in the shared control file.
+
+        Raises ``OSError`` / ``LookupError`` when even that is impossible.
+        """
+        self.control.add_lost(reason, count)
+
+    def _count_lost_safely(self, reason: str, count: float) -> None:
+        try:
+            self.control.add_lost(reason, count)
+        except (OSError, LookupError):
+            pass
+
+    def lost(self) -> dict[str, float]:
+        """Lost observations of every process, by reason (never going down between resets)."""
+        return self.control.lost()
 
     def _unavailable(self, exc: Exception) -> StorageUnavailable:
         self._retry_at = time.monotonic() + RETRY_SECONDS
@@ -116,7 +181,7 @@ class Storage:
             self._file = None
         self._offsets.clear()
         self.generation += 1
-        self.reader = DirectoryReader(self.directory)
+        self.reader = DirectoryReader(self.directory, trusted=self.trusted)
 
     def reset(self) -> int:
         """Start a new epoch for every process sharing the directory."""

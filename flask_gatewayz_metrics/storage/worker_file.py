@@ -18,8 +18,10 @@ import mmap
 import os
 import secrets
 import time
+import weakref
 
 from . import layout
+from .directory import open_directory
 
 INITIAL_SIZE = 256 * 1024
 _OPEN_FLAGS = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -36,8 +38,21 @@ class WorkerFile:
         self.slots = slots
         # Created under a hidden name and renamed once locked and complete, so no reader
         # or compactor ever sees it empty and unlocked (it would look like debris).
-        temp_path = os.path.join(directory, layout.TEMP_PREFIX + name)
-        self._fd = os.open(temp_path, _OPEN_FLAGS, 0o600)
+        # Through a checked descriptor of the directory: whatever its path points to
+        # meanwhile, the file is made inside a directory of ours.
+        temp_name = layout.TEMP_PREFIX + name
+        dir_fd = open_directory(directory)
+        try:
+            self._create(dir_fd, temp_name, name, epoch, slot_seconds, slots)
+        finally:
+            os.close(dir_fd)
+        self._used = layout.HEADER_SIZE
+        # A file object that is garbage-collected without close() (a discarded app, a
+        # test that builds an app per case) must not keep its descriptor and flock.
+        self._finalizer = weakref.finalize(self, os.close, self._fd)
+
+    def _create(self, dir_fd: int, temp_name: str, name: str, epoch: int, slot_seconds: float, slots: int) -> None:
+        self._fd = os.open(temp_name, _OPEN_FLAGS, 0o600, dir_fd=dir_fd)
         try:
             fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             self._size = 0
@@ -48,12 +63,11 @@ class WorkerFile:
                 time.time(), slot_seconds, slots,
             )
             self._mmap[: layout.HEADER_SIZE] = header
-            os.rename(temp_path, self.path)
+            os.rename(temp_name, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
         except BaseException:
             os.close(self._fd)
-            os.unlink(temp_path)
+            os.unlink(temp_name, dir_fd=dir_fd)
             raise
-        self._used = layout.HEADER_SIZE
 
     def _reserve(self, size: int) -> None:
         try:
@@ -105,8 +119,33 @@ class WorkerFile:
                 os.unlink(self.path)
             except FileNotFoundError:
                 pass
+        self._finalizer.detach()
         os.close(self._fd)
         self._fd = -1
+        self._unmap()
+
+    def _unmap(self) -> None:
+        """Close the map now if nobody else holds a view of it: the map keeps its own
+        duplicate of the descriptor, and with it the flock."""
+        try:
+            self.doubles.release()
+            self._words.release()
+            self._mmap.close()
+        except BufferError:  # someone still reads it: freed (and unlocked) with the last view
+            pass
+
+    def deleted(self) -> bool:
+        """Whether this file is no longer in the metrics directory (directory deleted or
+        replaced, file removed): writing on would be lost."""
+        if self._fd < 0:
+            return False
+        try:
+            if os.fstat(self._fd).st_nlink == 0:
+                return True
+            st = os.stat(self.path, follow_symlinks=False)
+        except OSError:
+            return True
+        return st.st_ino != os.fstat(self._fd).st_ino
 
     def abandon_after_fork(self) -> None:
         """In a forked child: drop the inherited descriptor without touching the file.
@@ -115,5 +154,7 @@ class WorkerFile:
         the parent's file.
         """
         if self._fd >= 0:
+            self._finalizer.detach()
             os.close(self._fd)
             self._fd = -1
+            self._unmap()  # the map's own descriptor shares the parent's lock too
