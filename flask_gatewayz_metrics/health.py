@@ -4,7 +4,8 @@
   rate over the window is at least ``health_unhealthy_error_rate`` (default 0.5).
 - ``degraded`` (HTTP 200): some files in the metrics directory were skipped as
   unreadable, or the window's error rate is at least ``health_degraded_error_rate``
-  (default 0.05).
+  (default 0.05), or the server looks multi-process but the metrics directory is
+  private to one process (each scrape would show one process's numbers).
 - ``healthy`` (HTTP 200) otherwise.
 """
 
@@ -30,6 +31,8 @@ def health_report(snap: Snapshot, settings: Settings) -> tuple[dict[str, Any], i
             reasons.append(f"{len(snap.problems)} unreadable file(s) in the metrics directory")
         if error_rate is not None and error_rate >= settings.health_degraded_error_rate:
             reasons.append(f"error rate {error_rate:.3f} >= {settings.health_degraded_error_rate}")
+        if snap.location and snap.location.get("warning"):
+            reasons.append(str(snap.location["warning"]))
         if reasons:
             status = "degraded"
     report = {
@@ -46,5 +49,6 @@ def health_report(snap: Snapshot, settings: Settings) -> tuple[dict[str, Any], i
         "storage_problems": [{"file": p.path, "reason": p.reason} for p in snap.problems],
         "storage_error": snap.storage_error,
         "dropped": {reason: int(n) for reason, n in sorted(snap.dropped().items())},
+        "metrics_directory": snap.location,
     }
     return report, 503 if status == "unhealthy" else 200

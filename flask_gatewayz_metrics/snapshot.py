@@ -74,6 +74,8 @@ class Snapshot:
     """Drops this process could not write to storage (storage unavailable)."""
     storage_error: str | None = None
     compaction_error: str | None = None
+    location: dict[str, object] | None = None
+    """The metrics directory and how it was chosen (``storage.location.Location.report``)."""
 
     @property
     def uptime_seconds(self) -> float:
@@ -217,6 +219,7 @@ class Snapshot:
             },
             "in_flight": int(self.in_flight),
             "llm": self._llm_dict(),
+            "metrics_directory": self.location,
             "storage": {
                 "worker_files": self.worker_files,
                 "live_worker_files": self.live_files,
