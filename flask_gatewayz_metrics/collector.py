@@ -668,8 +668,8 @@ def get_metrics_collector() -> MetricsCollector:
 
 def _from_environment(namespace: str | None = None) -> MetricsCollector:
     env = os.environ
-    return MetricsCollector(
-        env.get("GATEWAYZ_METRICS_DIR") or None,
+    return MetricsCollector(  # the directory: GATEWAYZ_METRICS_DIR or automatic (location.resolve)
+        None,
         window_seconds=float(env.get("GATEWAYZ_METRICS_WINDOW_SECONDS", 300)),
         window_slots=int(env.get("GATEWAYZ_METRICS_WINDOW_SLOTS", 5)),
         error_status=int(env.get("GATEWAYZ_METRICS_ERROR_STATUS", 500)),
