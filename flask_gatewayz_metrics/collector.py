@@ -13,7 +13,6 @@ import logging
 import math
 import os
 import struct
-import sys
 import threading
 import time
 import weakref
@@ -138,7 +137,7 @@ class MetricsCollector(GatewayRecording):
         self._armed = self._sentinel.word
         self._owner_pid = os.getpid()
         _live_collectors.add(self)
-        _announce(self.location, announce)
+        location.announce(self.location, announce)
 
     # ----------------------------------------------------------------- requests
     def record_request(
@@ -708,22 +707,6 @@ def collector_for_app(
         if _default is None:
             _default = collector
         return collector
-
-
-def _announce(where: location.Location, first: bool) -> None:
-    """The start-up line: which directory and how it was chosen (logged by the process
-    that starts using the directory first, and by any process it warns about)."""
-    try:
-        warning = where.warning()
-        if warning:
-            log.warning("%s; %s", where.describe(), warning)
-        elif first:
-            if log.hasHandlers():
-                log.info("%s", where.describe())
-            else:  # logging not configured: still one visible line
-                sys.stderr.write(f"flask_gatewayz_metrics: {where.describe()}\n")
-    except Exception:  # a log line must never stop the app
-        pass
 
 
 def _after_fork_in_child() -> None:

@@ -21,11 +21,12 @@ workers find the old master through ``GUNICORN_PID`` and leave an alias file
 (``alias-<new master key>``) naming the directory, which they follow once the old master
 has exited.
 
-Clean-up: the root process removes its directory at exit when it runs this code (an app
-loaded before forking: gunicorn ``--preload``, uWSGI's default mode, waitress, the dev
-server; or the packaged gunicorn config's ``on_exit``), unless a live upgraded master
-still uses it. Otherwise the next server of the same user that creates a directory
-sweeps those whose root process and aliases are all gone.
+Clean-up: the root process removes its directory when it exits normally (``atexit``) if
+it runs this code (an app loaded before forking: gunicorn ``--preload``, waitress, the
+dev server; or the packaged gunicorn config's ``on_exit``), unless a live upgraded
+master still uses it. Otherwise (plain gunicorn, uWSGI, whose master skips ``atexit``,
+a kill) the next server of the same user that creates a directory sweeps those whose
+root process and aliases are all gone.
 """
 
 from __future__ import annotations
@@ -35,8 +36,9 @@ import logging
 import os
 import re
 import shutil
+import sys
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from . import layout, process
 from .directory import MetricsDirectoryError, ensure_directory, private_directory
@@ -63,7 +65,6 @@ class Location:
     mode: str
     chosen_by: str
     server_root_pid: int | None = None
-    chosen_in_pid: int = field(default_factory=os.getpid)
 
     def warning(self) -> str | None:
         """Why numbers may be partial: a private directory in a multi-process server."""
@@ -90,6 +91,22 @@ class Location:
     def describe(self) -> str:
         """The start-up log line."""
         return f"metrics directory {self.path} ({self.mode}: {self.chosen_by})"
+
+
+def announce(where: Location, first: bool) -> None:
+    """The start-up line: which directory and how it was chosen (logged by the process
+    that starts using the directory first, and by any process it warns about)."""
+    try:
+        warning = where.warning()
+        if warning:
+            log.warning("%s; %s", where.describe(), warning)
+        elif first:
+            if log.hasHandlers():
+                log.info("%s", where.describe())
+            else:  # logging not configured: still one visible line
+                sys.stderr.write(f"flask_gatewayz_metrics: {where.describe()}\n")
+    except Exception:  # a log line must never stop the app
+        pass
 
 
 def resolve(directory: str | None = None, namespace: str | None = None) -> Location:
