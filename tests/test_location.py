@@ -150,6 +150,22 @@ def test_sweep_removes_only_dead_servers_of_this_scope(tmpdir_env: Path) -> None
     assert alive.exists() and aliased.exists() and foreign.exists()
 
 
+def test_sweep_keeps_a_directory_a_live_process_writes(tmpdir_env: Path) -> None:
+    """A directory whose named root is gone but whose worker file a live process holds
+    (gunicorn --daemon forks the real master away from the one that prepared it) stays."""
+    parent = Path(location.user_directory())
+    scope = process.scope()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    in_use = parent / f"server-{dead.pid}-1-{scope}"
+    writer = MetricsCollector(str(in_use))
+    writer.record_cache_hit()  # this process now holds a worker file in it
+    assert location.sweep(str(parent), scope) == []
+    assert in_use.is_dir()
+    writer.close()
+    assert location.sweep(str(parent), scope) == [in_use.name]
+
+
 def test_upgraded_master_follows_its_alias(tmpdir_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A root with an alias (a gunicorn master started by USR2 whose old master exited) uses
     the old master's directory."""

@@ -42,6 +42,7 @@ from dataclasses import dataclass
 
 from . import layout, process
 from .directory import MetricsDirectoryError, ensure_directory, private_directory
+from .reader import is_locked
 
 log = logging.getLogger("flask_gatewayz_metrics")
 
@@ -246,10 +247,42 @@ def sweep(parent: str, scope: str, keep: str = "") -> list[str]:
         if not alive and _unlink(os.path.join(parent, name)):
             removed.append(name)
     for name, alive in servers.items():
-        if not alive and name != keep and name not in in_use:
-            shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
+        path = os.path.join(parent, name)
+        if not alive and name != keep and name not in in_use and not _written_by_live_process(path):
+            shutil.rmtree(path, ignore_errors=True)
             removed.append(name)
     return removed
+
+
+def _written_by_live_process(path: str, except_pid: int = 0) -> bool:
+    """Whether a live process (other than ``except_pid``) holds a worker file in ``path``
+    or an app subdirectory: the directory is in use whatever its name says (e.g. gunicorn
+    ``--daemon`` prepared it in the process that then forked the real master away)."""
+    own = f"worker-{except_pid}-"
+    directories = [path]
+    try:
+        with os.scandir(os.path.join(path, APPS_DIR)) as apps:
+            directories += [e.path for e in apps if e.is_dir(follow_symlinks=False)][:MAX_SWEEP_ENTRIES]
+    except OSError:
+        pass
+    for directory in directories:
+        try:
+            names = [
+                n for n in os.listdir(directory) if n.endswith(layout.WORKER_SUFFIX) and not n.startswith(own)
+            ]
+        except OSError:
+            continue
+        for name in names[:MAX_SWEEP_ENTRIES]:
+            try:
+                fd = os.open(os.path.join(directory, name), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            except OSError:
+                continue
+            try:
+                if is_locked(fd):
+                    return True
+            finally:
+                os.close(fd)
+    return False
 
 
 def is_automatic(path: str) -> bool:
@@ -288,6 +321,8 @@ def _remove_at_exit(parent: str, name: str, scope: str, owner: int) -> bool:
     own_root = name == f"{SERVER_PREFIX}{me.key}-{scope}" if me is not None else False
     if servers.get(name) and not own_root:
         return False  # its root (an older master) is still alive
+    if _written_by_live_process(os.path.join(parent, name), owner):
+        return False
     shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
     if mine:
         _unlink(os.path.join(parent, mine))
