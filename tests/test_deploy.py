@@ -385,3 +385,40 @@ def test_private_directory_under_several_workers_is_degraded(launch: object, tmp
     assert any("private to one process" in str(reason) for reason in report["reasons"])  # type: ignore[attr-defined]
     assert "private to one process" in server.log.read_text()
     assert list(squatted.iterdir()) == []
+
+
+def test_gunicorn_daemon_with_packaged_config(tmp_path: Path) -> None:
+    """--daemon with the packaged config: the directory, prepared before gunicorn forks the
+    real master away, survives another server's start-up sweep, and counts stay exact."""
+    port, tmp, pidfile, log = free_port(), tmp_path / "tmp", tmp_path / "gunicorn.pid", tmp_path / "daemon.log"
+    tmp.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GATEWAYZ_METRICS_", "DEPLOY_APP_"))}
+    env.update(PYTHONPATH=os.pathsep.join([str(TESTS_DIR), str(REPO_ROOT)]), TMPDIR=str(tmp))
+    command = [
+        sys.executable, GUNICORN_SCRIPT, "--bind", f"127.0.0.1:{port}", "-w", "2", "--daemon", "--pid", str(pidfile),
+        "--error-logfile", str(log), "-c", "python:flask_gatewayz_metrics.gunicorn_conf", "deploy_app:app",
+    ]  # fmt: skip
+    subprocess.run(command, cwd=REPO_ROOT, env=env, check=True, timeout=30)
+    wait_until(lambda: pidfile.exists() and pidfile.read_text().strip().isdigit(), "the daemon's pid file")
+    master = int(pidfile.read_text())
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_until(lambda: _answers(url), "the daemon to serve")
+        tally = Tally()
+        tally.rounds(url, 5)
+        [directory] = sorted(tmp.glob("gatewayz-metrics-*/server-*"))
+        assert not alive(int(directory.name.split("-")[1]))  # keyed by the process that exited
+        sweeper = "from flask_gatewayz_metrics import MetricsCollector; MetricsCollector().record_cache_hit()"
+        subprocess.run([sys.executable, "-c", sweeper], env=env, check=True, timeout=30)
+        assert directory.is_dir()
+        tally.rounds(url, 5)
+    finally:
+        os.kill(master, signal.SIGTERM)
+        wait_until(lambda: not alive(master), "the daemon to exit")
+
+
+def _answers(url: str) -> bool:
+    try:
+        return http("GET", url + "/pid", timeout=2.0)[0] == 200
+    except OSError:
+        return False
