@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import sysconfig
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -202,7 +204,18 @@ def assert_shared_automatic(server: Running) -> None:
     assert [str(p) for p in server.metrics_dirs()] == [directory["path"]]
 
 
-GUNICORN_SCRIPT = str(Path(sys.executable).with_name("gunicorn"))
+def installed_script(name: str) -> str:
+    """The console script pip installed for this interpreter (venv bin, scripts dir, PATH)."""
+    candidates = [Path(sys.executable).with_name(name), Path(sysconfig.get_path("scripts")) / name]
+    for candidate in candidates:
+        if candidate.is_file():
+            return str(candidate)
+    found = shutil.which(name)
+    assert found, f"{name} is not installed (it is in the test extra)"
+    return found
+
+
+GUNICORN_SCRIPT = installed_script("gunicorn")
 GUNICORN = (sys.executable, GUNICORN_SCRIPT, "--bind", "127.0.0.1:{port}")
 """As the ``gunicorn`` script runs (``python -m gunicorn`` cannot survive USR2: the re-exec
 as ``python .../gunicorn/__main__.py`` puts gunicorn's own ``http`` package first on the path)."""
@@ -244,7 +257,7 @@ def test_gunicorn_gevent(launch: object) -> None:
 
 
 UWSGI = (
-    str(Path(sys.executable).with_name("uwsgi")), "--master", "--processes", "3", "--http-socket", "127.0.0.1:{port}",
+    installed_script("uwsgi"), "--master", "--processes", "3", "--http-socket", "127.0.0.1:{port}",
     "--module", "deploy_app:app", "--home", sys.prefix, "--need-app", "--die-on-term", "--disable-logging",
 )
 
