@@ -197,6 +197,7 @@ class GatewayzMetrics:
                 "app (use one GatewayzMetrics object with init_app for several apps)."
             )
         settings, custom_storage = Settings.resolve(app.config, self._options)
+
         def make(namespace: str | None) -> MetricsCollector:
             return MetricsCollector(
                 settings.dir,
