@@ -435,3 +435,25 @@ def _answers(url: str) -> bool:
         return http("GET", url + "/pid", timeout=2.0)[0] == 200
     except OSError:
         return False
+
+
+def test_two_apps_in_one_process_keep_their_own_numbers(launch: object) -> None:
+    """Two apps in each of 3 recycled gunicorn workers: each app's scrape shows exactly its own
+    requests (the workers agree on each app's directory without configuration)."""
+    server = launch("two-apps", *GUNICORN, "-w", "3", "--max-requests", "9", "deploy_two_apps:app")  # type: ignore[operator]
+    sent = {"a": 0, "b": 0}
+    for _ in range(ROUNDS):
+        statuses = send_concurrently(server.url, [("GET", "/a/ok", None)] * 3 + [("GET", "/b/ok", None)], 3, 30.0)
+        assert statuses == Counter({200: 4})
+        sent["a"] += 3
+        sent["b"] += 1
+        for mount, count in sent.items():
+            status, body = http("GET", f"{server.url}/{mount}/metrics")
+            assert status == 200
+            totals = {
+                sample.labels["endpoint"]: sample.value
+                for family in text_string_to_metric_families(body.decode())
+                for sample in family.samples
+                if sample.name == "http_requests_total"
+            }
+            assert totals.get("/ok") == float(count), mount  # (the readiness probe hit /pid of the first)
