@@ -28,10 +28,10 @@ from .llm import GatewayRecording
 from .otlp import otlp_report
 from .request_state import current_request
 from .snapshot import Snapshot
-from .storage import CompactionResult, Storage, StorageUnavailable, compact, layout, merge
-from .storage.directory import ensure_directory, private_directory
+from .storage import CompactionResult, Storage, StorageUnavailable, compact, layout, location, merge
 from .storage.history import SlotHistory, slot_history
 from .storage.layout import Doubles
+from .storage.process import ForkSentinel
 
 log = logging.getLogger("flask_gatewayz_metrics")
 
@@ -41,6 +41,9 @@ COMPACTION_INTERVAL_SECONDS = 10.0
 """Least time between two compactions a scrape triggers (child_exit may run more often)."""
 COMPACTION_BUDGET_SECONDS = 2.0
 """Time one compaction may spend reading files; the rest is left for the next one."""
+FOLD_AT_START_FILES = 64
+"""A process that opens its file in a directory holding this many worker files folds the
+dead ones first (a process-per-request server leaves one file per request)."""
 
 _INF = math.inf
 _BOUNDS = layout.HISTOGRAM_BOUNDS
@@ -81,7 +84,10 @@ class MetricsCollector(GatewayRecording, CustomMetrics):
     """Records requests, provider/model calls, cache, database and external API use.
 
     ``directory`` is the metrics directory shared by all worker processes (default:
-    ``$GATEWAYZ_METRICS_DIR``, else a private temporary directory). Windowed gauges
+    ``$GATEWAYZ_METRICS_DIR``, else a directory the processes of this server find on
+    their own, see ``storage.location``; ``namespace`` gives the collector its own
+    subdirectory of that, which is how a second app in a process gets its own numbers).
+    ``location`` says which and why. Windowed gauges
     cover the last ``window_seconds`` (0 = since start), kept as ``window_slots``
     clock-aligned slots. A status code ``>= error_status`` counts as an error.
     With ``auto_compact`` a snapshot that finds dead workers' files folds them into the
@@ -106,6 +112,7 @@ class MetricsCollector(GatewayRecording, CustomMetrics):
         allowed_labels: Mapping[str, Iterable[str]] | None = None,
         clock: Callable[[], float] = time.time,
         trusted_uids: Iterable[int] | None = None,
+        namespace: str | None = None,
     ) -> None:
         if not window_seconds >= 0 or not math.isfinite(window_seconds):
             raise ValueError("window_seconds must be a finite number >= 0 (0 = since start)")
@@ -113,9 +120,9 @@ class MetricsCollector(GatewayRecording, CustomMetrics):
             raise ValueError("window_slots must be between 1 and 1024")
         if not 100 <= error_status <= 600:
             raise ValueError("error_status must be an HTTP status between 100 and 600")
-        self.directory = ensure_directory(
-            directory or os.environ.get("GATEWAYZ_METRICS_DIR") or private_directory()
-        )
+        self.location = location.resolve(directory, namespace)
+        self.directory = self.location.path
+        announce = not os.path.exists(os.path.join(self.directory, layout.CONTROL_NAME))
         self.window_seconds = float(window_seconds)
         slots = window_slots if window_seconds > 0 else 1
         self._slot_seconds = self.window_seconds / slots
@@ -147,7 +154,13 @@ class MetricsCollector(GatewayRecording, CustomMetrics):
         self._last_compaction = -_INF
         self._compaction_error: str | None = None
         self._multi_process: str | None = None
+        # Fork detection on the write path: the sentinel reads 0 in any forked child,
+        # also one forked from C (uWSGI), where no at-fork handler runs.
+        self._sentinel = ForkSentinel()
+        self._armed = self._sentinel.word
+        self._owner_pid = os.getpid()
         _live_collectors.add(self)
+        location.announce(self.location, announce)
 
     # ----------------------------------------------------------------- requests
     def record_request(
@@ -225,7 +238,7 @@ class MetricsCollector(GatewayRecording, CustomMetrics):
         try:
             with self._lock:
                 d = self._doubles
-                if self._file_epoch != self._epoch_words[_EPOCH_INDEX]:
+                if self._file_epoch != self._epoch_words[_EPOCH_INDEX] or not self._armed[0]:
                     d = self._refresh_file()
                 key = (endpoint, method, status, provider, model, failed)
                 try:
@@ -479,9 +492,9 @@ class MetricsCollector(GatewayRecording, CustomMetrics):
         """
         try:
             with self._lock:
+                if self._file_epoch != self._epoch_words[_EPOCH_INDEX] or not self._armed[0]:
+                    self._refresh_file()  # first, so a forked child starts from 0
                 self._in_flight += delta
-                if self._file_epoch != self._epoch_words[_EPOCH_INDEX]:
-                    self._refresh_file()
                 o = self._in_flight_offset
                 if o < 0:
                     o = self._in_flight_offset = self._fixed("in_flight")
@@ -508,12 +521,16 @@ class MetricsCollector(GatewayRecording, CustomMetrics):
     # ------------------------------------------------------------------ plumbing
     def _writable(self) -> Doubles:
         """This process's storage view (call under the lock)."""
-        if self._file_epoch != self._epoch_words[_EPOCH_INDEX]:
+        if self._file_epoch != self._epoch_words[_EPOCH_INDEX] or not self._armed[0]:
             return self._refresh_file()
         return self._doubles
 
     def _refresh_file(self) -> Doubles:
         """Open (or re-open after a reset or fork) this process's file; forget old offsets."""
+        if self._owner_pid != os.getpid():
+            # Forked without our at-fork hook (uWSGI forks from C): the parent's file is
+            # still mapped here and must never be written. The lock is held, so keep it.
+            self._forget_parent_process()
         self._doubles = _NO_FILE
         self._file_epoch = -1
         self._slot_extremes.clear()
@@ -523,9 +540,17 @@ class MetricsCollector(GatewayRecording, CustomMetrics):
             self._request_targets.clear()
             self._in_flight_offset = -1
             self._generation = self._storage.generation
+            if self.auto_compact:
+                self._fold_if_crowded()
         self._doubles = d
         self._file_epoch = self._storage.file_epoch
+        self._sentinel.arm()
         return d
+
+    def _fold_if_crowded(self) -> None:
+        """A new file in a crowded directory: fold dead files now (bounded, non-blocking)."""
+        if location.worker_file_count(self.directory, FOLD_AT_START_FILES) >= FOLD_AT_START_FILES:
+            self._maybe_compact()
 
     def _fixed(self, kind: str, labels: tuple[str, ...] = ()) -> int:
         """Offset of a record outside the request path (allocating it may re-map the file)."""
@@ -621,6 +646,7 @@ class MetricsCollector(GatewayRecording, CustomMetrics):
             custom_definitions=self.custom_definitions(),
             multi_process=self._multi_process,
             otlp=otlp_report(self.directory),
+            location=self.location.report(),
         )
 
     def compact(self) -> CompactionResult:
@@ -672,6 +698,12 @@ class MetricsCollector(GatewayRecording, CustomMetrics):
     def _after_fork_in_child(self) -> None:
         self._lock = threading.Lock()
         self._read_lock = threading.Lock()
+        self._forget_parent_process()
+
+    def _forget_parent_process(self) -> None:
+        """In a forked child: drop the parent's file (untouched) and per-process state."""
+        self._owner_pid = os.getpid()
+        self._sentinel.disarm()
         self._storage.after_fork_in_child()
         self._doubles = _NO_FILE
         self._file_epoch = -1
@@ -734,14 +766,20 @@ def _rotate(d: Doubles, base: int, slot: int, with_sketch: bool) -> None:
 _default: MetricsCollector | None = None
 _default_lock = threading.Lock()
 _live_collectors: weakref.WeakSet[MetricsCollector] = weakref.WeakSet()
+_base_taken = False
+"""Whether an app of this process already records into the base directory."""
+_automatic_apps = 0
+"""Apps of this process given a collector without a directory of their own, so far."""
 
 
 def get_metrics_collector() -> MetricsCollector:
     """The collector of the request being timed, else the process-wide collector.
 
-    The process-wide one is created on first use from the environment:
-    ``GATEWAYZ_METRICS_DIR``, ``GATEWAYZ_METRICS_WINDOW_SECONDS``,
-    ``GATEWAYZ_METRICS_WINDOW_SLOTS``, ``GATEWAYZ_METRICS_ERROR_STATUS``.
+    The process-wide collector is the first app's (the first ``init_app`` in this
+    process, whichever collector it got); before any app exists it is created on first
+    use from the environment: ``GATEWAYZ_METRICS_DIR``, ``GATEWAYZ_METRICS_WINDOW_SECONDS``,
+    ``GATEWAYZ_METRICS_WINDOW_SLOTS``, ``GATEWAYZ_METRICS_ERROR_STATUS`` (and the first app
+    without storage options then adopts it).
     """
     state = current_request.get()
     if state is not None:
@@ -750,14 +788,52 @@ def get_metrics_collector() -> MetricsCollector:
     if _default is None:
         with _default_lock:
             if _default is None:
-                env = os.environ
-                _default = MetricsCollector(
-                    env.get("GATEWAYZ_METRICS_DIR") or None,
-                    window_seconds=float(env.get("GATEWAYZ_METRICS_WINDOW_SECONDS", 300)),
-                    window_slots=int(env.get("GATEWAYZ_METRICS_WINDOW_SLOTS", 5)),
-                    error_status=int(env.get("GATEWAYZ_METRICS_ERROR_STATUS", 500)),
-                )
+                _default = _from_environment()
     return _default
+
+
+def _from_environment(namespace: str | None = None) -> MetricsCollector:
+    env = os.environ
+    return MetricsCollector(  # the directory: GATEWAYZ_METRICS_DIR or automatic (location.resolve)
+        None,
+        window_seconds=float(env.get("GATEWAYZ_METRICS_WINDOW_SECONDS", 300)),
+        window_slots=int(env.get("GATEWAYZ_METRICS_WINDOW_SLOTS", 5)),
+        error_status=int(env.get("GATEWAYZ_METRICS_ERROR_STATUS", 500)),
+        namespace=namespace,
+    )
+
+
+def collector_for_app(
+    app_name: str,
+    given: MetricsCollector | None,
+    make: Callable[[str | None], MetricsCollector] | None,
+) -> MetricsCollector:
+    """The collector of a new app: one set of numbers per app unless it is shared on purpose.
+
+    ``given`` (a collector passed by the user) is used as is. Otherwise ``make(namespace)``
+    builds one (``make`` None: no storage options, the environment's settings). The first
+    such app records into the base directory (``GATEWAYZ_METRICS_DIR`` or the server's
+    automatic one), adopting the process-wide collector when it has no options; each
+    later app gets the subdirectory ``apps/<app name>-<n>``, ``n`` counting these apps in
+    the order they are initialised, which is the same in every worker of a server. The
+    first app's collector is what ``get_metrics_collector()`` returns outside a request.
+    """
+    global _default, _base_taken, _automatic_apps
+    with _default_lock:
+        collector = given
+        if collector is None:
+            _automatic_apps += 1
+            namespace = f"{app_name}-{_automatic_apps}" if _base_taken else None
+            _base_taken = True
+            if namespace is None and make is None and _default is not None:
+                collector = _default
+            elif make is None:
+                collector = _from_environment(namespace)
+            else:
+                collector = make(namespace)
+        if _default is None:
+            _default = collector
+        return collector
 
 
 def _after_fork_in_child() -> None:

@@ -22,7 +22,7 @@ from prometheus_client.registry import Collector
 from werkzeug.wsgi import ClosingIterator
 
 from ._wsgi import Exchange
-from .collector import MetricsCollector, get_metrics_collector
+from .collector import MetricsCollector, collector_for_app
 from .default_registry import DefaultRegistry
 from .exposition import PrometheusExporter
 from .llm import trace_id_of
@@ -131,8 +131,10 @@ class GatewayzMetrics:
     """Flask extension: ``GatewayzMetrics(app)`` or ``metrics.init_app(app)`` in a factory.
 
     Keyword options are defaults for the ``GATEWAYZ_METRICS_*`` config keys (see the
-    README); ``collector`` supplies a ready ``MetricsCollector``. Without storage
-    options the app uses the process-wide ``get_metrics_collector()``.
+    README); ``collector`` supplies a ready ``MetricsCollector`` (pass the same one to
+    several apps to share numbers). Otherwise each app gets its own collector: the first
+    app of the process the process-wide ``get_metrics_collector()`` one (adopted when it
+    has no storage options), later apps their own subdirectory.
     """
 
     def __init__(
@@ -151,20 +153,26 @@ class GatewayzMetrics:
                 "app (use one GatewayzMetrics object with init_app for several apps)."
             )
         settings, custom_storage = Settings.resolve(app.config, self._options)
+
+        def make(namespace: str | None) -> MetricsCollector:
+            return MetricsCollector(
+                settings.dir,
+                window_seconds=settings.window_seconds,
+                window_slots=settings.window_slots,
+                error_status=settings.error_status,
+                strict=settings.strict,
+                label_limits=settings.label_limits,
+                allowed_labels=settings.allowed_labels(),
+                namespace=namespace,
+            )
+
+        # One set of numbers per app: a passed collector or an app's own directory is
+        # used as is; otherwise the first app takes the base directory and later ones a
+        # subdirectory each (see collector_for_app).
         collector = self._collector
-        if collector is None:
-            if custom_storage:
-                collector = MetricsCollector(
-                    settings.dir,
-                    window_seconds=settings.window_seconds,
-                    window_slots=settings.window_slots,
-                    error_status=settings.error_status,
-                    strict=settings.strict,
-                    label_limits=settings.label_limits,
-                    allowed_labels=settings.allowed_labels(),
-                )
-            else:
-                collector = get_metrics_collector()
+        if collector is None and settings.dir:
+            collector = make(None)
+        collector = collector_for_app(app.import_name, collector, make if custom_storage else None)
         if settings.prices is not None:
             collector.set_prices(settings.prices)
         state = AppMetrics(settings, collector)

@@ -1,18 +1,21 @@
-"""Helpers for a gunicorn config file (see ``conf/gunicorn.conf.py``).
+"""gunicorn hooks: ``gunicorn -c python:flask_gatewayz_metrics.gunicorn_conf app:app``.
 
-Call ``prepare_metrics_dir()`` at the top level of the config file: gunicorn loads the
-config in the master before it imports the app (also with ``--preload``), so every
-worker inherits ``GATEWAYZ_METRICS_DIR`` and finds a clean directory.
+Never required (an app under plain ``gunicorn app:app`` finds its server's directory on
+its own, see ``storage.location``); the hooks are the fast path: the master prepares the
+directory before any worker exists, folds an exited worker's file at once
+(``child_exit``) and removes the directory when the server stops (``on_exit``). Your own
+config file can use them too: call ``prepare_metrics_dir()`` at its top level (gunicorn
+loads the config in the master before the app, also with ``--preload``) and set
+``child_exit = child_exit`` and ``on_exit = on_exit`` (see ``conf/gunicorn.conf.py``).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from typing import Any
 
-from .storage import compact, layout
+from .storage import compact, layout, location, process
 from .storage.directory import ensure_directory
 
 log = logging.getLogger("flask_gatewayz_metrics")
@@ -23,22 +26,54 @@ PREPARED_BY = "GATEWAYZ_METRICS_PREPARED_BY"
 def prepare_metrics_dir(path: str | None = None) -> str:
     """Create (or empty) the metrics directory and export it as ``GATEWAYZ_METRICS_DIR``.
 
-    ``path`` defaults to ``$GATEWAYZ_METRICS_DIR``, else a new private temporary
-    directory. Only files this package writes are removed; anything else is left alone.
-    Emptied once per master process: a configuration reload (``kill -HUP``) runs the
-    config file again in the same master, and must not wipe the live workers' counts.
+    ``path`` defaults to ``$GATEWAYZ_METRICS_DIR``, else this server's automatic
+    directory (``storage.location``), which workers would find anyway. Only files this
+    package writes are removed (also in the ``apps/`` subdirectories of further apps);
+    anything else is left alone. Emptied once per master process: a configuration
+    reload (``kill -HUP``) runs the config again in the same master, and a master
+    started by ``kill -USR2`` shares the directory with the old one while its workers
+    drain; neither may wipe live workers' counts.
     """
-    path = ensure_directory(
-        path or os.environ.get("GATEWAYZ_METRICS_DIR") or tempfile.mkdtemp(prefix="gatewayz-metrics-")
-    )
+    explicit = path or os.environ.get("GATEWAYZ_METRICS_DIR")
+    if explicit and location.is_automatic(explicit):
+        explicit = None  # exported by a previous master (kept by gunicorn over HUP + USR2)
+    path = ensure_directory(explicit) if explicit else location.server_location().path
     marker = f"{os.getpid()}:{path}"
-    if os.environ.get(PREPARED_BY) != marker:
-        for name in os.listdir(path):
-            if name.endswith(layout.WORKER_SUFFIX) or name in (layout.CONTROL_NAME, layout.ARCHIVE_NAME):
-                os.unlink(os.path.join(path, name))
-        os.environ[PREPARED_BY] = marker
+    if os.environ.get(PREPARED_BY) != marker and explicit and not _upgrading():
+        _empty(path)
+        apps = os.path.join(path, location.APPS_DIR)
+        if os.path.isdir(apps) and not os.path.islink(apps):
+            for name in os.listdir(apps):
+                sub = os.path.join(apps, name)
+                if os.path.isdir(sub) and not os.path.islink(sub):
+                    _empty(sub)
+    os.environ[PREPARED_BY] = marker
     os.environ["GATEWAYZ_METRICS_DIR"] = path
     return path
+
+
+def _empty(path: str) -> None:
+    for name in os.listdir(path):
+        if name.endswith(layout.WORKER_SUFFIX) or name in (layout.CONTROL_NAME, layout.ARCHIVE_NAME):
+            os.unlink(os.path.join(path, name))
+
+
+def _upgrading() -> bool:
+    """Whether this is a master started by ``kill -USR2`` while the old one still runs
+    (gunicorn names the old master, our parent, in ``GUNICORN_PID``)."""
+    old = os.environ.get("GUNICORN_PID", "")
+    return old.isdigit() and int(old) == os.getppid() and process.process_info(int(old)) is not None
+
+
+def on_exit(server: Any) -> None:
+    """gunicorn ``on_exit`` hook: remove the server's automatic directory as the master
+    stops, unless an upgraded master (``kill -USR2``) still uses it."""
+    directory = os.environ.get("GATEWAYZ_METRICS_DIR", "")
+    try:
+        if location.release(directory):
+            log.info("removed metrics directory %s", directory)
+    except OSError as exc:
+        log.warning("could not remove metrics directory %s: %s", directory, exc)
 
 
 def child_exit(server: Any, worker: Any) -> None:

@@ -8,7 +8,9 @@
   error rate is at least ``health_degraded_error_rate`` (default 0.05), or the
   application's ``prometheus_client`` default-registry metrics are not served because
   the server is multi-process (see ``default_registry``), or the configured OTLP export
-  fails, is stalled or lacks its extra (see ``otlp``).
+  fails, is stalled or lacks its extra (see ``otlp``),
+  or the server looks multi-process but the metrics directory is private to one
+  process (each scrape would show one process's numbers).
 - ``healthy`` (HTTP 200) otherwise.
 """
 
@@ -48,6 +50,8 @@ def health_report(snap: Snapshot, settings: Settings) -> tuple[dict[str, Any], i
         if withheld:
             reasons.append(withheld)
         reasons += health_reasons(snap.otlp, snap.taken_at)
+        if snap.location and snap.location.get("warning"):
+            reasons.append(str(snap.location["warning"]))
         if reasons:
             status = "degraded"
     report = {
@@ -66,5 +70,6 @@ def health_report(snap: Snapshot, settings: Settings) -> tuple[dict[str, Any], i
         "dropped": {reason: int(n) for reason, n in sorted(snap.dropped().items())},
         # Counted by compactions: files quarantined, window slots of another geometry lost.
         "storage_errors": {str(labels[0]): int(p[0]) for labels, p in snap.series("storage_errors")},
+        "metrics_directory": snap.location,
     }
     return report, 503 if status == "unhealthy" else 200

@@ -87,6 +87,8 @@ class Snapshot:
     def custom(self) -> list[CustomFamily]:
         """The application's custom metrics, merged (see ``custom``)."""
         return custom_families(self.merged, self.custom_definitions)
+    location: dict[str, object] | None = None
+    """The metrics directory and how it was chosen (``storage.location.Location.report``)."""
 
     @property
     def uptime_seconds(self) -> float:
@@ -232,6 +234,7 @@ class Snapshot:
             "llm": self._llm_dict(),
             "custom": self._custom_dict(),
             **({"otlp": self.otlp} if self.otlp is not None else {}),
+            "metrics_directory": self.location,
             "storage": {
                 "worker_files": self.worker_files,
                 "live_worker_files": self.live_files,

@@ -4,6 +4,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# uWSGI (in the test extra) is compiled by pip: it needs a C compiler and Python's headers.
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && { ! command -v gcc >/dev/null 2>&1 ||
+        [ ! -f "$(python3 -c 'import sysconfig; print(sysconfig.get_paths()["include"])')/Python.h" ]; }; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq gcc python3-dev >/dev/null
+fi
+
 python3 -m pip install --quiet --disable-pip-version-check -e '.[test,dev]'
 
 # Debian packages the tests use: the Prometheus server and promtool, curl and jq (the

@@ -11,6 +11,7 @@ seeing a half-zeroed file.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterable
 
@@ -54,6 +55,11 @@ class Storage:
         Raises ``StorageUnavailable`` while the file cannot be created.
         """
         file = self._file
+        if file is not None and file.pid != os.getpid():
+            # Forked without the at-fork hook (uWSGI forks from C): the file is the
+            # parent's; drop it untouched and open our own.
+            self.after_fork_in_child()
+            file = None
         if file is not None and file.epoch == self._epoch_word[layout.CONTROL_EPOCH_INDEX]:
             return file.doubles
         return self._open_new_file().doubles

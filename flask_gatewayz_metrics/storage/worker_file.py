@@ -23,7 +23,9 @@ import weakref
 from . import layout
 from .directory import open_directory
 
-INITIAL_SIZE = 256 * 1024
+INITIAL_SIZE = 16 * 1024
+"""Bytes reserved for a new file; it doubles as records are added. Small, because a
+process-per-request server (the dev server with ``processes=N``) makes one per request."""
 _OPEN_FLAGS = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
@@ -111,10 +113,11 @@ class WorkerFile:
         self._map()
 
     def close(self, unlink: bool = False) -> None:
-        """Release the file (and its lock); ``unlink`` removes it too."""
+        """Release the file (and its lock); ``unlink`` removes it too (only in the process
+        that created it: a forked child never removes its parent's file)."""
         if self._fd < 0:
             return
-        if unlink:
+        if unlink and self.pid == os.getpid():
             try:
                 os.unlink(self.path)
             except FileNotFoundError:
