@@ -27,6 +27,7 @@ from .labels import LabelGuard, as_number, method_label
 from .llm import GatewayRecording
 from .otlp import otlp_report
 from .request_state import current_request
+from .settings import collector_options_from_env
 from .snapshot import Snapshot
 from .storage import CompactionResult, Storage, StorageUnavailable, compact, layout, location, merge
 from .storage.history import SlotHistory, slot_history
@@ -793,14 +794,9 @@ def get_metrics_collector() -> MetricsCollector:
 
 
 def _from_environment(namespace: str | None = None) -> MetricsCollector:
-    env = os.environ
-    return MetricsCollector(  # the directory: GATEWAYZ_METRICS_DIR or automatic (location.resolve)
-        None,
-        window_seconds=float(env.get("GATEWAYZ_METRICS_WINDOW_SECONDS", 300)),
-        window_slots=int(env.get("GATEWAYZ_METRICS_WINDOW_SLOTS", 5)),
-        error_status=int(env.get("GATEWAYZ_METRICS_ERROR_STATUS", 500)),
-        namespace=namespace,
-    )
+    # The directory: GATEWAYZ_METRICS_DIR or automatic (location.resolve); the window and
+    # error threshold from their variables, parsed and checked like config values.
+    return MetricsCollector(None, namespace=namespace, **collector_options_from_env())
 
 
 def collector_for_app(
