@@ -168,3 +168,34 @@ def test_collector_inherited_across_fork(metrics_dir: str) -> None:
         assert (d["storage"]["worker_files"], d["storage"]["live_worker_files"]) == (PROCESSES + 1, 1)
     finally:
         collector.close()
+
+
+def test_in_flight_of_another_worker_survives_a_reset(metrics_dir: str) -> None:
+    """A worker with a request in flight that has not written since a reset still counts it."""
+    read_end, write_end = os.pipe()
+    go_read, go_write = os.pipe()
+
+    def busy_worker(_: int) -> None:
+        child = MetricsCollector(metrics_dir)
+        child.add_in_flight(1)  # a long request starts (a stream, say)
+        os.write(write_end, b"r")
+        os.read(go_read, 1)  # ... and ends only when the parent says so
+        child.add_in_flight(-1)
+        child.close()
+
+    scraper = MetricsCollector(metrics_dir)
+    (pid,) = fork_children(1, busy_worker)
+    try:
+        assert os.read(read_end, 1) == b"r"
+        assert scraper.snapshot().in_flight == 1
+        scraper.reset()
+        assert scraper.snapshot().total_requests == 0
+        assert scraper.snapshot().in_flight == 1  # the busy worker has not moved to the new epoch yet
+        os.write(go_write, b"g")
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert scraper.snapshot().in_flight == 0
+    finally:
+        for fd in (read_end, write_end, go_read, go_write):
+            os.close(fd)
+        scraper.close()

@@ -104,8 +104,14 @@ class Merged:
 def merge(views: list[WorkerView], epoch: int, now: float) -> Merged:
     """Combine ``views`` (files of older reset epochs are ignored) as seen at ``now``."""
     merged = Merged()
+    moved = {_writer_pid(v.name) for v in views if v.epoch >= epoch and not v.is_archive}
     for view in views:
         if view.epoch < epoch:
+            # A live writer that has not yet moved to the new epoch (it does at its next
+            # write) still serves its requests: its "live" values (requests in flight)
+            # count; everything else in the file was reset.
+            if view.live and not view.is_archive and _writer_pid(view.name) not in moved:
+                _add_live_values(merged, view)
             continue
         doubles = view.doubles
         oldest_slot = _oldest_slot_in_window(view, now)
@@ -127,6 +133,20 @@ def merge(views: list[WorkerView], epoch: int, now: float) -> Merged:
                     stats.add_slot(doubles, base, kind.with_sketch)
     _drop_impossible(merged)
     return merged
+
+
+def _writer_pid(name: str) -> str:
+    """The pid part of a worker file name (``worker-<pid>-<nonce>.gwzm``)."""
+    return name.split("-", 2)[1] if name.count("-") >= 2 else name
+
+
+def _add_live_values(merged: Merged, view: WorkerView) -> None:
+    for record in view.records:
+        kind = layout.KINDS[record.kind]
+        if kind.merge == "live" and not kind.windowed and kind.size:
+            series = merged.totals.setdefault(record.kind, {})
+            values = list(view.doubles[record.offset : record.offset + kind.size])
+            series[record.labels] = combine(kind, series.get(record.labels), values)
 
 
 MAX_VALUE = 2.0**53
