@@ -60,7 +60,7 @@ def test_full_disk_counts_every_loss_and_recovers(tmp_path: Any) -> None:
     try:
         directory = os.path.join(mount, "metrics")
         scraper = MetricsCollector(directory, auto_compact=False)
-        for _ in range(3):  # three workers that served and exited: 3 x 256 KiB
+        for _ in range(3):  # three workers that served and exited
             _in_child(_record_and_exit, directory, 10)
         _fill(os.path.join(mount, "filler"))  # the rest of the disk
         seen = []
@@ -72,6 +72,7 @@ def test_full_disk_counts_every_loss_and_recovers(tmp_path: Any) -> None:
         result = scraper.compact()  # needs space for the archive: made by shrinking dead files
         assert result.absorbed == 3
         assert not [n for n in os.listdir(directory) if n.startswith(".")], os.listdir(directory)
+        os.unlink(os.path.join(mount, "filler"))
         _in_child(_record_and_exit, directory, 20)  # space is back: recording resumes on its own
         snap = scraper.snapshot()
         assert snap.to_dict()["endpoints"]["/full"]["requests"] == 3 * 10 + 20

@@ -69,7 +69,11 @@ def shell_commands() -> list[tuple[int, str]]:
 
 
 def clean_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith(("GATEWAYZ_", "GATEWAY_", "PROMETHEUS_"))}
+    """The environment without our variables; this Python's scripts (gunicorn, uwsgi,
+    waitress-serve, flask) first on PATH, as in an activated virtual environment."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GATEWAYZ_", "GATEWAY_", "PROMETHEUS_"))}
+    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
+    return env
 
 
 @pytest.mark.parametrize("block", readme_blocks("python"), ids=lambda b: f"line{b.line}")
@@ -94,6 +98,9 @@ class Example:
 
     def start(self, command: str) -> None:
         self.stop()
+        deadline = time.monotonic() + 20  # the last server's processes may still be leaving
+        while not _port_free(8000) and time.monotonic() < deadline:
+            time.sleep(0.2)
         assert _port_free(8000), "port 8000 is in use: the README's address must be free for this test"
         self.starts += 1
         log = self.tmp_path / f"server-{self.starts}.log"
@@ -179,6 +186,10 @@ def _plain(example: Example, command: str) -> None:
 HANDLERS: list[tuple[str, Callable[[Example, str], None]]] = [
     (r"^bash scripts/run_example\.sh\b", _serve),
     (r"^gunicorn\b", _serve),
+    (r"^uwsgi\b", _serve),
+    (r"^waitress-serve\b", _serve),
+    (r"^flask --app \S+ run\b", _serve),
+    (r"^python3? -c .*\.run\(", _serve),
     (r"\bpromtool\b", _plain),  # also `curl ... | promtool check metrics`: silent when clean
     (r"^curl\b", _against_example),
     (r"^python3? -m example_app\.traffic\b", _against_example),
