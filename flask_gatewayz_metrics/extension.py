@@ -163,6 +163,7 @@ class GatewayzMetrics:
                 strict=settings.strict,
                 label_limits=settings.label_limits,
                 allowed_labels=settings.allowed_labels(),
+                trusted_uids=settings.trusted_uids,
                 namespace=namespace,
             )
 

@@ -27,7 +27,7 @@ from .prices import PriceTable, load_prices
 PREFIX = "GATEWAYZ_METRICS_"
 STORAGE_KEYS = (
     "dir", "window_seconds", "window_slots", "error_status", "strict",
-    "label_limits", "allowed_providers", "allowed_models",
+    "label_limits", "allowed_providers", "allowed_models", "trusted_uids",
 )
 """Settings that shape the collector: if any is given, the app gets its own collector."""
 SECRET_KEYS = (
@@ -49,6 +49,7 @@ class Settings:
     label_limits: Mapping[str, int] | None = None
     allowed_providers: str | Sequence[str] | None = None
     allowed_models: str | Sequence[str] | None = None
+    trusted_uids: tuple[int, ...] | None = None
     url_prefix: str = "/metrics"
     record_own_routes: bool = False
     include_app_metrics: bool = True
@@ -225,6 +226,18 @@ def _limits(value: Any) -> Mapping[str, int] | None:
     return checked
 
 
+def _uids(value: Any) -> tuple[int, ...] | None:
+    if value is None:
+        return None
+    if not isinstance(value, (list, tuple, set, frozenset)):
+        raise TypeError
+    if not all(isinstance(uid, int) and not isinstance(uid, bool) for uid in value):
+        raise TypeError
+    if any(uid < 0 for uid in value):
+        raise ValueError
+    return tuple(sorted(value))
+
+
 def _label_values(value: Any) -> str | tuple[str, ...] | None:
     if value is None or isinstance(value, str):
         return value
@@ -258,6 +271,7 @@ _CHECKS: dict[str, Callable[[Any], Any]] = {
     "label_limits": _limits,
     "allowed_providers": _label_values,
     "allowed_models": _label_values,
+    "trusted_uids": _uids,
     "url_prefix": _url_prefix,
     "record_own_routes": _flag,
     "include_app_metrics": _flag,
@@ -278,6 +292,7 @@ _EXPECTED: dict[str, str] = {
     "label_limits": 'a dict of label name to a non-negative int, e.g. {"model": 500}',
     "allowed_providers": "a list of str or a comma-separated str",
     "allowed_models": "a list of str or a comma-separated str",
+    "trusted_uids": "a list of int uids (besides this process's own)",
     "url_prefix": "a str path starting with '/' (e.g. '/metrics')",
     "record_own_routes": "a bool",
     "include_app_metrics": "a bool",

@@ -35,6 +35,8 @@ BAD_VALUES: list[tuple[str, Any, type[Exception]]] = [
     ("RESET_TOKEN", 1234, TypeError),
     ("AUTH_TOKEN", b"bytes", TypeError),
     ("DIR", 42, TypeError),
+    ("TRUSTED_UIDS", "1001", TypeError),
+    ("TRUSTED_UIDS", [-1], ValueError),
     ("DIR", "", ValueError),
     ("HEALTH_DEGRADED_ERROR_RATE", 5, ValueError),
     ("HEALTH_UNHEALTHY_ERROR_RATE", "0.5", TypeError),
@@ -109,3 +111,13 @@ def test_process_wide_options_from_env() -> None:
         collector_options_from_env({"GATEWAYZ_METRICS_WINDOW_SECONDS": "soon"})
     with pytest.raises(ValueError, match="environment variable GATEWAYZ_METRICS_ERROR_STATUS must be"):
         collector_options_from_env({"GATEWAYZ_METRICS_ERROR_STATUS": "99"})
+
+
+def test_trusted_uids_reach_the_reader(tmp_path: Path) -> None:
+    """TRUSTED_UIDS is a storage setting: the app's collector reads files of those owners too."""
+    app = Flask(__name__)
+    app.config.update(GATEWAYZ_METRICS_DIR=str(tmp_path / "m"), GATEWAYZ_METRICS_TRUSTED_UIDS=[4242])
+    GatewayzMetrics(app)
+    collector = GatewayzMetrics.of(app).collector
+    assert 4242 in collector._storage.reader.trusted
+    collector.close()
