@@ -27,7 +27,7 @@ from .labels import LabelGuard, as_number, method_label
 from .llm import GatewayRecording
 from .otlp import otlp_report
 from .request_state import current_request
-from .settings import collector_options_from_env
+from .settings import Settings, check, collector_options_from_env
 from .snapshot import Snapshot
 from .storage import CompactionResult, Storage, StorageUnavailable, compact, layout, location, merge
 from .storage.history import SlotHistory, slot_history
@@ -104,9 +104,9 @@ class MetricsCollector(GatewayRecording, CustomMetrics):
         self,
         directory: str | None = None,
         *,
-        window_seconds: float = 300.0,
-        window_slots: int = 5,
-        error_status: int = 500,
+        window_seconds: float = Settings.window_seconds,
+        window_slots: int = Settings.window_slots,
+        error_status: int = Settings.error_status,
         strict: bool = False,
         auto_compact: bool = True,
         label_limits: Mapping[str, int] | None = None,
@@ -115,12 +115,10 @@ class MetricsCollector(GatewayRecording, CustomMetrics):
         trusted_uids: Iterable[int] | None = None,
         namespace: str | None = None,
     ) -> None:
-        if not window_seconds >= 0 or not math.isfinite(window_seconds):
-            raise ValueError("window_seconds must be a finite number >= 0 (0 = since start)")
-        if not 1 <= window_slots <= 1024:
-            raise ValueError("window_slots must be between 1 and 1024")
-        if not 100 <= error_status <= 600:
-            raise ValueError("error_status must be an HTTP status between 100 and 600")
+        # The same checks (and error messages) as the extension's settings.
+        window_seconds = check("window_seconds", window_seconds, "MetricsCollector(window_seconds=...)")
+        window_slots = check("window_slots", window_slots, "MetricsCollector(window_slots=...)")
+        error_status = check("error_status", error_status, "MetricsCollector(error_status=...)")
         self.location = location.resolve(directory, namespace)
         self.directory = self.location.path
         announce = not os.path.exists(os.path.join(self.directory, layout.CONTROL_NAME))

@@ -293,6 +293,8 @@ def test_invalid_constructor_arguments() -> None:
         MetricsCollector("/nonexistent-unused", window_slots=0)
     with pytest.raises(ValueError):
         MetricsCollector("/nonexistent-unused", error_status=99)
+    with pytest.raises(TypeError, match=r"MetricsCollector\(window_seconds=\.\.\.\) must be a number"):
+        MetricsCollector("/nonexistent-unused", window_seconds="60")  # type: ignore[arg-type]
 
 
 # --------------------------------------------------------------------- window
