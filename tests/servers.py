@@ -20,7 +20,7 @@ import time
 import urllib.error
 import urllib.request
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -184,24 +184,41 @@ def start_gateway(
         simulator = start_simulator(tmp_path, *simulator_args, name=name, env=environment)
         environment.update(simulator.config)
         environment.update(env)
-    command = [
-        sys.executable, "-m", "gunicorn", "-c", "conf/gunicorn.conf.py",
-        "--bind", f"127.0.0.1:{port}", "--workers", str(workers), *extra, "example_app.app:app",
-    ]  # fmt: skip
+
+    def remember_simulator(pid: int) -> None:  # so that stop(server.process) stops it too
+        if simulator is not None:
+            _simulators[pid] = simulator
+
     try:
-        with log.open("wb") as out:
-            process = subprocess.Popen(
-                command, cwd=REPO_ROOT, env=environment,
-                stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-            )  # fmt: skip
+        return launch_gunicorn(
+            ["--workers", str(workers), *extra, "example_app.app:app"], environment, metrics_dir, log,
+            port=port, on_start=remember_simulator,
+        )  # fmt: skip
     except BaseException:
         if simulator is not None:
             stop(simulator.process)
         raise
-    if simulator is not None:
-        _simulators[process.pid] = simulator
+
+
+def launch_gunicorn(
+    arguments: Sequence[str], env: dict[str, str], metrics_dir: Path, log: Path,
+    port: int | None = None, on_start: Callable[[int], None] | None = None,
+) -> Server:
+    """gunicorn with ``conf/gunicorn.conf.py`` on a loopback port, logging to ``log``, in
+    its own session; returned once it serves ``/healthz``, else stopped.
+    ``on_start(pid)`` runs as soon as the process exists."""
+    port = port or free_port()
+    command = [
+        sys.executable, "-m", "gunicorn", "-c", "conf/gunicorn.conf.py", "--bind", f"127.0.0.1:{port}", *arguments,
+    ]
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            command, cwd=REPO_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
     server = Server(f"http://127.0.0.1:{port}", port, process, metrics_dir, log)
     try:
+        if on_start is not None:
+            on_start(process.pid)
         wait_ready(server)
     except BaseException:
         stop(process)

@@ -19,7 +19,7 @@ import pytest
 from flask import Flask
 from opentelemetry.proto.metrics.v1 import metrics_pb2
 from otlp_receiver import Receiver, metrics_of, points, resource_of
-from servers import REPO_ROOT, Server, free_port, gateway_env, http, stop, wait_ready
+from servers import REPO_ROOT, Server, free_port, gateway_env, http, launch_gunicorn, stop
 
 from flask_gatewayz_metrics import GatewayzMetrics, MetricsCollector, PrometheusExporter
 from flask_gatewayz_metrics import otlp as otlp_module
@@ -275,7 +275,6 @@ def start_server(tmp_path: Path, receiver_port: int) -> Server:
     (tmp_path / "otlp_gateway.py").write_text(APP_SOURCE)
     metrics_dir = tmp_path / "metrics"
     log = tmp_path / "gunicorn.log"
-    port = free_port()
     env = gateway_env(
         tmp_path, metrics_dir,
         OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{receiver_port}",
@@ -285,21 +284,7 @@ def start_server(tmp_path: Path, receiver_port: int) -> Server:
         OTEL_SERVICE_NAME="otlp-test-gateway",
         OTEL_RESOURCE_ATTRIBUTES="deployment.environment=test,team=llm%20ops",
     )  # fmt: skip
-    command = [
-        sys.executable, "-m", "gunicorn", "-c", "conf/gunicorn.conf.py", "--bind", f"127.0.0.1:{port}",
-        "--workers", "3", "--pythonpath", str(tmp_path), "otlp_gateway:app",
-    ]  # fmt: skip
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            command, cwd=REPO_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-        )
-    server = Server(f"http://127.0.0.1:{port}", port, process, metrics_dir, log)
-    try:
-        wait_ready(server)
-    except BaseException:
-        stop(process)
-        raise
-    return server
+    return launch_gunicorn(["--workers", "3", "--pythonpath", str(tmp_path), "otlp_gateway:app"], env, metrics_dir, log)
 
 
 def chat(server: Server, i: int) -> float:

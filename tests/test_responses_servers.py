@@ -9,8 +9,6 @@ once each, with the status the client got and the error flag, and leave nothing 
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -21,7 +19,7 @@ from pathlib import Path
 import pytest
 from recorded import Row, View, recorded, same
 from responses_app import FILE_BODY, create_app
-from servers import REPO_ROOT, Server, free_port, http, scrape, stop, wait_ready
+from servers import Server, free_port, http, launch_gunicorn, scrape, stop
 from werkzeug.serving import make_server
 
 EXPECTED: list[Row] = [
@@ -126,24 +124,10 @@ def test_werkzeug_server_records_each_shape_once(werkzeug_server: Callable[[str]
 def start_gunicorn(tmp_path: Path, position: str) -> Server:
     metrics_dir = tmp_path / f"metrics-{position}"
     log = tmp_path / f"gunicorn-{position}.log"
-    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAYZ_METRICS_")}
     env["GATEWAYZ_METRICS_DIR"] = str(metrics_dir)
-    command = [
-        sys.executable, "-m", "gunicorn", "-c", "conf/gunicorn.conf.py", "--bind", f"127.0.0.1:{port}",
-        "--workers", "2", "--pythonpath", "tests", f"responses_app:create_app({position!r})",
-    ]  # fmt: skip
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            command, cwd=REPO_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-        )
-    server = Server(f"http://127.0.0.1:{port}", port, process, metrics_dir, log)
-    try:
-        wait_ready(server)
-    except BaseException:
-        stop(process)
-        raise
-    return server
+    arguments = ["--workers", "2", "--pythonpath", "tests", f"responses_app:create_app({position!r})"]
+    return launch_gunicorn(arguments, env, metrics_dir, log)
 
 
 @pytest.mark.parametrize("position", ["before", "after"])
