@@ -13,8 +13,9 @@ straight to Flask: neither recorded nor in flight, unless ``RECORD_OWN_ROUTES``.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, TypeVar
 
 from flask import Flask, Response
 from prometheus_client import REGISTRY, CollectorRegistry, multiprocess
@@ -32,15 +33,20 @@ from .settings import Settings
 from .views import BLUEPRINT_NAME, create_blueprint
 
 EXTENSION_KEY = "gatewayz_metrics"
+View = TypeVar("View", bound=Callable[..., Any])
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
 
 class AppMetrics:
     """Per-app state, stored in ``app.extensions["gatewayz_metrics"]``."""
 
-    def __init__(self, settings: Settings, collector: MetricsCollector) -> None:
+    def __init__(
+        self, settings: Settings, collector: MetricsCollector, excluded_views: set[Callable[..., Any]] | None = None
+    ) -> None:
         self.settings = settings
         self.collector = collector
+        self.excluded_views = excluded_views if excluded_views is not None else set()
+        """View functions marked with ``GatewayzMetrics.exclude`` (shared by its apps)."""
         self.exporter = PrometheusExporter(collector, app_metrics_source() if settings.include_app_metrics else None)
         self.unmatched = settings.unmatched_endpoint
         self.app: Flask | None = None
@@ -68,8 +74,13 @@ class AppMetrics:
         own_root, own_paths, own_children = self.own_route_rule(app)
         reset_path = self.settings.url_prefix.rstrip("/") + "/reset"
 
+        patterns = self.settings.excluded_paths
+        excluded = re.compile("|".join(f"(?:{p})" for p in patterns)).match if patterns else None
+
         def timed_wsgi_app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
             path = environ.get("PATH_INFO", "")
+            if excluded is not None and excluded(path):  # EXCLUDED_PATHS: not ours to record
+                return wsgi_app(environ, start_response)
             if path.startswith(own_root) and (path in own_paths or path.startswith(own_children)):
                 body = wsgi_app(environ, start_response)
                 if path == reset_path:
@@ -142,6 +153,7 @@ class GatewayzMetrics:
     ) -> None:
         self._collector = collector
         self._options = options
+        self._excluded_views: set[Callable[..., Any]] = set()
         Settings.resolve({}, options)  # fail early on a misspelt option
         if app is not None:
             self.init_app(app)
@@ -176,7 +188,7 @@ class GatewayzMetrics:
         collector = collector_for_app(app.import_name, collector, make if custom_storage else None)
         if settings.prices is not None:
             collector.set_prices(settings.prices)
-        state = AppMetrics(settings, collector)
+        state = AppMetrics(settings, collector, self._excluded_views)
         app.extensions[EXTENSION_KEY] = state
         app.register_blueprint(create_blueprint(state), url_prefix=settings.url_prefix)
         app.wsgi_app = state.wrap(app.wsgi_app, app)  # type: ignore[method-assign,assignment]
@@ -184,6 +196,14 @@ class GatewayzMetrics:
         otlp = otlp_config(settings.otlp_endpoint)
         if otlp is not None:  # each worker starts its export thread on its first request
             app.before_request(OtlpExporter(otlp, families_of(state.exporter), collector.directory).ensure_running)
+
+    def exclude(self, view: View) -> View:
+        """Decorator: requests routed to ``view`` are not recorded, in every app this object
+        is initialised on; like ``EXCLUDED_PATHS``, but by view. Such a request still
+        counts in ``http_requests_in_flight`` while it runs (it is known only once routed).
+        Returns ``view`` itself, so it may sit above or below ``@app.route``."""
+        self._excluded_views.add(view)
+        return view
 
     @staticmethod
     def of(app: Flask) -> AppMetrics:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
@@ -52,6 +53,7 @@ class Settings:
     trusted_uids: tuple[int, ...] | None = None
     url_prefix: str = "/metrics"
     record_own_routes: bool = False
+    excluded_paths: tuple[str, ...] = ()
     include_app_metrics: bool = True
     unmatched_endpoint: str = "unmatched"
     dashboard: bool = True
@@ -226,6 +228,19 @@ def _limits(value: Any) -> Mapping[str, int] | None:
     return checked
 
 
+def _patterns(value: Any) -> tuple[str, ...]:
+    if isinstance(value, str) or not isinstance(value, (list, tuple)):
+        raise TypeError
+    if not all(isinstance(pattern, str) for pattern in value):
+        raise TypeError
+    for pattern in value:
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise ValueError(f"{pattern!r}: {exc}") from None
+    return tuple(value)
+
+
 def _uids(value: Any) -> tuple[int, ...] | None:
     if value is None:
         return None
@@ -274,6 +289,7 @@ _CHECKS: dict[str, Callable[[Any], Any]] = {
     "trusted_uids": _uids,
     "url_prefix": _url_prefix,
     "record_own_routes": _flag,
+    "excluded_paths": _patterns,
     "include_app_metrics": _flag,
     "unmatched_endpoint": _text(required=True),
     "dashboard": _flag,
@@ -295,6 +311,7 @@ _EXPECTED: dict[str, str] = {
     "trusted_uids": "a list of int uids (besides this process's own)",
     "url_prefix": "a str path starting with '/' (e.g. '/metrics')",
     "record_own_routes": "a bool",
+    "excluded_paths": "a list of regular expressions (str) matched at the start of the path",
     "include_app_metrics": "a bool",
     "unmatched_endpoint": "a non-empty str",
     "dashboard": "a bool",

@@ -1,0 +1,79 @@
+"""Excluded paths (GATEWAYZ_METRICS_EXCLUDED_PATHS) and views (@metrics.exclude) are not recorded."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from flask import Flask, Response
+
+from flask_gatewayz_metrics import GatewayzMetrics
+
+
+def make(tmp_path: Path, **config: object) -> tuple[Flask, GatewayzMetrics]:
+    app = Flask("exclusions")
+    app.config["GATEWAYZ_METRICS_DIR"] = str(tmp_path / "metrics")
+    app.config.update({f"GATEWAYZ_METRICS_{k.upper()}": v for k, v in config.items()})
+    metrics = GatewayzMetrics(app)
+
+    @app.get("/api/chat")
+    def chat() -> str:
+        return "ok"
+
+    @app.get("/internal/ping")
+    def ping() -> str:
+        return "pong"
+
+    @app.get("/items/<int:item>")
+    def item(item: int) -> str:
+        return str(item)
+
+    return app, metrics
+
+
+def recorded(app: Flask) -> dict[str, int]:
+    doc = GatewayzMetrics.of(app).collector.to_dict()
+    return {endpoint: entry["requests"] for endpoint, entry in doc["endpoints"].items()}  # type: ignore[attr-defined]
+
+
+def test_excluded_paths_are_not_recorded(tmp_path: Path) -> None:
+    """Paths matching an EXCLUDED_PATHS pattern (at their start) are neither recorded nor in flight."""
+    app, _ = make(tmp_path, excluded_paths=[r"/internal/", r"/items/\d*7$"])
+    client = app.test_client()
+    for path in ("/api/chat", "/internal/ping", "/items/7", "/items/8", "/items/17", "/nothing"):
+        client.get(path)
+    assert recorded(app) == {"/api/chat": 1, "/items/<int:item>": 1, "unmatched": 1}
+    assert GatewayzMetrics.of(app).collector.snapshot().in_flight == 0
+
+
+def test_excluded_view_is_not_recorded_and_leaves_flight(tmp_path: Path) -> None:
+    """@metrics.exclude: the view's requests, streamed or not, are not recorded; in flight returns to 0."""
+    app, metrics = make(tmp_path)
+
+    @app.get("/probe")
+    @metrics.exclude
+    def probe() -> str:
+        return "alive"
+
+    @metrics.exclude
+    @app.get("/stream")
+    def stream() -> Response:
+        return Response(iter(["a", "b"]))
+
+    client = app.test_client()
+    client.get("/probe")
+    streamed = client.get("/stream")
+    assert GatewayzMetrics.of(app).collector.snapshot().in_flight == 1  # still running
+    assert streamed.get_data() == b"ab"
+    streamed.close()
+    client.get("/api/chat")
+    assert recorded(app) == {"/api/chat": 1}
+    assert GatewayzMetrics.of(app).collector.snapshot().in_flight == 0
+
+
+def test_bad_excluded_paths_name_the_key(tmp_path: Path) -> None:
+    """A pattern that is not a regular expression, or a bare string, fails init_app naming the key."""
+    with pytest.raises(ValueError, match="GATEWAYZ_METRICS_EXCLUDED_PATHS .*unterminated"):
+        make(tmp_path / "a", excluded_paths=["/internal/("])
+    with pytest.raises(TypeError, match="GATEWAYZ_METRICS_EXCLUDED_PATHS"):
+        make(tmp_path / "b", excluded_paths="/internal/")
