@@ -73,7 +73,7 @@ def test_excluded_view_is_not_recorded_and_leaves_flight(tmp_path: Path) -> None
 
 def test_bad_excluded_paths_name_the_key(tmp_path: Path) -> None:
     """A pattern that is not a regular expression, or a bare string, fails init_app naming the key."""
-    with pytest.raises(ValueError, match="GATEWAYZ_METRICS_EXCLUDED_PATHS .*unterminated"):
+    with pytest.raises(ValueError, match=r"GATEWAYZ_METRICS_EXCLUDED_PATHS .*unterminated"):
         make(tmp_path / "a", excluded_paths=["/internal/("])
     with pytest.raises(TypeError, match="GATEWAYZ_METRICS_EXCLUDED_PATHS"):
         make(tmp_path / "b", excluded_paths="/internal/")
