@@ -48,7 +48,6 @@ class Exchange(RequestState):
         "_next",
         "_start_response",
         "environ",
-        "excluded",
         "first_chunk",
         "headers",
         "metrics",
@@ -80,8 +79,6 @@ class Exchange(RequestState):
         hook did not run (an earlier hook raised): wait for the body to end."""
         self.first_chunk = 0.0
         """perf_counter() when the body yielded its first chunk (0.0 = not yet)."""
-        self.excluded = False
-        """Routed to a view marked with ``GatewayzMetrics.exclude``: not recorded."""
         self._next: Callable[[], bytes] | None = None
         self._close: Callable[[], object] | None = None
 
@@ -103,9 +100,12 @@ class Exchange(RequestState):
                     if rule is None:
                         rule = _allowed_rule(ctx)
                     self.endpoint = self.metrics.unmatched if rule is None else rule.rule
-                    excluded_views = self.metrics.excluded_views
-                    if excluded_views and rule is not None:
-                        self.excluded = ctx.app.view_functions.get(rule.endpoint) in excluded_views
+                    excluded = self.metrics.excluded_views
+                    if excluded and rule is not None and ctx.app.view_functions.get(rule.endpoint) in excluded:
+                        # A view marked with GatewayzMetrics.exclude: never recorded, and
+                        # out of the in-flight gauge as soon as its response starts.
+                        self.finished = True
+                        self.collector.add_in_flight(-1)
                     method = request.method
                     self.method = method if method in KNOWN_METHODS else "OTHER"
                 except Exception:  # metrics never break the response
@@ -196,9 +196,6 @@ class Exchange(RequestState):
         if self.finished:
             return
         self.finished = True
-        if self.excluded:
-            self.collector.add_in_flight(-1)
-            return
         latency = perf_counter() - self.start
         if not self.endpoint:
             self._identify_from_environ()

@@ -199,8 +199,8 @@ class GatewayzMetrics:
 
     def exclude(self, view: View) -> View:
         """Decorator: requests routed to ``view`` are not recorded, in every app this object
-        is initialised on; like ``EXCLUDED_PATHS``, but by view. Such a request still
-        counts in ``http_requests_in_flight`` while it runs (it is known only once routed).
+        is initialised on; like ``EXCLUDED_PATHS``, but by view. Such a request counts in
+        ``http_requests_in_flight`` until its response starts (it is known once routed).
         Returns ``view`` itself, so it may sit above or below ``@app.route``."""
         self._excluded_views.add(view)
         return view
