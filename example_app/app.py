@@ -43,6 +43,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
+from contextlib import closing
 from typing import Any
 
 from flask import Flask, Response, current_app, jsonify, request
@@ -131,7 +132,8 @@ class ModelCatalogue:
 
     def __init__(self, path: str) -> None:
         self.path = path
-        with self._connect() as db:
+        # sqlite3's own context manager commits but does not close: closing() does.
+        with closing(self._connect()) as db, db:
             db.execute(
                 "CREATE TABLE IF NOT EXISTS models ("
                 " id TEXT PRIMARY KEY, provider TEXT NOT NULL, context_window INTEGER NOT NULL)"
