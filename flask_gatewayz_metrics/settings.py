@@ -64,6 +64,7 @@ class Settings:
     auth_username: str | None = None
     auth_password: str | None = None
     auth_password_file: str | None = None
+    auth_check: Callable[[Any], bool] | None = None
     health_degraded_error_rate: float = 0.05
     health_unhealthy_error_rate: float = 0.5
     prices: PriceTable | None = None
@@ -241,6 +242,12 @@ def _patterns(value: Any) -> tuple[str, ...]:
     return tuple(value)
 
 
+def _callable(value: Any) -> Callable[[Any], bool] | None:
+    if value is not None and not callable(value):
+        raise TypeError
+    return value  # type: ignore[no-any-return]
+
+
 def _uids(value: Any) -> tuple[int, ...] | None:
     if value is None:
         return None
@@ -290,6 +297,7 @@ _CHECKS: dict[str, Callable[[Any], Any]] = {
     "url_prefix": _url_prefix,
     "record_own_routes": _flag,
     "excluded_paths": _patterns,
+    "auth_check": _callable,
     "include_app_metrics": _flag,
     "unmatched_endpoint": _text(required=True),
     "dashboard": _flag,
@@ -311,6 +319,7 @@ _EXPECTED: dict[str, str] = {
     "trusted_uids": "a list of int uids (besides this process's own)",
     "url_prefix": "a str path starting with '/' (e.g. '/metrics')",
     "record_own_routes": "a bool",
+    "auth_check": "a callable taking the request and returning True to allow it",
     "excluded_paths": "a list of regular expressions (str) matched at the start of the path",
     "include_app_metrics": "a bool",
     "unmatched_endpoint": "a non-empty str",

@@ -4,10 +4,11 @@ and ``/metrics/dashboard``."""
 from __future__ import annotations
 
 import gzip
+import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, TypeVar
 
-from flask import Blueprint, Response, jsonify, request
+from flask import Blueprint, Request, Response, jsonify, request
 
 from .auth import Credentials, reset_credentials, scrape_credentials
 from .dashboard import DashboardFiles
@@ -16,6 +17,7 @@ from .health import health_report
 if TYPE_CHECKING:
     from .extension import AppMetrics
 
+log = logging.getLogger("flask_gatewayz_metrics")
 BLUEPRINT_NAME = "gatewayz_metrics"
 GZIP_MIN_BYTES = 1024
 """Smaller scrapes are sent as they are: compressing them saves nothing worth the CPU."""
@@ -29,7 +31,7 @@ def create_blueprint(metrics: AppMetrics) -> Blueprint:
     reset_auth = reset_credentials(metrics.settings)
 
     @bp.get("")
-    @guarded(scrape_auth)
+    @guarded(scrape_auth, metrics.settings.auth_check)
     def scrape() -> Response:
         body, content_type = metrics.exporter.render(request.headers.get("Accept"))
         response = Response(body, content_type=content_type)
@@ -41,7 +43,7 @@ def create_blueprint(metrics: AppMetrics) -> Blueprint:
         return response
 
     @bp.get("/json")
-    @guarded(scrape_auth)
+    @guarded(scrape_auth, metrics.settings.auth_check)
     def as_json() -> Response:
         document = metrics.collector.to_dict()
         if request.args.get("history", "0") not in ("", "0", "false"):
@@ -52,18 +54,18 @@ def create_blueprint(metrics: AppMetrics) -> Blueprint:
         files = DashboardFiles()
 
         @bp.get("/dashboard")
-        @guarded(scrape_auth)
+        @guarded(scrape_auth, metrics.settings.auth_check)
         def dashboard() -> Response:
             return files.page()
 
         @bp.get("/dashboard/<name>")
-        @guarded(scrape_auth)
+        @guarded(scrape_auth, metrics.settings.auth_check)
         def dashboard_asset(name: str) -> Response | tuple[Response, int]:
             found = files.asset(name)
             return found if found is not None else (jsonify(error="no such file"), 404)
 
     @bp.get("/health")
-    @guarded(scrape_auth)
+    @guarded(scrape_auth, metrics.settings.auth_check)
     def health() -> tuple[Response, int]:
         report, status = health_report(metrics.collector.snapshot(), metrics.settings)
         return jsonify(report), status
@@ -83,22 +85,35 @@ def create_blueprint(metrics: AppMetrics) -> Blueprint:
     return bp
 
 
-def guarded(credentials: Credentials) -> Callable[[View], View]:
-    """Require ``credentials`` (when configured) before the view runs."""
+def guarded(credentials: Credentials, check: Callable[[Request], bool] | None = None) -> Callable[[View], View]:
+    """Require ``credentials`` or a true ``check(request)`` (whichever is configured) before
+    the view runs. A check that raises refuses the request (it is logged, never a 500)."""
 
     def decorate(view: View) -> View:
-        if not credentials.required:
+        if not credentials.required and check is None:
             return view
 
         def checked(**arguments: str) -> Response | tuple[Response, int]:
-            if not credentials.allow(request.headers.get("Authorization")):
+            if credentials.required and credentials.allow(request.headers.get("Authorization")):
+                return view(**arguments)
+            if check is not None and _passes(check):
+                return view(**arguments)
+            if credentials.required:
                 return _unauthorized(credentials, "credentials required")
-            return view(**arguments)
+            return jsonify(error="forbidden by GATEWAYZ_METRICS_AUTH_CHECK"), 403
 
         checked.__name__ = view.__name__
         return checked  # type: ignore[return-value]
 
     return decorate
+
+
+def _passes(check: Callable[[Request], bool]) -> bool:
+    try:
+        return check(request._get_current_object()) is True  # type: ignore[attr-defined]
+    except Exception:
+        log.exception("GATEWAYZ_METRICS_AUTH_CHECK raised: the request is refused")
+        return False
 
 
 def _unauthorized(credentials: Credentials, message: str) -> tuple[Response, int]:
