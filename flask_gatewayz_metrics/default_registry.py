@@ -78,16 +78,8 @@ def multi_process_reason(views: Sequence[WorkerView], previous: str | None) -> s
         return "forked worker process"
     me = os.getpid()
     for view in views:
-        if view.live and not view.is_archive and _pid_of(view.name) not in (None, me):
+        if view.live and not view.is_archive and view.writer_pid not in (None, me):
             return "live worker files of other processes in the metrics directory"
-    return None
-
-
-def _pid_of(name: str) -> int | None:
-    """The writer's pid from a worker file name (``worker-<pid>-<nonce>.gwzm``)."""
-    parts = name.split("-")
-    if len(parts) >= 3 and parts[1].isdigit():
-        return int(parts[1])
     return None
 
 

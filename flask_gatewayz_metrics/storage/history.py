@@ -9,11 +9,10 @@ no extra work on the request path. Its size is bounded by slots x series.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 from . import layout
-from .merge import WindowStats
+from .merge import WindowStats, oldest_slot_in_window
 from .reader import WorkerView
 
 Labels = tuple[str, ...]
@@ -67,9 +66,9 @@ def slot_history(views: list[WorkerView], epoch: int, now: float, slot_seconds: 
     for view in views:
         if view.epoch < epoch or view.slot_seconds != slot_seconds:
             continue
-        oldest = math.floor(now / slot_seconds) - view.slots + 1 if slot_seconds > 0 else 0
+        oldest = oldest_slot_in_window(view, now)
         doubles = view.doubles
-        for record in list(view.records):
+        for record in view.records:
             if record.kind not in HISTORY_KINDS:
                 continue
             kind = layout.KINDS[record.kind]

@@ -15,7 +15,7 @@ from operator import add
 from .. import sketch
 from . import layout
 from .layout import Doubles
-from .reader import WorkerView
+from .reader import Record, WorkerView
 
 Labels = tuple[str, ...]
 
@@ -104,26 +104,24 @@ class Merged:
 def merge(views: list[WorkerView], epoch: int, now: float) -> Merged:
     """Combine ``views`` (files of older reset epochs are ignored) as seen at ``now``."""
     merged = Merged()
-    moved = {_writer_pid(v.name) for v in views if v.epoch >= epoch and not v.is_archive}
+    moved = {v.writer_pid for v in views if v.epoch >= epoch and not v.is_archive}
     for view in views:
         if view.epoch < epoch:
             # A live writer that has not yet moved to the new epoch (it does at its next
             # write) still serves its requests: its "live" values (requests in flight)
             # count; everything else in the file was reset.
-            if view.live and not view.is_archive and _writer_pid(view.name) not in moved:
-                _add_live_values(merged, view)
+            if view.live and not view.is_archive and view.writer_pid not in moved:
+                for record in view.records:
+                    if layout.KINDS[record.kind].merge == "live":
+                        _add_total(merged, view, record)
             continue
         doubles = view.doubles
-        oldest_slot = _oldest_slot_in_window(view, now)
+        oldest_slot = oldest_slot_in_window(view, now)
         for record in view.records:
             kind = layout.KINDS[record.kind]
             if not kind.windowed:
-                if not kind.size or (kind.merge == "live" and not view.live):
-                    continue  # "absorbed" markers carry no values; dead workers have no requests in flight
-                series = merged.totals.setdefault(record.kind, {})
-                values = list(doubles[record.offset : record.offset + kind.size])
-                current = series.get(record.labels)
-                series[record.labels] = combine(kind, current, values)
+                if kind.merge != "live" or view.live:  # dead workers have no requests in flight
+                    _add_total(merged, view, record)
                 continue
             stats = merged.windows.setdefault(record.kind, {}).setdefault(record.labels, WindowStats())
             stride = layout.slot_stride(kind.with_sketch)
@@ -135,18 +133,15 @@ def merge(views: list[WorkerView], epoch: int, now: float) -> Merged:
     return merged
 
 
-def _writer_pid(name: str) -> str:
-    """The pid part of a worker file name (``worker-<pid>-<nonce>.gwzm``)."""
-    return name.split("-", 2)[1] if name.count("-") >= 2 else name
-
-
-def _add_live_values(merged: Merged, view: WorkerView) -> None:
-    for record in view.records:
-        kind = layout.KINDS[record.kind]
-        if kind.merge == "live" and not kind.windowed and kind.size:
-            series = merged.totals.setdefault(record.kind, {})
-            values = list(view.doubles[record.offset : record.offset + kind.size])
-            series[record.labels] = combine(kind, series.get(record.labels), values)
+def _add_total(merged: Merged, view: WorkerView, record: Record) -> None:
+    """Combine a fixed-size record of ``view`` into the merged totals (``absorbed``
+    markers carry no values and are skipped)."""
+    kind = layout.KINDS[record.kind]
+    if kind.windowed or not kind.size:
+        return
+    series = merged.totals.setdefault(record.kind, {})
+    values = list(view.doubles[record.offset : record.offset + kind.size])
+    series[record.labels] = combine(kind, series.get(record.labels), values)
 
 
 MAX_VALUE = 2.0**53
@@ -213,7 +208,7 @@ def _touched_range(raw: bytes) -> tuple[int, int]:
     return lo, hi
 
 
-def _oldest_slot_in_window(view: WorkerView, now: float) -> float:
+def oldest_slot_in_window(view: WorkerView, now: float) -> float:
     """Smallest slot id still inside the window of ``view``'s geometry."""
     if view.slot_seconds <= 0:
         return 0.0  # one slot since start

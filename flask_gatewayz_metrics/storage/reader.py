@@ -80,6 +80,14 @@ class WorkerView:
     def is_archive(self) -> bool:
         return self.name == layout.ARCHIVE_NAME
 
+    @property
+    def writer_pid(self) -> int | None:
+        """The writer's pid from a worker file name (``worker-<pid>-<nonce>.gwzm``)."""
+        parts = self.name.split("-")
+        if len(parts) >= 3 and parts[1].isdigit():
+            return int(parts[1])
+        return None
+
     def absorbed(self) -> set[str]:
         """Worker file names this (archive) view has folded in."""
         return {str(r.labels[0]) for r in self.records if r.kind == "absorbed"}
