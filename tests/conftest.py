@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from flask import Flask
 from servers import Server, running_simulator, start_gateway, stop
 
-from flask_gatewayz_metrics import MetricsCollector
+from flask_gatewayz_metrics import GatewayzMetrics, MetricsCollector
 
 
 class FakeClock:
@@ -22,6 +24,15 @@ class FakeClock:
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
+
+
+def configured_app(tmp_path: Path, name: str = "configured", **settings: Any) -> tuple[Flask, GatewayzMetrics]:
+    """A Flask app with the extension, its metrics directory under ``tmp_path`` and
+    ``GATEWAYZ_METRICS_<KEY>`` config from lower-case keyword arguments."""
+    app = Flask(name)
+    app.config["GATEWAYZ_METRICS_DIR"] = str(tmp_path / "metrics")
+    app.config.update({f"GATEWAYZ_METRICS_{key.upper()}": value for key, value in settings.items()})
+    return app, GatewayzMetrics(app)
 
 
 @pytest.fixture

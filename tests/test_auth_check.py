@@ -7,9 +7,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import configured_app
 from flask import Flask, Request
-
-from flask_gatewayz_metrics import GatewayzMetrics
 
 SCRAPE_ROUTES = ("/metrics", "/metrics/json", "/metrics/health", "/metrics/dashboard")
 
@@ -19,11 +18,7 @@ def from_internal_network(request: Request) -> bool:
 
 
 def make(tmp_path: Path, **config: Any) -> Flask:
-    app = Flask("auth_check")
-    app.config["GATEWAYZ_METRICS_DIR"] = str(tmp_path / "metrics")
-    app.config.update({f"GATEWAYZ_METRICS_{k.upper()}": v for k, v in config.items()})
-    GatewayzMetrics(app)
-    return app
+    return configured_app(tmp_path, "auth_check", **config)[0]
 
 
 def test_check_alone_admits_or_forbids(tmp_path: Path) -> None:

@@ -14,12 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import FakeClock
+from conftest import FakeClock, configured_app
 from flask import Flask
 from servers import http
 from werkzeug.serving import make_server
 
-from flask_gatewayz_metrics import GatewayzMetrics, MetricsCollector, label_request
+from flask_gatewayz_metrics import MetricsCollector, label_request
 from flask_gatewayz_metrics.dashboard import ASSETS, PAGE
 
 STATIC = Path(__file__).resolve().parent.parent / "flask_gatewayz_metrics" / "static"
@@ -28,11 +28,7 @@ HOSTILE = "<script>window.pwned=1</script>\"'><img src=x onerror=window.pwned=2>
 
 
 def make_app(tmp_path: Path, **config: Any) -> Flask:
-    app = Flask("dashboard_test")
-    app.config["GATEWAYZ_METRICS_DIR"] = str(tmp_path / "metrics")
-    app.config.update({f"GATEWAYZ_METRICS_{k.upper()}": v for k, v in config.items()})
-    GatewayzMetrics(app)
-    return app
+    return configured_app(tmp_path, "dashboard_test", **config)[0]
 
 
 def test_page_and_assets_are_served_with_a_strict_policy(tmp_path: Path) -> None:

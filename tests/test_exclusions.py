@@ -5,16 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from conftest import configured_app
 from flask import Flask, Response
 
 from flask_gatewayz_metrics import GatewayzMetrics
 
 
 def make(tmp_path: Path, **config: object) -> tuple[Flask, GatewayzMetrics]:
-    app = Flask("exclusions")
-    app.config["GATEWAYZ_METRICS_DIR"] = str(tmp_path / "metrics")
-    app.config.update({f"GATEWAYZ_METRICS_{k.upper()}": v for k, v in config.items()})
-    metrics = GatewayzMetrics(app)
+    app, metrics = configured_app(tmp_path, "exclusions", **config)
 
     @app.get("/api/chat")
     def chat() -> str:
