@@ -42,11 +42,18 @@ COMPACTION_INTERVAL_SECONDS = 10.0
 """Least time between two compactions a scrape triggers (child_exit may run more often)."""
 COMPACTION_BUDGET_SECONDS = 2.0
 """Time one compaction may spend reading files; the rest is left for the next one."""
+DIRECTORY_CHECK_SECONDS = 1.0
+"""How often (at most) a writing process checks that the metrics directory still holds
+its control file (one ``stat``). A scrape in a process that maps the old control file
+tells every such process at once; this check covers the processes a scrape cannot reach:
+the directory may have been re-created by a worker that started after the deletion (it
+never mapped the old file), and a server may not be scraped at all."""
 FOLD_AT_START_FILES = 64
 """A process that opens its file in a directory holding this many worker files folds the
 dead ones first (a process-per-request server leaves one file per request)."""
 
 _INF = math.inf
+_monotonic = time.monotonic
 _BOUNDS = layout.HISTOGRAM_BOUNDS
 _SKETCH_STRIDE = layout.slot_stride(True)
 _PLAIN_STRIDE = layout.slot_stride(False)
@@ -140,6 +147,7 @@ class MetricsCollector(GatewayRecording, CustomMetrics):
         self._doubles: Doubles = _NO_FILE
         self._file_epoch = -1
         self._epoch_words = self._storage.control.words
+        self._directory_check_at = _monotonic() + DIRECTORY_CHECK_SECONDS
         self._current_slot = self._position = 0
         self._slot_start = self._slot_end = 0.0
         self._request_targets: dict[tuple[object, ...], _RequestTargets] = {}
@@ -237,8 +245,12 @@ class MetricsCollector(GatewayRecording, CustomMetrics):
         try:
             with self._lock:
                 d = self._doubles
-                if self._file_epoch != self._epoch_words[_EPOCH_INDEX] or not self._armed[0]:
-                    d = self._refresh_file()
+                if (
+                    self._file_epoch != self._epoch_words[_EPOCH_INDEX]
+                    or not self._armed[0]
+                    or _monotonic() >= self._directory_check_at
+                ):
+                    d = self._writable()
                 key = (endpoint, method, status, provider, model, failed)
                 try:
                     targets = self._request_targets.get(key)
@@ -491,8 +503,7 @@ class MetricsCollector(GatewayRecording, CustomMetrics):
         """
         try:
             with self._lock:
-                if self._file_epoch != self._epoch_words[_EPOCH_INDEX] or not self._armed[0]:
-                    self._refresh_file()  # first, so a forked child starts from 0
+                self._writable()  # first, so a forked child starts from 0
                 self._in_flight += delta
                 o = self._in_flight_offset
                 if o < 0:
@@ -520,6 +531,11 @@ class MetricsCollector(GatewayRecording, CustomMetrics):
     # ------------------------------------------------------------------ plumbing
     def _writable(self) -> Doubles:
         """This process's storage view (call under the lock)."""
+        if _monotonic() >= self._directory_check_at:
+            self._directory_check_at = _monotonic() + DIRECTORY_CHECK_SECONDS
+            # A deleted or replaced directory: drop our file, re-create the directory and
+            # tell the processes still mapping the old control file (its epoch moves).
+            self._storage.check_directory()
         if self._file_epoch != self._epoch_words[_EPOCH_INDEX] or not self._armed[0]:
             return self._refresh_file()
         return self._doubles
@@ -616,8 +632,10 @@ class MetricsCollector(GatewayRecording, CustomMetrics):
         """
         now = self._clock()
         with self._read_lock:
-            # A deleted or replaced directory is noticed here (and every process told).
-            self._storage.check_directory()
+            # A deleted or replaced directory is noticed here (and every process told);
+            # under the write lock, as it may drop the file a writer thread is using.
+            with self._lock:
+                self._storage.check_directory()
             views, problems = self._storage.read()
             workers = [v for v in views if not v.is_archive]
             if self.auto_compact and (problems or any(not v.live for v in workers)):

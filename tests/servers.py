@@ -44,10 +44,22 @@ class Server:
     log: Path
 
 
+_handed_out: set[int] = set()
+"""Ports ``free_port`` already returned in this test process: the kernel may offer a
+closed port again, and two servers of one test (the gateway and its simulator) must
+never be told the same one."""
+
+
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A loopback port nothing listens on now and this test process has not handed out."""
+    for _ in range(1000):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
+    raise RuntimeError("no unused loopback port")
 
 
 def http(

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from flask_gatewayz_metrics import MetricsCollector, PrometheusExporter
+from flask_gatewayz_metrics import collector as collector_module
 from flask_gatewayz_metrics.storage import compact, layout, store
 from flask_gatewayz_metrics.storage.archive import QUARANTINE_KEEP
 
@@ -277,6 +278,29 @@ def test_vanished_directory_is_recreated(metrics_dir: str) -> None:
     assert snap.to_dict()["endpoints"]["/a"]["requests"] == 3
     assert stat.S_IMODE(os.stat(metrics_dir).st_mode) == 0o700
     c.close()
+
+
+def test_directory_re_created_by_a_newcomer_is_noticed_by_old_writers(
+    metrics_dir: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A process that started after the deletion re-creates the directory without telling
+    anyone (it never mapped the old control file); an old writer still notices it at its
+    next write once ``DIRECTORY_CHECK_SECONDS`` have passed, and counts what it lost."""
+    monkeypatch.setattr(collector_module, "DIRECTORY_CHECK_SECONDS", 0.2)
+    old = MetricsCollector(metrics_dir)
+    for _ in range(4):
+        old.record_request("/a", "GET", 0.1, 200)
+    shutil.rmtree(metrics_dir)
+    newcomer = MetricsCollector(metrics_dir)  # re-creates the directory and a new control file
+    newcomer.record_request("/b", "GET", 0.1, 200)
+    time.sleep(0.25)
+    for _ in range(3):
+        old.record_request("/a", "GET", 0.1, 200)  # the first one checks the directory
+    endpoints = newcomer.snapshot().to_dict()["endpoints"]
+    assert endpoints["/a"]["requests"] == 3 and endpoints["/b"]["requests"] == 1
+    assert newcomer.snapshot().dropped()["directory_lost"] == 4
+    old.close()
+    newcomer.close()
 
 
 def test_unusable_directory_keeps_the_app_running(metrics_dir: str, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -12,6 +12,8 @@ from typing import Any
 import pytest
 from servers import Server, http, scrape, send_concurrently
 
+from flask_gatewayz_metrics.collector import DIRECTORY_CHECK_SECONDS
+
 pytestmark = pytest.mark.slow
 
 
@@ -76,7 +78,12 @@ def test_deleted_directory_is_noticed_by_every_worker(start_gunicorn: Any) -> No
     # Written into deleted files and lost, unless a worker that had no file yet noticed
     # the deletion when creating one (it then tells every other worker at once).
     _models_requests(server.url, 90)
-    scrape(server.url)  # one scrape notices, recreates the directory and tells every worker
+    # A scrape by a worker that maps the old control file tells every worker at once.
+    # A worker that booted after the deletion re-created the directory without ever
+    # mapping the old file and cannot tell anyone: each worker also checks the directory
+    # at most once a second, before its next write.
+    scrape(server.url)
+    time.sleep(DIRECTORY_CHECK_SECONDS + 0.1)
     _models_requests(server.url, 300)
     seen = {_requests_of(scrape(server.url), "/api/models") for _ in range(6)}
     assert len(seen) == 1, seen  # every worker's scrape agrees (likely answered by different ones)
