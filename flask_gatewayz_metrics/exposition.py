@@ -25,6 +25,7 @@ from prometheus_client.metrics_core import (
 from prometheus_client.registry import Collector
 from prometheus_client.samples import Exemplar
 
+from . import exposition_protobuf
 from .custom_families import CustomFamily
 from .default_registry import DefaultRegistry
 from .exposition_gateway import cumulative, gateway_families
@@ -86,8 +87,12 @@ class PrometheusExporter(Collector):
     def render(self, accept_header: str | None = None) -> tuple[bytes, str]:
         """Body and content type for a scrape with this ``Accept`` header.
 
-        Text 0.0.4 unless the scraper asks for OpenMetrics (or text 1.0.0).
+        Text 0.0.4 unless the scraper asks for OpenMetrics (or text 1.0.0), or prefers
+        the protobuf format (Prometheus with native histograms enabled) and the
+        ``protobuf`` package is installed.
         """
+        if accept_header and exposition_protobuf.wants_protobuf(accept_header) and exposition_protobuf.available():
+            return exposition_protobuf.encode(self.registry.collect()), exposition_protobuf.CONTENT_TYPE
         encoder, content_type = choose_encoder(accept_header or "")
         return encoder(self.registry), content_type
 
