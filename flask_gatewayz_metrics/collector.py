@@ -503,7 +503,8 @@ class MetricsCollector(GatewayRecording, CustomMetrics):
         """
         try:
             with self._lock:
-                self._writable()  # first, so a forked child starts from 0
+                if self._file_epoch != self._epoch_words[_EPOCH_INDEX] or not self._armed[0]:
+                    self._refresh_file()  # first, so a forked child starts from 0
                 self._in_flight += delta
                 o = self._in_flight_offset
                 if o < 0:
