@@ -26,7 +26,7 @@ files a scrape merges in ``bench_steady_scrape.py``) and with gthread workers (2
 4 threads: one process per core, 8 threads for wrk's 8 connections). All 8 servers run at
 once (idle ones cost next to nothing) so the measurements can be interleaved.
 
-``wrk -t1 -c8 -d<D>s`` with a Lua script: request ``n`` of a connection thread is
+``wrk -t1 -c8 -d3s`` (5 rounds; 2 with ``--quick``) with a Lua script: request ``n`` of a connection thread is
 ``GET /api/items/<n % 1000>`` when ``n % 4 == 0``, else ``POST /v1/e<n % 50>/chat`` with
 model ``(n + n // 50) % 20`` (50 endpoints x 10 providers x 20 models).
 
@@ -35,7 +35,7 @@ model ``(n + n // 50) % 20`` (50 endpoints x 10 providers x 20 models).
   divided by the requests wrk completed. Overhead = case - bare Flask of the same worker
   class and round; the ratio ours / pfe compares overheads. Rounds interleave every case
   (the order reverses every round); medians over rounds.
-* **/metrics during load**: a separate, longer wrk run per case (8 s; 4 s with ``--quick``)
+* **/metrics during load**: a separate, longer wrk run per case (6 s; 4 s with ``--quick``)
   with a scraper thread that fetches ``/metrics`` (a new connection each time) and sleeps
   150 ms between scrapes; p50 / p99 of the scrape's wall time (with ~30-50 scrapes, p99 is
   close to the maximum).
@@ -338,9 +338,9 @@ def main() -> None:
     if shutil.which("wrk") is None:
         raise SystemExit("wrk not found: apt-get install -y wrk")
     quick = "--quick" in sys.argv
-    seconds = 3 if quick else 5
-    scrape_seconds = 4 if quick else 8
-    rounds = 2 if quick else 3
+    seconds = 3
+    scrape_seconds = 4 if quick else 6
+    rounds = 2 if quick else 5
     tmp = tempfile.mkdtemp(prefix="bench-wrk-")
     script = os.path.join(tmp, "mix.lua")
     with open(script, "w") as f:
