@@ -337,8 +337,8 @@ def run_mix(mix: Mix, per_slot: int, rounds: int, tmp: str) -> dict[str, object]
             st = os.stat(os.path.join(ours_dir, name))
             ours_files[name] = (st.st_size, st.st_blocks * 512)
         # Sizes only (liveness is checked above): if a later storage format keeps a worker's
-        # data in more than one file, the table shows each worker's files added up by name
-        # stem, and the full listing is printed.
+        # data in more than one file, the table lists every file but the control file and
+        # the archive, and the full listing goes to stderr.
         suffix = getattr(layout, "WORKER_SUFFIX", ".gwzm")
         worker_files = {n: s for n, s in ours_files.items() if n.endswith(suffix)}
         if len(worker_files) != WORKERS:
