@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Run every benchmark in sequence (each takes up to ~3 minutes). Pass --quick for a
 # shorter, noisier run. Output is markdown tables; redirect to a file to keep it.
+# bench_wrk.py (gunicorn + wrk, ~3.5 minutes) and bench_flask_instructions.py (valgrind)
+# run separately: see benchmarks/README.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-python}"
@@ -16,7 +18,7 @@ for name in ("flask", "werkzeug", "prometheus_client", "prometheus_flask_exporte
 PYEOF
 echo "load average: $(cut -d' ' -f1-3 /proc/loadavg)"
 
-for bench in bench_record bench_scrape bench_generations bench_flask_overhead; do
+for bench in bench_record bench_scrape bench_steady_scrape bench_generations bench_flask_overhead; do
     echo
     echo "# ${bench}"
     "$PY" "benchmarks/${bench}.py" "$@"

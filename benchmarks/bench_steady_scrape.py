@@ -1,0 +1,456 @@
+"""Steady-state scrape: every window slot holds data, 4 live worker processes, side by side
+with prometheus_client multiprocess and with the render floor, in one run (issue 12).
+
+Usage: python benchmarks/bench_steady_scrape.py [--quick]
+
+``bench_scrape.py`` writes every record at one instant, so only one window slot holds
+data. Here the collectors' clock (``MetricsCollector(clock=...)``) is driven through the
+whole window, as under steady traffic:
+
+* **Time.** The window is the default 300 s in 5 slots of 60 s. Each worker serves a
+  steady ``RATE`` requests per second of *collector clock* (``N = RATE x 60`` requests
+  per slot); its ``n``-th request happens at ``B + (n + 0.5) x 60 / N``, with ``B`` a
+  slot-aligned instant just after the real start (the clock is fake but in the future of
+  every real timestamp the library writes). First every worker serves 4.5 slots of
+  traffic (slots 0..3 full, slot 4 half full). Then every **round** advances the clock by
+  15 s: each worker serves 15 s of traffic (``N / 4`` requests) and then the scrapes are
+  measured at the new time. Every 4th round a slot seals, a new one opens and the oldest
+  leaves the window, so the window always holds 5 slots of data (checked exactly with
+  ``collector.history()``).
+* **Workers.** 4 real processes (this script with ``BENCH_ROLE=worker``), each with its own
+  ``MetricsCollector`` writing its own live file; they stay alive (their files locked,
+  live) until every measurement is done. The scraper is a collector in the parent process.
+* **Labels.** Two mixes: 50 endpoints x 10 providers x 20 models and 200 x 20 x 100.
+  Request index ``i = n + 7919 w`` (worker ``w``, its ``n``-th request): endpoint
+  ``i % E``; model ``m = (i + i // E) % M``; provider ``m % P`` (a model belongs to one
+  provider, ``M / P`` models per provider, as in ``bench_generations.py``); method POST.
+  As ``gcd(E + 1, M) = 1`` for both mixes, ``E x M`` consecutive requests cover every
+  endpoint x model combination once (1,000 and 20,000 combinations), and every slot of
+  every worker touches every endpoint, provider and model. Status (seeded per chunk of
+  requests, ``random.Random("mix:worker:first n")``): 200 90 %, 429 4 %, 400 2 %,
+  500 2 %, 502 1 %, 503 1 %; latency log-normal (mu -1, sigma 1.2, 1 ms .. 60 s).
+
+Cases, interleaved every round (the order rotates, so each case runs first as often):
+
+* **ours, warm**: ``PrometheusExporter(scraper).export()`` on a long-lived scraper.
+* **ours, cold**: a fresh Python process (this script with ``--cold``) that creates a
+  ``MetricsCollector`` and exports once; only that part is timed (not the imports).
+  Every other round.
+* **prom mp**: a subprocess with ``PROMETHEUS_MULTIPROC_DIR`` set before prometheus_client
+  is imported; 4 simulated pids (``values.MultiProcessValue(lambda: pid)``) record the same
+  requests into the counters and histograms equivalent to our since-start families
+  (``_common.PeerRecorder``: per endpoint+method, endpoint+status, provider, model, our
+  bucket bounds). A scrape is a fresh ``CollectorRegistry`` + ``MultiProcessCollector`` +
+  ``generate_latest``, as prometheus_flask_exporter does per ``/metrics`` request.
+* **render floor**: a subprocess *without* ``PROMETHEUS_MULTIPROC_DIR`` whose single
+  in-memory registry records the same requests into the same families (all 4 workers'
+  traffic); a scrape is ``generate_latest`` alone: no files, no merge. ``_created``
+  samples are disabled (multiprocess mode has none), so it renders the peer's samples.
+
+Nothing may be dropped: the merged request count (since start and in the window, slot by
+slot) must equal what the workers were sent, no worker may report a drop, all 4 files must
+be live, and the peer's and the floor's ``http_requests_total`` must add up too. Any
+mismatch raises.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from _common import Peer, PeerRecorder, median, peer_scrape, serve_peer, spread, table, unrecorded
+
+WORKERS = 4
+WINDOW_SECONDS = 300.0
+SLOTS = 5
+SLOT_SECONDS = WINDOW_SECONDS / SLOTS
+ROUND_SECONDS = 15.0  # collector-clock time between two scrapes
+WORKER_SHIFT = 7919  # request index offset between workers
+STATUSES = ([200, 429, 400, 500, 502, 503], [90, 4, 2, 2, 1, 1])
+
+
+@dataclass(frozen=True)
+class Mix:
+    name: str
+    endpoints: int
+    providers: int
+    models: int
+
+
+MIXES = (Mix("50x10x20", 50, 10, 20), Mix("200x20x100", 200, 20, 100))
+Request = tuple[str, str, float, int, str, str]
+
+
+def traffic(mix: Mix, worker: int, first: int, count: int) -> list[Request]:
+    """Worker ``worker``'s requests ``first .. first + count - 1`` (see the module docstring)."""
+    rng = random.Random(f"{mix.name}:{worker}:{first}")
+    out: list[Request] = []
+    for n in range(first, first + count):
+        i = n + WORKER_SHIFT * worker
+        m = (i + i // mix.endpoints) % mix.models
+        latency = min(60.0, max(0.001, rng.lognormvariate(-1.0, 1.2)))
+        status = rng.choices(*STATUSES)[0]
+        out.append((
+            f"/api/v1/endpoint{i % mix.endpoints:03d}", "POST", latency, status,
+            f"provider{m % mix.providers:02d}", f"model-{m:03d}",
+        ))
+    return out
+
+
+def request_time(base: float, per_slot: int, n: int) -> float:
+    """Collector-clock time of a worker's ``n``-th request (half a step off slot boundaries)."""
+    return base + (n + 0.5) * SLOT_SECONDS / per_slot
+
+
+def mix_by_name(name: str) -> Mix:
+    return next(m for m in MIXES if m.name == name)
+
+
+# ----------------------------------------------------------------- worker processes
+def run_worker() -> None:
+    """One live worker: its own collector and file, fed chunks of requests over stdin."""
+    from flask_gatewayz_metrics import MetricsCollector
+
+    now = [0.0]
+    collector = MetricsCollector(
+        os.environ["BENCH_DIR"], window_seconds=WINDOW_SECONDS, window_slots=SLOTS, clock=lambda: now[0]
+    )
+
+    def write(mix: str, worker: int, first: int, count: int, base: float, per_slot: int) -> dict[str, object]:
+        record = collector.record_request
+        for k, (e, method, latency, status, p, m) in enumerate(traffic(mix_by_name(mix), worker, first, count)):
+            now[0] = request_time(base, per_slot, first + k)
+            record(e, method, latency, status, provider=p, model=m)
+        return {"unrecorded": unrecorded(collector)}
+
+    serve_peer({"write": write}, {"pid": os.getpid()})
+    collector.close()
+
+
+# ----------------------------------------------------------------- prometheus_client sides
+def register_all(recorder: PeerRecorder, registry: object) -> None:
+    """Add a recorder's metrics to ``registry`` (PeerRecorder keeps its own registry private)."""
+    from prometheus_client import metrics
+
+    for value in vars(recorder).values():
+        if isinstance(value, metrics.MetricWrapperBase):
+            registry.register(value)  # type: ignore[attr-defined]
+
+
+def run_prometheus_side(multiprocess: bool) -> None:
+    """The peer (multiprocess: one set of pid files per simulated worker) or the floor
+    (single process, one in-memory registry for all workers' traffic)."""
+    from prometheus_client import CollectorRegistry, generate_latest, values
+
+    from flask_gatewayz_metrics.storage import layout
+
+    buckets = [*layout.HISTOGRAM_BOUNDS, float("inf")]
+    recorders: dict[int, PeerRecorder] = {}
+    floor_registry = CollectorRegistry()
+    if not multiprocess:
+        # Multiprocess mode has no ``_created`` samples: leave them out of the floor too,
+        # so both render the same samples.
+        from prometheus_client import disable_created_metrics
+
+        disable_created_metrics()
+        recorders[0] = PeerRecorder(buckets)
+        register_all(recorders[0], floor_registry)
+
+    def write(mix: str, chunks: list[list[int]]) -> dict[str, object]:
+        for worker, first, count in chunks:
+            if multiprocess:
+                pid = 100_000 + worker
+                values.ValueClass = values.MultiProcessValue(lambda pid=pid: pid)
+                if worker not in recorders:
+                    recorders[worker] = PeerRecorder(buckets)
+                recorder = recorders[worker]
+            else:
+                recorder = recorders[0]
+            for request in traffic(mix_by_name(mix), worker, first, count):
+                recorder.record(*request)
+        return {}
+
+    def scrape() -> dict[str, object]:
+        if multiprocess:
+            body, seconds = peer_scrape()
+        else:
+            t0 = time.perf_counter()
+            body = generate_latest(floor_registry)
+            seconds = time.perf_counter() - t0
+        lines = [ln for ln in body.splitlines() if ln and not ln.startswith(b"#")]
+        total = sum(float(ln.rsplit(b" ", 1)[1]) for ln in lines if ln.startswith(b"http_requests_total{"))
+        return {"seconds": seconds, "bytes": len(body), "samples": len(lines), "requests": total}
+
+    def files() -> dict[str, object]:
+        directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR", "")
+        out = {}
+        for name in sorted(os.listdir(directory)) if directory else []:
+            st = os.stat(os.path.join(directory, name))
+            out[name] = [st.st_size, st.st_blocks * 512]
+        return out
+
+    serve_peer(
+        {"write": write, "scrape": scrape, "files": files},
+        {"multiprocess": getattr(values.ValueClass, "_multiprocess", False)},
+    )
+
+
+# ----------------------------------------------------------------- cold scrape
+def run_cold(directory: str, at: float) -> None:
+    """A fresh process's first scrape (imports are not timed)."""
+    from flask_gatewayz_metrics import MetricsCollector
+    from flask_gatewayz_metrics.exposition import PrometheusExporter
+
+    t0 = time.perf_counter()
+    collector = MetricsCollector(directory, window_seconds=WINDOW_SECONDS, window_slots=SLOTS, clock=lambda: at)
+    body = PrometheusExporter(collector).export()
+    seconds = time.perf_counter() - t0
+    requests = collector.snapshot().total_requests
+    collector.close()
+    print(json.dumps({"seconds": seconds, "bytes": len(body), "requests": requests}))
+
+
+def cold_scrape(directory: str, at: float) -> dict[str, float]:
+    env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
+    out = subprocess.run(
+        [sys.executable, __file__, "--cold", directory, repr(at)], env=env, capture_output=True, text=True, check=True,
+        timeout=120,
+    )
+    return json.loads(out.stdout)  # type: ignore[no-any-return]
+
+
+# ----------------------------------------------------------------- one mix
+class Failed(RuntimeError):
+    """A correctness check failed: the figures of this run must not be used."""
+
+
+def run_mix(mix: Mix, per_slot: int, rounds: int, tmp: str) -> dict[str, object]:
+    from flask_gatewayz_metrics import MetricsCollector
+    from flask_gatewayz_metrics.exposition import PrometheusExporter
+    from flask_gatewayz_metrics.storage import layout
+
+    ours_dir = os.path.join(tmp, f"ours-{mix.name}")
+    prom_dir = os.path.join(tmp, f"prom-{mix.name}")
+    os.makedirs(ours_dir)
+    os.makedirs(prom_dir)
+    base = (math.floor(time.time() / SLOT_SECONDS) + 2) * SLOT_SECONDS
+    peer = Peer(__file__, {"BENCH_ROLE": "peer", "PROMETHEUS_MULTIPROC_DIR": prom_dir})
+    floor = Peer(__file__, {"BENCH_ROLE": "floor"}, drop_env=["PROMETHEUS_MULTIPROC_DIR"])
+    workers = [
+        Peer(__file__, {"BENCH_ROLE": "worker", "BENCH_DIR": ours_dir}, drop_env=["PROMETHEUS_MULTIPROC_DIR"])
+        for _ in range(WORKERS)
+    ]
+    sent = 0  # requests per worker so far
+    scrape_at = [0.0]
+    problems: list[str] = []
+    try:
+        if peer.info["multiprocess"] is not True or floor.info["multiprocess"] is not False:
+            raise Failed(f"prometheus_client modes: peer {peer.info}, floor {floor.info}")
+
+        def serve(count: int) -> None:
+            """Every worker (and the peer and floor) serves its next ``count`` requests."""
+            nonlocal sent
+            chunks = [[w, sent, count] for w in range(WORKERS)]
+            peer.send(case="write", mix=mix.name, chunks=chunks)
+            floor.send(case="write", mix=mix.name, chunks=chunks)
+            for w, worker in enumerate(workers):
+                worker.send(case="write", mix=mix.name, worker=w, first=sent, count=count, base=base,
+                            per_slot=per_slot)
+            for w, worker in enumerate(workers):
+                lost = worker.receive()["unrecorded"]
+                if lost:
+                    problems.append(f"worker {w} dropped {lost}")
+            peer.receive()
+            floor.receive()
+            sent += count
+            scrape_at[0] = request_time(base, per_slot, sent - 1) + 0.25 * SLOT_SECONDS / per_slot
+
+        t0 = time.perf_counter()
+        serve(per_slot * (SLOTS - 1) + per_slot // 2)
+        fill_seconds = time.perf_counter() - t0
+        scraper = MetricsCollector(
+            ours_dir, window_seconds=WINDOW_SECONDS, window_slots=SLOTS, clock=lambda: scrape_at[0]
+        )
+        exporter = PrometheusExporter(scraper)
+        exporter.export()  # warm-up: the scraper maps every file once
+        per_round = int(per_slot * ROUND_SECONDS / SLOT_SECONDS)
+        ms: dict[str, list[float]] = {"ours": [], "cold": [], "peer": [], "floor": []}
+        last: dict[str, dict[str, object]] = {}
+        for r in range(rounds):
+            serve(per_round)
+            cases = ["ours", "peer", "floor"] + (["cold"] if r % 2 == 0 else [])
+            shift = r % len(cases)
+            for case in cases[shift:] + cases[:shift]:
+                if case == "ours":
+                    t0 = time.perf_counter()
+                    body = exporter.export()
+                    ms[case].append((time.perf_counter() - t0) * 1000)
+                    last[case] = {"bytes": len(body.encode()), "samples": sum(
+                        1 for ln in body.splitlines() if ln and not ln.startswith("#"))}
+                elif case == "cold":
+                    result = cold_scrape(ours_dir, scrape_at[0])
+                    ms[case].append(float(result["seconds"]) * 1000)
+                    if result["requests"] != sent * WORKERS:
+                        problems.append(f"cold scrape merged {result['requests']} of {sent * WORKERS}")
+                else:
+                    side = peer if case == "peer" else floor
+                    result = side.ask(case="scrape")
+                    ms[case].append(float(result["seconds"]) * 1000)  # type: ignore[arg-type]
+                    last[case] = result
+                    if result["requests"] != sent * WORKERS:
+                        problems.append(f"{case}: http_requests_total {result['requests']} of {sent * WORKERS}")
+
+        # ---- correctness: every request merged, the window exactly as sent, files live
+        expected = sent * WORKERS
+        snap = scraper.snapshot()
+        current = (sent - 1) // per_slot  # slot index (from B) of the latest requests
+        oldest = current - (SLOTS - 1)
+        expected_slots = {
+            s: WORKERS * (min(sent, (s + 1) * per_slot) - s * per_slot) for s in range(max(0, oldest), current + 1)
+        }
+        slot0 = round(base / SLOT_SECONDS)
+        history = scraper.history().to_dict()
+        got_slots = {round(float(p["start"]) / SLOT_SECONDS) - slot0: int(p["requests"]) for p in history["requests"]}
+        got_slots = {s: c for s, c in got_slots.items() if c}
+        if snap.total_requests != expected:
+            problems.append(f"merged {snap.total_requests:,.0f} requests of {expected:,}")
+        if snap.dropped() or snap.problems:
+            problems.append(f"snapshot dropped {snap.dropped()}, problems {snap.problems}")
+        if got_slots != expected_slots or len(got_slots) != SLOTS:
+            problems.append(f"window slots {got_slots} != expected {expected_slots}")
+        if snap.request_window().count != sum(expected_slots.values()):
+            problems.append(f"window count {snap.request_window().count} != {sum(expected_slots.values())}")
+        if snap.live_files != WORKERS or snap.worker_files != WORKERS:
+            problems.append(f"{snap.live_files} live of {snap.worker_files} worker files, expected {WORKERS} live")
+        ours_files = {}
+        for name in sorted(os.listdir(ours_dir)):
+            st = os.stat(os.path.join(ours_dir, name))
+            ours_files[name] = (st.st_size, st.st_blocks * 512)
+        # Sizes only (liveness is checked above): if a later storage format keeps a worker's
+        # data in more than one file, the table lists every file but the control file and
+        # the archive, and the full listing goes to stderr.
+        suffix = getattr(layout, "WORKER_SUFFIX", ".gwzm")
+        worker_files = {n: s for n, s in ours_files.items() if n.endswith(suffix)}
+        if len(worker_files) != WORKERS:
+            print(f"note ({mix.name}): files in the metrics directory: {ours_files}", file=sys.stderr)
+            worker_files = {n: s for n, s in ours_files.items() if not n.startswith(("control", "archive"))}
+        peer_files = peer.ask(case="files")
+        scraper.close()
+    finally:
+        for side in (peer, floor, *workers):
+            side.close()
+    if problems:
+        raise Failed(f"{mix.name}: " + "; ".join(problems))
+    return {
+        "mix": mix, "ms": ms, "last": last, "sent": sent, "fill_seconds": fill_seconds,
+        "worker_files": worker_files, "ours_files": ours_files, "peer_files": peer_files,
+        "slots": expected_slots, "rounds": rounds, "per_slot": per_slot,
+    }
+
+
+# ----------------------------------------------------------------- report
+def mib(n: float) -> str:
+    return f"{n / 1048576:.2f}"
+
+
+def report(results: list[dict[str, object]]) -> None:
+    print(f"Python {sys.version.split()[0]}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} "
+          f"{os.getloadavg()[1]:.2f} {os.getloadavg()[2]:.2f} (at the end)\n")
+    first = results[0]
+    print(
+        f"## Steady-state scrape: {WORKERS} live worker processes, every one of the {SLOTS} window slots "
+        f"holds data; a scrape every {ROUND_SECONDS:.0f} s of collector clock "
+        f"(median ms of {first['rounds']} interleaved rounds, min..max; cold: every other round)\n"
+    )
+    rows = []
+    ratio_rows = []
+    file_rows = []
+    targets = []
+    for res in results:
+        mix = res["mix"]
+        ms = res["ms"]
+        last = res["last"]
+        med = {k: median(v) for k, v in ms.items()}  # type: ignore[attr-defined]
+        for case, label in (("ours", "ours, warm (export)"), ("cold", "ours, cold (new process)"),
+                            ("peer", "prom mp (MultiProcessCollector)"), ("floor", "render floor (generate_latest)")):
+            info = last.get(case, {})  # type: ignore[attr-defined]
+            rows.append((mix.name, label, f"{med[case]:.1f}", spread(ms[case]),  # type: ignore[index]
+                         f"{info['bytes']:,}" if info else "", f"{info['samples']:,}" if info else ""))
+        ratio_rows.append((
+            mix.name, f"{med['ours'] / med['peer']:.2f}", f"{med['cold'] / med['peer']:.2f}",
+            f"{med['ours'] / med['floor']:.2f}", f"{med['cold'] / med['floor']:.2f}",
+            f"{med['peer'] / med['floor']:.2f}",
+        ))
+        sizes = sorted(res["worker_files"].values())  # type: ignore[attr-defined]
+        per_pid: dict[str, list[int]] = {}
+        for name, (size, blocks) in res["peer_files"].items():  # type: ignore[attr-defined]
+            pid = name.rsplit("_", 1)[-1]
+            acc = per_pid.setdefault(pid, [0, 0])
+            acc[0] += size
+            acc[1] += blocks
+        peer_sizes = sorted(per_pid.values())
+        file_rows.append((
+            mix.name,
+            ", ".join(mib(s) for s, _ in sizes), ", ".join(mib(b) for _, b in sizes),
+            ", ".join(mib(s) for s, _ in peer_sizes), ", ".join(mib(b) for _, b in peer_sizes),
+            f"{res['sent'] * WORKERS:,}", f"{res['fill_seconds']:.1f}",
+        ))
+        targets.append(
+            f"- {mix.name}: steady scrape <= 0.5x prometheus_client: "
+            f"{'MET' if med['ours'] <= 0.5 * med['peer'] else 'NOT met'} ({med['ours'] / med['peer']:.2f}x warm); "
+            f"<= 2x the render floor: {'MET' if med['ours'] <= 2 * med['floor'] else 'NOT met'} "
+            f"({med['ours'] / med['floor']:.2f}x warm); worker file <= 1 MiB: "
+            f"{'MET' if max(s for s, _ in sizes) <= 1048576 else 'NOT met'} ({mib(max(s for s, _ in sizes))} MiB)"
+        )
+    print(table(["mix", "case", "median ms", "min..max", "body bytes", "samples"], rows))
+    print("\nRatios of medians (same run):\n")
+    print(table(["mix", "ours warm / prom mp", "ours cold / prom mp", "ours warm / floor", "ours cold / floor",
+                 "prom mp / floor"], ratio_rows))
+    print("\nFiles per worker at the end (MiB, apparent size and allocated blocks; the peer's counter_ + "
+          "histogram_ .db files added up per pid):\n")
+    print(table(["mix", "ours, size", "ours, allocated", "prom mp per pid, size", "prom mp per pid, allocated",
+                 "requests merged", "initial fill s"], file_rows))
+    print("\nTargets of issue 12 (this run):")
+    print("\n".join(targets))
+    slots = ", ".join(f"{r['mix'].name}: {sorted(r['slots'].values())}" for r in results)  # type: ignore[attr-defined]
+    print(
+        f"\nChecks passed: every request merged (since start and per window slot, exact), no drops, "
+        f"{WORKERS} live worker files, peer and floor totals equal. Requests per window slot at the end "
+        f"({WORKERS} workers): {slots}."
+    )
+
+
+def main() -> None:
+    quick = "--quick" in sys.argv
+    rate = 40 if quick else 80  # requests per second of collector clock, per worker
+    rounds = 8 if quick else 16
+    tmp = tempfile.mkdtemp(prefix="bench-steady-")
+    try:
+        results = [run_mix(mix, int(rate * SLOT_SECONDS), rounds, tmp) for mix in MIXES]
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    report(results)
+    print(f"\nTraffic: {rate} requests/s of collector clock per worker ({int(rate * SLOT_SECONDS):,} per slot), "
+          f"{int(rate * ROUND_SECONDS):,} per worker between two scrapes.")
+
+
+if __name__ == "__main__":
+    role = os.environ.get("BENCH_ROLE")
+    if "--cold" in sys.argv:
+        run_cold(sys.argv[2], float(sys.argv[3]))
+    elif "--peer" in sys.argv and role == "worker":
+        run_worker()
+    elif "--peer" in sys.argv and role in ("peer", "floor"):
+        run_prometheus_side(role == "peer")
+    else:
+        main()
