@@ -38,6 +38,7 @@ from . import layout
 from .directory import open_directory
 from .merge import combine
 from .reader import DirectoryReader, StorageProblem, WorkerView, is_locked
+from .sparse import dense_window, encode_window
 
 MAX_FILES_PER_RUN = 256
 """Dead files folded per compaction, which bounds the time one run (one scrape) takes."""
@@ -92,8 +93,12 @@ class ArchiveBuilder:
             key = (record.kind, record.labels)
             current = self.payloads.get(key)
             if kind.windowed:
-                stride = layout.slot_stride(kind.with_sketch)
-                incoming = list(view.doubles[record.offset : record.offset + view.slots * stride])
+                # Merged in dense form (every bucket), written back sparsely by ``encode``.
+                stride = layout.dense_stride(kind.with_sketch)
+                if kind.with_sketch:
+                    incoming = dense_window(view.doubles, view.blocks, record.offset, view.slots)
+                else:
+                    incoming = list(view.doubles[record.offset : record.offset + view.slots * stride])
                 if not same_geometry:
                     incoming, unplaced = self._rebucket(incoming, view.slot_seconds, view.slots, stride)
                     lost += unplaced
@@ -155,10 +160,25 @@ class ArchiveBuilder:
         self.payloads[key] = [self.payloads.get(key, [0.0])[0] + count]
 
     def encode(self) -> bytes:
-        body = b"".join(
-            layout.encode_record(layout.encode_key(kind, labels), payload)
-            for (kind, labels), payload in sorted(self.payloads.items(), key=_sort_key)
+        """The archive file: header, every record, then the bucket blocks of the sketch
+        windows (located once the size of all records is known)."""
+        items = sorted(self.payloads.items(), key=_sort_key)
+        keys = [layout.encode_key(kind, labels) for (kind, labels), _ in items]
+        records_end = layout.HEADER_SIZE + sum(
+            layout.RECORD_HEADER.size + layout.padded(len(key)) + 8 * _file_payload_size(kind, payload, self.slots)
+            for key, ((kind, _), payload) in zip(keys, items, strict=True)
         )
+        parts: list[bytes] = []
+        blocks: list[bytes] = []
+        next_block = records_end // 8 + 1  # payload index of the next block (after its 8-byte header)
+        for key, ((kind, _), payload) in zip(keys, items, strict=True):
+            written = payload
+            if layout.KINDS[kind].with_sketch:
+                written, new_blocks = encode_window(payload, self.slots, next_block)
+                next_block += sum(len(b) for b in new_blocks) // 8
+                blocks += new_blocks
+            parts.append(layout.encode_record(key, written))
+        body = b"".join(parts + blocks)
         header = layout.HEADER.pack(
             layout.WORKER_MAGIC, layout.VERSION, layout.HEADER_SIZE + len(body), self.epoch, 0,
             time.time(), self.slot_seconds, self.slots,
@@ -170,6 +190,11 @@ _MAX_SLOT_ID = 2.0**53
 """Slot ids are integers stored as float64; anything larger (or NaN) is damage."""
 _EPSILON = 1e-9
 """Tolerance of the interval arithmetic (slot bounds are float products)."""
+
+
+def _file_payload_size(kind: str, payload: list[float], slots: int) -> int:
+    """float64 values ``payload`` takes in the file (sketch windows shrink to headers)."""
+    return layout.KINDS[kind].payload_size(slots) if layout.KINDS[kind].with_sketch else len(payload)
 
 
 def _sort_key(item: tuple[tuple[str, tuple[str, ...]], list[float]]) -> tuple[str, str]:
@@ -451,7 +476,7 @@ def limit_labels(builder: ArchiveBuilder, limits: Mapping[str, int], kept: set[t
         if current is None:
             payloads[key] = payload
         elif kind.windowed:
-            _merge_slots(current, payload, builder.slots, layout.slot_stride(kind.with_sketch))
+            _merge_slots(current, payload, builder.slots, layout.dense_stride(kind.with_sketch))
         else:
             payloads[key] = combine(kind, current, payload)
     for name, found in values.items():

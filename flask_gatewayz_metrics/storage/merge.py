@@ -2,8 +2,8 @@
 
 Fixed payloads (counters, since-start histograms) are summed value by value. Windowed
 payloads contribute only the slots whose clock-aligned interval lies in the current
-window; their counts and sketch buckets add, their min / max combine. Only the touched
-range of sketch buckets of each slot is converted and added.
+window; their counts and sketch buckets add, their min / max combine. Sketch buckets
+are stored sparsely (``sparse``): only the touched buckets of each slot are read.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from operator import add
 
 from .. import sketch
 from . import layout
-from .layout import Doubles
 from .reader import Record, WorkerView
+from .sparse import slot_entries
 
 Labels = tuple[str, ...]
 
@@ -34,7 +34,9 @@ class WindowStats:
     hi: int = -1
     """Touched range of ``buckets``: quantiles only walk this part."""
 
-    def add_slot(self, doubles: Doubles, base: int, with_sketch: bool) -> None:
+    def add_slot(self, view: WorkerView, base: int, with_sketch: bool) -> None:
+        """Add the slot at ``base`` of ``view`` (a windowed record's slot)."""
+        doubles = view.doubles
         self.total += doubles[base + layout.SLOT_SUM]
         self.errors += doubles[base + layout.SLOT_ERRORS]
         self.low = min(self.low, doubles[base + layout.SLOT_MIN])
@@ -42,20 +44,24 @@ class WindowStats:
         if not with_sketch:
             self.count += doubles[base + layout.SLOT_COUNT]
             return
-        start = base + layout.SLOT_HEADER
-        lo, hi = _touched_range(doubles[start : start + sketch.BUCKET_COUNT].tobytes())
-        if lo > hi:
-            return
-        counts = doubles[start + lo : start + hi + 1].tolist()
-        try:
-            self.count += math.fsum(counts)
-        except (ValueError, OverflowError):  # inf - inf in a damaged file: the slot is unusable
+        entries = slot_entries(doubles, view.blocks, doubles[base + layout.SLOT_BLOCK])
+        if entries is None:  # damaged bucket blocks: the slot is unusable
             self.count = math.nan  # dropped with its series at the end of the merge
             return
-        if self.buckets is None:
-            self.buckets = [0.0] * sketch.BUCKET_COUNT
-        self.buckets[lo : hi + 1] = map(add, self.buckets[lo : hi + 1], counts)
-        self.lo, self.hi = min(self.lo, lo), max(self.hi, hi)
+        indexes, counts = entries
+        if not indexes:
+            return
+        self.add_buckets(indexes, counts)
+
+    def add_buckets(self, indexes: list[float], counts: list[float]) -> None:
+        """Add sketch counts (validated: integral indexes in range, finite counts >= 0)."""
+        self.count += math.fsum(counts)
+        buckets = self.buckets
+        if buckets is None:
+            buckets = self.buckets = [0.0] * sketch.BUCKET_COUNT
+        for index, count in zip(indexes, counts, strict=True):
+            buckets[int(index)] += count
+        self.lo, self.hi = min(self.lo, int(min(indexes))), max(self.hi, int(max(indexes)))
 
     @property
     def average(self) -> float | None:
@@ -128,7 +134,7 @@ def merge(views: list[WorkerView], epoch: int, now: float) -> Merged:
             for slot in range(view.slots):
                 base = record.offset + slot * stride
                 if doubles[base + layout.SLOT_ID] >= oldest_slot:
-                    stats.add_slot(doubles, base, kind.with_sketch)
+                    stats.add_slot(view, base, kind.with_sketch)
     _drop_impossible(merged)
     return merged
 
@@ -192,20 +198,6 @@ def combine(kind: layout.Kind, current: list[float] | None, incoming: list[float
         pick = max if kind.merge == "max" else min
         return [pick(current[0], incoming[0]), 1.0]
     return list(map(add, current, incoming))
-
-
-def _touched_range(raw: bytes) -> tuple[int, int]:
-    """First and last non-zero float64 in ``raw`` (lo > hi when all are zero).
-
-    Found with C-speed byte stripping rather than a Python loop, so the writer need not
-    track the range on every observation.
-    """
-    front = raw.lstrip(b"\0")
-    if not front:
-        return 1, 0
-    lo = (len(raw) - len(front)) // 8
-    hi = (len(raw.rstrip(b"\0")) - 1) // 8
-    return lo, hi
 
 
 def oldest_slot_in_window(view: WorkerView, now: float) -> float:
