@@ -33,6 +33,7 @@ from .snapshot import Snapshot
 from .storage import CompactionResult, Storage, StorageUnavailable, compact, layout, location, merge
 from .storage.history import SlotHistory, slot_history
 from .storage.layout import Doubles
+from .storage.merge import MergeCache
 from .storage.process import ForkSentinel
 
 log = logging.getLogger("flask_gatewayz_metrics")
@@ -160,6 +161,8 @@ class MetricsCollector(GatewayRecording, CustomMetrics):
         them), forgotten whenever the file is (re)opened."""
         self._unrecorded: Counter[str] = Counter()
         """Drops that could not be written to storage (it was unavailable)."""
+        self._merge_cache = MergeCache()
+        """Sealed slots, the archive and dead files, merged once (``storage.merge``)."""
         self._last_log = -_INF
         self._last_compaction = -_INF
         self._compaction_error: str | None = None
@@ -696,7 +699,7 @@ class MetricsCollector(GatewayRecording, CustomMetrics):
                 unrecorded[reason] += int(count)
         # Each view owns its record list and mapping, so merging outside the lock is safe
         # while another thread's scrape re-reads (and re-maps) the same files.
-        merged = merge(views, control.epoch, now)
+        merged = merge(views, control.epoch, now, self._merge_cache)
         return Snapshot(
             merged=merged,
             taken_at=now,

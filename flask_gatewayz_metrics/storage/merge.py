@@ -9,7 +9,7 @@ are stored sparsely (``sparse``): only the touched buckets of each slot are read
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from operator import add
 
 from .. import sketch
@@ -63,6 +63,10 @@ class WindowStats:
             buckets[int(index)] += count
         self.lo, self.hi = min(self.lo, int(min(indexes))), max(self.hi, int(max(indexes)))
 
+    def copy(self) -> WindowStats:
+        """An independent copy (its own bucket list)."""
+        return replace(self, buckets=None if self.buckets is None else self.buckets[:])
+
     @property
     def average(self) -> float | None:
         return self.total / self.count if self.count > 0 else None
@@ -107,9 +111,103 @@ class Merged:
         return self.windows.get(kind, {}).get(labels) or WindowStats()
 
 
-def merge(views: list[WorkerView], epoch: int, now: float) -> Merged:
-    """Combine ``views`` (files of older reset epochs are ignored) as seen at ``now``."""
+SEAL_GRACE_SECONDS = 1.0
+"""A live writer's slot counts as sealed (its interval over, never written again) once
+its interval ended this long ago: a writer that read the clock just before the slot
+ended may still be adding to it."""
+
+_SealedKey = tuple[object, ...]
+
+
+class MergeCache:
+    """The sealed part of the last merge (see ``merge``) and what it was made from.
+
+    One entry, replaced as a whole (one attribute store), so scrapes in several threads
+    may share it: each either reuses an entry made from exactly its own inputs or makes
+    its own.
+    """
+
+    def __init__(self) -> None:
+        self.entry: tuple[_SealedKey, Merged] | None = None
+        self.rebuilt = 0
+        """How often the sealed part was merged from the files (for tests)."""
+
+
+def merge(views: list[WorkerView], epoch: int, now: float, cache: MergeCache | None = None) -> Merged:
+    """Combine ``views`` (files of older reset epochs are ignored) as seen at ``now``.
+
+    In two parts. The *sealed* part holds what cannot change any more: all of the
+    archive and of dead workers' files, and the slots of live workers' files whose
+    interval is over. It is merged from the files only when its inputs changed
+    (``_sealed_key``: a reset, another file set, an archive or dead file replaced or
+    grown, a live file that died, the window moving on) and otherwise taken from
+    ``cache``. The *live* part, read at every call, is the totals and the current
+    slots of live workers. Without a cache both parts are merged from the files, in the
+    same order, so the result is the same to the last bit.
+    """
+    key = _sealed_key(views, epoch, now)
+    entry = cache.entry if cache is not None else None
+    if entry is None or entry[0] != key:
+        entry = (key, _merge_sealed(views, epoch, now))
+        if cache is not None:
+            cache.entry = entry
+            cache.rebuilt += 1
+    merged = _merge_live(entry[1], views, epoch, now)
+    _drop_impossible(merged)
+    return merged
+
+
+def _seal_limit(view: WorkerView, now: float) -> float:
+    """Slot ids below this are sealed in ``view`` (every id, for a file nobody writes)."""
+    if not view.live:
+        return math.inf
+    if view.slot_seconds <= 0:
+        return 0.0  # one slot since start: never sealed while its writer lives
+    return float(math.floor((now - SEAL_GRACE_SECONDS) / view.slot_seconds))
+
+
+def _sealed_key(views: list[WorkerView], epoch: int, now: float) -> _SealedKey:
+    """Everything the sealed part depends on.
+
+    A file nobody writes is identified by name, inode and ``used`` (replaced or grown:
+    another key). A live writer's file by name, inode and epoch: while it lives, its
+    growth adds records (whose slots start empty) and bucket blocks (linked from its
+    current slot only), neither of which can change a sealed slot; when it dies, its
+    key changes.
+    """
+    parts: list[object] = [epoch]
+    for view in views:
+        if view.epoch < epoch:
+            continue
+        parts.append((
+            view.name, view.inode, view.epoch, view.live, -1 if view.live else view.used,
+            oldest_slot_in_window(view, now), _seal_limit(view, now),
+        ))
+    return tuple(parts)
+
+
+def _merge_sealed(views: list[WorkerView], epoch: int, now: float) -> Merged:
     merged = Merged()
+    for view in views:
+        if view.epoch < epoch:
+            continue
+        if not view.live:  # dead workers have no requests in flight ("live" kinds)
+            for record in view.records:
+                kind = layout.KINDS[record.kind]
+                if not kind.windowed and kind.merge != "live":
+                    _add_total(merged, view, record)
+        _add_windows(merged, view, oldest_slot_in_window(view, now), _seal_limit(view, now), None)
+    return merged
+
+
+def _merge_live(sealed: Merged, views: list[WorkerView], epoch: int, now: float) -> Merged:
+    """``sealed`` (left untouched: series it holds are copied before they change) plus
+    the totals and current slots of live workers."""
+    merged = Merged(
+        {kind: dict(series) for kind, series in sealed.totals.items()},
+        {kind: dict(series) for kind, series in sealed.windows.items()},
+    )
+    copied: set[tuple[str, Labels]] = set()
     moved = {v.writer_pid for v in views if v.epoch >= epoch and not v.is_archive}
     for view in views:
         if view.epoch < epoch:
@@ -121,22 +219,43 @@ def merge(views: list[WorkerView], epoch: int, now: float) -> Merged:
                     if layout.KINDS[record.kind].merge == "live":
                         _add_total(merged, view, record)
             continue
-        doubles = view.doubles
-        oldest_slot = oldest_slot_in_window(view, now)
+        if not view.live:
+            continue  # entirely in the sealed part
         for record in view.records:
-            kind = layout.KINDS[record.kind]
-            if not kind.windowed:
-                if kind.merge != "live" or view.live:  # dead workers have no requests in flight
-                    _add_total(merged, view, record)
-                continue
-            stats = merged.windows.setdefault(record.kind, {}).setdefault(record.labels, WindowStats())
-            stride = layout.slot_stride(kind.with_sketch)
-            for slot in range(view.slots):
-                base = record.offset + slot * stride
-                if doubles[base + layout.SLOT_ID] >= oldest_slot:
-                    stats.add_slot(view, base, kind.with_sketch)
-    _drop_impossible(merged)
+            if not layout.KINDS[record.kind].windowed:
+                _add_total(merged, view, record)
+        oldest = max(oldest_slot_in_window(view, now), _seal_limit(view, now))
+        _add_windows(merged, view, oldest, math.inf, copied)
     return merged
+
+
+def _add_windows(
+    merged: Merged, view: WorkerView, oldest: float, limit: float, copied: set[tuple[str, Labels]] | None
+) -> None:
+    """Add the slots of ``view`` with ``oldest <= id < limit`` to ``merged``'s windows.
+
+    ``copied``: series of ``merged`` it owns (the others are shared with the cache and
+    copied before their first change); ``None`` when it owns all of them.
+    """
+    doubles = view.doubles
+    for record in view.records:
+        kind = layout.KINDS[record.kind]
+        if not kind.windowed:
+            continue
+        series = merged.windows.setdefault(record.kind, {})
+        stats = series.get(record.labels)
+        if stats is None:
+            stats = series[record.labels] = WindowStats()
+            if copied is not None:
+                copied.add((record.kind, record.labels))
+        stride = layout.slot_stride(kind.with_sketch)
+        for slot in range(view.slots):
+            base = record.offset + slot * stride
+            if oldest <= doubles[base + layout.SLOT_ID] < limit:
+                if copied is not None and (record.kind, record.labels) not in copied:
+                    stats = series[record.labels] = stats.copy()
+                    copied.add((record.kind, record.labels))
+                stats.add_slot(view, base, kind.with_sketch)
 
 
 def _add_total(merged: Merged, view: WorkerView, record: Record) -> None:
