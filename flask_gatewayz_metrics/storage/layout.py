@@ -69,8 +69,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from .. import sketch
-
 if TYPE_CHECKING:
     Doubles = memoryview[float]
 else:
@@ -164,13 +162,6 @@ class Kind:
 def slot_stride(with_sketch: bool) -> int:
     """float64 values per slot of a windowed record in a file."""
     return SLOT_HEADER + (1 if with_sketch else 0)
-
-
-def dense_stride(with_sketch: bool) -> int:
-    """float64 values per slot of a windowed payload in its dense form (``SLOT_HEADER``
-    fields, then for sketch kinds every one of ``sketch.BUCKET_COUNT`` bucket counts):
-    how the compactor merges windows before writing them back sparsely."""
-    return SLOT_HEADER + (sketch.BUCKET_COUNT if with_sketch else 0)
 
 
 def block_capacity(position: int) -> int:

@@ -1,4 +1,4 @@
-"""Sparse sketch buckets: reading a slot's bucket blocks, and converting to dense form.
+"""Sparse sketch buckets: reading a slot's bucket blocks, and the compactor's form of them.
 
 The byte format is in ``layout`` (bucket blocks). Everything here reads untrusted
 files: a chain is followed only through blocks the reader indexed (``WorkerView.blocks``),
@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import struct
 from collections.abc import Mapping
+from typing import Any
 
 from .. import sketch
 from . import layout
@@ -66,42 +67,43 @@ def _valid(indexes: list[float], counts: list[float]) -> bool:
     return min(counts) >= 0 and math.isfinite(math.fsum(counts))
 
 
-def dense_window(doubles: Doubles, blocks: Mapping[float, int], offset: int, slots: int) -> list[float]:
-    """The windowed sketch payload at ``offset`` in dense form (``layout.dense_stride``).
+def window_slots(doubles: Doubles, blocks: Mapping[float, int], offset: int, slots: int) -> list[Any]:
+    """The windowed sketch payload at ``offset`` for the compactor: per slot its
+    ``SLOT_HEADER`` fields, then a dict bucket index -> count in place of ``SLOT_BLOCK``.
 
     A slot whose buckets cannot be read is marked unused (its id -1): dropped, not guessed.
     """
     stride = layout.slot_stride(True)
-    out: list[float] = []
-    zeros: list[float] = [0.0] * sketch.BUCKET_COUNT
+    out: list[Any] = []
     for position in range(slots):
         base = offset + position * stride
-        header = list(doubles[base : base + layout.SLOT_HEADER])
-        buckets = zeros[:]
+        header: list[Any] = list(doubles[base : base + layout.SLOT_HEADER])
+        buckets: dict[int, float] = {}
         entries = slot_entries(doubles, blocks, doubles[base + layout.SLOT_BLOCK])
         if entries is None:
             header[layout.SLOT_ID] = -1.0
         else:
             for index, count in zip(*entries, strict=True):
-                buckets[int(index)] += count
+                buckets[int(index)] = buckets.get(int(index), 0.0) + count
         out += header
-        out += buckets
+        out.append(buckets)
     return out
 
 
-def encode_window(dense: list[float], slots: int, first_block: int) -> tuple[list[float], list[bytes]]:
-    """A dense sketch payload as (record payload, bucket block records) for a file whose
-    next record after this payload's record starts at float64 index ``first_block - 1``:
-    one block per slot with buckets, exactly as large as it needs."""
-    stride = layout.dense_stride(True)
+def encode_window(slots_payload: list[Any], slots: int, first_block: int) -> tuple[list[float], list[bytes]]:
+    """A compactor's sketch payload (``window_slots``) as (record payload, bucket block
+    records) for a file whose next record after this payload's record has its payload
+    at float64 index ``first_block``: one block per slot with buckets, of exactly the
+    capacity it needs, entries in bucket order."""
+    stride = layout.slot_stride(True)
     payload: list[float] = []
     records: list[bytes] = []
     at = first_block
     for position in range(slots):
         base = position * stride
-        payload += dense[base : base + layout.SLOT_HEADER]
-        buckets = dense[base + layout.SLOT_HEADER : base + stride]
-        entries = [v for i, count in enumerate(buckets) if count for v in (float(i), count)]
+        payload += slots_payload[base : base + layout.SLOT_HEADER]
+        buckets: dict[int, float] = slots_payload[base + layout.SLOT_HEADER]
+        entries = [v for index in sorted(buckets) if buckets[index] for v in (float(index), buckets[index])]
         if not entries:
             payload.append(0.0)
             continue
