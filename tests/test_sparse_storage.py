@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import multiprocessing
 import os
@@ -12,6 +13,8 @@ from typing import Any
 
 import pytest
 from conftest import FakeClock
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from flask_gatewayz_metrics import MetricsCollector, PrometheusExporter, sketch
 from flask_gatewayz_metrics.storage import layout, store
@@ -262,3 +265,20 @@ def test_damaged_bucket_blocks_are_never_believed(metrics_dir: str, clock: FakeC
     scraper.compact()  # the compactor reads it the same way
     scraper.snapshot()
     scraper.close()
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    counts=st.lists(st.sampled_from([0.0, 1.0, 2.0, 3.0, 7.0, 1e6]) | st.integers(0, 50).map(float), max_size=60),
+    q=st.floats(0.0, 1.0),
+    offset=st.integers(0, sketch.BUCKET_COUNT - 61),
+)
+def test_quantiles_from_running_sums_equal_the_plain_walk(counts: list[float], q: float, offset: int) -> None:
+    """The scrape's bisection over running sums answers exactly what sketch.quantile's walk does."""
+    running = list(itertools.accumulate(counts))
+    total = math.fsum(counts)
+    expected = sketch.quantile(counts, q, 1e-4, 50.0, offset)
+    if not counts:
+        assert expected is None
+        return
+    assert sketch.quantile_of_running_sums(total, running, q, 1e-4, 50.0, offset) == expected

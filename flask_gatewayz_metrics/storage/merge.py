@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
+from itertools import accumulate
 from operator import add
 
 from .. import sketch
@@ -33,6 +34,9 @@ class WindowStats:
     lo: int = sketch.BUCKET_COUNT
     hi: int = -1
     """Touched range of ``buckets``: quantiles only walk this part."""
+    _ranks: tuple[float, list[float]] | None = field(default=None, init=False, repr=False, compare=False)
+    """(exact total, running sums) of the touched buckets, made by the first quantile
+    asked and dropped whenever buckets are added: a scrape asks for several."""
 
     def add_slot(self, view: WorkerView, base: int, with_sketch: bool) -> None:
         """Add the slot at ``base`` of ``view`` (a windowed record's slot)."""
@@ -56,6 +60,7 @@ class WindowStats:
     def add_buckets(self, indexes: list[float], counts: list[float]) -> None:
         """Add sketch counts (validated: integral indexes in range, finite counts >= 0)."""
         self.count += math.fsum(counts)
+        self._ranks = None
         buckets = self.buckets
         if buckets is None:
             buckets = self.buckets = [0.0] * sketch.BUCKET_COUNT
@@ -94,7 +99,11 @@ class WindowStats:
             low, high = self.low, self.high
         else:  # no min / max in the slots (a damaged file): the sketch's range
             low, high = 0.0, sketch.UPPER_LIMIT
-        return sketch.quantile(self.buckets[self.lo : self.hi + 1], q, low, high, self.lo)
+        if self._ranks is None:
+            counts = self.buckets[self.lo : self.hi + 1]
+            self._ranks = (math.fsum(counts), list(accumulate(counts)))
+        total, running = self._ranks
+        return sketch.quantile_of_running_sums(total, running, q, low, high, self.lo)
 
 
 @dataclass
