@@ -310,11 +310,11 @@ class MetricsCollector(GatewayRecording, CustomMetrics):
                     o = endpoint_window + shift
                     if current[0] != slot:
                         current = extremes[endpoint_window] = _enter_slot(d, o, slot)
-                    d[o + 2] += latency
                     try:
                         d[current[3][index]] += 1.0
                     except KeyError:  # first time in this slot: an entry in its bucket blocks
                         d = self._add_bucket(o, index, current)
+                    d[o + 2] += latency
                     if error:
                         d[o + 3] += 1.0
                     if latency < current[1]:
@@ -329,11 +329,11 @@ class MetricsCollector(GatewayRecording, CustomMetrics):
                     o = provider_window + shift
                     if current[0] != slot:
                         current = extremes[provider_window] = _enter_slot(d, o, slot)
-                    d[o + 2] += latency
                     try:
                         d[current[3][index]] += 1.0
                     except KeyError:  # first time in this slot: an entry in its bucket blocks
                         d = self._add_bucket(o, index, current)
+                    d[o + 2] += latency
                     if error:
                         d[o + 3] += 1.0
                     if latency < current[1]:
@@ -348,11 +348,11 @@ class MetricsCollector(GatewayRecording, CustomMetrics):
                     o = model_window + shift
                     if current[0] != slot:
                         current = extremes[model_window] = _enter_slot(d, o, slot)
-                    d[o + 2] += latency
                     try:
                         d[current[3][index]] += 1.0
                     except KeyError:  # first time in this slot: an entry in its bucket blocks
                         d = self._add_bucket(o, index, current)
+                    d[o + 2] += latency
                     if error:
                         d[o + 3] += 1.0
                     if latency < current[1]:

@@ -159,7 +159,8 @@ def _fill(path: str) -> None:
 def _new_buckets_on_a_full_disk(directory: str, mount: str) -> None:
     store.RETRY_SECONDS = 0.0
     c = MetricsCollector(directory, auto_compact=False)
-    c.record_request("/full", "GET", 0.1, 200)
+    for k in range(50):  # every series exists before the disk fills: only blocks need room
+        c.record_request(f"/full{k}", "GET", 0.1, 200)
     _fill(os.path.join(mount, "filler"))
     dropped_before = c.snapshot().dropped().get("storage_unavailable", 0)
     # Far more bucket blocks than the file's reserve holds: each needs the file to grow.
@@ -167,6 +168,9 @@ def _new_buckets_on_a_full_disk(directory: str, mount: str) -> None:
         c.record_request(f"/full{k % 50}", "GET", 1e-6 * 1.001**k, 200)
     snap = c.snapshot()
     assert snap.dropped().get("storage_unavailable", 0) > dropped_before
+    c.record_request("/full0", "GET", 0.1, 200)  # a bucket the slot has: still counted
+    buckets = c.snapshot().window("endpoint_window", ("/full0",)).buckets
+    assert buckets is not None and buckets[sketch.bucket_index(0.1)] == 2
     os.unlink(os.path.join(mount, "filler"))
     c.record_request("/after", "GET", 0.2, 200)  # space is back: the next block grows the file
     assert c.snapshot().window("endpoint_window", ("/after",)).count == 1
