@@ -19,6 +19,7 @@ import weakref
 from bisect import bisect_left
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 from . import sketch
 from .custom import CustomMetrics
@@ -32,6 +33,7 @@ from .snapshot import Snapshot
 from .storage import CompactionResult, Storage, StorageUnavailable, compact, layout, location, merge
 from .storage.history import SlotHistory, slot_history
 from .storage.layout import Doubles
+from .storage.merge import MergeCache
 from .storage.process import ForkSentinel
 
 log = logging.getLogger("flask_gatewayz_metrics")
@@ -73,7 +75,9 @@ _log2 = math.log2
 _ceil = math.ceil
 _EPOCH_INDEX = layout.CONTROL_EPOCH_INDEX
 _EMPTY_SLOT_TAIL = memoryview(struct.pack(f"<{_SLOT_HEADER - 1}d", *layout.EMPTY_SLOT[1:])).cast("d")
-_ZERO_BUCKETS = memoryview(bytes(8 * sketch.BUCKET_COUNT)).cast("d")
+_SLOT_BLOCK = layout.SLOT_BLOCK
+_BLOCK_NEXT = layout.BLOCK_NEXT
+_BLOCK_ENTRIES = layout.BLOCK_ENTRIES
 _NO_FILE: Doubles = memoryview(b"").cast("d")
 """Stand-in until the first write opens this process's file (the epoch check forces that)."""
 
@@ -151,12 +155,14 @@ class MetricsCollector(GatewayRecording, CustomMetrics):
         self._current_slot = self._position = 0
         self._slot_start = self._slot_end = 0.0
         self._request_targets: dict[tuple[object, ...], _RequestTargets] = {}
-        self._slot_extremes: dict[int, list[float]] = {}
-        """Sketch window record offset -> [slot id, min, max] of the slot last written:
-        a copy of the file's values (only this process writes them), forgotten whenever
-        the file is (re)opened."""
+        self._slot_extremes: dict[int, list[Any]] = {}
+        """Sketch window record offset -> [slot id, min, max, {bucket: count index}] of
+        the slot last written: a copy of the file's values (only this process writes
+        them), forgotten whenever the file is (re)opened."""
         self._unrecorded: Counter[str] = Counter()
         """Drops that could not be written to storage (it was unavailable)."""
+        self._merge_cache = MergeCache()
+        """Sealed slots, the archive and dead files, merged once (``storage.merge``)."""
         self._last_log = -_INF
         self._last_compaction = -_INF
         self._compaction_error: str | None = None
@@ -291,8 +297,9 @@ class MetricsCollector(GatewayRecording, CustomMetrics):
                     elif latency <= _SLOT_UPPER_BOUNDS[index - 1]:
                         index -= 1
                 # Each window slot: id, count (unused: the buckets hold it), sum, errors,
-                # min, max, sketch buckets. Slot id, min and max of the current slot are
-                # mirrored in ``extremes`` (reading the mmap costs several times more).
+                # min, max, first bucket block. Slot id, min and max of the current slot
+                # are mirrored in ``extremes`` (reading the mmap costs several times more),
+                # with a dict bucket -> index of its count in the slot's bucket blocks.
                 # The three copies below are deliberate: a helper call would cost more
                 # than the additions themselves.
                 if endpoint_window >= 0:
@@ -303,8 +310,11 @@ class MetricsCollector(GatewayRecording, CustomMetrics):
                     o = endpoint_window + shift
                     if current[0] != slot:
                         current = extremes[endpoint_window] = _enter_slot(d, o, slot)
+                    try:
+                        d[current[3][index]] += 1.0
+                    except KeyError:  # first time in this slot: an entry in its bucket blocks
+                        d = self._add_bucket(o, index, current)
                     d[o + 2] += latency
-                    d[o + index] += 1.0
                     if error:
                         d[o + 3] += 1.0
                     if latency < current[1]:
@@ -319,8 +329,11 @@ class MetricsCollector(GatewayRecording, CustomMetrics):
                     o = provider_window + shift
                     if current[0] != slot:
                         current = extremes[provider_window] = _enter_slot(d, o, slot)
+                    try:
+                        d[current[3][index]] += 1.0
+                    except KeyError:  # first time in this slot: an entry in its bucket blocks
+                        d = self._add_bucket(o, index, current)
                     d[o + 2] += latency
-                    d[o + index] += 1.0
                     if error:
                         d[o + 3] += 1.0
                     if latency < current[1]:
@@ -335,8 +348,11 @@ class MetricsCollector(GatewayRecording, CustomMetrics):
                     o = model_window + shift
                     if current[0] != slot:
                         current = extremes[model_window] = _enter_slot(d, o, slot)
+                    try:
+                        d[current[3][index]] += 1.0
+                    except KeyError:  # first time in this slot: an entry in its bucket blocks
+                        d = self._add_bucket(o, index, current)
                     d[o + 2] += latency
-                    d[o + index] += 1.0
                     if error:
                         d[o + 3] += 1.0
                     if latency < current[1]:
@@ -406,6 +422,42 @@ class MetricsCollector(GatewayRecording, CustomMetrics):
             self._request_targets[key] = targets
         self._doubles = storage.doubles
         return targets
+
+    def _add_bucket(self, base: int, index: int, mirror: list[Any]) -> Doubles:
+        """Count the first observation of bucket ``index`` (position in a dense slot) in
+        the current sketch slot at ``base``: an entry in the slot's last bucket block, or
+        a new block when it is full (call under the lock; raises ``StorageUnavailable``
+        when the file cannot grow). Returns the file's view (a new block may re-map it).
+
+        ``mirror`` is the slot's [id, min, max, entries, block, capacity, link, position]:
+        the block entries go to, its capacity, where a next block is linked, and its
+        place in the chain (kept so that this costs the same however long the chain)."""
+        d = self._doubles
+        block = mirror[4]
+        while block:
+            used = int(d[block])
+            if used < mirror[5]:
+                entry = block + _BLOCK_ENTRIES + 2 * used
+                d[entry] = float(index - _SLOT_HEADER)
+                d[entry + 1] = 1.0
+                d[block] = used + 1.0  # publishes the entry (one aligned 8-byte store)
+                mirror[3][index] = entry + 1
+                return d
+            # Full: move on to the next block of the chain (kept from earlier intervals).
+            mirror[6] = block + _BLOCK_NEXT
+            mirror[7] += 1
+            mirror[5] = layout.block_capacity(mirror[7])
+            block = mirror[4] = int(d[mirror[6]])
+        payload = layout.block_payload(mirror[5])
+        payload[layout.BLOCK_USED] = 1.0
+        payload[_BLOCK_ENTRIES] = float(index - _SLOT_HEADER)
+        payload[_BLOCK_ENTRIES + 1] = 1.0
+        block = self._storage.append_block(payload)
+        d = self._doubles = self._storage.doubles
+        d[mirror[6]] = float(block)  # links the complete block (one aligned 8-byte store)
+        mirror[4] = block
+        mirror[3][index] = block + _BLOCK_ENTRIES + 1
+        return d
 
     def _admit_part(self, name: str, raw: object) -> str | None:
         """``_admit``, with None for a value that cannot be a label (call under the lock)."""
@@ -648,7 +700,7 @@ class MetricsCollector(GatewayRecording, CustomMetrics):
                 unrecorded[reason] += int(count)
         # Each view owns its record list and mapping, so merging outside the lock is safe
         # while another thread's scrape re-reads (and re-maps) the same files.
-        merged = merge(views, control.epoch, now)
+        merged = merge(views, control.epoch, now, self._merge_cache)
         return Snapshot(
             merged=merged,
             taken_at=now,
@@ -759,24 +811,41 @@ def _plain_window_add(d: Doubles, base: int, slot: int, value: float, error: boo
         d[base + 5] = value
 
 
-_UNKNOWN_SLOT: list[float] = [math.nan]
+_UNKNOWN_SLOT: list[Any] = [math.nan]
 """Stands in for a window whose current slot is not mirrored yet (NaN equals no slot id)."""
 
 
-def _enter_slot(d: Doubles, base: int, slot: int) -> list[float]:
-    """Make the sketch slot at ``base`` hold ``slot`` (zeroing it if it held an older
-    interval); its [slot id, min, max] for the hot path's mirror."""
+def _enter_slot(d: Doubles, base: int, slot: int) -> list[Any]:
+    """Make the sketch slot at ``base`` hold ``slot`` (emptying it if it held an older
+    interval); its mirror for the hot path: [slot id, min, max, {bucket: count index},
+    then where new entries go (see ``MetricsCollector._add_bucket``)]."""
+    first = int(d[base + _SLOT_BLOCK])
+    start = [first, layout.block_capacity(0), base + _SLOT_BLOCK, 0]
     if d[base] != slot:
         _rotate(d, base, slot, True)
-    return [float(slot), d[base + 4], d[base + 5]]
+        return [float(slot), d[base + 4], d[base + 5], {}, *start]
+    # The slot is current but not mirrored (the mirror was cleared): find its entries;
+    # new ones go after them (from the first block: it skips full ones).
+    entries = {}
+    block = first
+    while block:
+        for entry in range(block + _BLOCK_ENTRIES, block + _BLOCK_ENTRIES + 2 * int(d[block]), 2):
+            entries[int(d[entry]) + _SLOT_HEADER] = entry + 1
+        block = int(d[block + _BLOCK_NEXT])
+    return [float(slot), d[base + 4], d[base + 5], entries, *start]
 
 
 def _rotate(d: Doubles, base: int, slot: int, with_sketch: bool) -> None:
-    """Reuse a slot position for a new interval: mark it invalid, zero it, then claim it."""
+    """Reuse a slot position for a new interval: mark it invalid, empty it, then claim it.
+
+    A sketch slot keeps its bucket blocks (the next interval will likely touch as many
+    buckets) and only marks them empty; their stale entries are never read again."""
     d[base] = -1.0
     if with_sketch:
-        start = base + _SLOT_HEADER
-        d[start : start + sketch.BUCKET_COUNT] = _ZERO_BUCKETS
+        block = int(d[base + _SLOT_BLOCK])
+        while block:
+            d[block] = 0.0
+            block = int(d[block + _BLOCK_NEXT])
     d[base + 1 : base + _SLOT_HEADER] = _EMPTY_SLOT_TAIL
     d[base] = float(slot)
 

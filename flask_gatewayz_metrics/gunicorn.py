@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 from typing import Any
 
 from .storage import compact, layout, location, process
@@ -77,18 +78,53 @@ def on_exit(server: Any) -> None:
 
 
 def child_exit(server: Any, worker: Any) -> None:
-    """gunicorn ``child_exit`` hook: fold the exited worker's file into the archive now.
+    """gunicorn ``child_exit`` hook: fold the exited worker's file into the archive now,
+    off the master's loop.
 
     Correctness never depends on this hook: a dead worker's file is recognised by its
     released ``flock``, keeps counting in every scrape, and is compacted by the next
-    scrape anyway. The hook just does it at once, in the master, off the request path.
+    scrape anyway. The hook just does it at once: the master only forks (about a
+    millisecond for a master that has not loaded the app), and the child compacts and
+    exits, so a compaction that takes tens of milliseconds at high cardinality never
+    delays the arbiter.
     """
     directory = os.environ.get("GATEWAYZ_METRICS_DIR")
     if not directory:
         return
     try:
-        # Bounded and non-blocking (no file in the directory, not even a FIFO, can hold
-        # the master): a run that is out of time leaves the rest to the next scrape.
-        compact(directory, budget_seconds=0.5, max_files=64)
+        compact_in_background(directory)
     except Exception as exc:  # never take the arbiter down over metrics
         log.warning("metrics compaction after worker %s exit failed: %s", getattr(worker, "pid", "?"), exc)
+
+
+COMPACTION_BUDGET_SECONDS = 0.5
+COMPACTION_ALARM_SECONDS = 30
+"""The background compactor is killed (SIGALRM) if it is still running after this long:
+it holds ``compaction.lock``, which no other compaction could take meanwhile."""
+
+
+def compact_in_background(directory: str) -> int:
+    """Run ``compact(directory)`` in a child of this process and return its pid at once.
+
+    The caller (gunicorn's master) reaps the child like any other: gunicorn's SIGCHLD
+    handler waits for every child and ignores those that are not workers. The child
+    never returns into the caller's code: it restores default signal handling
+    (gunicorn's handlers write to the master's wake-up pipe), compacts within a bounded
+    time and leaves with ``os._exit``.
+    """
+    pid = os.fork()
+    if pid:
+        return pid
+    code = 1
+    try:
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
+                       signal.SIGUSR2, signal.SIGCHLD, signal.SIGWINCH, signal.SIGTTIN, signal.SIGTTOU):
+            signal.signal(signum, signal.SIG_DFL)
+        signal.signal(signal.SIGALRM, signal.SIG_DFL)
+        signal.alarm(COMPACTION_ALARM_SECONDS)
+        # Bounded and non-blocking (no file in the directory, not even a FIFO, can
+        # hold it): what is out of time waits for the next run.
+        compact(directory, budget_seconds=COMPACTION_BUDGET_SECONDS, max_files=64)
+        code = 0
+    finally:
+        os._exit(code)

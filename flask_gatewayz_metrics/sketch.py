@@ -18,6 +18,7 @@ tracks.
 from __future__ import annotations
 
 import math
+from bisect import bisect_left
 from collections.abc import Sequence
 
 SCHEMA = 5
@@ -99,6 +100,27 @@ def quantile(
         if running >= rank:
             index = i
             break
+    if index == UNDERFLOW_INDEX:
+        return lowest
+    if index == OVERFLOW_INDEX:
+        return highest
+    return min(max(representative(index), lowest), highest)
+
+
+def quantile_of_running_sums(
+    total: float, running: Sequence[float], q: float, lowest: float, highest: float, offset: int = 0
+) -> float | None:
+    """``quantile`` from precomputed sums, for asking several quantiles of the same counts.
+
+    ``total`` is ``math.fsum(counts)`` and ``running`` is ``itertools.accumulate(counts)``
+    (the very additions ``quantile`` makes, in the same order, so the answer is the same
+    to the last bit); counts must be non-negative, which makes ``running``
+    non-decreasing and a bisection find the first bucket reaching the rank.
+    """
+    if total <= 0:
+        return None
+    rank = max(1.0, _ceil(q * total))
+    index = offset + min(bisect_left(running, rank), len(running) - 1)
     if index == UNDERFLOW_INDEX:
         return lowest
     if index == OVERFLOW_INDEX:

@@ -78,6 +78,9 @@ def _small(c: MetricsCollector) -> None:
 def _full(c: MetricsCollector) -> None:
     c.record_request("/v1/chat", "POST", 0.25, 200, provider="openai", model="gpt-4o")
     c.record_request("/v1/chat", "POST", 1.5, 502, provider="anthropic", model="claude")
+    # 30 distinct sketch buckets: a chain of four bucket blocks (4 + 8 + 16 + 32 entries).
+    for k in range(30):
+        c.record_request("/v1/chat", "POST", 0.01 * 1.1**k, 200, provider="openai", model="gpt-4o")
     _small(c)
 
 
@@ -136,9 +139,8 @@ def test_every_truncation_of_a_real_file_is_skipped_or_read(fuzz: FuzzTarget) ->
     preallocated = SMALL + bytes(256)
     for length in range(len(SMALL) + 1, len(preallocated) + 1):
         fuzz.check(preallocated[:length], expect_records=True)
-    # The big file (windows with sketches) at every length around its header and record
-    # boundaries, and every 24th + 3 bytes elsewhere.
-    for length in [*range(200), *range(3, len(FULL), 24)]:
+    # The big file (windows with sparse sketches: records, then bucket blocks) at every length.
+    for length in range(len(FULL)):
         fuzz.check(FULL[:length])
 
 
@@ -457,7 +459,12 @@ def test_archive_honours_label_limits_across_generations(metrics_dir: str) -> No
     assert overflow == 100 * 12 + 200 * 11  # writers refuse 100 per generation; the archive folds 200 per later one
     # The archive stays the size of 201 model series (plus the fixed ones) however many
     # generations brought new names: it grows only by the absorbed names' bookkeeping.
-    model_series = 201 * 8 * (layout.KINDS["model_window"].payload_size(5) + layout.KINDS["model"].size)
+    # Per model: its window record, its since-start record (each a header, a key of up to
+    # 32 bytes and its payload) and, in the sparse format, one one-entry bucket block.
+    records = 2 * (layout.RECORD_HEADER.size + 32)
+    block = layout.RECORD_HEADER.size + 8 * len(layout.block_payload(1))
+    payloads = 8 * (layout.KINDS["model_window"].payload_size(5) + layout.KINDS["model"].size)
+    model_series = 201 * (payloads + records + block)
     assert max(sizes[1:]) < model_series * 1.2
     assert sizes[-1] <= sizes[1] * 1.02, sizes
 

@@ -97,17 +97,17 @@ def test_failed_archive_write_leaves_no_temporary_file(tmp_path: Any) -> None:
     try:
         directory = os.path.join(mount, "metrics")
         scraper = MetricsCollector(directory, auto_compact=False)
-        _in_child(_record_endpoints_and_exit, directory, 6)  # ~400 KiB used in a 512 KiB file
+        _in_child(_record_endpoints_and_exit, directory, 600)  # ~360 KiB used in a 512 KiB file
         _fill(os.path.join(mount, "filler"))
         with pytest.raises(OSError) as raised:
             compact(directory)
         assert "No space" in str(raised.value)
         assert not [n for n in os.listdir(directory) if n.startswith(".")], os.listdir(directory)
         assert len(_worker_files(directory)) == 1
-        assert scraper.snapshot().total_requests == 6
+        assert scraper.snapshot().total_requests == 600
         os.unlink(os.path.join(mount, "filler"))
         assert compact(directory).absorbed == 1  # space is back: compaction goes on
-        assert scraper.snapshot().total_requests == 6
+        assert scraper.snapshot().total_requests == 600
         scraper.close()
     finally:
         subprocess.run(["umount", "-l", mount], check=False)

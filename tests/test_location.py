@@ -283,7 +283,8 @@ def test_new_files_start_small(tmp_path: Path) -> None:
     c.record_cache_hit()
     assert c._storage.own_file is not None
     assert os.path.getsize(c._storage.own_file) == INITIAL_SIZE == 16 * 1024
-    c.observe_request("/x", "GET", 0.01, 200, provider="openai", model="gpt-4")
+    for k in range(40):  # ~0.6 KiB of records (sparse sketches) per endpoint: past 16 KiB
+        c.observe_request(f"/x{k}", "GET", 0.01, 200, provider="openai", model="gpt-4")
     size = os.path.getsize(c._storage.own_file)
     assert size > INITIAL_SIZE and size & (size - 1) == 0
     c.close()

@@ -31,13 +31,14 @@ import stat
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from operator import add
+from typing import Any
 
 from ..labels import DEFAULT_LIMITS, OVERFLOW_VALUE
 from . import layout
 from .directory import open_directory
 from .merge import combine
 from .reader import DirectoryReader, StorageProblem, WorkerView, is_locked
+from .sparse import encode_window, window_slots
 
 MAX_FILES_PER_RUN = 256
 """Dead files folded per compaction, which bounds the time one run (one scrape) takes."""
@@ -75,7 +76,8 @@ class ArchiveBuilder:
     epoch: int
     slot_seconds: float
     slots: int
-    payloads: dict[tuple[str, tuple[str, ...]], list[float]] = field(default_factory=dict)
+    payloads: dict[tuple[str, tuple[str, ...]], list[Any]] = field(default_factory=dict)
+    """Merged payload of each series (sketch slots hold a dict bucket -> count)."""
     now: float = field(default_factory=time.time)
     """Wall time of the compaction (writers stamp slots with wall time too)."""
 
@@ -92,8 +94,13 @@ class ArchiveBuilder:
             key = (record.kind, record.labels)
             current = self.payloads.get(key)
             if kind.windowed:
+                # Sketch slots carry a dict bucket -> count (``sparse.window_slots``),
+                # written back as bucket blocks by ``encode``.
                 stride = layout.slot_stride(kind.with_sketch)
-                incoming = list(view.doubles[record.offset : record.offset + view.slots * stride])
+                if kind.with_sketch:
+                    incoming = window_slots(view.doubles, view.blocks, record.offset, view.slots)
+                else:
+                    incoming = list(view.doubles[record.offset : record.offset + view.slots * stride])
                 if not same_geometry:
                     incoming, unplaced = self._rebucket(incoming, view.slot_seconds, view.slots, stride)
                     lost += unplaced
@@ -108,11 +115,11 @@ class ArchiveBuilder:
             self.count_error(WINDOW_GEOMETRY_REASON, lost)
 
     def _rebucket(
-        self, payload: list[float], slot_seconds: float, slots: int, stride: int
-    ) -> tuple[list[float], int]:
+        self, payload: list[Any], slot_seconds: float, slots: int, stride: int
+    ) -> tuple[list[Any], int]:
         """``payload`` (``slots`` slots of ``slot_seconds``) in this builder's geometry,
         and how many non-empty slots still in the window found no place."""
-        out = (list(layout.EMPTY_SLOT) + [0.0] * (stride - layout.SLOT_HEADER)) * self.slots
+        out = _empty_slots(self.slots, stride)
         lost = 0
         for position in range(slots):
             base = position * stride
@@ -155,10 +162,25 @@ class ArchiveBuilder:
         self.payloads[key] = [self.payloads.get(key, [0.0])[0] + count]
 
     def encode(self) -> bytes:
-        body = b"".join(
-            layout.encode_record(layout.encode_key(kind, labels), payload)
-            for (kind, labels), payload in sorted(self.payloads.items(), key=_sort_key)
+        """The archive file: header, every record, then the bucket blocks of the sketch
+        windows (located once the size of all records is known)."""
+        items = sorted(self.payloads.items(), key=_sort_key)
+        keys = [layout.encode_key(kind, labels) for (kind, labels), _ in items]
+        records_end = layout.HEADER_SIZE + sum(
+            layout.RECORD_HEADER.size + layout.padded(len(key)) + 8 * len(payload)
+            for key, ((kind, _), payload) in zip(keys, items, strict=True)
         )
+        parts: list[bytes] = []
+        blocks: list[bytes] = []
+        next_block = records_end // 8 + 1  # payload index of the next block (after its 8-byte header)
+        for key, ((kind, _), payload) in zip(keys, items, strict=True):
+            written = payload
+            if layout.KINDS[kind].with_sketch:
+                written, new_blocks = encode_window(payload, self.slots, next_block)
+                next_block += sum(len(b) for b in new_blocks) // 8
+                blocks += new_blocks
+            parts.append(layout.encode_record(key, written))
+        body = b"".join(parts + blocks)
         header = layout.HEADER.pack(
             layout.WORKER_MAGIC, layout.VERSION, layout.HEADER_SIZE + len(body), self.epoch, 0,
             time.time(), self.slot_seconds, self.slots,
@@ -177,32 +199,48 @@ def _sort_key(item: tuple[tuple[str, tuple[str, ...]], list[float]]) -> tuple[st
     return kind, repr(labels)
 
 
-def _has_values(payload: list[float], base: int, stride: int) -> bool:
+def _empty_slots(slots: int, stride: int) -> list[Any]:
+    """A windowed payload of unused slots (sketch slots with an empty bucket dict each)."""
+    out: list[Any] = []
+    for _ in range(slots):
+        out += layout.EMPTY_SLOT
+        if stride > layout.SLOT_HEADER:
+            out.append({})
+    return out
+
+
+def _has_values(payload: list[Any], base: int, stride: int) -> bool:
     """Whether the slot at ``base`` saw anything (sketch slots count in their buckets)."""
-    return payload[base + layout.SLOT_COUNT] > 0 or any(payload[base + layout.SLOT_HEADER : base + stride])
+    if payload[base + layout.SLOT_COUNT] > 0:
+        return True
+    return stride > layout.SLOT_HEADER and any(payload[base + layout.SLOT_HEADER].values())
 
 
-def _merge_slots(current: list[float], incoming: list[float], slots: int, stride: int) -> None:
+def _merge_slots(current: list[Any], incoming: list[Any], slots: int, stride: int) -> None:
     """Merge windowed payloads slot position by slot position (in place into ``current``)."""
     for position in range(slots):
         _merge_slot(current, position * stride, incoming, position * stride, stride)
 
 
-def _merge_slot(current: list[float], base: int, incoming: list[float], source: int, stride: int) -> None:
+def _merge_slot(current: list[Any], base: int, incoming: list[Any], source: int, stride: int) -> None:
     """Merge the slot at ``incoming[source:]`` into ``current[base:]``: the same interval
     adds up, a newer one replaces an older one (which has left the window)."""
     new_id, old_id = incoming[source + layout.SLOT_ID], current[base + layout.SLOT_ID]
     if new_id < 0 or new_id < old_id:
         return
     if new_id > old_id:
-        current[base : base + stride] = incoming[source : source + stride]
+        current[base : base + layout.SLOT_HEADER] = incoming[source : source + layout.SLOT_HEADER]
+        if stride > layout.SLOT_HEADER:
+            current[base + layout.SLOT_HEADER] = dict(incoming[source + layout.SLOT_HEADER])
         return
     for field_index in (layout.SLOT_COUNT, layout.SLOT_SUM, layout.SLOT_ERRORS):
         current[base + field_index] += incoming[source + field_index]
     current[base + layout.SLOT_MIN] = min(current[base + layout.SLOT_MIN], incoming[source + layout.SLOT_MIN])
     current[base + layout.SLOT_MAX] = max(current[base + layout.SLOT_MAX], incoming[source + layout.SLOT_MAX])
-    start, end = base + layout.SLOT_HEADER, base + stride
-    current[start:end] = map(add, current[start:end], incoming[source + layout.SLOT_HEADER : source + stride])
+    if stride > layout.SLOT_HEADER:
+        buckets = current[base + layout.SLOT_HEADER]
+        for index, count in incoming[source + layout.SLOT_HEADER].items():
+            buckets[index] = buckets.get(index, 0.0) + count
 
 
 def _newest_geometry(

@@ -81,5 +81,5 @@ def slot_history(views: list[WorkerView], epoch: int, now: float, slot_seconds: 
                 base = record.offset + position * stride
                 slot_id = doubles[base + layout.SLOT_ID]
                 if slot_id >= oldest:
-                    by_slot.setdefault(int(slot_id), WindowStats()).add_slot(doubles, base, kind.with_sketch)
+                    by_slot.setdefault(int(slot_id), WindowStats()).add_slot(view, base, kind.with_sketch)
     return history

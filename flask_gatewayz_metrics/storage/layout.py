@@ -19,15 +19,40 @@ Record::
     u32 record length in bytes (header + key + padding + payload)
     u32 key length in bytes
     key: UTF-8 JSON array [kind, label values...], zero-padded to 8 bytes
+         (empty: a bucket block, see below)
     payload: float64 values, layout given by the kind (see ``KINDS``)
 
 A record is written completely before ``used`` is advanced past it, so a reader that
 honours ``used`` never sees a half-written record. ``used`` is one aligned 8-byte store.
 
-Windowed payloads are ``slots`` consecutive slots of ``SLOT_HEADER`` fields followed,
-for kinds with a sketch, by ``sketch.BUCKET_COUNT`` bucket counts. A slot holds the
-observations of one clock-aligned interval ``[id * width, (id + 1) * width)`` and lives
-at position ``id % slots``.
+Windowed payloads are ``slots`` consecutive slots of ``SLOT_HEADER`` fields (id, count,
+sum, errors, min, max), followed for kinds with a sketch by one more field,
+``SLOT_BLOCK``: the float64 index in the file of the payload of the slot's first bucket
+block (0 = none yet). A slot holds the observations of one clock-aligned interval
+``[id * width, (id + 1) * width)`` and lives at position ``id % slots``.
+
+Sketch buckets are stored sparsely (format 3), only those a slot has touched, in
+*bucket blocks*: records with an empty key (key length 0), appended like any other
+record when a slot touches a bucket and its blocks are full. A block's payload::
+
+    BLOCK_USED  entries published (float64 integer, 0 .. capacity)
+    BLOCK_NEXT  float64 index of the next block's payload of the same slot (0 = none);
+                always larger than this block's own index (blocks are appended)
+    capacity x (bucket index, count): the bucket index (0 .. sketch.BUCKET_COUNT - 1,
+                see ``sketch``) and its count, both float64
+
+The capacity follows from the record length (at most ``MAX_BLOCK_ENTRIES``). The
+writer fills an entry (index, count 0) before it raises ``BLOCK_USED`` past it, and
+writes a new block completely (``used`` moved past it) before it links it from
+``SLOT_BLOCK`` or ``BLOCK_NEXT``: every store that publishes is one aligned 8-byte
+store, so readers see a shorter chain or fewer entries, never a half-written one. A
+writer's chain for one slot has capacities ``FIRST_BLOCK_ENTRIES``, doubling up to
+``MAX_BLOCK_ENTRIES``; when the slot position moves to a new interval its blocks are
+kept and emptied (``BLOCK_USED`` = 0), so a file stops growing once each slot
+position has held its busiest interval. The archive writes one block per non-empty
+slot, of exactly the capacity it needs. Readers follow a chain only through blocks
+they indexed, strictly forward, within the mapping, and take an entry only when its
+index is a valid bucket and its count finite and >= 0.
 
 Control file (``control.gwzc``), shared by all processes::
 
@@ -44,16 +69,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from .. import sketch
-
 if TYPE_CHECKING:
     Doubles = memoryview[float]
 else:
     Doubles = memoryview
 """A file (or part of one) viewed as float64 values."""
 
-VERSION = 2
-"""Bumped when record payloads change (2: wider sketch, model sketch, min / max in every slot)."""
+VERSION = 3
+"""Bumped when record payloads change (2: wider sketch, model sketch, min / max in every
+slot; 3: sparse sketch buckets in bucket blocks)."""
 WORKER_MAGIC = b"GWZW"
 CONTROL_MAGIC = b"GWZC"
 WORKER_SUFFIX = ".gwzm"
@@ -100,6 +124,14 @@ TOKENS_SIZE = 1 + len(TOKEN_BOUNDS) + 1
 SLOT_ID, SLOT_COUNT, SLOT_SUM, SLOT_ERRORS, SLOT_MIN, SLOT_MAX = range(6)
 SLOT_HEADER = 6
 EMPTY_SLOT: tuple[float, ...] = (-1.0, 0.0, 0.0, 0.0, float("inf"), float("-inf"))
+SLOT_BLOCK = SLOT_HEADER
+"""Sketch slots only: float64 index of the payload of the slot's first bucket block."""
+
+# Bucket blocks (records with an empty key): used entries, next block, then entries.
+BLOCK_USED, BLOCK_NEXT, BLOCK_ENTRIES = range(3)
+FIRST_BLOCK_ENTRIES = 4
+MAX_BLOCK_ENTRIES = 64
+"""Largest capacity a writer gives a block (the archive's may reach BUCKET_COUNT)."""
 
 # Payload of "request" and "provider" records: count, latency sum, histogram buckets.
 REQ_COUNT, REQ_SUM, REQ_BUCKETS = range(3)
@@ -128,7 +160,18 @@ class Kind:
 
 
 def slot_stride(with_sketch: bool) -> int:
-    return SLOT_HEADER + (sketch.BUCKET_COUNT if with_sketch else 0)
+    """float64 values per slot of a windowed record in a file."""
+    return SLOT_HEADER + (1 if with_sketch else 0)
+
+
+def block_capacity(position: int) -> int:
+    """Entries of the ``position``-th block (0 = first) of a writer's chain."""
+    return min(FIRST_BLOCK_ENTRIES << min(position, 16), MAX_BLOCK_ENTRIES)
+
+
+def block_payload(capacity: int) -> list[float]:
+    """An empty bucket block of ``capacity`` entries."""
+    return [0.0] * (BLOCK_ENTRIES + 2 * capacity)
 
 
 OUTCOME_LABELS = ("status", "failed")
@@ -215,3 +258,7 @@ def empty_payload(kind: Kind, slots: int) -> list[float]:
         return [0.0] * kind.size
     slot = list(EMPTY_SLOT) + [0.0] * (slot_stride(kind.with_sketch) - SLOT_HEADER)
     return slot * slots
+
+
+BLOCK_KEY = b""
+"""Key of a bucket block record (no key: no JSON, no kind)."""

@@ -2,20 +2,21 @@
 
 Fixed payloads (counters, since-start histograms) are summed value by value. Windowed
 payloads contribute only the slots whose clock-aligned interval lies in the current
-window; their counts and sketch buckets add, their min / max combine. Only the touched
-range of sketch buckets of each slot is converted and added.
+window; their counts and sketch buckets add, their min / max combine. Sketch buckets
+are stored sparsely (``sparse``): only the touched buckets of each slot are read.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from itertools import accumulate
 from operator import add
 
 from .. import sketch
 from . import layout
-from .layout import Doubles
 from .reader import Record, WorkerView
+from .sparse import slot_entries
 
 Labels = tuple[str, ...]
 
@@ -33,8 +34,13 @@ class WindowStats:
     lo: int = sketch.BUCKET_COUNT
     hi: int = -1
     """Touched range of ``buckets``: quantiles only walk this part."""
+    _ranks: tuple[float, list[float]] | None = field(default=None, init=False, repr=False, compare=False)
+    """(exact total, running sums) of the touched buckets, made by the first quantile
+    asked and dropped whenever buckets are added: a scrape asks for several."""
 
-    def add_slot(self, doubles: Doubles, base: int, with_sketch: bool) -> None:
+    def add_slot(self, view: WorkerView, base: int, with_sketch: bool) -> None:
+        """Add the slot at ``base`` of ``view`` (a windowed record's slot)."""
+        doubles = view.doubles
         self.total += doubles[base + layout.SLOT_SUM]
         self.errors += doubles[base + layout.SLOT_ERRORS]
         self.low = min(self.low, doubles[base + layout.SLOT_MIN])
@@ -42,20 +48,29 @@ class WindowStats:
         if not with_sketch:
             self.count += doubles[base + layout.SLOT_COUNT]
             return
-        start = base + layout.SLOT_HEADER
-        lo, hi = _touched_range(doubles[start : start + sketch.BUCKET_COUNT].tobytes())
-        if lo > hi:
-            return
-        counts = doubles[start + lo : start + hi + 1].tolist()
-        try:
-            self.count += math.fsum(counts)
-        except (ValueError, OverflowError):  # inf - inf in a damaged file: the slot is unusable
+        entries = slot_entries(doubles, view.blocks, doubles[base + layout.SLOT_BLOCK])
+        if entries is None:  # damaged bucket blocks: the slot is unusable
             self.count = math.nan  # dropped with its series at the end of the merge
             return
-        if self.buckets is None:
-            self.buckets = [0.0] * sketch.BUCKET_COUNT
-        self.buckets[lo : hi + 1] = map(add, self.buckets[lo : hi + 1], counts)
-        self.lo, self.hi = min(self.lo, lo), max(self.hi, hi)
+        indexes, counts = entries
+        if not indexes:
+            return
+        self.add_buckets(indexes, counts)
+
+    def add_buckets(self, indexes: list[float], counts: list[float]) -> None:
+        """Add sketch counts (validated: integral indexes in range, finite counts >= 0)."""
+        self.count += math.fsum(counts)
+        self._ranks = None
+        buckets = self.buckets
+        if buckets is None:
+            buckets = self.buckets = [0.0] * sketch.BUCKET_COUNT
+        for index, count in zip(indexes, counts, strict=True):
+            buckets[int(index)] += count
+        self.lo, self.hi = min(self.lo, int(min(indexes))), max(self.hi, int(max(indexes)))
+
+    def copy(self) -> WindowStats:
+        """An independent copy (its own bucket list)."""
+        return replace(self, buckets=None if self.buckets is None else self.buckets[:])
 
     @property
     def average(self) -> float | None:
@@ -84,7 +99,11 @@ class WindowStats:
             low, high = self.low, self.high
         else:  # no min / max in the slots (a damaged file): the sketch's range
             low, high = 0.0, sketch.UPPER_LIMIT
-        return sketch.quantile(self.buckets[self.lo : self.hi + 1], q, low, high, self.lo)
+        if self._ranks is None:
+            counts = self.buckets[self.lo : self.hi + 1]
+            self._ranks = (math.fsum(counts), list(accumulate(counts)))
+        total, running = self._ranks
+        return sketch.quantile_of_running_sums(total, running, q, low, high, self.lo)
 
 
 @dataclass
@@ -101,9 +120,103 @@ class Merged:
         return self.windows.get(kind, {}).get(labels) or WindowStats()
 
 
-def merge(views: list[WorkerView], epoch: int, now: float) -> Merged:
-    """Combine ``views`` (files of older reset epochs are ignored) as seen at ``now``."""
+SEAL_GRACE_SECONDS = 1.0
+"""A live writer's slot counts as sealed (its interval over, never written again) once
+its interval ended this long ago: a writer that read the clock just before the slot
+ended may still be adding to it."""
+
+_SealedKey = tuple[object, ...]
+
+
+class MergeCache:
+    """The sealed part of the last merge (see ``merge``) and what it was made from.
+
+    One entry, replaced as a whole (one attribute store), so scrapes in several threads
+    may share it: each either reuses an entry made from exactly its own inputs or makes
+    its own.
+    """
+
+    def __init__(self) -> None:
+        self.entry: tuple[_SealedKey, Merged] | None = None
+        self.rebuilt = 0
+        """How often the sealed part was merged from the files (for tests)."""
+
+
+def merge(views: list[WorkerView], epoch: int, now: float, cache: MergeCache | None = None) -> Merged:
+    """Combine ``views`` (files of older reset epochs are ignored) as seen at ``now``.
+
+    In two parts. The *sealed* part holds what cannot change any more: all of the
+    archive and of dead workers' files, and the slots of live workers' files whose
+    interval is over. It is merged from the files only when its inputs changed
+    (``_sealed_key``: a reset, another file set, an archive or dead file replaced or
+    grown, a live file that died, the window moving on) and otherwise taken from
+    ``cache``. The *live* part, read at every call, is the totals and the current
+    slots of live workers. Without a cache both parts are merged from the files, in the
+    same order, so the result is the same to the last bit.
+    """
+    key = _sealed_key(views, epoch, now)
+    entry = cache.entry if cache is not None else None
+    if entry is None or entry[0] != key:
+        entry = (key, _merge_sealed(views, epoch, now))
+        if cache is not None:
+            cache.entry = entry
+            cache.rebuilt += 1
+    merged = _merge_live(entry[1], views, epoch, now)
+    _drop_impossible(merged)
+    return merged
+
+
+def _seal_limit(view: WorkerView, now: float) -> float:
+    """Slot ids below this are sealed in ``view`` (every id, for a file nobody writes)."""
+    if not view.live:
+        return math.inf
+    if view.slot_seconds <= 0:
+        return 0.0  # one slot since start: never sealed while its writer lives
+    return float(math.floor((now - SEAL_GRACE_SECONDS) / view.slot_seconds))
+
+
+def _sealed_key(views: list[WorkerView], epoch: int, now: float) -> _SealedKey:
+    """Everything the sealed part depends on.
+
+    A file nobody writes is identified by name, inode and ``used`` (replaced or grown:
+    another key). A live writer's file by name, inode and epoch: while it lives, its
+    growth adds records (whose slots start empty) and bucket blocks (linked from its
+    current slot only), neither of which can change a sealed slot; when it dies, its
+    key changes.
+    """
+    parts: list[object] = [epoch]
+    for view in views:
+        if view.epoch < epoch:
+            continue
+        parts.append((
+            view.name, view.inode, view.epoch, view.live, -1 if view.live else view.used,
+            oldest_slot_in_window(view, now), _seal_limit(view, now),
+        ))
+    return tuple(parts)
+
+
+def _merge_sealed(views: list[WorkerView], epoch: int, now: float) -> Merged:
     merged = Merged()
+    for view in views:
+        if view.epoch < epoch:
+            continue
+        if not view.live:  # dead workers have no requests in flight ("live" kinds)
+            for record in view.records:
+                kind = layout.KINDS[record.kind]
+                if not kind.windowed and kind.merge != "live":
+                    _add_total(merged, view, record)
+        _add_windows(merged, view, oldest_slot_in_window(view, now), _seal_limit(view, now), None)
+    return merged
+
+
+def _merge_live(sealed: Merged, views: list[WorkerView], epoch: int, now: float) -> Merged:
+    """``sealed`` (left untouched: series it holds are copied before they change) plus
+    the totals and current slots of live workers."""
+    merged = Merged(
+        {kind: dict(series) for kind, series in sealed.totals.items()},
+        {kind: dict(series) for kind, series in sealed.windows.items()},
+    )
+    copied: set[tuple[str, Labels]] = set()
     moved = {v.writer_pid for v in views if v.epoch >= epoch and not v.is_archive}
     for view in views:
         if view.epoch < epoch:
@@ -115,22 +228,43 @@ def merge(views: list[WorkerView], epoch: int, now: float) -> Merged:
                     if layout.KINDS[record.kind].merge == "live":
                         _add_total(merged, view, record)
             continue
-        doubles = view.doubles
-        oldest_slot = oldest_slot_in_window(view, now)
+        if not view.live:
+            continue  # entirely in the sealed part
         for record in view.records:
-            kind = layout.KINDS[record.kind]
-            if not kind.windowed:
-                if kind.merge != "live" or view.live:  # dead workers have no requests in flight
-                    _add_total(merged, view, record)
-                continue
-            stats = merged.windows.setdefault(record.kind, {}).setdefault(record.labels, WindowStats())
-            stride = layout.slot_stride(kind.with_sketch)
-            for slot in range(view.slots):
-                base = record.offset + slot * stride
-                if doubles[base + layout.SLOT_ID] >= oldest_slot:
-                    stats.add_slot(doubles, base, kind.with_sketch)
-    _drop_impossible(merged)
+            if not layout.KINDS[record.kind].windowed:
+                _add_total(merged, view, record)
+        oldest = max(oldest_slot_in_window(view, now), _seal_limit(view, now))
+        _add_windows(merged, view, oldest, math.inf, copied)
     return merged
+
+
+def _add_windows(
+    merged: Merged, view: WorkerView, oldest: float, limit: float, copied: set[tuple[str, Labels]] | None
+) -> None:
+    """Add the slots of ``view`` with ``oldest <= id < limit`` to ``merged``'s windows.
+
+    ``copied``: series of ``merged`` it owns (the others are shared with the cache and
+    copied before their first change); ``None`` when it owns all of them.
+    """
+    doubles = view.doubles
+    for record in view.records:
+        kind = layout.KINDS[record.kind]
+        if not kind.windowed:
+            continue
+        series = merged.windows.setdefault(record.kind, {})
+        stats = series.get(record.labels)
+        if stats is None:
+            stats = series[record.labels] = WindowStats()
+            if copied is not None:
+                copied.add((record.kind, record.labels))
+        stride = layout.slot_stride(kind.with_sketch)
+        for slot in range(view.slots):
+            base = record.offset + slot * stride
+            if oldest <= doubles[base + layout.SLOT_ID] < limit:
+                if copied is not None and (record.kind, record.labels) not in copied:
+                    stats = series[record.labels] = stats.copy()
+                    copied.add((record.kind, record.labels))
+                stats.add_slot(view, base, kind.with_sketch)
 
 
 def _add_total(merged: Merged, view: WorkerView, record: Record) -> None:
@@ -192,20 +326,6 @@ def combine(kind: layout.Kind, current: list[float] | None, incoming: list[float
         pick = max if kind.merge == "max" else min
         return [pick(current[0], incoming[0]), 1.0]
     return list(map(add, current, incoming))
-
-
-def _touched_range(raw: bytes) -> tuple[int, int]:
-    """First and last non-zero float64 in ``raw`` (lo > hi when all are zero).
-
-    Found with C-speed byte stripping rather than a Python loop, so the writer need not
-    track the range on every observation.
-    """
-    front = raw.lstrip(b"\0")
-    if not front:
-        return 1, 0
-    lo = (len(raw) - len(front)) // 8
-    hi = (len(raw.rstrip(b"\0")) - 1) // 8
-    return lo, hi
 
 
 def oldest_slot_in_window(view: WorkerView, now: float) -> float:

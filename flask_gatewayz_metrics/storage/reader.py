@@ -24,6 +24,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from .. import sketch
 from . import layout
 from .layout import Doubles
 
@@ -71,6 +72,13 @@ class WorkerView:
     records: list[Record]
     """The records that fit in ``doubles``: a list of this view's own (another
     thread's later read of the same file never changes it)."""
+    blocks: dict[float, int] = field(default_factory=dict)
+    """Payload index -> capacity of the file's bucket blocks (``layout``), shared with
+    later reads of the same file: ``sparse.slot_entries`` reads only blocks inside
+    ``doubles``."""
+    inode: int = 0
+    used: int = 0
+    """Bytes of complete records when read (with ``inode``: which content this is)."""
 
     @property
     def name(self) -> str:
@@ -107,6 +115,7 @@ class _Indexed:
     mm: mmap.mmap
     parsed_to: int
     records: list[Record] = field(default_factory=list)
+    blocks: dict[float, int] = field(default_factory=dict)
 
 
 class DirectoryReader:
@@ -226,8 +235,9 @@ class DirectoryReader:
         mm = mmap.mmap(fd, size, prot=mmap.PROT_READ)
         same_file = cached is not None and cached.inode == st.st_ino
         records = cached.records if cached is not None and same_file else []
+        blocks = cached.blocks if cached is not None and same_file else {}
         parsed_to = cached.parsed_to if cached is not None and same_file else layout.HEADER_SIZE
-        cached = self._index[name] = _Indexed(st.st_ino, size, mm, parsed_to, records)
+        cached = self._index[name] = _Indexed(st.st_ino, size, mm, parsed_to, records, blocks)
         return cached
 
 
@@ -277,7 +287,7 @@ def _view(path: str, cached: _Indexed, header: tuple[Any, ...], live: bool) -> W
     # read's larger mapping, never to this view's ``doubles``.
     return WorkerView(
         path, int(epoch), float(slot_seconds), int(slots), live,
-        memoryview(cached.mm).cast("d"), cached.records[:],
+        memoryview(cached.mm).cast("d"), cached.records[:], cached.blocks, cached.inode, int(used),
     )
 
 
@@ -299,6 +309,7 @@ def _index_records(cached: _Indexed, used: int, slots: int) -> None:
     mm = cached.mm
     pos = cached.parsed_to
     found: list[Record] = []
+    blocks: dict[float, int] = {}
     while pos < used:
         if used - pos < layout.RECORD_HEADER.size:
             raise _Skip("corrupt_record")
@@ -313,6 +324,13 @@ def _index_records(cached: _Indexed, used: int, slots: int) -> None:
             or payload_start > pos + length
         ):
             raise _Skip("corrupt_record")
+        if key_len == 0:  # a bucket block: used, next, then (index, count) entries
+            entries, odd = divmod((length - layout.RECORD_HEADER.size) // 8 - layout.BLOCK_ENTRIES, 2)
+            if odd or not 1 <= entries <= sketch.BUCKET_COUNT:
+                raise _Skip("corrupt_record")
+            blocks[float(payload_start // 8)] = entries
+            pos += length
+            continue
         try:
             key = json.loads(bytes(mm[key_start : key_start + key_len]).decode("utf-8"))
             kind = layout.KINDS[key[0]]
@@ -329,6 +347,7 @@ def _index_records(cached: _Indexed, used: int, slots: int) -> None:
         found.append(Record(key[0], labels, payload_start // 8))
         pos += length
     cached.records.extend(found)
+    cached.blocks.update(blocks)
     cached.parsed_to = pos
 
 

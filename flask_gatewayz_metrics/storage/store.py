@@ -85,6 +85,21 @@ class Storage:
         self._offsets[(kind, labels)] = found
         return found
 
+    def append_block(self, payload: list[float]) -> int:
+        """Append a bucket block (``layout``) holding ``payload``; its payload index.
+
+        Like ``offset``: raises ``StorageUnavailable`` when the file cannot grow (space is
+        reserved with ``posix_fallocate`` first, so a full disk is never a SIGBUS), and
+        may re-map the file.
+        """
+        assert self._file is not None
+        try:
+            found = self._file.allocate(layout.BLOCK_KEY, payload)
+        except OSError as exc:
+            raise self._unavailable(exc) from exc
+        self.last_error = None
+        return found
+
     @property
     def doubles(self) -> Doubles:
         """The current mapping of this process's file (call after ``writable()``)."""

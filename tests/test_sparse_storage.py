@@ -1,0 +1,288 @@
+"""Sparse sketch storage (format 3): size, exactness, crash safety, full disk and hostile bucket blocks."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import multiprocessing
+import os
+import random
+import struct
+import subprocess
+from typing import Any
+
+import pytest
+from conftest import FakeClock
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from flask_gatewayz_metrics import MetricsCollector, PrometheusExporter, sketch
+from flask_gatewayz_metrics.storage import layout, store
+from flask_gatewayz_metrics.storage.merge import WindowStats
+from flask_gatewayz_metrics.storage.reader import DirectoryReader, WorkerView
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root (CI runs as root)")
+
+
+def _own_view(directory: str, collector: MetricsCollector) -> WorkerView:
+    name = os.path.basename(collector._storage.own_file or "")
+    return next(v for v in DirectoryReader(directory).read()[0] if v.name == name)
+
+
+def _used(collector: MetricsCollector) -> int:
+    with open(collector._storage.own_file or "", "rb") as f:
+        return int(struct.unpack_from("<Q", f.read(16), 8)[0])
+
+
+def _lognormal(rng: random.Random) -> float:
+    return min(60.0, max(0.001, rng.lognormvariate(-1.0, 1.2)))
+
+
+def test_percentiles_equal_a_dense_sketch_of_the_same_values(metrics_dir: str, clock: FakeClock) -> None:
+    """Merged over slots, workers and long block chains, sparse buckets answer exactly what dense counts would."""
+    rng = random.Random(7)
+    workers = [MetricsCollector(metrics_dir, window_seconds=300, window_slots=5, clock=clock) for _ in range(3)]
+    dense = [0.0] * sketch.BUCKET_COUNT
+    values: list[float] = []
+    for _ in range(5):  # every slot of the window
+        for worker in workers:
+            for _ in range(400):
+                value = _lognormal(rng) if rng.random() < 0.9 else rng.choice([1e-7, 4e4, 0.1])
+                worker.record_request("/chat", "POST", value, 200)
+                dense[sketch.bucket_index(value)] += 1
+                values.append(value)
+        clock.advance(60)
+    clock.advance(-60)
+    stats = workers[0].snapshot().window("endpoint_window", ("/chat",))
+    assert stats.count == len(values)
+    for q in (0.01, 0.25, 0.5, 0.9, 0.95, 0.99, 0.999, 1.0):
+        assert stats.quantile(q) == sketch.quantile(dense, q, min(values), max(values))
+    for worker in workers:
+        worker.close()
+
+
+def test_worker_file_at_200x20x100_with_every_slot_filled_is_at_most_1_mib(metrics_dir: str, clock: FakeClock) -> None:
+    """200 endpoints x 20 providers x 100 models, 2,000 log-normal requests in each of 5 slots: file <= 1 MiB."""
+    rng = random.Random(1)
+    worker = MetricsCollector(metrics_dir, window_seconds=300, window_slots=5, clock=clock)
+    for _ in range(5):
+        for _ in range(2000):
+            worker.record_request(
+                f"/e{rng.randrange(200)}", "GET", _lognormal(rng), 200,
+                provider=f"p{rng.randrange(20)}", model=f"m{rng.randrange(100)}",
+            )
+        clock.advance(60)
+    assert all(s.count > 0 for s in _window_stats(worker, "endpoint_window")) and _used(worker) > 0
+    assert os.path.getsize(worker._storage.own_file or "") <= 1024 * 1024
+    worker.close()
+
+
+def _window_stats(collector: MetricsCollector, kind: str) -> list[WindowStats]:
+    return list(collector.snapshot().merged.windows[kind].values())
+
+
+def test_rotated_slots_reuse_their_bucket_blocks(metrics_dir: str, clock: FakeClock) -> None:
+    """A slot position moving to a new interval keeps its blocks: steady traffic stops growing the file."""
+    rng = random.Random(3)
+    worker = MetricsCollector(metrics_dir, window_seconds=300, window_slots=5, clock=clock)
+    sizes = []
+    for _ in range(4):  # four full windows
+        for _ in range(5):
+            for _ in range(300):
+                worker.record_request("/chat", "POST", _lognormal(rng), 200, provider="p", model="m")
+            clock.advance(60)
+        sizes.append(_used(worker))
+    # The first window allocates; later ones only refill what is there (a busier
+    # interval may add a block here and there).
+    assert sizes[3] <= sizes[1] * 1.05, sizes
+    stats = worker.snapshot().window("endpoint_window", ("/chat",))
+    assert stats.count == 4 * 300  # only the 4 slots still in the window (the clock moved past the 5th)
+    worker.close()
+
+
+def test_a_reopened_collector_continues_the_current_slot(metrics_dir: str, clock: FakeClock) -> None:
+    """After the slot mirror is dropped (fork, reset), entries already in the slot are found, not duplicated."""
+    worker = MetricsCollector(metrics_dir, clock=clock)
+    for k in range(20):
+        worker.record_request("/chat", "POST", 0.01 * 1.2**k, 200)
+    worker._slot_extremes.clear()
+    for k in range(20):
+        worker.record_request("/chat", "POST", 0.01 * 1.2**k, 200)
+    view = _own_view(metrics_dir, worker)
+    (record,) = [r for r in view.records if r.kind == "endpoint_window"]
+    stats = WindowStats()
+    position = int(clock.now // worker._slot_seconds) % worker._slots
+    stats.add_slot(view, record.offset + position * layout.slot_stride(True), True)
+    assert stats.count == 40 and stats.buckets is not None
+    assert sorted(c for c in stats.buckets if c) == [2.0] * 20
+    worker.close()
+
+
+def _record_distinct(directory: str, now: float, count: int) -> None:
+    c = MetricsCollector(directory, clock=lambda: now, auto_compact=False)
+    for k in range(count):
+        c.record_request("/grow", "GET", 1e-5 * 1.03**k, 200)
+    os._exit(0)
+
+
+def test_readers_never_see_a_half_written_block(metrics_dir: str, clock: FakeClock) -> None:
+    """While a writer adds entries and blocks (and re-maps), every scrape reads a consistent, growing slot."""
+    reader = MetricsCollector(metrics_dir, clock=clock)
+    reader.record_cache_hit()
+    total = 1000  # distinct buckets: a chain of 18 blocks, many file growths
+    child = multiprocessing.get_context("fork").Process(target=_record_distinct, args=(metrics_dir, clock.now, total))
+    child.start()
+    seen = []
+    while child.is_alive() or not seen or seen[-1] < total:
+        stats = reader.snapshot().window("endpoint_window", ("/grow",))
+        seen.append(stats.count)
+        assert stats.buckets is None or sum(stats.buckets) == stats.count
+        if len(seen) > 100_000:
+            break
+    child.join(60)
+    assert child.exitcode == 0
+    assert seen == sorted(seen) and seen[-1] == total, seen[-5:]
+    reader.close()
+
+
+def _fill(path: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        while True:
+            os.write(fd, bytes(4096))
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _new_buckets_on_a_full_disk(directory: str, mount: str) -> None:
+    store.RETRY_SECONDS = 0.0
+    c = MetricsCollector(directory, auto_compact=False)
+    for k in range(50):  # every series exists before the disk fills: only blocks need room
+        c.record_request(f"/full{k}", "GET", 0.1, 200)
+    _fill(os.path.join(mount, "filler"))
+    dropped_before = c.snapshot().dropped().get("storage_unavailable", 0)
+    # Far more bucket blocks than the file's reserve holds: each needs the file to grow.
+    for k in range(20_000):
+        c.record_request(f"/full{k % 50}", "GET", 1e-6 * 1.001**k, 200)
+    snap = c.snapshot()
+    assert snap.dropped().get("storage_unavailable", 0) > dropped_before
+    c.record_request("/full0", "GET", 0.1, 200)  # a bucket the slot has: still counted
+    buckets = c.snapshot().window("endpoint_window", ("/full0",)).buckets
+    assert buckets is not None and buckets[sketch.bucket_index(0.1)] == 2
+    os.unlink(os.path.join(mount, "filler"))
+    c.record_request("/after", "GET", 0.2, 200)  # space is back: the next block grows the file
+    assert c.snapshot().window("endpoint_window", ("/after",)).count == 1
+    os._exit(0)
+
+
+@needs_root
+def test_a_full_disk_fails_block_growth_cleanly_never_sigbus(tmp_path: Any) -> None:
+    """Bucket blocks on a full tmpfs: growth fails as StorageUnavailable (counted), no SIGBUS; recording resumes."""
+    mount = str(tmp_path / "tiny")
+    os.makedirs(mount)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", mount], check=True)
+    try:
+        child = multiprocessing.get_context("fork").Process(
+            target=_new_buckets_on_a_full_disk, args=(os.path.join(mount, "metrics"), mount)
+        )
+        child.start()
+        child.join(120)
+        assert child.exitcode == 0  # -7 would be SIGBUS, 1 a failed assertion
+    finally:
+        subprocess.run(["umount", "-l", mount], check=False)
+
+
+# ------------------------------------------------------------ hostile blocks
+def _chain_file(metrics_dir: str, clock: FakeClock) -> tuple[MetricsCollector, bytes, int]:
+    """A dead file whose one sketch slot has a chain of 3 blocks; its bytes and the slot's index."""
+    c = MetricsCollector(metrics_dir, clock=clock, auto_compact=False)
+    for k in range(20):
+        c.record_request("/x", "GET", 0.01 * 1.2**k, 200)
+    view = _own_view(metrics_dir, c)
+    (record,) = [r for r in view.records if r.kind == "endpoint_window"]
+    slot = record.offset + (int(clock.now // c._slot_seconds) % c._slots) * layout.slot_stride(True)
+    path = c._storage.own_file or ""
+    c.close()
+    with open(path, "rb") as f:
+        data = f.read()
+    os.unlink(path)
+    return MetricsCollector(metrics_dir, clock=clock, auto_compact=False), data, slot
+
+
+def _damaged(data: bytes, slot: int, how: str) -> bytes:
+    out = bytearray(data)
+    d = memoryview(out).cast("d")
+    first = int(d[slot + layout.SLOT_BLOCK])
+    second = int(d[first + layout.BLOCK_NEXT])
+    if how == "loop":
+        d[second + layout.BLOCK_NEXT] = float(first)
+    elif how == "self":
+        d[first + layout.BLOCK_NEXT] = float(first)
+    elif how == "index_range":
+        d[first + layout.BLOCK_ENTRIES] = float(sketch.BUCKET_COUNT)
+    elif how == "index_fraction":
+        d[first + layout.BLOCK_ENTRIES] = 3.5
+    elif how == "negative_count":
+        d[first + layout.BLOCK_ENTRIES + 1] = -1.0
+    elif how == "nan_count":
+        d[first + layout.BLOCK_ENTRIES + 1] = math.nan
+    elif how == "used_over_capacity":
+        d[first + layout.BLOCK_USED] = 5.0
+    elif how == "used_nan":
+        d[first + layout.BLOCK_USED] = math.nan
+    elif how == "pointer_into_record":
+        d[slot + layout.SLOT_BLOCK] = float(slot)
+    elif how == "pointer_past_end":
+        d[slot + layout.SLOT_BLOCK] = float(len(d) + 10)
+    elif how == "pointer_huge":
+        d[slot + layout.SLOT_BLOCK] = 1e300
+    elif how == "block_length":
+        struct.pack_into("<I", out, 8 * first - 8, 8 * 3 + 8)  # a block record claiming 0.5 entries
+    return bytes(out)
+
+
+DAMAGES = [
+    "loop", "self", "index_range", "index_fraction", "negative_count", "nan_count", "used_over_capacity",
+    "used_nan", "pointer_into_record", "pointer_past_end", "pointer_huge", "block_length",
+]
+
+
+@pytest.mark.parametrize("how", DAMAGES)
+def test_damaged_bucket_blocks_are_never_believed(metrics_dir: str, clock: FakeClock, how: str) -> None:
+    """Loops, bad indexes, bad counts and bad pointers in bucket blocks: slot dropped or chain cut, never raised."""
+    scraper, data, slot = _chain_file(metrics_dir, clock)
+    with open(os.path.join(metrics_dir, "worker-1-00000000000000aa.gwzm"), "wb") as f:
+        f.write(_damaged(data, slot, how))
+    PrometheusExporter(scraper).export()
+    snap = scraper.snapshot()
+    stats = snap.window("endpoint_window", ("/x",))
+    assert 0 <= stats.count <= 20 and math.isfinite(stats.count)
+    if stats.buckets is not None:
+        assert all(c >= 0 and math.isfinite(c) for c in stats.buckets)
+        assert sum(stats.buckets) == stats.count
+    p99 = stats.quantile(0.99)
+    assert p99 is None or 0 <= p99 <= sketch.UPPER_LIMIT
+    if how == "block_length":
+        assert snap.problems  # a malformed block record makes the file corrupt
+    scraper.compact()  # the compactor reads it the same way
+    scraper.snapshot()
+    scraper.close()
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    counts=st.lists(st.sampled_from([0.0, 1.0, 2.0, 3.0, 7.0, 1e6]) | st.integers(0, 50).map(float), max_size=60),
+    q=st.floats(0.0, 1.0),
+    offset=st.integers(0, sketch.BUCKET_COUNT - 61),
+)
+def test_quantiles_from_running_sums_equal_the_plain_walk(counts: list[float], q: float, offset: int) -> None:
+    """The scrape's bisection over running sums answers exactly what sketch.quantile's walk does."""
+    running = list(itertools.accumulate(counts))
+    total = math.fsum(counts)
+    expected = sketch.quantile(counts, q, 1e-4, 50.0, offset)
+    if not counts:
+        assert expected is None
+        return
+    assert sketch.quantile_of_running_sums(total, running, q, 1e-4, 50.0, offset) == expected
