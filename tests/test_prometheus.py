@@ -660,7 +660,7 @@ def test_real_prometheus_scrapes_gunicorn(tmp_path: Path, example_upstreams: dic
         # Traffic of a known shape. First one successful request per series, scraped before
         # anything else: a series is exported from its first use, and rate() cannot see
         # the increase that made a counter appear, only those it has scraped since.
-        warm_up = [
+        warm_up: list[dict[str, Any]] = [
             *({"method": "POST", "path": "/api/chat", "body": {"model": m, "message": "warm-up"}} for m in MODELS),
             # a streamed chat, for the per-model stream latency rules
             {"method": "POST", "path": "/api/chat", "body": {"model": "gpt-4", "message": "warm-up", "stream": True}},
