@@ -10,7 +10,7 @@ what was sent, exactly, overall, per instance, endpoint, provider and model, and
 tokens; the fleet latency recording rules must answer.
 
 Latency: the /api/chat requests ask the simulated provider for a latency drawn from a
-fixed list (90 % fast, 10 % in 0.30 .. 0.45 s), so the test knows a lower bound of every
+fixed list (90 % fast, 10 % in 0.26 .. 0.29 s), so the test knows a lower bound of every
 latency the instances served (the injected one; the gateway's own time comes on top, and
 is measured: fleet histogram sum minus injected sum). The fleet p95 from the classic
 buckets is reported beside the injected p95 and must lie in the classic bucket that
@@ -70,10 +70,15 @@ class Sent:
 
 
 def injected_latency(i: int) -> float:
-    """A fixed spread: 9 in 10 fast (10 .. 46 ms), 1 in 10 slow (0.30 .. 0.45 s)."""
+    """A fixed spread: 9 in 10 fast (10 .. 42 ms), 1 in 10 slow (0.26 .. 0.29 s).
+
+    Both groups sit well inside a classic bucket ([0, 0.25] and (0.25, 0.5]) with room for
+    the gateway's own time on a loaded machine (up to ~0.2 s), so the p95 is in (0.25, 0.5]
+    however noisy the run: 90 % below, 100 % above the rank.
+    """
     if i % 10 == 9:
-        return 0.30 + 0.05 * ((i // 10) % 4)
-    return 0.010 + 0.004 * (i % 10)
+        return 0.26 + 0.01 * ((i // 10) % 4)
+    return 0.010 + 0.004 * (i % 9)
 
 
 def chat(model: str, latency: float, n: int, status: int = 200) -> Request:
