@@ -13,11 +13,12 @@ Latency: the /api/chat requests ask the simulated provider for a latency drawn f
 fixed list (90 % fast, 10 % in 0.26 .. 0.29 s), so the test knows a lower bound of every
 latency the instances served (the injected one; the gateway's own time comes on top, and
 is measured: fleet histogram sum minus injected sum). The fleet p95 from the classic
-buckets is reported beside the injected p95 and must lie in the classic bucket that
-holds it; the native rule must stay empty while the histograms carry no native buckets,
-and once they do it must be within the native bucket width of the injected p95 plus the
-measured overhead. Figures are printed (`pytest -s`) and written to ``fleet-figures.json``
-in the test's temporary directory.
+buckets is reported beside the exact p95 of the served latencies (gunicorn's access
+logs) and must lie between the exact p92 and p98 widened to their classic buckets; the
+native rule must stay empty while the histograms carry no native buckets, and once they
+do it must lie between the exact p92 and p98 widened by the native bucket width.
+Figures are printed (`pytest -s`) and written to ``fleet-figures.json`` in the test's
+temporary directory.
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ import yaml
 from servers import Server, free_port, http, start_gateway, stop
 from test_prometheus import CONF, JOB, Deadline, PromAPI, load_yaml, require_binary, wait_for
 
+from flask_gatewayz_metrics.storage.layout import HISTOGRAM_BOUNDS
+
 pytestmark = [pytest.mark.prometheus, pytest.mark.slow]
 
 BUDGET = 90.0  # seconds for the whole test; it takes ~30 s on an idle 2-core machine
@@ -48,7 +51,6 @@ OPENAI_MODELS = {"gpt-4o": "openai", "claude-3-opus": "anthropic"}
 STREAM_MODEL = ("gemini-1.5-flash", "google")  # streamed only, so token checks leave it out
 REQUESTS = 'http_requests_total{endpoint!="/healthz"}'
 """The test's requests: start_gateway's readiness probe (GET /healthz until a 200) is recorded too."""
-CLASSIC_BOUNDS = (0.25, 0.5)  # the classic bucket that holds the p95 of the injected latencies
 
 
 @dataclass(frozen=True)
@@ -285,7 +287,9 @@ def test_fleet_of_three_gateways_behind_one_prometheus(tmp_path: Path) -> None:
         total = len(everything)
 
         # Fleet totals: exactly what was sent.
-        wait_for("every request scraped", lambda: api.value(f"sum({REQUESTS})"), deadline, 20, done=lambda v: v == total)  # noqa: E501
+        counted = wait_for("every request scraped", lambda: api.query(f"sum({REQUESTS})"), deadline, 20,
+                           done=lambda r: len(r) == 1 and float(r[0]["value"][1]) == total)  # fmt: skip
+        all_scraped_at = float(counted[0]["value"][0])  # Prometheus's time of that answer
         assert by(api, f"sum by (instance) ({REQUESTS})", "instance") == {
             instance: float(len(answers)) for instance, answers in sent.items()
         }
@@ -345,7 +349,10 @@ def test_fleet_of_three_gateways_behind_one_prometheus(tmp_path: Path) -> None:
         native_rule = 'endpoint:http_request_duration_seconds:p95_5m_native{endpoint="/api/chat"}'
         native = has_native_buckets(api)
         rule = native_rule if native else classic_rule
-        fleet_p95 = wait_for(f"{rule} to answer", lambda: api.value(rule), deadline, 15, done=lambda v: v is not None)
+        # A rule evaluation after every request was scraped (rule samples carry their evaluation time).
+        after_all = f"{rule} and timestamp({rule}) > {all_scraped_at}"
+        evaluated = wait_for(f"{rule} evaluated over all the traffic", lambda: api.query(after_all), deadline, 15)
+        fleet_p95 = float(evaluated[0]["value"][1])
         served_sum = api.value('sum(http_request_duration_seconds_sum{endpoint="/api/chat"})') if not native else None
         overhead = (served_sum - sum(injected)) / len(injected) if served_sum else None
         per_instance_p95 = by(api, 'http_request_latency_p95_seconds{endpoint="/api/chat"}', "instance")
@@ -372,13 +379,17 @@ def test_fleet_of_three_gateways_behind_one_prometheus(tmp_path: Path) -> None:
             assert served_sum * 0.999 <= logged <= served_sum + 0.005 * len(injected), figures
         (tmp_path / "fleet-figures.json").write_text(json.dumps(figures, indent=2), encoding="utf-8")
         print("fleet figures:", json.dumps(figures))
+        # rate() extrapolates each instance's series by its own factor, which shifts the
+        # fleet's rank a little (well under 3 points): the rule's p95 lies between the exact
+        # p92 and p98, widened to the bucket they fall in (2.2 % native, a bound classic).
+        low, high = nearest_rank(served, 0.92), nearest_rank(served, 0.98)
         if native:
-            # Schema 5 buckets are 2.2 % wide (and rate() weighs instances by their own extrapolation).
-            assert abs(fleet_p95 / exact_p95 - 1) <= 0.03, figures
+            assert low / 1.022 <= fleet_p95 <= high * 1.022, figures
         else:
             assert api.query(native_rule) == []  # the native rule records nothing from classic buckets
-            assert CLASSIC_BOUNDS[0] < fleet_p95 <= CLASSIC_BOUNDS[1], figures
-            assert CLASSIC_BOUNDS[0] < injected_p95 <= exact_p95 <= CLASSIC_BOUNDS[1], figures
+            below = max((b for b in HISTOGRAM_BOUNDS if b < low), default=0.0)
+            above = min((b for b in HISTOGRAM_BOUNDS if b >= high), default=math.inf)
+            assert below <= fleet_p95 <= above, figures
             assert overhead is not None and overhead >= 0, figures
 
         # Every instance is its own series: the per-instance recording rule has one per instance.
