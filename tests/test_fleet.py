@@ -401,9 +401,25 @@ def test_fleet_of_three_gateways_behind_one_prometheus(tmp_path: Path) -> None:
             done=lambda rates: set(rates) == set(instances),
         )
         assert all(rate > 0 for rate in per_instance_rate.values())
-        # Fleet alerts are loaded and healthy; nothing in the fleet fails enough to fire one.
+        # Fleet alerts are loaded and evaluate without error; every instance is up, so
+        # FleetInstancesDown is quiet (latency may run high on a loaded machine: not checked).
         fleet_group = [g for g in api.get("rules")["groups"] if g["name"] == "gatewayz_fleet_alerts"]
         assert fleet_group and all(r["health"] == "ok" for r in fleet_group[0]["rules"])
+        assert {r["name"]: r["state"] for r in fleet_group[0]["rules"]}["FleetInstancesDown"] == "inactive"
+
+        # One instance of three goes away: a third of the fleet unscraped fires FleetInstancesDown
+        # (once, for the job), beside the per-instance GatewayzMetricsDown for that instance.
+        stop(servers[0].process)
+
+        def down_alerts() -> dict[str, dict[str, Any]]:
+            alerts = api.get("alerts")["alerts"]
+            return {a["labels"]["alertname"]: a for a in alerts if a["state"] == "firing"}
+
+        firing = wait_for("FleetInstancesDown to fire", down_alerts, deadline, 20,
+                          done=lambda a: {"FleetInstancesDown", "GatewayzMetricsDown"} <= a.keys())  # fmt: skip
+        assert firing["GatewayzMetricsDown"]["labels"]["instance"] == instances[0]
+        assert "instance" not in firing["FleetInstancesDown"]["labels"]
+        assert abs(float(firing["FleetInstancesDown"]["value"]) - 1 / 3) < 1e-9
 
 
 # ------------------------------------------------------------------ the native rules on native data
