@@ -722,7 +722,7 @@ def test_real_prometheus_scrapes_gunicorn(tmp_path: Path, example_upstreams: dic
         # Every expression of the dashboard and of the recording rules returns data (rates
         # need two scrapes, recording rules an evaluation: polled, bounded).
         # The `_native` rules stay empty here: this Prometheus scrapes classic histograms
-        # (no native-histograms feature); tests/test_fleet.py runs them on native data.
+        # (no native-histograms feature); tests/test_fleet_native.py runs them on native data.
         classic = [r for r in recording_rules() if not r["record"].endswith("_native")]
         exprs = {*dashboard_exprs(), *(r["expr"] for r in classic), *(r["record"] for r in classic)}
 
