@@ -27,6 +27,7 @@ from .labels import LabelGuard, as_number, method_label
 from .llm import GatewayRecording
 from .otlp import otlp_report
 from .request_state import current_request
+from .semconv import ConventionsRecording
 from .settings import Settings, check, collector_options_from_env
 from .snapshot import Snapshot
 from .storage import CompactionResult, Storage, StorageUnavailable, compact, layout, location, merge
@@ -55,6 +56,8 @@ dead ones first (a process-per-request server leaves one file per request)."""
 _INF = math.inf
 _monotonic = time.monotonic
 _BOUNDS = layout.HISTOGRAM_BOUNDS
+_HTTP_SERVER_BOUNDS = layout.HTTP_SERVER_BOUNDS
+_GEN_AI_DURATION_BOUNDS = layout.GEN_AI_DURATION_BOUNDS
 _SKETCH_STRIDE = layout.slot_stride(True)
 _PLAIN_STRIDE = layout.slot_stride(False)
 _SLOT_HEADER = layout.SLOT_HEADER
@@ -88,7 +91,7 @@ class InvalidMetric(ValueError):
     """Raised in strict mode for input that would otherwise be dropped and counted."""
 
 
-class MetricsCollector(GatewayRecording, CustomMetrics):
+class MetricsCollector(GatewayRecording, CustomMetrics, ConventionsRecording):
     """Records requests, provider/model calls, cache, database and external API use.
 
     ``directory`` is the metrics directory shared by all worker processes (default:
@@ -213,6 +216,7 @@ class MetricsCollector(GatewayRecording, CustomMetrics):
         if state is not None and state.collector is self:
             state.provider_recorded = True
         self.observe_request(None, None, latency_seconds, status_code, provider, model, bool(error))
+        self._record_client_operation(provider, model, latency_seconds, status_code, bool(error), error_type)
         failed = bool(error) or (isinstance(status_code, int) and status_code >= self.error_status)
         if failed and provider is not None:
             self.record_provider_error(provider, status_code, error_type)
@@ -343,6 +347,21 @@ class MetricsCollector(GatewayRecording, CustomMetrics):
                         d[o + 4] = current[1] = latency
                     if latency > current[2]:
                         d[o + 5] = current[2] = latency
+                # The OpenTelemetry conventions' histograms (semconv.py), with their own
+                # bucket bounds: sum, then one bucket (the count is the buckets' sum).
+                if self._conventions_generation != self._generation:
+                    self._reset_conventions()
+                try:
+                    http_server, gen_ai_server = self._conventions[key]
+                except (KeyError, TypeError):
+                    http_server, gen_ai_server = self._resolve_conventions(key)
+                    d = self._doubles
+                if http_server >= 0:
+                    d[http_server] += latency
+                    d[http_server + 1 + bisect_left(_HTTP_SERVER_BOUNDS, latency)] += 1.0
+                if gen_ai_server >= 0:
+                    d[gen_ai_server] += latency
+                    d[gen_ai_server + 1 + bisect_left(_GEN_AI_DURATION_BOUNDS, latency)] += 1.0
                 if leaving:
                     self._in_flight -= 1
                     o = self._in_flight_offset
