@@ -27,7 +27,7 @@ from .labels import LabelGuard, as_number, method_label
 from .llm import GatewayRecording
 from .otlp import otlp_report
 from .request_state import current_request
-from .semconv import ConventionsRecording
+from .semconv import HTTP_BUCKET_BASE, HTTP_BUCKET_SPLIT, ConventionsRecording
 from .settings import Settings, check, collector_options_from_env
 from .snapshot import Snapshot
 from .storage import CompactionResult, Storage, StorageUnavailable, compact, layout, location, merge
@@ -56,7 +56,6 @@ dead ones first (a process-per-request server leaves one file per request)."""
 _INF = math.inf
 _monotonic = time.monotonic
 _BOUNDS = layout.HISTOGRAM_BOUNDS
-_HTTP_SERVER_BOUNDS = layout.HTTP_SERVER_BOUNDS
 _GEN_AI_DURATION_BOUNDS = layout.GEN_AI_DURATION_BOUNDS
 _SKETCH_STRIDE = layout.slot_stride(True)
 _PLAIN_STRIDE = layout.slot_stride(False)
@@ -153,7 +152,9 @@ class MetricsCollector(GatewayRecording, CustomMetrics, ConventionsRecording):
         self._directory_check_at = _monotonic() + DIRECTORY_CHECK_SECONDS
         self._current_slot = self._position = 0
         self._slot_start = self._slot_end = 0.0
-        self._request_targets: dict[tuple[object, ...], _RequestTargets] = {}
+        self._request_targets: dict[tuple[object, ...], tuple[int, ...]] = {}
+        """Label combination -> its ``_RequestTargets``, then the offsets of its OpenTelemetry
+        conventions' records (``semconv.ConventionsRecording._with_conventions``)."""
         self._slot_extremes: dict[int, list[float]] = {}
         """Sketch window record offset -> [slot id, min, max] of the slot last written:
         a copy of the file's values (only this process writes them), forgotten whenever
@@ -261,9 +262,12 @@ class MetricsCollector(GatewayRecording, CustomMetrics, ConventionsRecording):
                 except TypeError:  # an unhashable label value (a list, a dict): resolved, not cached
                     targets = None
                 if targets is None:
-                    targets = self._resolve_request(key)
+                    targets = self._with_conventions(key, self._resolve_request(key))
                     d = self._doubles  # resolving may have grown (re-mapped) the file
-                request, endpoint_window, provider_record, provider_window, model_record, model_window = targets
+                (
+                    request, endpoint_window, provider_record, provider_window, model_record, model_window,
+                    http_server, gen_ai_server,
+                ) = targets  # fmt: skip
                 # Since start: count, latency sum, histogram bucket, per status; errors and
                 # per-endpoint/status totals are sums of these records at read time.
                 bucket = 2 + bisect_left(_BOUNDS, latency)
@@ -348,17 +352,11 @@ class MetricsCollector(GatewayRecording, CustomMetrics, ConventionsRecording):
                     if latency > current[2]:
                         d[o + 5] = current[2] = latency
                 # The OpenTelemetry conventions' histograms (semconv.py), with their own
-                # bucket bounds: sum, then one bucket (the count is the buckets' sum).
-                if self._conventions_generation != self._generation:
-                    self._reset_conventions()
-                try:
-                    http_server, gen_ai_server = self._conventions[key]
-                except (KeyError, TypeError):
-                    http_server, gen_ai_server = self._resolve_conventions(key)
-                    d = self._doubles
+                # bucket bounds: http.server.request.duration's buckets only (its count and
+                # sum are the request record's; its bucket follows from the request's own
+                # without a search), gen_ai.server.request.duration's sum too.
                 if http_server >= 0:
-                    d[http_server] += latency
-                    d[http_server + 1 + bisect_left(_HTTP_SERVER_BOUNDS, latency)] += 1.0
+                    d[http_server + HTTP_BUCKET_BASE[bucket] + (latency > HTTP_BUCKET_SPLIT[bucket])] += 1.0
                 if gen_ai_server >= 0:
                     d[gen_ai_server] += latency
                     d[gen_ai_server + 1 + bisect_left(_GEN_AI_DURATION_BOUNDS, latency)] += 1.0

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from prometheus_client.metrics_core import HistogramMetricFamily, Metric
 
 from .exposition_gateway import cumulative
-from .semconv import DEFAULT_OPERATION
+from .semconv import DEFAULT_OPERATION, OTHER, http_error_type
 from .snapshot import Snapshot
 from .storage import layout
 
@@ -58,7 +58,7 @@ class Convention:
 
 HTTP_SERVER_DURATION = Convention(
     "http.server.request.duration", "s", "Duration of HTTP server requests.", "stable",
-    "http_server_duration", layout.HTTP_SERVER_BOUNDS,
+    "http_server_buckets", layout.HTTP_SERVER_BOUNDS,
     ("http.route", "http.request.method", "http.response.status_code", "error.type"),
     frozenset({"http.response.status_code"}),
 )  # fmt: skip
@@ -102,11 +102,34 @@ def semconv_families(snap: Snapshot) -> list[Metric]:
             convention.prometheus_name, convention.description, labels=convention.labels,
             unit="seconds" if convention.unit == "s" else "",
         )  # fmt: skip
-        for key, payload in snap.series(convention.kind):
-            labels = _labels(convention, key)
-            if labels is not None:
-                family.add_metric(labels, cumulative(convention.bounds, payload[1:]), payload[0])
+        if convention is HTTP_SERVER_DURATION:
+            for labels, (counts, total) in sorted(_http_server_series(snap).items()):
+                family.add_metric(list(labels), cumulative(convention.bounds, counts), total)
+        else:
+            for key, payload in snap.series(convention.kind):
+                values = _labels(convention, key)
+                if values is not None:
+                    family.add_metric(values, cumulative(convention.bounds, payload[1:]), payload[0])
         out.append(family)
+    return out
+
+
+def _http_server_series(snap: Snapshot) -> dict[tuple[str, ...], tuple[list[float], float]]:
+    """http.server.request.duration per (route, method, status code, error.type): the
+    buckets of the ``http_server_buckets`` records, the sum of their ``request`` records
+    (same labels: endpoint, method, status, failed). A status stored both with and
+    without a failure has one error.type: their series are added up."""
+    out: dict[tuple[str, ...], tuple[list[float], float]] = {}
+    for key, payload in snap.series("http_server_buckets"):
+        if len(key) < 4 or not key[2].isdigit():
+            continue
+        endpoint, method, status, failed = key[:4]
+        request = snap.merged.total("request", tuple(key))
+        total = request[layout.REQ_SUM] if request is not None else 0.0
+        labels = (endpoint, OTHER if method == "OTHER" else method, status, http_error_type(int(status), failed == "1"))
+        previous = out.get(labels)
+        counts = payload if previous is None else [a + b for a, b in zip(previous[0], payload, strict=False)]
+        out[labels] = (counts, total + (previous[1] if previous is not None else 0.0))
     return out
 
 

@@ -54,10 +54,36 @@ _ROUTE_OPERATIONS = (
     ("messages", "chat"),
 )
 """Route endings (lower case) of well-known LLM APIs and their gen_ai.operation.name."""
+
+
+def _http_bucket_tables() -> tuple[tuple[int, ...], tuple[float, ...]]:
+    """The http.server.request.duration bucket of a latency from the request record's own
+    bucket (which the request path computes anyway), without a second search.
+
+    For a latency in the request record's bucket ``(B[j-1], B[j]]`` the conventions'
+    bucket is the number of conventions' bounds below it: those up to ``B[j-1]``, plus
+    one if it exceeds the one conventions' bound strictly inside that bucket (at most one
+    there, checked below). Indexed like the request payload (``REQ_BUCKETS + j``).
+    """
+    seed, http = layout.HISTOGRAM_BOUNDS, layout.HTTP_SERVER_BOUNDS
+    lows = (-math.inf, *seed)
+    highs = (*seed, math.inf)
+    base: list[int] = [0] * layout.REQ_BUCKETS
+    split: list[float] = [math.inf] * layout.REQ_BUCKETS
+    for low, high in zip(lows, highs, strict=True):
+        inside = [b for b in http if low < b < high]
+        assert len(inside) <= 1, "a request bucket holds two conventions' bounds"
+        base.append(sum(1 for b in http if b <= low))
+        split.append(inside[0] if inside else math.inf)
+    return tuple(base), tuple(split)
+
+
+HTTP_BUCKET_BASE, HTTP_BUCKET_SPLIT = _http_bucket_tables()
+"""``http_server_buckets`` index of a latency whose request-record payload index is ``i``:
+``HTTP_BUCKET_BASE[i] + (latency > HTTP_BUCKET_SPLIT[i])``."""
 _FIRST_TOKEN_BOUNDS = layout.GEN_AI_FIRST_TOKEN_BOUNDS
 _PER_TOKEN_BOUNDS = layout.GEN_AI_PER_TOKEN_BOUNDS
 _DURATION_BOUNDS = layout.GEN_AI_DURATION_BOUNDS
-_NONE: tuple[int, int] = (-1, -1)
 
 
 def operation_name(route: str | None) -> str:
@@ -110,8 +136,9 @@ class ConventionsRecording:
     def _internal_error(self, exc: Exception) -> None:
         raise NotImplementedError
 
+    _request_targets: dict[tuple[object, ...], tuple[int, ...]]
     _conventions: dict[object, tuple[int, int]]
-    """Label combination -> offsets of its conventions' records (-1 = none); valid for
+    """Upstream call labels -> offset of its gen_ai_client_duration record; valid for
     storage generation ``_conventions_generation`` only (a new file has new offsets)."""
     _conventions_generation = -2
 
@@ -128,41 +155,46 @@ class ConventionsRecording:
         except TypeError:  # an unhashable label value: resolved each time
             pass
 
-    def _resolve_conventions(self, key: tuple[object, ...]) -> tuple[int, int]:
-        """Offsets of the ``http_server_duration`` and ``gen_ai_server_duration`` records of
-        one ``observe_request`` label combination (call under the lock, after the request's
-        own records were resolved, so the labels were admitted and counted already).
-
-        Parts whose labels are unusable get -1 (the request's own resolution counted
-        them); such combinations, and any while the file cannot grow, are not cached.
+    def _with_conventions(self, key: tuple[object, ...], targets: tuple[int, ...]) -> tuple[int, ...]:
+        """``targets`` of one ``observe_request`` label combination (just resolved) followed
+        by the offsets of its ``http_server_buckets`` and ``gen_ai_server_duration`` records
+        (-1 = none), replacing the cached entry, so that the request path finds them with
+        its own (call under the lock, after the request's own records were resolved: the
+        labels were admitted and counted already, unusable parts are -1 in ``targets``).
         """
         endpoint, method, status, provider, model, failed = key
         http_server = gen_ai_server = -1
-        if endpoint is None and method is None:  # a provider call: see _record_client_operation
-            self._cache_conventions(key, _NONE)
-            return _NONE
-        if not isinstance(status, int):
-            return _NONE
-        route = self._admit_part("endpoint", endpoint)
-        method_value = method_label(method)
-        gen_ai = None if provider is None and model is None else self._gen_ai_labels(route, provider, model)
+        request, provider_record, model_record = targets[0], targets[2], targets[4]
         try:
-            if route is not None and method_value is not None:
-                http_method = OTHER if method_value == "OTHER" else method_value
-                labels = (route, http_method, str(status), http_error_type(status, bool(failed)))
-                http_server = self._storage.offset("http_server_duration", labels)
-                if gen_ai is not None:
-                    error = gen_ai_error_type(status, bool(failed), self.error_status)
-                    gen_ai_server = self._storage.offset("gen_ai_server_duration", (*gen_ai, error))
-        except StorageUnavailable:  # the request itself is recorded; these wait for space
-            return _NONE
+            if request >= 0 and isinstance(status, int):
+                route = self._admit_part("endpoint", endpoint)
+                method_value = method_label(method)
+                if route is not None and method_value is not None:
+                    outcome = (route, method_value, str(status), "1" if failed else "0")
+                    http_server = self._storage.offset("http_server_buckets", outcome)
+                    given = (provider is not None, model is not None)
+                    if any(given) and given == (provider_record >= 0, model_record >= 0):
+                        gen_ai = self._gen_ai_labels(route, provider, model)
+                        if gen_ai is not None:
+                            error = gen_ai_error_type(status, bool(failed), self.error_status)
+                            gen_ai_server = self._storage.offset("gen_ai_server_duration", (*gen_ai, error))
+        except StorageUnavailable:
+            # The request itself is recorded; resolve these again next time (the cache
+            # must not keep an entry without them).
+            try:
+                self._request_targets.pop(key, None)
+            except TypeError:
+                pass
+            return (*targets, -1, -1)
         finally:
             self._doubles = self._storage.doubles
-        targets = (http_server, gen_ai_server)
-        usable = route is not None and method_value is not None
-        if usable and (gen_ai is not None or (provider is None and model is None)):
-            self._cache_conventions(key, targets)
-        return targets
+        extended = (*targets, http_server, gen_ai_server)
+        try:
+            if key in self._request_targets:  # cached by _resolve_request: all labels usable
+                self._request_targets[key] = extended
+        except TypeError:  # an unhashable label value: never cached
+            pass
+        return extended
 
     def _gen_ai_labels(self, route: str | None, provider: object, model: object) -> tuple[str, str, str] | None:
         """(operation, provider, model) of a GenAI record ("" for a part not given), or

@@ -3,6 +3,7 @@ an active OpenTelemetry span's trace id as the exemplar."""
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import subprocess
@@ -137,6 +138,22 @@ def test_token_usage_from_record_tokens(collector: MetricsCollector) -> None:
     )
     assert s[key(TOKENS + "_sum", **labels, gen_ai_token_type="output")] == 70_300
     assert {dict(lab)["gen_ai_token_type"] for lab in series(s, TOKENS + "_count")} == {"input", "output"}
+
+
+def test_http_bucket_from_the_request_bucket_equals_a_search() -> None:
+    """The request path's table lookup gives the same bucket as searching the conventions' bounds."""
+    from bisect import bisect_left
+    from random import Random
+
+    from flask_gatewayz_metrics.semconv import HTTP_BUCKET_BASE, HTTP_BUCKET_SPLIT
+
+    rng = Random(7)
+    values = [0.0, 1e-9, 1e6, *layout.HISTOGRAM_BOUNDS, *layout.HTTP_SERVER_BOUNDS]
+    values += [math.nextafter(v, math.inf) for v in list(values)] + [rng.lognormvariate(-1, 2) for _ in range(20_000)]
+    for latency in values:
+        request_bucket = layout.REQ_BUCKETS + bisect_left(layout.HISTOGRAM_BOUNDS, latency)
+        found = HTTP_BUCKET_BASE[request_bucket] + (latency > HTTP_BUCKET_SPLIT[request_bucket])
+        assert found == bisect_left(layout.HTTP_SERVER_BOUNDS, latency), latency
 
 
 def test_operation_name_from_route() -> None:

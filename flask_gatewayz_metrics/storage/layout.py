@@ -96,8 +96,8 @@ TOKENS_SIZE = 1 + len(TOKEN_BOUNDS) + 1
 
 # Bucket bounds the OpenTelemetry semantic conventions recommend (ExplicitBucketBoundaries)
 # for the histograms of ``semconv``; each payload is the value sum, then one count per
-# bucket (+Inf last), the count being their sum. gen_ai.client.token.usage uses
-# TOKEN_BOUNDS, which are the conventions' own.
+# bucket (+Inf last), the count being their sum (http_server_buckets: the counts only).
+# gen_ai.client.token.usage uses TOKEN_BOUNDS, which are the conventions' own.
 HTTP_SERVER_BOUNDS: tuple[float, ...] = (
     0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
 )
@@ -182,7 +182,8 @@ KINDS: dict[str, Kind] = {
     # Latest trace id seen per latency bucket: four 32-bit parts, value, time set.
     "exemplar": Kind(("endpoint", "method", "bucket"), 6, merge="latest"),
     # OpenTelemetry semantic conventions' histograms (``semconv``): sum, then buckets.
-    "http_server_duration": Kind(("endpoint", "method", "status", "error_type"), len(HTTP_SERVER_BOUNDS) + 2),
+    # Buckets only, one record per "request" record (same labels), which has count and sum.
+    "http_server_buckets": Kind(("endpoint", "method", *OUTCOME_LABELS), len(HTTP_SERVER_BOUNDS) + 1),
     "gen_ai_client_duration": Kind(("operation", "provider", "model", "error_type"), len(GEN_AI_DURATION_BOUNDS) + 2),
     "gen_ai_server_duration": Kind(("operation", "provider", "model", "error_type"), len(GEN_AI_DURATION_BOUNDS) + 2),
     "gen_ai_first_token": Kind(("operation", "provider", "model"), len(GEN_AI_FIRST_TOKEN_BOUNDS) + 2),
