@@ -217,8 +217,9 @@ class MetricsCollector(GatewayRecording, CustomMetrics, ConventionsRecording):
         if state is not None and state.collector is self:
             state.provider_recorded = True
         self.observe_request(None, None, latency_seconds, status_code, provider, model, bool(error))
-        self._record_client_operation(provider, model, latency_seconds, status_code, bool(error), error_type)
         failed = bool(error) or (isinstance(status_code, int) and status_code >= self.error_status)
+        if failed:  # gen_ai.client.operation.duration by error type (a success: observe_request)
+            self._record_client_operation(provider, model, latency_seconds, status_code, bool(error), error_type)
         if failed and provider is not None:
             self.record_provider_error(provider, status_code, error_type)
 
@@ -266,7 +267,7 @@ class MetricsCollector(GatewayRecording, CustomMetrics, ConventionsRecording):
                     d = self._doubles  # resolving may have grown (re-mapped) the file
                 (
                     request, endpoint_window, provider_record, provider_window, model_record, model_window,
-                    http_server, gen_ai_server,
+                    http_server, gen_ai_duration,
                 ) = targets  # fmt: skip
                 # Since start: count, latency sum, histogram bucket, per status; errors and
                 # per-endpoint/status totals are sums of these records at read time.
@@ -354,12 +355,13 @@ class MetricsCollector(GatewayRecording, CustomMetrics, ConventionsRecording):
                 # The OpenTelemetry conventions' histograms (semconv.py), with their own
                 # bucket bounds: http.server.request.duration's buckets only (its count and
                 # sum are the request record's; its bucket follows from the request's own
-                # without a search), gen_ai.server.request.duration's sum too.
+                # without a search); gen_ai.server.request.duration (a labelled request) or
+                # gen_ai.client.operation.duration (a successful provider call): sum, bucket.
                 if http_server >= 0:
                     d[http_server + HTTP_BUCKET_BASE[bucket] + (latency > HTTP_BUCKET_SPLIT[bucket])] += 1.0
-                if gen_ai_server >= 0:
-                    d[gen_ai_server] += latency
-                    d[gen_ai_server + 1 + bisect_left(_GEN_AI_DURATION_BOUNDS, latency)] += 1.0
+                if gen_ai_duration >= 0:
+                    d[gen_ai_duration] += latency
+                    d[gen_ai_duration + 1 + bisect_left(_GEN_AI_DURATION_BOUNDS, latency)] += 1.0
                 if leaving:
                     self._in_flight -= 1
                     o = self._in_flight_offset

@@ -13,7 +13,9 @@ is asked of the application:
   ``gen_ai.server.time_to_first_token`` (the first chunk) and, when the request's
   ``record_tokens`` calls reported more than one output token,
   ``gen_ai.server.time_per_output_token``;
-- ``record_provider_call``: ``gen_ai.client.operation.duration`` (upstream calls);
+- ``record_provider_call``: ``gen_ai.client.operation.duration`` (upstream calls; a
+  successful one in the same locked write as its provider records, a failed one by a
+  second write that knows its error type);
 - ``record_tokens``: ``gen_ai.client.token.usage``, read from the tokens records at
   scrape time (their bounds are the conventions' own): nothing more is written.
 
@@ -138,8 +140,9 @@ class ConventionsRecording:
 
     _request_targets: dict[tuple[object, ...], tuple[int, ...]]
     _conventions: dict[object, tuple[int, int]]
-    """Upstream call labels -> offset of its gen_ai_client_duration record; valid for
-    storage generation ``_conventions_generation`` only (a new file has new offsets)."""
+    """(kind, labels as given) -> offset of a GenAI record written outside the request
+    path's own cache; valid for storage generation ``_conventions_generation`` only (a
+    new file has new offsets)."""
     _conventions_generation = -2
 
     def _reset_conventions(self) -> None:
@@ -157,14 +160,19 @@ class ConventionsRecording:
 
     def _with_conventions(self, key: tuple[object, ...], targets: tuple[int, ...]) -> tuple[int, ...]:
         """``targets`` of one ``observe_request`` label combination (just resolved) followed
-        by the offsets of its ``http_server_buckets`` and ``gen_ai_server_duration`` records
-        (-1 = none), replacing the cached entry, so that the request path finds them with
-        its own (call under the lock, after the request's own records were resolved: the
-        labels were admitted and counted already, unusable parts are -1 in ``targets``).
+        by the offsets of its conventions' records (-1 = none), replacing the cached entry,
+        so that the request path finds them with its own: ``http_server_buckets``, then
+        ``gen_ai_server_duration`` for a labelled request or ``gen_ai_client_duration``
+        for a successful provider call (a failed one is recorded by
+        ``_record_client_operation``, which knows its error type). Call under the lock,
+        after the request's own records were resolved: the labels were admitted and
+        counted already, and unusable parts are -1 in ``targets``.
         """
         endpoint, method, status, provider, model, failed = key
-        http_server = gen_ai_server = -1
+        http_server = gen_ai_duration = -1
         request, provider_record, model_record = targets[0], targets[2], targets[4]
+        given = (provider is not None, model is not None)
+        gen_ai_usable = any(given) and given == (provider_record >= 0, model_record >= 0)
         try:
             if request >= 0 and isinstance(status, int):
                 route = self._admit_part("endpoint", endpoint)
@@ -172,12 +180,14 @@ class ConventionsRecording:
                 if route is not None and method_value is not None:
                     outcome = (route, method_value, str(status), "1" if failed else "0")
                     http_server = self._storage.offset("http_server_buckets", outcome)
-                    given = (provider is not None, model is not None)
-                    if any(given) and given == (provider_record >= 0, model_record >= 0):
-                        gen_ai = self._gen_ai_labels(route, provider, model)
-                        if gen_ai is not None:
-                            error = gen_ai_error_type(status, bool(failed), self.error_status)
-                            gen_ai_server = self._storage.offset("gen_ai_server_duration", (*gen_ai, error))
+                    gen_ai = self._gen_ai_labels(route, provider, model) if gen_ai_usable else None
+                    if gen_ai is not None:
+                        error = gen_ai_error_type(status, bool(failed), self.error_status)
+                        gen_ai_duration = self._storage.offset("gen_ai_server_duration", (*gen_ai, error))
+            elif endpoint is None and method is None and gen_ai_usable and isinstance(status, int):
+                gen_ai = self._gen_ai_labels(None, provider, model)
+                if gen_ai is not None and not failed and status < self.error_status:
+                    gen_ai_duration = self._storage.offset("gen_ai_client_duration", (*gen_ai, ""))
         except StorageUnavailable:
             # The request itself is recorded; resolve these again next time (the cache
             # must not keep an entry without them).
@@ -188,7 +198,7 @@ class ConventionsRecording:
             return (*targets, -1, -1)
         finally:
             self._doubles = self._storage.doubles
-        extended = (*targets, http_server, gen_ai_server)
+        extended = (*targets, http_server, gen_ai_duration)
         try:
             if key in self._request_targets:  # cached by _resolve_request: all labels usable
                 self._request_targets[key] = extended
@@ -212,6 +222,26 @@ class ConventionsRecording:
             model_label = admitted
         return operation_name(route), provider_label, model_label
 
+    def _gen_ai_offset(
+        self, kind: str, route: str | None, provider: object, model: object, error: str | None, key: tuple[object, ...]
+    ) -> int:
+        """Offset of the ``kind`` record for these GenAI labels (and ``error``, for kinds
+        that have it), cached under ``key`` (call under the lock, after ``_writable``);
+        -1 when a label is unusable (not cached: counted by the call's own records)."""
+        if self._conventions_generation != self._generation:
+            self._reset_conventions()
+        try:
+            return self._conventions[key][0]
+        except (KeyError, TypeError):
+            pass
+        labels = self._gen_ai_labels(route, provider, model)
+        if labels is None:
+            return -1
+        offset = self._storage.offset(kind, labels if error is None else (*labels, error))
+        self._doubles = self._storage.doubles  # allocating may have re-mapped the file
+        self._cache_conventions(key, (offset, -1))
+        return offset
+
     def _record_client_operation(
         self,
         provider: object,
@@ -221,7 +251,8 @@ class ConventionsRecording:
         failed: bool,
         error_type: object,
     ) -> None:
-        """gen_ai.client.operation.duration of one upstream call (``record_provider_call``
+        """gen_ai.client.operation.duration of one failed upstream call, by error type
+        (successful ones are recorded by ``observe_request``; ``record_provider_call``
         already validated and counted bad input: such calls are skipped here)."""
         if latency.__class__ is not float:
             latency = as_number(latency)
@@ -233,19 +264,9 @@ class ConventionsRecording:
         try:
             with self._lock:
                 self._writable()
-                if self._conventions_generation != self._generation:
-                    self._reset_conventions()
-                key = (provider, model, status, failed, error_type)
-                try:
-                    offset = self._conventions[key][0]
-                except (KeyError, TypeError):
-                    offset = -1
-                    labels = self._gen_ai_labels(None, provider, model)
-                    if labels is not None:
-                        error = gen_ai_error_type(status, failed, self.error_status, error_type)
-                        offset = self._storage.offset("gen_ai_client_duration", (*labels, error))
-                        self._doubles = self._storage.doubles
-                        self._cache_conventions(key, (offset, -1))
+                error = gen_ai_error_type(status, failed, self.error_status, error_type)
+                key = ("client", provider, model, error)
+                offset = self._gen_ai_offset("gen_ai_client_duration", None, provider, model, error, key)
                 if offset >= 0:
                     _observe(self._doubles, offset, _DURATION_BOUNDS, latency)
         except StorageUnavailable:
@@ -279,24 +300,25 @@ class ConventionsRecording:
         try:
             with self._lock:
                 self._writable()
-                gen_ai = self._gen_ai_labels(route, provider, model)
-                if gen_ai is None:
-                    return
-                observations: list[tuple[str, tuple[str, ...], tuple[float, ...], float]] = []
                 if record_duration:
                     error = gen_ai_error_type(status, failed, self.error_status)
-                    observations.append(("gen_ai_server_duration", (*gen_ai, error), _DURATION_BOUNDS, duration))
+                    key: tuple[object, ...] = ("server", route, provider, model, error)
+                    o = self._gen_ai_offset("gen_ai_server_duration", route, provider, model, error, key)
+                    if o >= 0:
+                        _observe(self._doubles, o, _DURATION_BOUNDS, duration)
                 ok = not failed and status < self.error_status
-                if ok and first_token is not None and 0.0 <= first_token <= duration:
-                    observations.append(("gen_ai_first_token", gen_ai, _FIRST_TOKEN_BOUNDS, first_token))
-                    if 1 < output_tokens < math.inf:
+                if not ok or first_token is None or not 0.0 <= first_token <= duration:
+                    return
+                key = ("first_token", route, provider, model)
+                o = self._gen_ai_offset("gen_ai_first_token", route, provider, model, None, key)
+                if o >= 0:
+                    _observe(self._doubles, o, _FIRST_TOKEN_BOUNDS, first_token)
+                if 1 < output_tokens < math.inf:
+                    key = ("per_output_token", route, provider, model)
+                    o = self._gen_ai_offset("gen_ai_per_output_token", route, provider, model, None, key)
+                    if o >= 0:
                         per_token = (duration - first_token) / (output_tokens - 1)
-                        observations.append(("gen_ai_per_output_token", gen_ai, _PER_TOKEN_BOUNDS, per_token))
-                storage = self._storage
-                for kind, labels, bounds, value in observations:
-                    offset = storage.offset(kind, labels)
-                    self._doubles = storage.doubles  # allocating may have re-mapped the file
-                    _observe(self._doubles, offset, bounds, value)
+                        _observe(self._doubles, o, _PER_TOKEN_BOUNDS, per_token)
         except StorageUnavailable:
             pass  # the request's own records count what storage loses
         except Exception as exc:
