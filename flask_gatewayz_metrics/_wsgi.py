@@ -27,6 +27,7 @@ from werkzeug.wsgi import ClosingIterator
 
 from .labels import KNOWN_METHODS
 from .request_state import RequestState, current_request
+from .tracing import current_trace_id
 
 if TYPE_CHECKING:
     from flask import Flask
@@ -67,6 +68,7 @@ class Exchange(RequestState):
         self.provider_recorded = False
         self.finished = False
         self.trace_id = None
+        self.output_tokens = 0.0
         self.metrics = metrics
         self.environ = environ
         self._start_response = start_response
@@ -90,6 +92,12 @@ class Exchange(RequestState):
         self.status = status
         self.headers = headers
         if not self.endpoint:
+            # An OpenTelemetry span active now (the request's, e.g. FlaskInstrumentor's, still
+            # open while Flask starts the response) gives the exemplar's trace id; an
+            # incoming traceparent header's stays the fallback.
+            trace_id = current_trace_id()
+            if trace_id is not None:
+                self.trace_id = trace_id
             ctx = _current_flask_request(None)
             if ctx is None or ctx.app is not self.metrics.app:  # a middleware answered
                 self._identify_from_environ()
@@ -219,6 +227,14 @@ class Exchange(RequestState):
             collector.record_stream(
                 self.provider or "unknown", self.model or "unknown", outcome, latency,
                 first_chunk - self.start if first_chunk else None,
+            )  # fmt: skip
+        if self.provider_recorded or (self.streamed and outcome == "completed" and self.first_chunk):
+            # The OpenTelemetry GenAI server histograms (semconv.py) that observe_request
+            # cannot record: the labelled request's duration when the view recorded its
+            # provider calls itself, a completed stream's time to first token / per token.
+            collector._record_model_response(
+                self.endpoint, self.provider, self.model, status, failed, latency, self.provider_recorded,
+                self.first_chunk - self.start if self.first_chunk else None, self.output_tokens,
             )  # fmt: skip
 
 

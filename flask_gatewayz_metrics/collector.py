@@ -28,6 +28,7 @@ from .labels import LabelGuard, as_number, method_label
 from .llm import GatewayRecording
 from .otlp import otlp_report
 from .request_state import current_request
+from .semconv import HTTP_BUCKET_BASE, HTTP_BUCKET_SPLIT, ConventionsRecording
 from .settings import Settings, check, collector_options_from_env
 from .snapshot import Snapshot
 from .storage import CompactionResult, Storage, StorageUnavailable, compact, layout, location, merge
@@ -57,6 +58,7 @@ dead ones first (a process-per-request server leaves one file per request)."""
 _INF = math.inf
 _monotonic = time.monotonic
 _BOUNDS = layout.HISTOGRAM_BOUNDS
+_GEN_AI_DURATION_BOUNDS = layout.GEN_AI_DURATION_BOUNDS
 _SKETCH_STRIDE = layout.slot_stride(True)
 _PLAIN_STRIDE = layout.slot_stride(False)
 _SLOT_HEADER = layout.SLOT_HEADER
@@ -92,7 +94,7 @@ class InvalidMetric(ValueError):
     """Raised in strict mode for input that would otherwise be dropped and counted."""
 
 
-class MetricsCollector(GatewayRecording, CustomMetrics):
+class MetricsCollector(GatewayRecording, CustomMetrics, ConventionsRecording):
     """Records requests, provider/model calls, cache, database and external API use.
 
     ``directory`` is the metrics directory shared by all worker processes (default:
@@ -154,7 +156,9 @@ class MetricsCollector(GatewayRecording, CustomMetrics):
         self._directory_check_at = _monotonic() + DIRECTORY_CHECK_SECONDS
         self._current_slot = self._position = 0
         self._slot_start = self._slot_end = 0.0
-        self._request_targets: dict[tuple[object, ...], _RequestTargets] = {}
+        self._request_targets: dict[tuple[object, ...], tuple[int, ...]] = {}
+        """Label combination -> its ``_RequestTargets``, then the offsets of its OpenTelemetry
+        conventions' records (``semconv.ConventionsRecording._with_conventions``)."""
         self._slot_extremes: dict[int, list[Any]] = {}
         """Sketch window record offset -> [slot id, min, max, {bucket: count index}] of
         the slot last written: a copy of the file's values (only this process writes
@@ -220,6 +224,8 @@ class MetricsCollector(GatewayRecording, CustomMetrics):
             state.provider_recorded = True
         self.observe_request(None, None, latency_seconds, status_code, provider, model, bool(error))
         failed = bool(error) or (isinstance(status_code, int) and status_code >= self.error_status)
+        if failed:  # gen_ai.client.operation.duration by error type (a success: observe_request)
+            self._record_client_operation(provider, model, latency_seconds, status_code, bool(error), error_type)
         if failed and provider is not None:
             self.record_provider_error(provider, status_code, error_type)
 
@@ -263,9 +269,12 @@ class MetricsCollector(GatewayRecording, CustomMetrics):
                 except TypeError:  # an unhashable label value (a list, a dict): resolved, not cached
                     targets = None
                 if targets is None:
-                    targets = self._resolve_request(key)
+                    targets = self._with_conventions(key, self._resolve_request(key))
                     d = self._doubles  # resolving may have grown (re-mapped) the file
-                request, endpoint_window, provider_record, provider_window, model_record, model_window = targets
+                (
+                    request, endpoint_window, provider_record, provider_window, model_record, model_window,
+                    http_server, gen_ai_duration,
+                ) = targets  # fmt: skip
                 # Since start: count, latency sum, histogram bucket, per status; errors and
                 # per-endpoint/status totals are sums of these records at read time.
                 bucket = 2 + bisect_left(_BOUNDS, latency)
@@ -359,6 +368,16 @@ class MetricsCollector(GatewayRecording, CustomMetrics):
                         d[o + 4] = current[1] = latency
                     if latency > current[2]:
                         d[o + 5] = current[2] = latency
+                # The OpenTelemetry conventions' histograms (semconv.py), with their own
+                # bucket bounds: http.server.request.duration's buckets only (its count and
+                # sum are the request record's; its bucket follows from the request's own
+                # without a search); gen_ai.server.request.duration (a labelled request) or
+                # gen_ai.client.operation.duration (a successful provider call): sum, bucket.
+                if http_server >= 0:
+                    d[http_server + HTTP_BUCKET_BASE[bucket] + (latency > HTTP_BUCKET_SPLIT[bucket])] += 1.0
+                if gen_ai_duration >= 0:
+                    d[gen_ai_duration] += latency
+                    d[gen_ai_duration + 1 + bisect_left(_GEN_AI_DURATION_BOUNDS, latency)] += 1.0
                 if leaving:
                     self._in_flight -= 1
                     o = self._in_flight_offset

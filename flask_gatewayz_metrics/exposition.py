@@ -29,6 +29,7 @@ from . import exposition_protobuf
 from .custom_families import CustomFamily
 from .default_registry import DefaultRegistry
 from .exposition_gateway import cumulative, gateway_families
+from .exposition_semconv import semconv_families
 from .snapshot import Snapshot, Totals
 from .storage import Merged, WindowStats, layout
 
@@ -132,7 +133,7 @@ def families(snap: Snapshot) -> list[Metric]:
     )
     files.add_metric(["live"], snap.live_files)
     files.add_metric(["dead"], snap.worker_files - snap.live_files)
-    return [*out, *gateway_families(snap), uptime, dropped, storage_errors, files]
+    return [*out, *gateway_families(snap), uptime, dropped, storage_errors, files, *semconv_families(snap)]
 
 
 def custom_family(custom: CustomFamily) -> Metric:

@@ -15,6 +15,7 @@ from typing import Any
 
 from .labels import as_number
 from .prices import PriceTable, load_prices
+from .request_state import current_request
 from .storage import layout
 
 ERROR_TYPES = frozenset({"timeout", "rate_limited", "4xx", "5xx", "connection", "other"})
@@ -85,6 +86,9 @@ class GatewayRecording:
             return self._drop("invalid_value")
         if cost is None and self._prices is not None:
             cost = self._priced(model, counts)
+        state = current_request.get()
+        if state is not None and state.collector is self:  # gen_ai.server.time_per_output_token
+            state.output_tokens += counts[1]
         for direction, count in zip(TOKEN_DIRECTIONS, counts, strict=True):
             if direction == "cached_input" and count == 0:
                 continue

@@ -10,6 +10,9 @@ family, ours, custom or the application's, goes out without per-family code:
 - summary: a Summary (count, sum, quantiles);
 - anything else (info, stateset, unknown): one Gauge per sample name.
 
+The OpenTelemetry semantic conventions' histograms (``exposition_semconv``) go out under
+their own names, units and attribute keys (``gen_ai.client.token.usage``, ...).
+
 Messages are built with the ``opentelemetry-proto`` package (the ``otlp`` extra), imported
 only when an export happens.
 """
@@ -18,10 +21,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 from prometheus_client.metrics_core import Metric
 
 from ._version import VERSION
+from .exposition_semconv import CONVENTIONS, Convention
 
 SCOPE_NAME = "flask_gatewayz_metrics"
 
@@ -40,7 +45,9 @@ def encode_request(
     now_ns = max(int(now_seconds * 1e9), start_ns)
     cumulative = pb.AggregationTemporality.AGGREGATION_TEMPORALITY_CUMULATIVE
 
-    def attributes(labels: Mapping[str, str]) -> list[common_pb2.KeyValue]:
+    def attributes(labels: Mapping[str, str], convention: Convention | None = None) -> list[common_pb2.KeyValue]:
+        if convention is not None:  # the conventions' attribute keys and types, empty ones left out
+            return _convention_attributes(labels, convention, common_pb2)
         return [
             common_pb2.KeyValue(key=key, value=common_pb2.AnyValue(string_value=str(value)))
             for key, value in sorted(labels.items())
@@ -56,6 +63,9 @@ def encode_request(
     for family in families:
         kind = family.type
         metric = pb.Metric(name=family.name, description=family.documentation, unit=family.unit or "")
+        convention = CONVENTIONS.get(family.name)
+        if convention is not None:  # an OpenTelemetry conventions' metric: its own name and unit
+            metric.name, metric.unit = convention.name, convention.unit
         if kind == "counter":
             samples = [s for s in family.samples if not s.name.endswith("_created")]
             if not samples:
@@ -73,8 +83,8 @@ def encode_request(
             series = _histograms(family)
             metric.histogram.CopyFrom(pb.Histogram(aggregation_temporality=cumulative, data_points=[
                 pb.HistogramDataPoint(
-                    attributes=attributes(dict(labels)), start_time_unix_nano=start_ns, time_unix_nano=now_ns,
-                    count=count, sum=total, bucket_counts=counts, explicit_bounds=bounds,
+                    attributes=attributes(dict(labels), convention), start_time_unix_nano=start_ns,
+                    time_unix_nano=now_ns, count=count, sum=total, bucket_counts=counts, explicit_bounds=bounds,
                 )
                 for labels, (count, total, bounds, counts) in series.items()
             ]))  # fmt: skip
@@ -112,6 +122,24 @@ def encode_request(
 
 
 Key = tuple[tuple[str, str], ...]
+
+
+def _convention_attributes(labels: Mapping[str, str], convention: Convention, common_pb2: Any) -> list[Any]:
+    """A conventions' series' attributes: keys translated back from the Prometheus label
+    names (other labels, e.g. static ones, kept as they are), empty values left out,
+    integer attributes sent as integers."""
+    out = []
+    names = convention.attribute_of
+    for label, value in sorted(labels.items()):
+        if value == "":
+            continue
+        key = names.get(label, label)
+        if key in convention.int_attributes and value.isdigit():
+            any_value = common_pb2.AnyValue(int_value=int(value))
+        else:
+            any_value = common_pb2.AnyValue(string_value=str(value))
+        out.append(common_pb2.KeyValue(key=key, value=any_value))
+    return out
 
 
 def _series_key(labels: Mapping[str, str], drop: str) -> Key:

@@ -27,6 +27,7 @@ class RequestState:
         "finished",
         "method",
         "model",
+        "output_tokens",
         "provider",
         "provider_recorded",
         "start",
@@ -47,7 +48,11 @@ class RequestState:
         """Set once the request is recorded (which also takes it out of the in-flight
         gauge): nothing records it again."""
         self.trace_id: str | None = None
-        """From an incoming W3C ``traceparent``: becomes the latency bucket's exemplar."""
+        """The active OpenTelemetry span's trace id, else an incoming W3C ``traceparent``'s:
+        becomes the latency bucket's exemplar."""
+        self.output_tokens = 0.0
+        """Output tokens the request's ``record_tokens`` calls reported (for
+        gen_ai.server.time_per_output_token)."""
 
 
 current_request: ContextVar[RequestState | None] = ContextVar(

@@ -70,6 +70,13 @@ OUR_FAMILIES = {
     "model_latency_p99_seconds": "gauge",
     "db_query_latency_min_seconds": "gauge",
     "db_query_latency_max_seconds": "gauge",
+    # The OpenTelemetry semantic conventions' histograms (exposition_semconv).
+    "gen_ai_client_token_usage": "histogram",
+    "gen_ai_client_operation_duration_seconds": "histogram",
+    "gen_ai_server_request_duration_seconds": "histogram",
+    "gen_ai_server_time_to_first_token_seconds": "histogram",
+    "gen_ai_server_time_per_output_token_seconds": "histogram",
+    "http_server_request_duration_seconds": "histogram",
 }
 
 # p50 of {0.25, 0.75} is 0.25: its sketch bucket's representative (P_025) is below the
@@ -235,7 +242,8 @@ external_api_errors_total{service="stripe"} 1.0
 # TYPE llm_request_tokens histogram
 # HELP llm_cost_usd_total Cost of LLM calls in US dollars.
 # TYPE llm_cost_usd_total counter
-# HELP provider_errors_by_type_total Failed upstream calls by type: timeout, rate_limited, 4xx, 5xx, connection, other.
+# HELP provider_errors_by_type_total Failed upstream calls by type: timeout, rate_limited, 4xx, 5xx, connection,\
+ other.
 # TYPE provider_errors_by_type_total counter
 # HELP llm_provider_fallbacks_total Requests moved from one provider to another.
 # TYPE llm_provider_fallbacks_total counter
@@ -283,6 +291,155 @@ gatewayz_metrics_storage_errors_total{reason="wrong_version"} 0.0
 # TYPE gatewayz_metrics_worker_files gauge
 gatewayz_metrics_worker_files{state="live"} 1.0
 gatewayz_metrics_worker_files{state="dead"} 0.0
+# HELP gen_ai_client_token_usage Number of input and output tokens used.
+# TYPE gen_ai_client_token_usage histogram
+# HELP gen_ai_client_operation_duration_seconds GenAI operation duration (upstream calls).
+# TYPE gen_ai_client_operation_duration_seconds histogram
+# HELP gen_ai_server_request_duration_seconds Generative AI server request duration (the gateway's responses).
+# TYPE gen_ai_server_request_duration_seconds histogram
+gen_ai_server_request_duration_seconds_bucket{error_type="",gen_ai_operation_name="chat",\
+gen_ai_provider_name="openai",gen_ai_request_model="gpt-4",gen_ai_response_model="gpt-4",le="0.01"} 0.0
+gen_ai_server_request_duration_seconds_bucket{error_type="",gen_ai_operation_name="chat",\
+gen_ai_provider_name="openai",gen_ai_request_model="gpt-4",gen_ai_response_model="gpt-4",le="0.02"} 0.0
+gen_ai_server_request_duration_seconds_bucket{error_type="",gen_ai_operation_name="chat",\
+gen_ai_provider_name="openai",gen_ai_request_model="gpt-4",gen_ai_response_model="gpt-4",le="0.04"} 0.0
+gen_ai_server_request_duration_seconds_bucket{error_type="",gen_ai_operation_name="chat",\
+gen_ai_provider_name="openai",gen_ai_request_model="gpt-4",gen_ai_response_model="gpt-4",le="0.08"} 0.0
+gen_ai_server_request_duration_seconds_bucket{error_type="",gen_ai_operation_name="chat",\
+gen_ai_provider_name="openai",gen_ai_request_model="gpt-4",gen_ai_response_model="gpt-4",le="0.16"} 0.0
+gen_ai_server_request_duration_seconds_bucket{error_type="",gen_ai_operation_name="chat",\
+gen_ai_provider_name="openai",gen_ai_request_model="gpt-4",gen_ai_response_model="gpt-4",le="0.32"} 1.0
+gen_ai_server_request_duration_seconds_bucket{error_type="",gen_ai_operation_name="chat",\
+gen_ai_provider_name="openai",gen_ai_request_model="gpt-4",gen_ai_response_model="gpt-4",le="0.64"} 1.0
+gen_ai_server_request_duration_seconds_bucket{error_type="",gen_ai_operation_name="chat",\
+gen_ai_provider_name="openai",gen_ai_request_model="gpt-4",gen_ai_response_model="gpt-4",le="1.28"} 1.0
+gen_ai_server_request_duration_seconds_bucket{error_type="",gen_ai_operation_name="chat",\
+gen_ai_provider_name="openai",gen_ai_request_model="gpt-4",gen_ai_response_model="gpt-4",le="2.56"} 1.0
+gen_ai_server_request_duration_seconds_bucket{error_type="",gen_ai_operation_name="chat",\
+gen_ai_provider_name="openai",gen_ai_request_model="gpt-4",gen_ai_response_model="gpt-4",le="5.12"} 1.0
+gen_ai_server_request_duration_seconds_bucket{error_type="",gen_ai_operation_name="chat",\
+gen_ai_provider_name="openai",gen_ai_request_model="gpt-4",gen_ai_response_model="gpt-4",le="10.24"} 1.0
+gen_ai_server_request_duration_seconds_bucket{error_type="",gen_ai_operation_name="chat",\
+gen_ai_provider_name="openai",gen_ai_request_model="gpt-4",gen_ai_response_model="gpt-4",le="20.48"} 1.0
+gen_ai_server_request_duration_seconds_bucket{error_type="",gen_ai_operation_name="chat",\
+gen_ai_provider_name="openai",gen_ai_request_model="gpt-4",gen_ai_response_model="gpt-4",le="40.96"} 1.0
+gen_ai_server_request_duration_seconds_bucket{error_type="",gen_ai_operation_name="chat",\
+gen_ai_provider_name="openai",gen_ai_request_model="gpt-4",gen_ai_response_model="gpt-4",le="81.92"} 1.0
+gen_ai_server_request_duration_seconds_bucket{error_type="",gen_ai_operation_name="chat",\
+gen_ai_provider_name="openai",gen_ai_request_model="gpt-4",gen_ai_response_model="gpt-4",le="+Inf"} 1.0
+gen_ai_server_request_duration_seconds_count{error_type="",gen_ai_operation_name="chat",\
+gen_ai_provider_name="openai",gen_ai_request_model="gpt-4",gen_ai_response_model="gpt-4"} 1.0
+gen_ai_server_request_duration_seconds_sum{error_type="",gen_ai_operation_name="chat",gen_ai_provider_name="openai",\
+gen_ai_request_model="gpt-4",gen_ai_response_model="gpt-4"} 0.25
+gen_ai_server_request_duration_seconds_bucket{error_type="500",gen_ai_operation_name="chat",\
+gen_ai_provider_name="openai",gen_ai_request_model="gpt-4",gen_ai_response_model="gpt-4",le="0.01"} 0.0
+gen_ai_server_request_duration_seconds_bucket{error_type="500",gen_ai_operation_name="chat",\
+gen_ai_provider_name="openai",gen_ai_request_model="gpt-4",gen_ai_response_model="gpt-4",le="0.02"} 0.0
+gen_ai_server_request_duration_seconds_bucket{error_type="500",gen_ai_operation_name="chat",\
+gen_ai_provider_name="openai",gen_ai_request_model="gpt-4",gen_ai_response_model="gpt-4",le="0.04"} 0.0
+gen_ai_server_request_duration_seconds_bucket{error_type="500",gen_ai_operation_name="chat",\
+gen_ai_provider_name="openai",gen_ai_request_model="gpt-4",gen_ai_response_model="gpt-4",le="0.08"} 0.0
+gen_ai_server_request_duration_seconds_bucket{error_type="500",gen_ai_operation_name="chat",\
+gen_ai_provider_name="openai",gen_ai_request_model="gpt-4",gen_ai_response_model="gpt-4",le="0.16"} 0.0
+gen_ai_server_request_duration_seconds_bucket{error_type="500",gen_ai_operation_name="chat",\
+gen_ai_provider_name="openai",gen_ai_request_model="gpt-4",gen_ai_response_model="gpt-4",le="0.32"} 0.0
+gen_ai_server_request_duration_seconds_bucket{error_type="500",gen_ai_operation_name="chat",\
+gen_ai_provider_name="openai",gen_ai_request_model="gpt-4",gen_ai_response_model="gpt-4",le="0.64"} 0.0
+gen_ai_server_request_duration_seconds_bucket{error_type="500",gen_ai_operation_name="chat",\
+gen_ai_provider_name="openai",gen_ai_request_model="gpt-4",gen_ai_response_model="gpt-4",le="1.28"} 1.0
+gen_ai_server_request_duration_seconds_bucket{error_type="500",gen_ai_operation_name="chat",\
+gen_ai_provider_name="openai",gen_ai_request_model="gpt-4",gen_ai_response_model="gpt-4",le="2.56"} 1.0
+gen_ai_server_request_duration_seconds_bucket{error_type="500",gen_ai_operation_name="chat",\
+gen_ai_provider_name="openai",gen_ai_request_model="gpt-4",gen_ai_response_model="gpt-4",le="5.12"} 1.0
+gen_ai_server_request_duration_seconds_bucket{error_type="500",gen_ai_operation_name="chat",\
+gen_ai_provider_name="openai",gen_ai_request_model="gpt-4",gen_ai_response_model="gpt-4",le="10.24"} 1.0
+gen_ai_server_request_duration_seconds_bucket{error_type="500",gen_ai_operation_name="chat",\
+gen_ai_provider_name="openai",gen_ai_request_model="gpt-4",gen_ai_response_model="gpt-4",le="20.48"} 1.0
+gen_ai_server_request_duration_seconds_bucket{error_type="500",gen_ai_operation_name="chat",\
+gen_ai_provider_name="openai",gen_ai_request_model="gpt-4",gen_ai_response_model="gpt-4",le="40.96"} 1.0
+gen_ai_server_request_duration_seconds_bucket{error_type="500",gen_ai_operation_name="chat",\
+gen_ai_provider_name="openai",gen_ai_request_model="gpt-4",gen_ai_response_model="gpt-4",le="81.92"} 1.0
+gen_ai_server_request_duration_seconds_bucket{error_type="500",gen_ai_operation_name="chat",\
+gen_ai_provider_name="openai",gen_ai_request_model="gpt-4",gen_ai_response_model="gpt-4",le="+Inf"} 1.0
+gen_ai_server_request_duration_seconds_count{error_type="500",gen_ai_operation_name="chat",\
+gen_ai_provider_name="openai",gen_ai_request_model="gpt-4",gen_ai_response_model="gpt-4"} 1.0
+gen_ai_server_request_duration_seconds_sum{error_type="500",gen_ai_operation_name="chat",\
+gen_ai_provider_name="openai",gen_ai_request_model="gpt-4",gen_ai_response_model="gpt-4"} 0.75
+# HELP gen_ai_server_time_to_first_token_seconds Time to generate first token for successful responses.
+# TYPE gen_ai_server_time_to_first_token_seconds histogram
+# HELP gen_ai_server_time_per_output_token_seconds Time per output token generated after the first token for \
+successful responses.
+# TYPE gen_ai_server_time_per_output_token_seconds histogram
+# HELP http_server_request_duration_seconds Duration of HTTP server requests.
+# TYPE http_server_request_duration_seconds histogram
+http_server_request_duration_seconds_bucket{error_type="",http_request_method="POST",http_response_status_code="200",\
+http_route="/api/chat",le="0.005"} 0.0
+http_server_request_duration_seconds_bucket{error_type="",http_request_method="POST",http_response_status_code="200",\
+http_route="/api/chat",le="0.01"} 0.0
+http_server_request_duration_seconds_bucket{error_type="",http_request_method="POST",http_response_status_code="200",\
+http_route="/api/chat",le="0.025"} 0.0
+http_server_request_duration_seconds_bucket{error_type="",http_request_method="POST",http_response_status_code="200",\
+http_route="/api/chat",le="0.05"} 0.0
+http_server_request_duration_seconds_bucket{error_type="",http_request_method="POST",http_response_status_code="200",\
+http_route="/api/chat",le="0.075"} 0.0
+http_server_request_duration_seconds_bucket{error_type="",http_request_method="POST",http_response_status_code="200",\
+http_route="/api/chat",le="0.1"} 0.0
+http_server_request_duration_seconds_bucket{error_type="",http_request_method="POST",http_response_status_code="200",\
+http_route="/api/chat",le="0.25"} 1.0
+http_server_request_duration_seconds_bucket{error_type="",http_request_method="POST",http_response_status_code="200",\
+http_route="/api/chat",le="0.5"} 1.0
+http_server_request_duration_seconds_bucket{error_type="",http_request_method="POST",http_response_status_code="200",\
+http_route="/api/chat",le="0.75"} 1.0
+http_server_request_duration_seconds_bucket{error_type="",http_request_method="POST",http_response_status_code="200",\
+http_route="/api/chat",le="1.0"} 1.0
+http_server_request_duration_seconds_bucket{error_type="",http_request_method="POST",http_response_status_code="200",\
+http_route="/api/chat",le="2.5"} 1.0
+http_server_request_duration_seconds_bucket{error_type="",http_request_method="POST",http_response_status_code="200",\
+http_route="/api/chat",le="5.0"} 1.0
+http_server_request_duration_seconds_bucket{error_type="",http_request_method="POST",http_response_status_code="200",\
+http_route="/api/chat",le="7.5"} 1.0
+http_server_request_duration_seconds_bucket{error_type="",http_request_method="POST",http_response_status_code="200",\
+http_route="/api/chat",le="10.0"} 1.0
+http_server_request_duration_seconds_bucket{error_type="",http_request_method="POST",http_response_status_code="200",\
+http_route="/api/chat",le="+Inf"} 1.0
+http_server_request_duration_seconds_count{error_type="",http_request_method="POST",http_response_status_code="200",\
+http_route="/api/chat"} 1.0
+http_server_request_duration_seconds_sum{error_type="",http_request_method="POST",http_response_status_code="200",\
+http_route="/api/chat"} 0.25
+http_server_request_duration_seconds_bucket{error_type="500",http_request_method="POST",\
+http_response_status_code="500",http_route="/api/chat",le="0.005"} 0.0
+http_server_request_duration_seconds_bucket{error_type="500",http_request_method="POST",\
+http_response_status_code="500",http_route="/api/chat",le="0.01"} 0.0
+http_server_request_duration_seconds_bucket{error_type="500",http_request_method="POST",\
+http_response_status_code="500",http_route="/api/chat",le="0.025"} 0.0
+http_server_request_duration_seconds_bucket{error_type="500",http_request_method="POST",\
+http_response_status_code="500",http_route="/api/chat",le="0.05"} 0.0
+http_server_request_duration_seconds_bucket{error_type="500",http_request_method="POST",\
+http_response_status_code="500",http_route="/api/chat",le="0.075"} 0.0
+http_server_request_duration_seconds_bucket{error_type="500",http_request_method="POST",\
+http_response_status_code="500",http_route="/api/chat",le="0.1"} 0.0
+http_server_request_duration_seconds_bucket{error_type="500",http_request_method="POST",\
+http_response_status_code="500",http_route="/api/chat",le="0.25"} 0.0
+http_server_request_duration_seconds_bucket{error_type="500",http_request_method="POST",\
+http_response_status_code="500",http_route="/api/chat",le="0.5"} 0.0
+http_server_request_duration_seconds_bucket{error_type="500",http_request_method="POST",\
+http_response_status_code="500",http_route="/api/chat",le="0.75"} 1.0
+http_server_request_duration_seconds_bucket{error_type="500",http_request_method="POST",\
+http_response_status_code="500",http_route="/api/chat",le="1.0"} 1.0
+http_server_request_duration_seconds_bucket{error_type="500",http_request_method="POST",\
+http_response_status_code="500",http_route="/api/chat",le="2.5"} 1.0
+http_server_request_duration_seconds_bucket{error_type="500",http_request_method="POST",\
+http_response_status_code="500",http_route="/api/chat",le="5.0"} 1.0
+http_server_request_duration_seconds_bucket{error_type="500",http_request_method="POST",\
+http_response_status_code="500",http_route="/api/chat",le="7.5"} 1.0
+http_server_request_duration_seconds_bucket{error_type="500",http_request_method="POST",\
+http_response_status_code="500",http_route="/api/chat",le="10.0"} 1.0
+http_server_request_duration_seconds_bucket{error_type="500",http_request_method="POST",\
+http_response_status_code="500",http_route="/api/chat",le="+Inf"} 1.0
+http_server_request_duration_seconds_count{error_type="500",http_request_method="POST",\
+http_response_status_code="500",http_route="/api/chat"} 1.0
+http_server_request_duration_seconds_sum{error_type="500",http_request_method="POST",http_response_status_code="500",\
+http_route="/api/chat"} 0.75
 """
 
 

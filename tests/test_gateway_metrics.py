@@ -705,7 +705,12 @@ def test_example_app_random_paths_and_models_add_a_handful_of_series(
     assert models_after == models_before
     assert after[key("http_requests_total", endpoint="unmatched", method="GET")] == 10_000
     assert after[key("http_requests_total", endpoint="/api/chat", method="POST")] == 1_001
-    assert total_after - len(before) <= 40  # one new endpoint label (unmatched) with its buckets and gauges
+    # One new endpoint label (unmatched) with its buckets and gauges, and one
+    # http_server_request_duration_seconds series (14 buckets, +Inf, count, sum) per new
+    # (route, method, status): unmatched GET 404 and /api/chat POST 400.
+    assert total_after - len(before) <= 40 + 2 * 17
+    gen_ai_models = {dict(labels).get("gen_ai_request_model") for (name, labels) in after if name.startswith("gen_ai")}
+    assert gen_ai_models <= {dict(labels).get("gen_ai_request_model") for (_, labels) in before} | {None, "other"}
 
 
 def test_example_app_accepted_random_models_collapse_into_other(

@@ -460,10 +460,16 @@ def test_archive_honours_label_limits_across_generations(metrics_dir: str) -> No
     # The archive stays the size of 201 model series (plus the fixed ones) however many
     # generations brought new names: it grows only by the absorbed names' bookkeeping.
     # Per model: its window record, its since-start record (each a header, a key of up to
-    # 32 bytes and its payload) and, in the sparse format, one one-entry bucket block.
-    records = 2 * (layout.RECORD_HEADER.size + 32)
+    # 32 bytes and its payload), its gen_ai.server.request.duration record (a key of up to
+    # 64 bytes: operation, provider, model, error type) and, in the sparse format, one
+    # one-entry bucket block.
+    records = 2 * (layout.RECORD_HEADER.size + 32) + layout.RECORD_HEADER.size + 64
     block = layout.RECORD_HEADER.size + 8 * len(layout.block_payload(1))
-    payloads = 8 * (layout.KINDS["model_window"].payload_size(5) + layout.KINDS["model"].size)
+    payloads = 8 * (
+        layout.KINDS["model_window"].payload_size(5)
+        + layout.KINDS["model"].size
+        + layout.KINDS["gen_ai_server_duration"].size
+    )
     model_series = 201 * (payloads + records + block)
     assert max(sizes[1:]) < model_series * 1.2
     assert sizes[-1] <= sizes[1] * 1.02, sizes

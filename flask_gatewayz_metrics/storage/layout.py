@@ -118,6 +118,25 @@ GenAI's gen_ai.client.token.usage buckets)."""
 TOKENS_SIZE = 1 + len(TOKEN_BOUNDS) + 1
 """Payload of a "tokens" record: token sum, then one count per bucket (+Inf last)."""
 
+# Bucket bounds the OpenTelemetry semantic conventions recommend (ExplicitBucketBoundaries)
+# for the histograms of ``semconv``; each payload is the value sum, then one count per
+# bucket (+Inf last), the count being their sum (http_server_buckets: the counts only).
+# gen_ai.client.token.usage uses TOKEN_BOUNDS, which are the conventions' own.
+HTTP_SERVER_BOUNDS: tuple[float, ...] = (
+    0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+)
+"""http.server.request.duration (stable)."""
+GEN_AI_DURATION_BOUNDS: tuple[float, ...] = tuple(0.01 * 2**i for i in range(14))
+"""gen_ai.client.operation.duration and gen_ai.server.request.duration: 0.01, 0.02, ... 81.92."""
+GEN_AI_FIRST_TOKEN_BOUNDS: tuple[float, ...] = (
+    0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+)
+"""gen_ai.server.time_to_first_token."""
+GEN_AI_PER_TOKEN_BOUNDS: tuple[float, ...] = (
+    0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5,
+)
+"""gen_ai.server.time_per_output_token."""
+
 # Slot header fields of windowed records. Sketch slots leave SLOT_COUNT at 0 (the
 # count is the sum of their buckets); every slot tracks the exact min / max of the
 # values it saw (the cache window's values are all 0).
@@ -205,6 +224,13 @@ KINDS: dict[str, Kind] = {
     "stream_duration": Kind(("provider", "model"), REQUEST_SIZE),
     # Latest trace id seen per latency bucket: four 32-bit parts, value, time set.
     "exemplar": Kind(("endpoint", "method", "bucket"), 6, merge="latest"),
+    # OpenTelemetry semantic conventions' histograms (``semconv``): sum, then buckets.
+    # Buckets only, one record per "request" record (same labels), which has count and sum.
+    "http_server_buckets": Kind(("endpoint", "method", *OUTCOME_LABELS), len(HTTP_SERVER_BOUNDS) + 1),
+    "gen_ai_client_duration": Kind(("operation", "provider", "model", "error_type"), len(GEN_AI_DURATION_BOUNDS) + 2),
+    "gen_ai_server_duration": Kind(("operation", "provider", "model", "error_type"), len(GEN_AI_DURATION_BOUNDS) + 2),
+    "gen_ai_first_token": Kind(("operation", "provider", "model"), len(GEN_AI_FIRST_TOKEN_BOUNDS) + 2),
+    "gen_ai_per_output_token": Kind(("operation", "provider", "model"), len(GEN_AI_PER_TOKEN_BOUNDS) + 2),
     # Archive only: worker files folded into it, and bad files the compactor quarantined.
     "absorbed": Kind(("file",), 0),
     "storage_errors": Kind(("reason",), 1),
