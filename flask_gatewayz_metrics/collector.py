@@ -43,6 +43,7 @@ from .storage import CompactionResult, Storage, StorageUnavailable, compact, lay
 from .storage.history import SlotHistory, slot_history
 from .storage.layout import Doubles
 from .storage.process import ForkSentinel
+from .tenants import TENANT_LABELS, Tenant, TenantRecording
 
 log = logging.getLogger("flask_gatewayz_metrics")
 
@@ -97,7 +98,7 @@ class InvalidMetric(ValueError):
     """Raised in strict mode for input that would otherwise be dropped and counted."""
 
 
-class MetricsCollector(GatewayRecording, CustomMetrics):
+class MetricsCollector(GatewayRecording, CustomMetrics, TenantRecording):
     """Records requests, provider/model calls, cache, database and external API use.
 
     ``directory`` is the metrics directory shared by all worker processes (default:
@@ -537,6 +538,28 @@ class MetricsCollector(GatewayRecording, CustomMetrics):
                     for index, value in enumerate(latest):
                         d[o + index] = value
                     d[o + len(latest)] = self._clock()
+                for index, amount in increments:
+                    if amount:
+                        d[o + index] += amount
+        except _InvalidLabel:
+            self._drop("invalid_label")
+        except StorageUnavailable:
+            self._drop("storage_unavailable")
+        except Exception as exc:
+            self._internal_error(exc)
+
+    def _add_tenant(
+        self, kind: str, tenant: Tenant, extra: tuple[str, ...], increments: tuple[tuple[int, float], ...]
+    ) -> None:
+        """Add to ``kind``'s record of ``tenant``: each label given is admitted like any
+        label (caps, allowlists, ``other``), one not given is ""."""
+        try:
+            with self._lock:
+                self._writable()
+                labelled = zip(TENANT_LABELS, tenant, strict=True)
+                values = tuple("" if raw is None else self._admit(name, raw) for name, raw in labelled)
+                o = self._fixed(kind, (*values, *extra))
+                d = self._doubles
                 for index, amount in increments:
                     if amount:
                         d[o + index] += amount

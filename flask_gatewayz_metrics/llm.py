@@ -15,6 +15,7 @@ from typing import Any
 
 from .labels import as_number
 from .prices import PriceTable, load_prices
+from .request_state import current_request
 from .storage import layout
 
 ERROR_TYPES = frozenset({"timeout", "rate_limited", "4xx", "5xx", "connection", "other"})
@@ -93,6 +94,9 @@ class GatewayRecording:
             self._add("tokens", labels, ((0, count), (bucket, 1.0)))
         if cost is not None:
             self._add("cost", (("provider", provider), ("model", model)), ((0, cost),))
+        state = current_request.get()
+        if state is not None and state.tenant is not None and state.collector is self:
+            self.record_tenant_usage(state.tenant, counts, cost)
         return None
 
     def _priced(self, model: str, counts: list[float]) -> float | None:

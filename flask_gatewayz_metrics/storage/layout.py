@@ -162,6 +162,11 @@ KINDS: dict[str, Kind] = {
     "stream_duration": Kind(("provider", "model"), REQUEST_SIZE),
     # Latest trace id seen per latency bucket: four 32-bit parts, value, time set.
     "exemplar": Kind(("endpoint", "method", "bucket"), 6, merge="latest"),
+    # Tenants (``tenants``): labels team, api_key (hashed or an alias), user; "" = not given.
+    "tenant_request": Kind(("team", "api_key", "user", "status_class"), 2),  # requests, errors
+    "tenant_tokens": Kind(("team", "api_key", "user", "direction"), 1),
+    "tenant_cost": Kind(("team", "api_key", "user"), 1),
+    "budget": Kind(("team",), 2, merge="latest"),  # remaining USD, time set
     # Archive only: worker files folded into it, and bad files the compactor quarantined.
     "absorbed": Kind(("file",), 0),
     "storage_errors": Kind(("reason",), 1),
