@@ -1,6 +1,6 @@
 """Cost of one ``record_request`` call, side by side with prometheus_client; RSS growth.
 
-Usage: python benchmarks/bench_record.py [--quick]
+Usage: python benchmarks/bench_record.py [--quick] [--callgrind]
 
 Part 1 times ``record_request("/api/chat", "POST", 0.123, 200, provider="openai",
 model="gpt-4")`` (and without provider/model) as the median of several repeats of N
@@ -15,6 +15,8 @@ and what happens when K exceeds it). Part 2b scales K from 1,000 to 2,000,000 di
 endpoint x provider x model x status combinations (200 x 20 x 100 x 5 at most), repeats
 interleaved across K, and reports each K's cost relative to 1,000 (target: within 1.3x)
 and the label caches' memory measured with tracemalloc (budget: 8 MiB per worker).
+With ``--callgrind`` (valgrind installed) it also counts the CPU instructions per call
+at 1,000, 100,000 and 2,000,000 combinations, which the machine's load cannot disturb.
 
 Part 3 records 1,000,000 requests over 50 endpoints x 10 providers x 20 models with
 varied latencies and reports VmRSS growth (target < 5 MB after warm-up).
@@ -266,13 +268,15 @@ def part_label_sets(quick: bool) -> None:
                 rec(e, "POST", lat, s, provider=p, model=m)
             distinct = len({(e, p, m, s) for e, p, m, _, s in work})
             resolves = [0]
-            original = c._resolve_request
+            # The slow path: a whole resolution (older code) or a part's (label caches).
+            slow = "_resolve_parts" if hasattr(c, "_resolve_parts") else "_resolve_request"
+            original = getattr(c, slow)
 
             def counting(key, _original=original, _resolves=resolves):  # type: ignore[no-untyped-def]
                 _resolves[0] += 1
                 return _original(key)
 
-            c._resolve_request = counting  # type: ignore[method-assign]  # this instance only
+            setattr(c, slow, counting)  # this instance only
             before = sum(unrecorded(c).values())
             samples = []
             for r in range(repeats):
@@ -289,7 +293,7 @@ def part_label_sets(quick: bool) -> None:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     print(f"\n## Cycling through label sets (label cache: {cache_limit}), µs/call incl. loop\n")
-    print(table(["workload", "distinct", "median µs/call", "min..max", "combination-cache misses", "dropped"], rows))
+    print(table(["workload", "distinct", "median µs/call", "min..max", "slow-path resolves", "dropped"], rows))
 
 
 SCALE_ENDPOINTS = [f"/api/v1/scale{i:03d}" for i in range(200)]
@@ -411,6 +415,54 @@ def part_label_scale(quick: bool) -> None:
     )
 
 
+def scale_child(k: int, n: int) -> None:
+    """Under callgrind: warm up ``k`` combinations, then record ``n`` more calls."""
+    from flask_gatewayz_metrics import MetricsCollector
+
+    tmp = tempfile.mkdtemp(prefix="bench-scale-cg-")
+    c = MetricsCollector(tmp, window_seconds=300)
+    rec = c.record_request
+    stream = scale_calls(SCALE_SHAPES[k])
+    for s, m, p, e in islice(stream, min(k, 200_000)):
+        rec(e, "POST", 0.123, s, provider=p, model=m)
+    for s, m, p, e in islice(stream, n):
+        rec(e, "POST", 0.123, s, provider=p, model=m)
+    c.close()
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def part_label_scale_instructions() -> None:
+    """The same per-call cost in CPU instructions (valgrind callgrind): immune to the
+    machine's load. Two runs per size (N and N + 10,000 calls after the same warm-up);
+    the difference / 10,000 is one call, loop included."""
+    import re
+    import subprocess
+
+    if shutil.which("valgrind") is None:
+        print("\n(callgrind part skipped: valgrind not installed)")
+        return
+    env = {**os.environ, "PYTHONHASHSEED": "0"}
+    per_call = {}
+    for k in (1_000, 100_000, 2_000_000):
+        counts = []
+        for n in (2_000, 12_000):
+            result = subprocess.run(
+                ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null",
+                 sys.executable, __file__, "--scale-child", str(k), str(n)],
+                capture_output=True, text=True, env=env, check=True,
+            )  # fmt: skip
+            found = re.search(r"Collected : (\d+)", result.stderr)
+            assert found is not None, result.stderr[-2000:]
+            counts.append(int(found.group(1)))
+        per_call[k] = (counts[1] - counts[0]) / 10_000
+    base = per_call[1_000]
+    print("\n## The same in CPU instructions per call (callgrind, loop included)\n")
+    print(table(
+        ["distinct", "instructions/call", "vs 1,000"],
+        [(f"{k:,}", f"{v:,.0f}", f"{v / base:.2f}") for k, v in per_call.items()],
+    ))
+
+
 def part_rss(quick: bool) -> None:
     from flask_gatewayz_metrics import MetricsCollector
 
@@ -478,11 +530,16 @@ def main() -> None:
     part_hot_path(quick)
     part_label_sets(quick)
     part_label_scale(quick)
+    if "--callgrind" in sys.argv:
+        part_label_scale_instructions()
     part_rss(quick)
 
 
 if __name__ == "__main__":
     if "--peer" in sys.argv:
         run_peer()
+    elif "--scale-child" in sys.argv:
+        at = sys.argv.index("--scale-child")
+        scale_child(int(sys.argv[at + 1]), int(sys.argv[at + 2]))
     else:
         main()

@@ -1,8 +1,8 @@
 """MetricsCollector: the recording API of the spec, writing into per-process storage.
 
 Every ``record_*`` call resolves its series to float64 offsets in this process's worker
-file once (cached in bounded caches, see ``label_cache``), then does a few in-place additions under a
-process-local lock. Bad input is dropped and counted in
+file once (cached in bounded caches, see ``label_cache``), then does a few in-place
+additions under a process-local lock. Bad input is dropped and counted in
 ``gatewayz_metrics_dropped_total{reason}``; with ``strict=True`` it raises instead.
 Nothing here imports Flask.
 """
@@ -165,12 +165,12 @@ class MetricsCollector(GatewayRecording, CustomMetrics, TenantRecording):
         self._provider_cache = BoundedCache(PROVIDER_BUDGET_BYTES, part_entry_cost)
         self._model_cache = BoundedCache(MODEL_BUDGET_BYTES, part_entry_cost)
         self._request_targets = self._front_cache.entries
+        """Whole combinations -> offsets: the request path's one lookup (``label_cache``)."""
         self._front_misses = 0
         # Bound once: the caches are cleared in place, never replaced.
         self._route_get = self._route_cache.entries.get
         self._provider_get = self._provider_cache.entries.get
         self._model_get = self._model_cache.entries.get
-        """Whole combinations -> offsets: the request path's one lookup (``label_cache``)."""
         self._slot_extremes: dict[int, list[float]] = {}
         """Sketch window record offset -> [slot id, min, max] of the slot last written:
         a copy of the file's values (only this process writes them), forgotten whenever

@@ -103,8 +103,11 @@ class BoundedCache:
         """Keep ``value`` for ``key``, evicting the oldest entries to stay in budget
         (a key the cost function refuses, or larger than the budget, is not kept)."""
         entries = self.entries
-        if key in entries:
-            entries[key] = value
+        try:
+            if key in entries:
+                entries[key] = value
+                return
+        except TypeError:  # unhashable: never cached
             return
         cost = self._cost(key)
         if cost < 0 or cost > self.budget:
