@@ -119,11 +119,16 @@ def from_environ(environ: Mapping[str, Any], keys: tuple[tuple[str, str], ...]) 
 
 
 def tenant_from_headers(environ: Mapping[str, Any], settings: Settings, collector: MetricsCollector) -> Tenant | None:
-    """The tenant the request's headers name (``tenant_headers`` setting), if any."""
-    found = from_environ(environ, header_keys(settings.tenant_headers))
-    if not found:
+    """The tenant the request's headers name (``tenant_headers`` setting), if any; never
+    raises (runs in every request)."""
+    try:
+        found = from_environ(environ, header_keys(settings.tenant_headers))
+        if not found:
+            return None
+        hash_key = settings.tenant_hash_key
+        return collector.tenant(found.get("team"), found.get("api_key"), found.get("user"), None, hash_key)
+    except Exception:  # metrics never break the application
         return None
-    return collector.tenant(found.get("team"), found.get("api_key"), found.get("user"), None, settings.tenant_hash_key)
 
 
 class TenantRecording:
