@@ -1,6 +1,6 @@
 """Cost of one ``record_request`` call, side by side with prometheus_client; RSS growth.
 
-Usage: python benchmarks/bench_record.py [--quick]
+Usage: python benchmarks/bench_record.py [--quick] [--callgrind]
 
 Part 1 times ``record_request("/api/chat", "POST", 0.123, 200, provider="openai",
 model="gpt-4")`` (and without provider/model) as the median of several repeats of N
@@ -11,7 +11,12 @@ both see the same machine noise. Ratios are only ever taken between numbers of t
 same run.
 
 Part 2 cycles through K distinct label sets (to show the cost of the label-set cache
-and what happens when K exceeds it).
+and what happens when K exceeds it). Part 2b scales K from 1,000 to 2,000,000 distinct
+endpoint x provider x model x status combinations (200 x 20 x 100 x 5 at most), repeats
+interleaved across K, and reports each K's cost relative to 1,000 (target: within 1.3x)
+and the label caches' memory measured with tracemalloc (budget: 8 MiB per worker).
+With ``--callgrind`` (valgrind installed) it also counts the CPU instructions per call
+at 1,000, 100,000 and 2,000,000 combinations, which the machine's load cannot disturb.
 
 Part 3 records 1,000,000 requests over 50 endpoints x 10 providers x 20 models with
 varied latencies and reports VmRSS growth (target < 5 MB after warm-up).
@@ -19,12 +24,15 @@ varied latencies and reports VmRSS growth (target < 5 MB after warm-up).
 
 from __future__ import annotations
 
+import gc
 import os
 import shutil
 import sys
 import tempfile
 import time
-from itertools import repeat
+import tracemalloc
+from collections.abc import Iterator
+from itertools import islice, product, repeat
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -231,6 +239,10 @@ def part_label_sets(quick: bool) -> None:
     from flask_gatewayz_metrics import collector as collector_module
 
     cache_limit = getattr(collector_module, "MAX_CACHED_LABEL_SETS", None)
+    if cache_limit is None:
+        from flask_gatewayz_metrics import label_cache
+
+        cache_limit = f"bounded caches, {label_cache.TOTAL_BUDGET_BYTES / 1048576:.0f} MiB"
     lats = latencies()
     repeats = 3 if quick else 5
     calls = 20_000 if quick else 40_000
@@ -256,13 +268,15 @@ def part_label_sets(quick: bool) -> None:
                 rec(e, "POST", lat, s, provider=p, model=m)
             distinct = len({(e, p, m, s) for e, p, m, _, s in work})
             resolves = [0]
-            original = c._resolve_request
+            # The slow path: a whole resolution (older code) or a part's (label caches).
+            slow = "_resolve_parts" if hasattr(c, "_resolve_parts") else "_resolve_request"
+            original = getattr(c, slow)
 
             def counting(key, _original=original, _resolves=resolves):  # type: ignore[no-untyped-def]
                 _resolves[0] += 1
                 return _original(key)
 
-            c._resolve_request = counting  # type: ignore[method-assign]  # this instance only
+            setattr(c, slow, counting)  # this instance only
             before = sum(unrecorded(c).values())
             samples = []
             for r in range(repeats):
@@ -278,8 +292,175 @@ def part_label_sets(quick: bool) -> None:
             c.close()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    print(f"\n## Cycling through label sets (MAX_CACHED_LABEL_SETS = {cache_limit}), µs/call incl. loop\n")
+    print(f"\n## Cycling through label sets (label cache: {cache_limit}), µs/call incl. loop\n")
     print(table(["workload", "distinct", "median µs/call", "min..max", "slow-path resolves", "dropped"], rows))
+
+
+SCALE_ENDPOINTS = [f"/api/v1/scale{i:03d}" for i in range(200)]
+SCALE_PROVIDERS = [f"provider-{j:02d}" for j in range(20)]
+SCALE_MODELS = [f"model-{k:03d}" for k in range(100)]
+SCALE_STATUSES = [200, 201, 204, 400, 404]  # none >= 500: the same writes for every call
+SCALE_SHAPES: dict[int, tuple[int, int, int, int]] = {
+    1_000: (200, 5, 1, 1),
+    10_000: (200, 10, 5, 1),
+    100_000: (200, 20, 25, 1),
+    1_000_000: (200, 20, 50, 5),
+    2_000_000: (200, 20, 100, 5),
+}
+"""Distinct (endpoint, provider, model, status) combinations -> how many of each label."""
+
+
+def scale_calls(shape: tuple[int, int, int, int]) -> Iterator[tuple[int, str, str, str]]:
+    """(status, model, provider, endpoint) cycling for ever through the shape's combinations
+    (endpoint fastest), generated lazily: two million tuples are never held at once."""
+    e, p, m, s = shape
+    dims = (SCALE_STATUSES[:s], SCALE_MODELS[:m], SCALE_PROVIDERS[:p], SCALE_ENDPOINTS[:e])
+    while True:
+        yield from product(*dims)
+
+
+def label_caches(c: object) -> dict[str, object]:
+    """The collector's label-resolution caches (the old single dict on older code)."""
+    names = ("_front_cache", "_route_cache", "_provider_cache", "_model_cache")
+    if all(hasattr(c, n) for n in names):
+        return {n.strip("_").replace("_cache", ""): getattr(c, n) for n in names}
+    return {"combinations": c._request_targets}  # type: ignore[attr-defined]
+
+
+def cache_memory(c: object, calls: Iterator[tuple[int, str, str, str]], count: int) -> tuple[int, int]:
+    """(bytes now, peak bytes) the label caches hold after resolving ``count`` more
+    combinations from empty, by tracemalloc: traced memory with the filled caches minus
+    traced memory once they are cleared again."""
+    rec = c.record_request  # type: ignore[attr-defined]
+    caches = label_caches(c)
+    for cache in caches.values():
+        cache.clear()  # type: ignore[attr-defined]
+    gc.collect()
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        tracemalloc.reset_peak()
+        for s, m, p, e in islice(calls, count):
+            rec(e, "POST", 0.123, s, provider=p, model=m)
+        gc.collect()
+        filled, peak = tracemalloc.get_traced_memory()
+        for cache in caches.values():
+            cache.clear()  # type: ignore[attr-defined]
+        gc.collect()
+        emptied = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    return filled - emptied, peak - base
+
+
+def part_label_scale(quick: bool) -> None:
+    """Per-call cost and label-cache memory from 1,000 to 2,000,000 distinct combinations."""
+    from flask_gatewayz_metrics import MetricsCollector
+
+    repeats = 5 if quick else 7
+    calls = 50_000 if quick else 100_000
+    tmp = tempfile.mkdtemp(prefix="bench-scale-")
+    collectors: dict[int, object] = {}
+    streams: dict[int, Iterator[tuple[int, str, str, str]]] = {}
+    samples: dict[int, list[float]] = {k: [] for k in SCALE_SHAPES}
+    rows = []
+    try:
+        for k, shape in SCALE_SHAPES.items():
+            c = MetricsCollector(os.path.join(tmp, str(k)), window_seconds=300)
+            rec = c.record_request
+            stream = scale_calls(shape)
+            for s, m, p, e in islice(stream, k):  # warm-up: every combination once
+                rec(e, "POST", 0.123, s, provider=p, model=m)
+            collectors[k], streams[k] = c, stream
+        sizes = list(SCALE_SHAPES)
+        for r in range(repeats):
+            order = sizes if r % 2 == 0 else sizes[::-1]  # ABAB, then BABA: same noise
+            for k in order:
+                rec, stream = collectors[k].record_request, streams[k]  # type: ignore[attr-defined]
+                t0 = time.perf_counter()
+                for s, m, p, e in islice(stream, calls):
+                    rec(e, "POST", 0.123, s, provider=p, model=m)
+                samples[k].append((time.perf_counter() - t0) / calls * 1e6)
+        for k in sizes:
+            c = collectors[k]
+            lost = sum(unrecorded(c).values())
+            entries = ", ".join(f"{name} {len(cache):,}" for name, cache in label_caches(c).items())  # type: ignore[arg-type]
+            held, peak = cache_memory(c, streams[k], min(k, calls))
+            rows.append((
+                f"{k:,}", f"{median(samples[k]):.2f}", spread(samples[k]),
+                f"{median(samples[k]) / median(samples[sizes[0]]):.2f}",
+                entries, f"{held / 1048576:.2f}", f"{peak / 1048576:.2f}", lost,
+            ))
+    finally:
+        for c in collectors.values():
+            c.close()  # type: ignore[attr-defined]
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(
+        f"\n## record_request + provider + model over 1,000 .. 2,000,000 distinct combinations "
+        f"(median of {repeats} interleaved repeats x {calls:,} calls, µs/call incl. loop)\n"
+    )
+    print(table(
+        ["distinct", "median µs/call", "min..max", "vs 1,000", "cache entries (after timing)",
+         "cache MiB (tracemalloc)", "peak MiB", "dropped"],
+        rows,
+    ))
+    ratio = median(samples[sizes[-1]]) / median(samples[sizes[0]])
+    worst = max(median(v) for v in samples.values()) / median(samples[sizes[0]])
+    verdict = "MET" if worst <= 1.3 else "NOT met"
+    print(
+        f"\nTarget within 1.3x from 1,000 to 2,000,000 combinations: {verdict} "
+        f"(2,000,000 / 1,000 = {ratio:.2f}x; worst size {worst:.2f}x). Cache memory: the label "
+        f"caches filled by min(distinct, {calls:,}) new combinations from empty, traced minus "
+        "traced after clearing them (strings the caches alone keep included)."
+    )
+
+
+def scale_child(k: int, n: int) -> None:
+    """Under callgrind: warm up ``k`` combinations, then record ``n`` more calls."""
+    from flask_gatewayz_metrics import MetricsCollector
+
+    tmp = tempfile.mkdtemp(prefix="bench-scale-cg-")
+    c = MetricsCollector(tmp, window_seconds=300)
+    rec = c.record_request
+    stream = scale_calls(SCALE_SHAPES[k])
+    for s, m, p, e in islice(stream, min(k, 200_000)):
+        rec(e, "POST", 0.123, s, provider=p, model=m)
+    for s, m, p, e in islice(stream, n):
+        rec(e, "POST", 0.123, s, provider=p, model=m)
+    c.close()
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def part_label_scale_instructions() -> None:
+    """The same per-call cost in CPU instructions (valgrind callgrind): immune to the
+    machine's load. Two runs per size (N and N + 10,000 calls after the same warm-up);
+    the difference / 10,000 is one call, loop included."""
+    import re
+    import subprocess
+
+    if shutil.which("valgrind") is None:
+        print("\n(callgrind part skipped: valgrind not installed)")
+        return
+    env = {**os.environ, "PYTHONHASHSEED": "0"}
+    per_call = {}
+    for k in (1_000, 100_000, 2_000_000):
+        counts = []
+        for n in (2_000, 12_000):
+            result = subprocess.run(
+                ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null",
+                 sys.executable, __file__, "--scale-child", str(k), str(n)],
+                capture_output=True, text=True, env=env, check=True,
+            )  # fmt: skip
+            found = re.search(r"Collected : (\d+)", result.stderr)
+            assert found is not None, result.stderr[-2000:]
+            counts.append(int(found.group(1)))
+        per_call[k] = (counts[1] - counts[0]) / 10_000
+    base = per_call[1_000]
+    print("\n## The same in CPU instructions per call (callgrind, loop included)\n")
+    print(table(
+        ["distinct", "instructions/call", "vs 1,000"],
+        [(f"{k:,}", f"{v:,.0f}", f"{v / base:.2f}") for k, v in per_call.items()],
+    ))
 
 
 def part_rss(quick: bool) -> None:
@@ -348,11 +529,17 @@ def main() -> None:
     print(f"Python {sys.version.split()[0]}, {os.cpu_count()} CPUs, pid {os.getpid()}\n")
     part_hot_path(quick)
     part_label_sets(quick)
+    part_label_scale(quick)
+    if "--callgrind" in sys.argv:
+        part_label_scale_instructions()
     part_rss(quick)
 
 
 if __name__ == "__main__":
     if "--peer" in sys.argv:
         run_peer()
+    elif "--scale-child" in sys.argv:
+        at = sys.argv.index("--scale-child")
+        scale_child(int(sys.argv[at + 1]), int(sys.argv[at + 2]))
     else:
         main()

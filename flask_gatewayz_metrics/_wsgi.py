@@ -27,6 +27,7 @@ from werkzeug.wsgi import ClosingIterator
 
 from .labels import KNOWN_METHODS
 from .request_state import RequestState, current_request
+from .tenants import tenant_from_headers
 from .tracing import current_trace_id
 
 if TYPE_CHECKING:
@@ -69,6 +70,9 @@ class Exchange(RequestState):
         self.finished = False
         self.trace_id = None
         self.output_tokens = 0.0
+        # Read at the start, so tokens recorded by the view count for the tenant too.
+        settings = metrics.settings
+        self.tenant = tenant_from_headers(environ, settings, metrics.collector) if settings.tenant_headers else None
         self.metrics = metrics
         self.environ = environ
         self._start_response = start_response
@@ -222,6 +226,8 @@ class Exchange(RequestState):
         collector.observe_request(self.endpoint, self.method, latency, status, provider, model, failed, True)
         if self.trace_id:
             collector.record_exemplar(self.endpoint, self.method, latency, self.trace_id)
+        if self.tenant is not None:
+            collector.record_tenant_request(self.tenant, status, failed)
         if outcome is not None and self.streamed and (self.provider or self.model):
             first_chunk = self.first_chunk
             collector.record_stream(

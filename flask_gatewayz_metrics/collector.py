@@ -1,8 +1,8 @@
 """MetricsCollector: the recording API of the spec, writing into per-process storage.
 
 Every ``record_*`` call resolves its series to float64 offsets in this process's worker
-file once (cached per label tuple), then does a few in-place additions under a
-process-local lock. Bad input is dropped and counted in
+file once (cached in bounded caches, see ``label_cache``), then does a few in-place
+additions under a process-local lock. Bad input is dropped and counted in
 ``gatewayz_metrics_dropped_total{reason}``; with ``strict=True`` it raises instead.
 Nothing here imports Flask.
 """
@@ -24,6 +24,16 @@ from typing import Any
 from . import sketch
 from .custom import CustomMetrics
 from .default_registry import multi_process_reason
+from .label_cache import (
+    FRONT_ADMIT_EVERY,
+    FRONT_BUDGET_BYTES,
+    MODEL_BUDGET_BYTES,
+    PROVIDER_BUDGET_BYTES,
+    ROUTE_BUDGET_BYTES,
+    BoundedCache,
+    front_entry_cost,
+    part_entry_cost,
+)
 from .labels import LabelGuard, as_number, method_label
 from .llm import GatewayRecording
 from .otlp import otlp_report
@@ -36,10 +46,10 @@ from .storage.history import SlotHistory, slot_history
 from .storage.layout import Doubles
 from .storage.merge import MergeCache
 from .storage.process import ForkSentinel
+from .tenants import TENANT_LABELS, Tenant, TenantRecording
 
 log = logging.getLogger("flask_gatewayz_metrics")
 
-MAX_CACHED_LABEL_SETS = 50_000
 LOG_INTERVAL_SECONDS = 60.0
 COMPACTION_INTERVAL_SECONDS = 10.0
 """Least time between two compactions a scrape triggers (child_exit may run more often)."""
@@ -94,7 +104,7 @@ class InvalidMetric(ValueError):
     """Raised in strict mode for input that would otherwise be dropped and counted."""
 
 
-class MetricsCollector(GatewayRecording, CustomMetrics, ConventionsRecording):
+class MetricsCollector(GatewayRecording, CustomMetrics, ConventionsRecording, TenantRecording):
     """Records requests, provider/model calls, cache, database and external API use.
 
     ``directory`` is the metrics directory shared by all worker processes (default:
@@ -156,9 +166,19 @@ class MetricsCollector(GatewayRecording, CustomMetrics, ConventionsRecording):
         self._directory_check_at = _monotonic() + DIRECTORY_CHECK_SECONDS
         self._current_slot = self._position = 0
         self._slot_start = self._slot_end = 0.0
-        self._request_targets: dict[tuple[object, ...], tuple[int, ...]] = {}
-        """Label combination -> its ``_RequestTargets``, then the offsets of its OpenTelemetry
-        conventions' records (``semconv.ConventionsRecording._with_conventions``)."""
+        self._front_cache = BoundedCache(FRONT_BUDGET_BYTES, front_entry_cost)
+        self._route_cache = BoundedCache(ROUTE_BUDGET_BYTES, part_entry_cost)
+        self._provider_cache = BoundedCache(PROVIDER_BUDGET_BYTES, part_entry_cost)
+        self._model_cache = BoundedCache(MODEL_BUDGET_BYTES, part_entry_cost)
+        self._request_targets = self._front_cache.entries
+        """Whole combinations -> offsets (the request's own, then those of its OpenTelemetry
+        conventions' records, ``semconv.ConventionsRecording._with_conventions``): the
+        request path's one lookup (``label_cache``)."""
+        self._front_misses = 0
+        # Bound once: the caches are cleared in place, never replaced.
+        self._route_get = self._route_cache.entries.get
+        self._provider_get = self._provider_cache.entries.get
+        self._model_get = self._model_cache.entries.get
         self._slot_extremes: dict[int, list[Any]] = {}
         """Sketch window record offset -> [slot id, min, max, {bucket: count index}] of
         the slot last written: a copy of the file's values (only this process writes
@@ -269,7 +289,21 @@ class MetricsCollector(GatewayRecording, CustomMetrics, ConventionsRecording):
                 except TypeError:  # an unhashable label value (a list, a dict): resolved, not cached
                     targets = None
                 if targets is None:
-                    targets = self._with_conventions(key, self._resolve_request(key))
+                    # Not a combination seen lately: one lookup per part (see label_cache),
+                    # inlined as a call costs as much as a lookup.
+                    try:
+                        route = self._route_get((endpoint, method, status, failed))
+                        upstream = self._provider_get((provider, status, failed))
+                        used_model = self._model_get((model, status, failed))
+                    except TypeError:  # an unhashable label value: resolved, never cached
+                        route = None
+                    if route is None or upstream is None or used_model is None:
+                        targets = self._with_conventions(key, self._resolve_parts(key))
+                    else:
+                        targets = self._with_conventions(key, route + upstream + used_model)
+                        self._front_misses = misses = self._front_misses + 1
+                        if not misses % FRONT_ADMIT_EVERY or not self._front_cache.full:
+                            self._front_cache.put(key, targets)
                     d = self._doubles  # resolving may have grown (re-mapped) the file
                 (
                     request, endpoint_window, provider_record, provider_window, model_record, model_window,
@@ -394,52 +428,33 @@ class MetricsCollector(GatewayRecording, CustomMetrics, ConventionsRecording):
                 self.add_in_flight(-1)
             return self._internal_error(exc)
 
-    def _resolve_request(self, key: tuple[object, ...]) -> _RequestTargets:
+    def _resolve_parts(self, key: tuple[object, ...]) -> _RequestTargets:
         """Validate a new label combination and find or allocate its records (slow path).
 
         A label that cannot be one (empty, not a string, unhashable) drops only its own
         part (the HTTP request, the provider or the model), counted as ``invalid_label``;
-        such combinations are not cached, so each occurrence is counted. Strict mode
-        raises ``_InvalidLabel`` instead.
+        such parts and combinations are not cached, so each occurrence is counted. Strict
+        mode raises ``_InvalidLabel`` instead.
         """
         endpoint, method, status, provider, model, failed = key
-        outcome = (str(status), "1" if failed else "0")
-        storage = self._storage
-        request = endpoint_window = provider_off = provider_window = model_off = model_window = -1
         invalid = 0
-        if endpoint is not None or method is not None:
-            endpoint_label = self._admit_part("endpoint", endpoint)
-            method_value = method_label(method)
-            if endpoint_label is None or method_value is None:
-                invalid += 1
-            else:
-                request = storage.offset("request", (endpoint_label, method_value, *outcome))
-                endpoint_window = storage.offset("endpoint_window", (endpoint_label,))
-        if provider is not None:
-            provider_label = self._admit_part("provider", provider)
-            if provider_label is None:
-                invalid += 1
-            else:
-                provider_off = storage.offset("provider", (provider_label, *outcome))
-                provider_window = storage.offset("provider_window", (provider_label,))
-        if model is not None:
-            model_label = self._admit_part("model", model)
-            if model_label is None:
-                invalid += 1
-            else:
-                model_off = storage.offset("model", (model_label, *outcome))
-                model_window = storage.offset("model_window", (model_label,))
+        route = self._cached_part(self._route_cache, (endpoint, method, status, failed))
+        upstream = self._cached_part(self._provider_cache, (provider, status, failed))
+        used_model = self._cached_part(self._model_cache, (model, status, failed))
+        parts: list[int] = []
+        for part in (route, upstream, used_model):
+            invalid += part is None
+            parts.extend(_NO_PART if part is None else part)
+        request, endpoint_window, provider_off, provider_window, model_off, model_window = parts
         targets = (request, endpoint_window, provider_off, provider_window, model_off, model_window)
         if invalid:
             if self.strict:
                 raise _InvalidLabel
-            self._doubles = storage.doubles
+            self._doubles = self._storage.doubles
             self._doubles[self._fixed("dropped", ("invalid_label",))] += float(invalid)
         else:
-            if len(self._request_targets) >= MAX_CACHED_LABEL_SETS:
-                self._request_targets.clear()
-            self._request_targets[key] = targets
-        self._doubles = storage.doubles
+            self._front_cache.put(key, targets)
+        self._doubles = self._storage.doubles
         return targets
 
     def _add_bucket(self, base: int, index: int, mirror: list[Any]) -> Doubles:
@@ -477,6 +492,44 @@ class MetricsCollector(GatewayRecording, CustomMetrics, ConventionsRecording):
         mirror[4] = block
         mirror[3][index] = block + _BLOCK_ENTRIES + 1
         return d
+
+    def _cached_part(self, cache: BoundedCache, part: tuple[object, ...]) -> tuple[int, ...] | None:
+        """The offsets of one part of a request (None: its label is invalid), cached."""
+        try:
+            found = cache.entries.get(part)
+        except TypeError:  # an unhashable label value: resolved, not cached
+            return self._resolve_part(cache, part)
+        if found is None:
+            found = self._resolve_part(cache, part)
+            if found is not None:
+                cache.put(part, found)
+        return found
+
+    def _resolve_part(self, cache: BoundedCache, part: tuple[object, ...]) -> tuple[int, int] | None:
+        """Admit one part's label and find or allocate its record and window."""
+        storage = self._storage
+        if part[0] is None and (cache is not self._route_cache or part[1] is None):
+            return _NO_PART  # no provider, no model, or a provider call (no HTTP request)
+        outcome = (str(part[-2]), "1" if part[-1] else "0")
+        if cache is self._route_cache:
+            endpoint_label = self._admit_part("endpoint", part[0])
+            method_value = method_label(part[1])
+            if endpoint_label is None or method_value is None:
+                return None
+            return (
+                storage.offset("request", (endpoint_label, method_value, *outcome)),
+                storage.offset("endpoint_window", (endpoint_label,)),
+            )
+        name = "provider" if cache is self._provider_cache else "model"
+        label = self._admit_part(name, part[0])
+        if label is None:
+            return None
+        return storage.offset(name, (label, *outcome)), storage.offset(f"{name}_window", (label,))
+
+    def _clear_label_caches(self) -> None:
+        """Forget every cached resolution (offsets change with a new file)."""
+        for cache in (self._front_cache, self._route_cache, self._provider_cache, self._model_cache):
+            cache.clear()
 
     def _admit_part(self, name: str, raw: object) -> str | None:
         """``_admit``, with None for a value that cannot be a label (call under the lock)."""
@@ -566,6 +619,28 @@ class MetricsCollector(GatewayRecording, CustomMetrics, ConventionsRecording):
         except Exception as exc:
             self._internal_error(exc)
 
+    def _add_tenant(
+        self, kind: str, tenant: Tenant, extra: tuple[str, ...], increments: tuple[tuple[int, float], ...]
+    ) -> None:
+        """Add to ``kind``'s record of ``tenant``: each label given is admitted like any
+        label (caps, allowlists, ``other``), one not given is ""."""
+        try:
+            with self._lock:
+                self._writable()
+                labelled = zip(TENANT_LABELS, tenant, strict=True)
+                values = tuple("" if raw is None else self._admit(name, raw) for name, raw in labelled)
+                o = self._fixed(kind, (*values, *extra))
+                d = self._doubles
+                for index, amount in increments:
+                    if amount:
+                        d[o + index] += amount
+        except _InvalidLabel:
+            self._drop("invalid_label")
+        except StorageUnavailable:
+            self._drop("storage_unavailable")
+        except Exception as exc:
+            self._internal_error(exc)
+
     def add_in_flight(self, delta: int) -> None:
         """Track requests being served by this process (``http_requests_in_flight``).
 
@@ -624,7 +699,7 @@ class MetricsCollector(GatewayRecording, CustomMetrics, ConventionsRecording):
         d = self._storage.writable()
         self._epoch_words = self._storage.control.words  # re-created if the directory was
         if self._storage.generation != self._generation:
-            self._request_targets.clear()
+            self._clear_label_caches()
             self._in_flight_offset = -1
             self._generation = self._storage.generation
             if self.auto_compact:
@@ -796,7 +871,7 @@ class MetricsCollector(GatewayRecording, CustomMetrics, ConventionsRecording):
         self._storage.after_fork_in_child()
         self._doubles = _NO_FILE
         self._file_epoch = -1
-        self._request_targets.clear()
+        self._clear_label_caches()
         self._slot_extremes.clear()
         self._unrecorded.clear()
         self._in_flight = 0  # the parent's requests are not ours
@@ -805,6 +880,10 @@ class MetricsCollector(GatewayRecording, CustomMetrics, ConventionsRecording):
 
 class _InvalidLabel(Exception):
     pass
+
+
+_NO_PART = (-1, -1)
+"""Offsets of a part a request does not have (e.g. no provider)."""
 
 
 def _archive_limits(guard: LabelGuard) -> dict[str, int]:

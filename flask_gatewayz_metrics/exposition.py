@@ -30,6 +30,7 @@ from .custom_families import CustomFamily
 from .default_registry import DefaultRegistry
 from .exposition_gateway import cumulative, gateway_families
 from .exposition_semconv import semconv_families
+from .exposition_tenants import tenant_families
 from .snapshot import Snapshot, Totals
 from .storage import Merged, WindowStats, layout
 
@@ -133,7 +134,10 @@ def families(snap: Snapshot) -> list[Metric]:
     )
     files.add_metric(["live"], snap.live_files)
     files.add_metric(["dead"], snap.worker_files - snap.live_files)
-    return [*out, *gateway_families(snap), uptime, dropped, storage_errors, files, *semconv_families(snap)]
+    return [
+        *out, *gateway_families(snap), *tenant_families(snap), uptime, dropped, storage_errors, files,
+        *semconv_families(snap),
+    ]  # fmt: skip
 
 
 def custom_family(custom: CustomFamily) -> Metric:
@@ -160,7 +164,7 @@ def our_sample_names() -> frozenset[str]:
     """Every family and sample name we serve (custom metrics may not take them)."""
     empty = Snapshot(Merged(), 0.0, 0.0, 0.0, 500, 0, 0)
     names: set[str] = set()
-    for family in families(empty):
+    for family in [*families(empty), *tenant_families(empty, empty_too=True)]:
         names.add(family.name)
         suffixes = {
             "counter": ("_total", "_created"), "histogram": ("_bucket", "_sum", "_count", "_created"),

@@ -14,7 +14,10 @@ from collections.abc import Iterable, Mapping
 
 MAX_LABEL_LENGTH = 200
 OVERFLOW_VALUE = "other"
-DEFAULT_LIMITS: dict[str, int] = {"endpoint": 1000, "provider": 50, "model": 200, "service": 50}
+DEFAULT_LIMITS: dict[str, int] = {
+    "endpoint": 1000, "provider": 50, "model": 200, "service": 50,
+    "team": 100, "api_key": 1000, "user": 1000,
+}  # fmt: skip
 """Distinct values per label and process before new ones collapse into ``other``."""
 MAX_REMEMBERED_OVERFLOWS = 10_000
 """Refused values remembered per label so each is counted once (memory stays bounded)."""

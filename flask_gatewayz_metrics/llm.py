@@ -97,6 +97,9 @@ class GatewayRecording:
             self._add("tokens", labels, ((0, count), (bucket, 1.0)))
         if cost is not None:
             self._add("cost", (("provider", provider), ("model", model)), ((0, cost),))
+        state = current_request.get()
+        if state is not None and state.tenant is not None and state.collector is self:
+            self.record_tenant_usage(state.tenant, counts, cost)
         return None
 
     def _priced(self, model: str, counts: list[float]) -> float | None:

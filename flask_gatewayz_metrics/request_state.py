@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from .collector import MetricsCollector
+    from .tenants import Tenant
 
 
 class RequestState:
@@ -31,6 +32,7 @@ class RequestState:
         "provider",
         "provider_recorded",
         "start",
+        "tenant",
         "trace_id",
     )  # fmt: skip
 
@@ -53,6 +55,9 @@ class RequestState:
         self.output_tokens = 0.0
         """Output tokens the request's ``record_tokens`` calls reported (for
         gen_ai.server.time_per_output_token)."""
+        """From an incoming W3C ``traceparent``: becomes the latency bucket's exemplar."""
+        self.tenant: Tenant | None = None
+        """Team, API key label (hashed) and user, from ``label_request`` (see ``tenants``)."""
 
 
 current_request: ContextVar[RequestState | None] = ContextVar(
@@ -60,14 +65,25 @@ current_request: ContextVar[RequestState | None] = ContextVar(
 )
 
 
-def label_request(provider: str | None = None, model: str | None = None) -> bool:
-    """Attach ``provider`` and/or ``model`` to the request being timed.
+def label_request(
+    provider: str | None = None,
+    model: str | None = None,
+    *,
+    team: str | None = None,
+    api_key: str | None = None,
+    user: str | None = None,
+    api_key_alias: str | None = None,
+) -> bool:
+    """Attach ``provider`` and/or ``model`` (and a tenant) to the request being timed.
 
     Works anywhere in the request's lifetime: in the view, in hooks and error handlers,
     and in a streamed body while the server iterates it. When the request ends, its
     latency and status are then also recorded under ``provider_*`` and ``model_*``
-    (and, for a streamed body, ``llm_stream_*``). Returns False (and does nothing)
-    outside a request timed by ``GatewayzMetrics``.
+    (and, for a streamed body, ``llm_stream_*``). ``team``, ``api_key`` and ``user``
+    make the request, its errors, tokens and cost count in ``gatewayz_tenant_*``; the
+    API key is hashed at once (or replaced by ``api_key_alias``) and never kept raw
+    (see ``tenants``). Returns False (and does nothing) outside a request timed by
+    ``GatewayzMetrics``.
     """
     state = current_request.get()
     if state is None:
@@ -76,4 +92,15 @@ def label_request(provider: str | None = None, model: str | None = None) -> bool
         state.provider = provider
     if model is not None:
         state.model = model
+    if team is not None or api_key is not None or user is not None or api_key_alias is not None:
+        metrics = getattr(state, "metrics", None)
+        settings = getattr(metrics, "settings", None)
+        old = state.tenant or (None, None, None)
+        new = state.collector.tenant(team, api_key, user, api_key_alias, getattr(settings, "tenant_hash_key", None))
+        if new is not None:
+            state.tenant = (
+                new[0] if team is not None else old[0],
+                new[1] if api_key is not None or api_key_alias is not None else old[1],
+                new[2] if user is not None else old[2],
+            )
     return True

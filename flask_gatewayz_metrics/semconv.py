@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import math
 from bisect import bisect_left
+from collections.abc import Hashable
 from typing import TYPE_CHECKING
 
 from .labels import as_number, method_label
@@ -138,7 +139,7 @@ class ConventionsRecording:
     def _internal_error(self, exc: Exception) -> None:
         raise NotImplementedError
 
-    _request_targets: dict[tuple[object, ...], tuple[int, ...]]
+    _request_targets: dict[Hashable, tuple[int, ...]]
     _conventions: dict[object, tuple[int, int]]
     """(kind, labels as given) -> offset of a GenAI record written outside the request
     path's own cache; valid for storage generation ``_conventions_generation`` only (a

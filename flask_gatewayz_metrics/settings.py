@@ -29,6 +29,7 @@ PREFIX = "GATEWAYZ_METRICS_"
 STORAGE_KEYS = (
     "dir", "window_seconds", "window_slots", "error_status", "strict",
     "label_limits", "allowed_providers", "allowed_models", "trusted_uids",
+    "allowed_teams",
 )
 """Settings that shape the collector: if any is given, the app gets its own collector."""
 SECRET_KEYS = (
@@ -69,6 +70,9 @@ class Settings:
     health_unhealthy_error_rate: float = 0.5
     prices: PriceTable | None = None
     otlp_endpoint: str | None = None
+    allowed_teams: str | Sequence[str] | None = None
+    tenant_headers: Mapping[str, str] | None = None
+    tenant_hash_key: str | None = None
 
     @classmethod
     def resolve(cls, config: Mapping[str, Any], options: Mapping[str, Any]) -> tuple[Settings, bool]:
@@ -102,7 +106,9 @@ class Settings:
     def allowed_labels(self) -> dict[str, list[str]]:
         """Allowlists by label name; a string is read as comma-separated values."""
         out = {}
-        for name, values in (("provider", self.allowed_providers), ("model", self.allowed_models)):
+        for name, values in (
+            ("provider", self.allowed_providers), ("model", self.allowed_models), ("team", self.allowed_teams),
+        ):  # fmt: skip
             if values is not None:
                 items = values.split(",") if isinstance(values, str) else list(values)
                 out[name] = [item.strip() for item in items if item.strip()]
@@ -284,6 +290,24 @@ def _http_url(value: Any) -> str | None:
     return value
 
 
+_HEADER_NAME = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]{1,100}")
+
+
+def _tenant_headers(value: Any) -> Mapping[str, str] | None:
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        raise TypeError
+    checked = {}
+    for label, header in value.items():
+        if not isinstance(label, str) or not isinstance(header, str):
+            raise TypeError
+        if label not in ("team", "api_key", "user") or not _HEADER_NAME.fullmatch(header):
+            raise ValueError(f"{label!r}: {header!r}")
+        checked[label] = header
+    return checked
+
+
 _CHECKS: dict[str, Callable[[Any], Any]] = {
     "dir": _path,
     "window_seconds": _number(0.0, 366 * 86400.0),
@@ -305,6 +329,9 @@ _CHECKS: dict[str, Callable[[Any], Any]] = {
     "health_unhealthy_error_rate": _number(0.0, 1.0),
     "prices": _prices,
     "otlp_endpoint": _http_url,
+    "allowed_teams": _label_values,
+    "tenant_headers": _tenant_headers,
+    "tenant_hash_key": _text(required=False),
     **{name: _text(required=False) for name in SECRET_KEYS},
 }
 _EXPECTED: dict[str, str] = {
@@ -329,5 +356,9 @@ _EXPECTED: dict[str, str] = {
     "prices": 'a dict (or the path of a JSON file) of model to USD per million tokens, '
     'e.g. {"gpt-4o": {"input": 2.5, "output": 10, "cached_input": 1.25}}',
     "otlp_endpoint": "an http:// or https:// URL of an OTLP/HTTP metrics receiver (e.g. http://localhost:4318/v1/metrics)",
+    "allowed_teams": "a list of str or a comma-separated str",
+    "tenant_headers": 'a dict of tenant label (team, api_key, user) to a request header name, '
+    'e.g. {"team": "X-Team", "api_key": "Authorization"}',
+    "tenant_hash_key": "a str (the key API keys are hashed with; or None)",
     **dict.fromkeys(SECRET_KEYS, "a str (or None)"),
 }

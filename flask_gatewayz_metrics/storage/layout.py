@@ -231,6 +231,11 @@ KINDS: dict[str, Kind] = {
     "gen_ai_server_duration": Kind(("operation", "provider", "model", "error_type"), len(GEN_AI_DURATION_BOUNDS) + 2),
     "gen_ai_first_token": Kind(("operation", "provider", "model"), len(GEN_AI_FIRST_TOKEN_BOUNDS) + 2),
     "gen_ai_per_output_token": Kind(("operation", "provider", "model"), len(GEN_AI_PER_TOKEN_BOUNDS) + 2),
+    # Tenants (``tenants``): labels team, api_key (hashed or an alias), user; "" = not given.
+    "tenant_request": Kind(("team", "api_key", "user", "status_class"), 2),  # requests, errors
+    "tenant_tokens": Kind(("team", "api_key", "user", "direction"), 1),
+    "tenant_cost": Kind(("team", "api_key", "user"), 1),
+    "budget": Kind(("team",), 2, merge="latest"),  # remaining USD, time set
     # Archive only: worker files folded into it, and bad files the compactor quarantined.
     "absorbed": Kind(("file",), 0),
     "storage_errors": Kind(("reason",), 1),

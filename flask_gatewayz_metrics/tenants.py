@@ -1,0 +1,223 @@
+"""Tenants: usage per team, API key and end user, and each team's remaining budget.
+
+A request carries a tenant through ``label_request(team=..., api_key=..., user=...)`` or,
+with the ``GATEWAYZ_METRICS_TENANT_HEADERS`` setting, request headers. Its requests,
+errors, tokens and cost are then also counted in the ``gatewayz_tenant_*`` families
+(their own families: the spec's stay exactly as they are). Each of the three labels is
+bounded like every other label: ``label_limits`` (defaults in ``labels.DEFAULT_LIMITS``)
+and allowlists (``allowed_teams``), values past them recorded as ``other``.
+
+An API key is never stored or exported raw: it becomes ``key-`` and the first 16 hex
+digits of HMAC-SHA256(hash key, API key), or a caller's alias (``api_key_alias``). The
+hash key is ``GATEWAYZ_METRICS_TENANT_HASH_KEY`` (setting or environment variable), else
+a random key kept in the metrics directory (``tenant.key``, mode 0600), which every
+process of a server shares; it changes (and so do the hashes) only when that directory
+is removed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import math
+import os
+import secrets
+import threading
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .collector import MetricsCollector
+    from .settings import Settings
+
+TENANT_LABELS = ("team", "api_key", "user")
+HASH_KEY_ENV = "GATEWAYZ_METRICS_TENANT_HASH_KEY"
+KEY_FILE = "tenant.key"
+KEY_BYTES = 32
+HASH_PREFIX = "key-"
+HASH_DIGITS = 16
+"""64 bits of the HMAC: collisions stay negligible at the 1,000 keys a worker admits."""
+MAX_HEADER_VALUE = 512
+"""Longest header value read as a tenant (longer ones are ignored, not truncated)."""
+
+Tenant = tuple[str | None, str | None, str | None]
+"""(team, API key label, user): raw team and user values, the key already hashed or aliased."""
+
+
+def hash_api_key(api_key: str, key: bytes) -> str:
+    """The exported form of an API key: a keyed hash prefix, never the key itself."""
+    digest = hmac.new(key, api_key.encode("utf-8", "surrogatepass"), hashlib.sha256).hexdigest()
+    return HASH_PREFIX + digest[:HASH_DIGITS]
+
+
+_key_lock = threading.Lock()
+
+
+def directory_key(directory: str) -> bytes:
+    """The hash key kept in the metrics directory, created (atomically, 0600) if missing.
+
+    Every process of a server uses the same directory, so the same key: the first to
+    link its new file in wins, the others read it.
+    """
+    path = os.path.join(directory, KEY_FILE)
+    with _key_lock:
+        for _ in range(3):
+            key = _read_key(path)
+            if key is not None:
+                return key
+            temp = os.path.join(directory, f".{KEY_FILE}.{os.getpid()}.{secrets.token_hex(4)}")
+            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            try:
+                os.write(fd, secrets.token_bytes(KEY_BYTES))
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            try:
+                os.link(temp, path)  # fails if another process made it first: then read theirs
+            except FileExistsError:
+                pass
+            finally:
+                os.unlink(temp)
+    raise OSError(f"cannot read or create the tenant hash key {path!r}")
+
+
+def _read_key(path: str) -> bytes | None:
+    """The key in ``path`` if it is a regular file of exactly ``KEY_BYTES`` bytes."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        return None
+    try:
+        data = os.read(fd, KEY_BYTES + 1)
+    finally:
+        os.close(fd)
+    if len(data) != KEY_BYTES:
+        os.unlink(path)  # truncated or foreign: replace it (workers then agree on the new one)
+        return None
+    return data
+
+
+def header_keys(headers: Mapping[str, str] | None) -> tuple[tuple[str, str], ...]:
+    """(label, WSGI environ key) pairs for the tenant headers setting."""
+    if not headers:
+        return ()
+    return tuple((label, "HTTP_" + name.upper().replace("-", "_")) for label, name in headers.items())
+
+
+def from_environ(environ: Mapping[str, Any], keys: tuple[tuple[str, str], ...]) -> dict[str, str]:
+    """The tenant labels found in the request's headers (bounded, strings only)."""
+    found = {}
+    for label, key in keys:
+        value = environ.get(key)
+        if isinstance(value, str) and 0 < len(value) <= MAX_HEADER_VALUE:
+            value = value.strip()
+            if value.lower().startswith("bearer ") and label == "api_key":
+                value = value[7:].strip()  # an Authorization header: the key is the token
+            if value:
+                found[label] = value
+    return found
+
+
+def tenant_from_headers(environ: Mapping[str, Any], settings: Settings, collector: MetricsCollector) -> Tenant | None:
+    """The tenant the request's headers name (``tenant_headers`` setting), if any; never
+    raises (runs in every request)."""
+    try:
+        found = from_environ(environ, header_keys(settings.tenant_headers))
+        if not found:
+            return None
+        hash_key = settings.tenant_hash_key
+        return collector.tenant(found.get("team"), found.get("api_key"), found.get("user"), None, hash_key)
+    except Exception:  # metrics never break the application
+        return None
+
+
+class TenantRecording:
+    """Tenant methods of ``MetricsCollector`` (which provides ``_add_tenant`` and ``_add``)."""
+
+    directory: str
+    error_status: int
+    tenant_hash_key: str | None = None
+    """The API-key hash key (the ``tenant_hash_key`` setting); None: the environment
+    variable, else the metrics directory's key."""
+    _tenant_key: tuple[str | None, bytes] | None = None
+
+    def _add_tenant(
+        self, kind: str, tenant: Tenant, extra: tuple[str, ...], increments: tuple[tuple[int, float], ...]
+    ) -> None:
+        raise NotImplementedError
+
+    def _add(
+        self,
+        kind: str,
+        labels: tuple[tuple[str, object], ...],
+        increments: tuple[tuple[int, float], ...],
+        latest: tuple[float, ...] | None = None,
+    ) -> None:
+        raise NotImplementedError
+
+    def _drop(self, reason: str) -> None:
+        raise NotImplementedError
+
+    def _hash_key(self, configured: str | None) -> bytes:
+        configured = configured or self.tenant_hash_key or os.environ.get(HASH_KEY_ENV) or None
+        cached = self._tenant_key
+        if cached is not None and cached[0] == configured:
+            return cached[1]
+        key = configured.encode("utf-8") if configured else directory_key(self.directory)
+        self._tenant_key = (configured, key)
+        return key
+
+    def tenant(
+        self,
+        team: object = None,
+        api_key: object = None,
+        user: object = None,
+        api_key_alias: object = None,
+        hash_key: str | None = None,
+    ) -> Tenant | None:
+        """The tenant to record for these raw values (None when none is given).
+
+        ``api_key`` is hashed here (or replaced by ``api_key_alias``): only the label
+        leaves this call. Values that are not strings are kept as given, and dropped as
+        invalid labels when recorded.
+        """
+        key_label: object = None
+        if isinstance(api_key_alias, str) and api_key_alias:
+            key_label = api_key_alias
+        elif isinstance(api_key, str) and api_key:
+            try:
+                key_label = hash_api_key(api_key, self._hash_key(hash_key))
+            except OSError:
+                key_label = None  # no key to hash with: the key is left out, never kept raw
+        elif api_key is not None:
+            key_label = ""  # not a usable key: recorded as an invalid label, never raw
+        if team is None and key_label is None and user is None:
+            return None
+        return (team, key_label, user)  # type: ignore[return-value]
+
+    def record_tenant_request(self, tenant: Tenant, status: int, failed: bool = False) -> None:
+        """Count one request of ``tenant`` (``gatewayz_tenant_requests_total`` / ``_errors_total``)."""
+        if status.__class__ is not int or not 100 <= status <= 599:
+            return self._drop("invalid_status")
+        error = 1.0 if failed or status >= self.error_status else 0.0
+        self._add_tenant("tenant_request", tenant, (f"{status // 100}xx",), ((0, 1.0), (1, error)))
+        return None
+
+    def record_tenant_usage(self, tenant: Tenant, counts: list[float], cost: float | None) -> None:
+        """Add one LLM call's tokens (input, output, cached input) and cost to ``tenant``."""
+        for direction, count in zip(("input", "output", "cached_input"), counts, strict=True):
+            if count:
+                self._add_tenant("tenant_tokens", tenant, (direction,), ((0, count),))
+        if cost:
+            self._add_tenant("tenant_cost", tenant, (), ((0, cost),))
+
+    def set_budget_remaining(self, team: str, remaining_usd: float) -> None:
+        """Report the budget ``team`` has left in US dollars (``llm_budget_remaining_usd``;
+        the latest value set by any process wins). Negative values are kept: overspent."""
+        if isinstance(remaining_usd, bool) or not isinstance(remaining_usd, (int, float)):
+            return self._drop("invalid_value")
+        value = float(remaining_usd)
+        if not math.isfinite(value):
+            return self._drop("invalid_value")
+        self._add("budget", (("team", team),), (), latest=(value,))
+        return None
