@@ -15,10 +15,12 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from typing import Any, TypeVar
 
 from flask import Flask, Response
 from prometheus_client import REGISTRY, CollectorRegistry, multiprocess
+from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 from werkzeug.wsgi import ClosingIterator
 
@@ -30,6 +32,7 @@ from .llm import trace_id_of
 from .otlp import OtlpExporter, families_of, otlp_config
 from .request_state import current_request
 from .settings import Settings
+from .static_labels import check_no_clash
 from .views import BLUEPRINT_NAME, create_blueprint
 
 EXTENSION_KEY = "gatewayz_metrics"
@@ -47,7 +50,11 @@ class AppMetrics:
         self.collector = collector
         self.excluded_views = excluded_views if excluded_views is not None else set()
         """View functions marked with ``GatewayzMetrics.exclude`` (shared by its apps)."""
-        self.exporter = PrometheusExporter(collector, app_metrics_source() if settings.include_app_metrics else None)
+        self.exporter = PrometheusExporter(
+            collector, app_metrics_source() if settings.include_app_metrics else None, settings.static_labels
+        )
+        if settings.static_labels:
+            check_no_clash(settings.static_labels, startup_families(self.exporter))
         self.unmatched = settings.unmatched_endpoint
         self.app: Flask | None = None
 
@@ -138,6 +145,15 @@ def app_metrics_source() -> Collector:
     return DefaultRegistry(REGISTRY)
 
 
+def startup_families(exporter: PrometheusExporter) -> list[Metric]:
+    """Every family a scrape serves now (ours are served, with their label names, even
+    before they have data), for the static-label clash check."""
+    try:
+        return list(exporter.collect())
+    except Exception:  # an unreadable directory now must not stop the app from starting
+        return []
+
+
 class GatewayzMetrics:
     """Flask extension: ``GatewayzMetrics(app)`` or ``metrics.init_app(app)`` in a factory.
 
@@ -194,6 +210,8 @@ class GatewayzMetrics:
         app.wsgi_app = state.wrap(app.wsgi_app, app)  # type: ignore[method-assign,assignment]
         app.after_request(state.after_request)
         otlp = otlp_config(settings.otlp_endpoint)
+        if otlp is not None and settings.static_labels:  # the same pairs as resource attributes
+            otlp = replace(otlp, resource={**otlp.resource, **settings.static_labels})
         if otlp is not None:  # each worker starts its export thread on its first request
             app.before_request(OtlpExporter(otlp, families_of(state.exporter), collector.directory).ensure_running)
 
