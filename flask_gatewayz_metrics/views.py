@@ -69,7 +69,8 @@ def create_blueprint(metrics: AppMetrics) -> Blueprint:
     @bp.get("/health")
     @guarded(scrape_auth, metrics.settings.auth_check)
     def health() -> tuple[Response, int]:
-        report, status = health_report(metrics.collector.snapshot(), metrics.settings)
+        port_reasons = metrics.port.health_reasons() if metrics.port is not None else []
+        report, status = health_report(metrics.collector.snapshot(), metrics.settings, port_reasons)
         return jsonify(report), status
 
     @bp.post("/reset")
