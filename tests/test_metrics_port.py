@@ -155,6 +155,16 @@ def worker_pids(master: int) -> set[int]:
     return {int(pid) for pid in Path(f"/proc/{master}/task/{master}/children").read_text().split()}
 
 
+def wait_for_workers(master: int, count: int) -> set[int]:
+    """The master's worker pids once it has ``count`` (the server is ready when the first one is)."""
+    deadline = time.monotonic() + 60
+    while len(worker_pids(master)) != count and time.monotonic() < deadline:
+        time.sleep(0.1)
+    workers = worker_pids(master)
+    assert len(workers) == count, workers
+    return workers
+
+
 def totals(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     """The counters of one scrape (gauges such as uptime move between two scrapes)."""
     return {key: value for key, value in scrape(url).items() if key[0].endswith("_total")}
@@ -179,8 +189,8 @@ def test_gunicorn_three_workers_one_listener_same_numbers_takeover_after_sigkill
     port_url = f"http://127.0.0.1:{metrics_port}"
     try:
         holder = wait_for_listener(metrics_port, None, 10 * RETRY_SECONDS)
-        workers = worker_pids(server.process.pid)
-        assert len(workers) == 3 and holder in workers, (holder, workers, server.process.pid)
+        workers = wait_for_workers(server.process.pid, 3)
+        assert holder in workers, (holder, workers, server.process.pid)
         sent = 30
         statuses = send_concurrently(server.url, [("POST", "/api/chat", {"message": "hi"})] * sent, 4, 120)
         assert statuses[200] == sent, statuses
@@ -211,7 +221,7 @@ def test_gunicorn_preload_serves_from_a_worker_not_the_master(tmp_path: Path) ->
     server = start_gateway(tmp_path, "preload", "--preload", workers=2, GATEWAYZ_METRICS_PORT=str(metrics_port))
     try:
         holder = wait_for_listener(metrics_port, None, 10 * RETRY_SECONDS)  # before any request
-        assert holder in worker_pids(server.process.pid) and holder != server.process.pid
+        assert holder in wait_for_workers(server.process.pid, 2) and holder != server.process.pid
         assert http("GET", f"http://127.0.0.1:{metrics_port}/metrics")[0] == 200
     finally:
         stop(server.process)
