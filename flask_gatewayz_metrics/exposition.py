@@ -10,7 +10,7 @@ metrics (filtered by ``default_registry`` when the server is multi-process).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +32,7 @@ from .exposition_gateway import cumulative, gateway_families
 from .exposition_semconv import semconv_families
 from .exposition_tenants import tenant_families
 from .snapshot import Snapshot, Totals
+from .static_labels import StaticLabels
 from .storage import Merged, WindowStats, layout
 
 if TYPE_CHECKING:
@@ -57,11 +58,17 @@ class PrometheusExporter(Collector):
     output; a family whose name is one of ours is left out, so nothing appears twice.
     """
 
-    def __init__(self, collector: MetricsCollector, app_metrics: Collector | None = None) -> None:
+    def __init__(
+        self,
+        collector: MetricsCollector,
+        app_metrics: Collector | None = None,
+        static_labels: Mapping[str, str] | None = None,
+    ) -> None:
         self.collector = collector
         self.app_metrics = app_metrics
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(self)
+        # Static labels wrap the whole of collect(): every family served gets them.
+        self.registry.register(StaticLabels(self, static_labels) if static_labels else self)
 
     def collect(self) -> Iterator[Metric]:
         snap = self.collector.snapshot()

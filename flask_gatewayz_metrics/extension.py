@@ -15,10 +15,12 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from typing import Any, TypeVar
 
 from flask import Flask, Response
 from prometheus_client import REGISTRY, CollectorRegistry, multiprocess
+from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 from werkzeug.wsgi import ClosingIterator
 
@@ -27,9 +29,11 @@ from .collector import MetricsCollector, collector_for_app
 from .default_registry import DefaultRegistry
 from .exposition import PrometheusExporter
 from .llm import trace_id_of
+from .metrics_port import MetricsPort
 from .otlp import OtlpExporter, families_of, otlp_config
 from .request_state import current_request
 from .settings import Settings
+from .static_labels import check_no_clash
 from .views import BLUEPRINT_NAME, create_blueprint
 
 EXTENSION_KEY = "gatewayz_metrics"
@@ -47,9 +51,15 @@ class AppMetrics:
         self.collector = collector
         self.excluded_views = excluded_views if excluded_views is not None else set()
         """View functions marked with ``GatewayzMetrics.exclude`` (shared by its apps)."""
-        self.exporter = PrometheusExporter(collector, app_metrics_source() if settings.include_app_metrics else None)
+        self.exporter = PrometheusExporter(
+            collector, app_metrics_source() if settings.include_app_metrics else None, settings.static_labels
+        )
+        if settings.static_labels:
+            check_no_clash(settings.static_labels, startup_families(self.exporter))
         self.unmatched = settings.unmatched_endpoint
         self.app: Flask | None = None
+        self.port: MetricsPort | None = None
+        """The separate metrics port (``GATEWAYZ_METRICS_PORT``), if configured."""
 
     def own_route_rule(self, app: Flask) -> tuple[str | tuple[()], frozenset[str], tuple[str, ...]]:
         """The one rule for "a request to our own routes", used for recording and in-flight
@@ -138,6 +148,27 @@ def app_metrics_source() -> Collector:
     return DefaultRegistry(REGISTRY)
 
 
+def metrics_path_rule(app: Flask, url_prefix: str) -> Callable[[str], bool]:
+    """Whether a path is one of the metrics routes: under the URL prefix, or (prefix "/")
+    one of the metrics blueprint's routes."""
+    prefix = url_prefix.rstrip("/")
+    if prefix:
+        return lambda path: path == prefix or path.startswith(prefix + "/")
+    ours = [r.rule for r in app.url_map.iter_rules() if r.endpoint.startswith(BLUEPRINT_NAME + ".")]
+    exact = frozenset(r for r in ours if "<" not in r)
+    heads = tuple(r.split("<", 1)[0] for r in ours if "<" in r)
+    return lambda path: path in exact or path.startswith(heads)
+
+
+def startup_families(exporter: PrometheusExporter) -> list[Metric]:
+    """Every family a scrape serves now (ours are served, with their label names, even
+    before they have data), for the static-label clash check."""
+    try:
+        return list(exporter.collect())
+    except Exception:  # an unreadable directory now must not stop the app from starting
+        return []
+
+
 class GatewayzMetrics:
     """Flask extension: ``GatewayzMetrics(app)`` or ``metrics.init_app(app)`` in a factory.
 
@@ -193,7 +224,16 @@ class GatewayzMetrics:
         app.register_blueprint(create_blueprint(state), url_prefix=settings.url_prefix)
         app.wsgi_app = state.wrap(app.wsgi_app, app)  # type: ignore[method-assign,assignment]
         app.after_request(state.after_request)
+        if settings.port is not None:
+            port = MetricsPort(app, metrics_path_rule(app, settings.url_prefix), settings.port_address, settings.port,
+                               collector.directory)  # fmt: skip
+            state.port = port
+            port.start_at_boot()
+            if port.deferred:  # a worker forked without at-fork hooks (uWSGI) starts it on its first request
+                app.before_request(port.before_request)
         otlp = otlp_config(settings.otlp_endpoint)
+        if otlp is not None and settings.static_labels:  # the same pairs as resource attributes
+            otlp = replace(otlp, resource={**otlp.resource, **settings.static_labels})
         if otlp is not None:  # each worker starts its export thread on its first request
             app.before_request(OtlpExporter(otlp, families_of(state.exporter), collector.directory).ensure_running)
 

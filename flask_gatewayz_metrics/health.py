@@ -10,12 +10,14 @@
   the server is multi-process (see ``default_registry``), or the configured OTLP export
   fails, is stalled or lacks its extra (see ``otlp``),
   or the server looks multi-process but the metrics directory is private to one
-  process (each scrape would show one process's numbers).
+  process (each scrape would show one process's numbers), or the separate metrics port
+  (``GATEWAYZ_METRICS_PORT``) cannot be listened on (see ``metrics_port``).
 - ``healthy`` (HTTP 200) otherwise.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from .default_registry import withheld_reason
@@ -26,7 +28,9 @@ from .snapshot import Snapshot
 _UNTRUSTED = ("untrusted_owner", "not_regular_file", "symlink")
 
 
-def health_report(snap: Snapshot, settings: Settings) -> tuple[dict[str, Any], int]:
+def health_report(snap: Snapshot, settings: Settings, extra: Sequence[str] = ()) -> tuple[dict[str, Any], int]:
+    """The report and its HTTP status; ``extra`` are further reasons to be ``degraded``
+    (e.g. the metrics port cannot be served)."""
     window = snap.request_window()
     error_rate = window.error_rate
     reasons = []
@@ -50,6 +54,7 @@ def health_report(snap: Snapshot, settings: Settings) -> tuple[dict[str, Any], i
         if withheld:
             reasons.append(withheld)
         reasons += health_reasons(snap.otlp, snap.taken_at)
+        reasons += extra
         if snap.location and snap.location.get("warning"):
             reasons.append(str(snap.location["warning"]))
         if reasons:

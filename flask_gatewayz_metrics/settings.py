@@ -5,8 +5,9 @@ Precedence, highest first:
 1. the app's config (``app.config["GATEWAYZ_METRICS_WINDOW_SECONDS"] = 60``);
 2. keyword arguments of ``GatewayzMetrics`` (the lower-case key without the prefix,
    e.g. ``window_seconds=60``);
-3. for secrets only (``SECRET_KEYS``), environment variables of the same prefixed name,
-   so credentials stay out of code, config files and the process list;
+3. for secrets (``SECRET_KEYS``) and per-deployment keys (``ENV_KEYS``), environment
+   variables of the same prefixed name, so credentials stay out of code, config files
+   and the process list;
 4. the defaults of ``Settings``.
 
 Every value is type-checked when it is read (``init_app`` time), and a wrong one raises
@@ -24,6 +25,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from .prices import PriceTable, load_prices
+from .static_labels import parse_static_labels
 
 PREFIX = "GATEWAYZ_METRICS_"
 STORAGE_KEYS = (
@@ -37,6 +39,10 @@ SECRET_KEYS = (
     "auth_username", "auth_password", "auth_password_file",
 )
 """Settings that may also come from environment variables of the same (prefixed) name."""
+ENV_KEYS = ("static_labels", "port", "port_address")
+"""Non-secret settings that may also come from environment variables (a deployment sets
+them per server): ``GATEWAYZ_METRICS_STATIC_LABELS=region=eu-west-1,cluster=c1``,
+``GATEWAYZ_METRICS_PORT=9100``, ``GATEWAYZ_METRICS_PORT_ADDRESS=0.0.0.0``."""
 
 
 @dataclass(frozen=True)
@@ -73,6 +79,9 @@ class Settings:
     allowed_teams: str | Sequence[str] | None = None
     tenant_headers: Mapping[str, str] | None = None
     tenant_hash_key: str | None = None
+    static_labels: Mapping[str, str] | None = None
+    port: int | None = None
+    port_address: str = "127.0.0.1"
 
     @classmethod
     def resolve(cls, config: Mapping[str, Any], options: Mapping[str, Any]) -> tuple[Settings, bool]:
@@ -94,6 +103,8 @@ class Settings:
                 values[name] = check(name, options[name], f"GatewayzMetrics({name}=...)")
             elif name in SECRET_KEYS and os.environ.get(key):
                 values[name] = os.environ[key]
+            elif name in ENV_KEYS and os.environ.get(key, "").strip():
+                values[name] = check(name, os.environ[key].strip(), f"environment variable {key}")
         custom_storage = any(values.get(name) is not None for name in STORAGE_KEYS)
         settings = cls(**values)
         if settings.health_degraded_error_rate > settings.health_unhealthy_error_rate:
@@ -280,6 +291,24 @@ def _prices(value: Any) -> PriceTable | None:
     return None if value is None else load_prices(value)
 
 
+def _static_labels(value: Any) -> Mapping[str, str] | None:
+    return None if value is None else parse_static_labels(value) or None
+
+
+def _port(value: Any) -> int | None:
+    if isinstance(value, str) and value.isdigit() and len(value) <= 5:  # from the environment
+        value = int(value)
+    return None if value is None else _integer(1, 65535)(value)
+
+
+def _address(value: Any) -> str:
+    if not isinstance(value, str):
+        raise TypeError
+    if not value or len(value) > 255 or any(c.isspace() or c in "/[]" for c in value):
+        raise ValueError
+    return value
+
+
 def _http_url(value: Any) -> str | None:
     if value is None:
         return None
@@ -332,6 +361,9 @@ _CHECKS: dict[str, Callable[[Any], Any]] = {
     "allowed_teams": _label_values,
     "tenant_headers": _tenant_headers,
     "tenant_hash_key": _text(required=False),
+    "static_labels": _static_labels,
+    "port": _port,
+    "port_address": _address,
     **{name: _text(required=False) for name in SECRET_KEYS},
 }
 _EXPECTED: dict[str, str] = {
@@ -360,5 +392,9 @@ _EXPECTED: dict[str, str] = {
     "tenant_headers": 'a dict of tenant label (team, api_key, user) to a request header name, '
     'e.g. {"team": "X-Team", "api_key": "Authorization"}',
     "tenant_hash_key": "a str (the key API keys are hashed with; or None)",
+    "static_labels": 'a dict of label name to value, or "name=value,name=value" (percent-encoded values), '
+    "with Prometheus label names (not le, quantile, job, instance) and values of 1-256 characters",
+    "port": "an int TCP port (1-65535) for a separate metrics listener, or None",
+    "port_address": "a host name or IP address (no brackets) for the metrics port to bind, e.g. '127.0.0.1' or '::'",
     **dict.fromkeys(SECRET_KEYS, "a str (or None)"),
 }

@@ -46,6 +46,8 @@ def create_blueprint(metrics: AppMetrics) -> Blueprint:
     @guarded(scrape_auth, metrics.settings.auth_check)
     def as_json() -> Response:
         document = metrics.collector.to_dict()
+        if metrics.settings.static_labels:
+            document["static_labels"] = dict(metrics.settings.static_labels)
         if request.args.get("history", "0") not in ("", "0", "false"):
             document["history"] = metrics.collector.history().to_dict()
         return jsonify(document)
@@ -67,7 +69,8 @@ def create_blueprint(metrics: AppMetrics) -> Blueprint:
     @bp.get("/health")
     @guarded(scrape_auth, metrics.settings.auth_check)
     def health() -> tuple[Response, int]:
-        report, status = health_report(metrics.collector.snapshot(), metrics.settings)
+        port_reasons = metrics.port.health_reasons() if metrics.port is not None else []
+        report, status = health_report(metrics.collector.snapshot(), metrics.settings, port_reasons)
         return jsonify(report), status
 
     @bp.post("/reset")

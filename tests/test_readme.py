@@ -31,6 +31,10 @@ EXAMPLE_URL = "http://127.0.0.1:8000"
 RUN_ELSEWHERE = {
     "bash scripts/test.sh": "it is the command that runs this test (CI runs exactly it)",
     "python -m pytest tests/test_prometheus.py -q": "that test module runs in the same suite as this test",
+    # The wheel commands install into an environment: tests/test_wheel.py runs them in a fresh venv.
+    "python3 -m pip wheel --no-deps -w dist .": "tests/test_wheel.py builds the wheel (in a copy of the repository)",
+    'python3 -m pip install "$(ls dist/flask_gatewayz_metrics-*.whl)[example]"': "tests/test_wheel.py, fresh venv",
+    "python3 -m example_app": "tests/test_wheel.py runs it from the wheel alone, outside the repository",
 }
 
 

@@ -1,0 +1,294 @@
+"""A separate metrics port (``GATEWAYZ_METRICS_PORT``), served by one process per server.
+
+Every process of the server runs a small daemon thread. Each few seconds
+(``RETRY_SECONDS``) a thread that does not serve tries a non-blocking ``flock`` on
+``port.lock`` in the metrics directory; the one that gets it binds
+``GATEWAYZ_METRICS_PORT_ADDRESS:GATEWAYZ_METRICS_PORT`` and serves the metrics routes
+(everything under the URL prefix, with the same authentication) from its own thread,
+reading the merged directory like any scrape, so the numbers are the server's, never one
+worker's. When that process dies, even by SIGKILL, the kernel drops its lock and its
+socket, and another process takes over within ``RETRY_SECONDS``. The lock, not the bind,
+elects the server: so a port held by another program is told apart from one served by a
+sibling, retried by the lock holder, and reported by ``/metrics/health`` of every
+worker (``port.status.json``); the application itself is never affected.
+
+Threads do not survive a fork, so the thread starts where the app is loaded, unless
+that is a pre-fork master (gunicorn ``--preload``, uWSGI without ``lazy-apps``): there
+it starts in each forked child (at-fork hook, which gunicorn runs) or at a worker's
+first request (uWSGI forks without the hooks). The server is stdlib ``wsgiref``, one
+request at a time with a socket timeout, so a slow or hostile client holds at most
+this thread, never an application request.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import socket
+import sys
+import threading
+import weakref
+from collections.abc import Callable, Iterable
+from types import FrameType
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
+
+log = logging.getLogger("flask_gatewayz_metrics")
+LOCK_NAME = "port.lock"
+STATUS_NAME = "port.status.json"
+RETRY_SECONDS = 2.0
+"""How often a process that does not serve the port tries to take it over."""
+CLIENT_TIMEOUT_SECONDS = 10.0
+MAX_STATUS_BYTES = 4096
+WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+
+
+class _Handler(WSGIRequestHandler):
+    timeout = CLIENT_TIMEOUT_SECONDS  # a client that sends nothing is dropped
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # scrapes are not worth a log line each
+
+
+class _Server(WSGIServer):
+    def __init__(self, address: tuple[str, int], family: socket.AddressFamily) -> None:
+        self.address_family = family
+        super().__init__(address, _Handler)
+
+
+class MetricsPort:
+    """The port thread of one process, elected through ``port.lock`` in ``directory``."""
+
+    def __init__(self, app: WSGIApp, is_metrics_path: Callable[[str], bool], address: str, port: int,
+                 directory: str) -> None:  # fmt: skip
+        self.app = app
+        self.is_metrics_path = is_metrics_path
+        self.address = address
+        self.port = port
+        self.directory = directory
+        self.deferred = False
+        """Loaded in a pre-fork master: the thread starts in the forked workers instead."""
+        self._pid = -1
+        self._start_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock_fd = -1
+        self._server: _Server | None = None
+        self._error: str | None = None
+        weak = weakref.ref(self)
+
+        def after_fork_in_child() -> None:
+            port = weak()
+            if port is not None:
+                port._after_fork_in_child()
+
+        os.register_at_fork(after_in_child=after_fork_in_child)
+
+    @property
+    def shown(self) -> str:
+        return f"[{self.address}]:{self.port}" if ":" in self.address else f"{self.address}:{self.port}"
+
+    def start_at_boot(self) -> None:
+        """Start now, or, in a pre-fork master, mark the thread for the forked workers."""
+        if pre_fork_master():
+            self.deferred = True
+            return
+        self.ensure_running()
+
+    def ensure_running(self) -> None:
+        """Start this process's thread if it has none (cheap: a pid comparison)."""
+        if self._pid == os.getpid():
+            return
+        with self._start_lock:
+            if self._pid == os.getpid():
+                return
+            self._forget_parent()
+            self._pid = os.getpid()
+            self._stop = threading.Event()
+            self._thread = threading.Thread(target=self._run, name="gatewayz-metrics-port", daemon=True)
+            self._thread.start()
+
+    def before_request(self) -> None:
+        """Flask hook, registered when deferred: start in a worker forked without at-fork hooks."""
+        if self._pid != os.getpid():
+            self.ensure_running()
+
+    def close(self) -> None:
+        """Stop serving and give up the port (tests, shutdown)."""
+        self._stop.set()
+        server = self._server
+        if server is not None and self._pid == os.getpid():
+            server.shutdown()  # returns once serve_forever has left its loop
+        if self._thread is not None and self._pid == os.getpid():
+            self._thread.join(timeout=CLIENT_TIMEOUT_SECONDS + 5)
+        self._release()
+        self._pid = -1
+
+    @property
+    def serving(self) -> bool:
+        """Whether this process serves the port now."""
+        return self._server is not None and self._pid == os.getpid()
+
+    # ------------------------------------------------------------------ fork
+    def _after_fork_in_child(self) -> None:
+        self._start_lock = threading.Lock()
+        self._forget_parent()
+        if self.deferred:  # gunicorn --preload: each worker runs its own thread at once
+            self.ensure_running()
+
+    def _forget_parent(self) -> None:
+        """In a forked child: close the parent's socket and lock descriptors without
+        unlocking or shutting down (both stay the parent's)."""
+        if self._server is not None and self._pid != os.getpid():
+            try:
+                self._server.socket.close()
+            except OSError:
+                pass
+            self._server = None
+        if self._lock_fd >= 0 and self._pid != os.getpid():
+            try:
+                os.close(self._lock_fd)
+            except OSError:
+                pass
+            self._lock_fd = -1
+        self._thread = None
+
+    # ---------------------------------------------------------------- the thread
+    def _run(self) -> None:
+        stop = self._stop
+        while not stop.is_set():
+            try:
+                if self._lock_fd >= 0 or self._try_lock():
+                    server = self._bind()
+                    if server is not None:
+                        self._server = server
+                        try:
+                            server.serve_forever(poll_interval=0.5)  # until close()
+                        finally:
+                            server.server_close()
+                            self._server = None
+            except Exception:  # never let the thread die; try again later
+                log.exception("metrics port thread error")
+            stop.wait(RETRY_SECONDS)
+
+    def _try_lock(self) -> bool:
+        try:
+            fd = os.open(os.path.join(self.directory, LOCK_NAME), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
+                         0o600)  # fmt: skip
+        except OSError as exc:
+            self._error = f"cannot open {LOCK_NAME}: {exc.strerror or exc}"
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # another process serves (or tries to)
+            os.close(fd)
+            return False
+        self._lock_fd = fd
+        return True
+
+    def _bind(self) -> _Server | None:
+        """The listening server, or None (reported) when the address cannot be bound."""
+        try:
+            infos = socket.getaddrinfo(self.address, self.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+            family, _, _, _, sockaddr = infos[0]
+            server = _Server((str(sockaddr[0]), self.port), family)
+        except OSError as exc:
+            error = f"cannot listen on {self.shown}: {exc.strerror or exc}"
+            if error != self._error:
+                log.warning("metrics port: %s; retrying every %.0fs", error, RETRY_SECONDS)
+            self._error = error
+            self._write_status(False)
+            return None
+        server.set_app(self._serve)
+        self._error = None
+        self._write_status(True)
+        log.info("metrics port %s: served by this process (pid %d)", self.shown, os.getpid())
+        return server
+
+    def _serve(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        """The metrics routes of the app; anything else is 404."""
+        if self.is_metrics_path(environ.get("PATH_INFO", "")):
+            return self.app(environ, start_response)
+        start_response("404 Not Found", [("Content-Type", "text/plain; charset=utf-8")])
+        return [b"not found: this port serves the metrics routes only\n"]
+
+    def _release(self) -> None:
+        if self._lock_fd >= 0 and self._pid == os.getpid():
+            os.close(self._lock_fd)
+            self._lock_fd = -1
+        self._server = None
+
+    def _write_status(self, serving: bool) -> None:
+        status = {"pid": os.getpid(), "address": self.shown, "serving": serving, "error": self._error}
+        path = os.path.join(self.directory, STATUS_NAME)
+        tmp = f"{path}.{os.getpid()}.tmp"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            try:
+                os.write(fd, json.dumps(status).encode())
+            finally:
+                os.close(fd)
+            os.replace(tmp, path)
+        except OSError:
+            pass
+
+    # ------------------------------------------------------------------ reading
+    def health_reasons(self) -> list[str]:
+        """Why the port makes health ``degraded``: its lock holder cannot listen on it."""
+        if self.serving:
+            return []
+        status = read_status(self.directory)
+        if status is None or status.get("serving") is not False or status.get("address") != self.shown:
+            return []
+        if not self._held_by_someone():
+            return []  # the process that wrote this is gone; another will try
+        return [f"metrics port not served: {status.get('error') or 'cannot listen'} (retrying)"]
+
+    def _held_by_someone(self) -> bool:
+        if self._lock_fd >= 0 and self._pid == os.getpid():
+            return True
+        try:
+            fd = os.open(os.path.join(self.directory, LOCK_NAME), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            return True
+        finally:
+            os.close(fd)  # drops our probe lock at once
+        return False
+
+
+def read_status(directory: str) -> dict[str, Any] | None:
+    """The port lock holder's last status (bounded, type-checked), or None."""
+    try:
+        with open(os.path.join(directory, STATUS_NAME), "rb") as f:
+            raw = f.read(MAX_STATUS_BYTES + 1)
+        data = json.loads(raw) if len(raw) <= MAX_STATUS_BYTES else None
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict):
+        return None
+    types: dict[str, type] = {"pid": int, "address": str, "serving": bool, "error": str}
+    return {k: v for k, v in data.items() if k in types and isinstance(v, types[k])}
+
+
+def pre_fork_master() -> bool:
+    """Whether this process is a server's master loading the app before forking its workers
+    (gunicorn ``--preload``, uWSGI without ``lazy-apps``): a thread started here would not
+    run in the workers, and a master is not where requests are served."""
+    uwsgi = sys.modules.get("uwsgi")
+    if uwsgi is not None:
+        try:
+            return int(uwsgi.worker_id()) == 0
+        except Exception:  # not running under the uWSGI server after all
+            return False
+    modules = set()
+    frame: FrameType | None = sys._getframe()
+    while frame is not None:  # gunicorn's arbiter loading the app itself, not in a worker it forked
+        modules.add(frame.f_globals.get("__name__"))
+        frame = frame.f_back
+    return "gunicorn.arbiter" in modules and "gunicorn.workers.base" not in modules
