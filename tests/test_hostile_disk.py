@@ -93,11 +93,11 @@ def _record_endpoints_and_exit(directory: str, endpoints: int) -> None:
 def test_failed_archive_write_leaves_no_temporary_file(tmp_path: Any) -> None:
     """If even shrunk dead files leave no room for the archive, compaction fails cleanly: no temp file."""
     mount = str(tmp_path / "tiny")
-    _mount_tmpfs(mount, "800k")
+    _mount_tmpfs(mount, "1200k")
     try:
         directory = os.path.join(mount, "metrics")
         scraper = MetricsCollector(directory, auto_compact=False)
-        _in_child(_record_endpoints_and_exit, directory, 600)  # ~360 KiB used in a 512 KiB file
+        _in_child(_record_endpoints_and_exit, directory, 600)  # ~460 KiB used in a 512 KiB file
         _fill(os.path.join(mount, "filler"))
         with pytest.raises(OSError) as raised:
             compact(directory)
