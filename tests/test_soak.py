@@ -7,6 +7,7 @@ Duration comes from ``GATEWAYZ_SOAK_SECONDS`` (default 20 s, what ``.ci/run`` ru
 from __future__ import annotations
 
 import os
+import struct
 import threading
 import time
 from collections import Counter
@@ -38,7 +39,22 @@ def rss_kib(pid: int) -> int:
 
 
 def directory_bytes(path: Path) -> int:
-    return sum(p.stat().st_blocks * 512 for p in path.iterdir() if p.is_file())
+    """Bytes of data in the metrics directory: what each worker file holds (its header's
+    ``used``), not what it has reserved (files grow by doubling, so their allocated size
+    jumps whenever a new record or bucket block crosses a power of two), plus every other
+    file's allocated size."""
+    total = 0
+    for p in path.iterdir():
+        if not p.is_file():
+            continue
+        if p.suffix == ".gwzm":
+            with p.open("rb") as f:
+                header = f.read(16)
+            if len(header) == 16:
+                total += struct.unpack_from("<Q", header, 8)[0]
+                continue
+        total += p.stat().st_blocks * 512
+    return total
 
 
 def request_for(i: int) -> tuple[str, str, dict[str, Any] | None]:
