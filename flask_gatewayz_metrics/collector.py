@@ -599,38 +599,38 @@ class MetricsCollector(GatewayRecording, CustomMetrics, ConventionsRecording, Te
         (name, raw value) pairs, guarded like any label; with ``latest`` the payload is
         instead set to ``(*latest, now)`` (kinds merged as "latest"). Never raises (strict
         mode aside)."""
-        try:
-            with self._lock:
-                self._writable()
-                values = tuple(self._admit(name, raw) for name, raw in labels)
-                o = self._fixed(kind, values)
-                d = self._doubles
-                if latest is not None:
-                    for index, value in enumerate(latest):
-                        d[o + index] = value
-                    d[o + len(latest)] = self._clock()
-                for index, amount in increments:
-                    if amount:
-                        d[o + index] += amount
-        except _InvalidLabel:
-            self._drop("invalid_label")
-        except StorageUnavailable:
-            self._drop("storage_unavailable")
-        except Exception as exc:
-            self._internal_error(exc)
+        self._write_record(kind, lambda: tuple(self._admit(name, raw) for name, raw in labels), increments, latest)
 
     def _add_tenant(
         self, kind: str, tenant: Tenant, extra: tuple[str, ...], increments: tuple[tuple[int, float], ...]
     ) -> None:
         """Add to ``kind``'s record of ``tenant``: each label given is admitted like any
         label (caps, allowlists, ``other``), one not given is ""."""
+
+        def values() -> tuple[str, ...]:
+            labelled = zip(TENANT_LABELS, tenant, strict=True)
+            return (*("" if raw is None else self._admit(name, raw) for name, raw in labelled), *extra)
+
+        self._write_record(kind, values, increments)
+
+    def _write_record(
+        self,
+        kind: str,
+        values: Callable[[], tuple[str, ...]],
+        increments: tuple[tuple[int, float], ...],
+        latest: tuple[float, ...] | None = None,
+    ) -> None:
+        """The write of ``_add`` / ``_add_tenant``: the record's label values come from
+        ``values()``, called under the lock (label admission counts per process)."""
         try:
             with self._lock:
                 self._writable()
-                labelled = zip(TENANT_LABELS, tenant, strict=True)
-                values = tuple("" if raw is None else self._admit(name, raw) for name, raw in labelled)
-                o = self._fixed(kind, (*values, *extra))
+                o = self._fixed(kind, values())
                 d = self._doubles
+                if latest is not None:
+                    for index, value in enumerate(latest):
+                        d[o + index] = value
+                    d[o + len(latest)] = self._clock()
                 for index, amount in increments:
                     if amount:
                         d[o + index] += amount
