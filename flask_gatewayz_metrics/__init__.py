@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from ._version import VERSION
-from .collector import InvalidMetric, MetricsCollector, get_metrics_collector
+from .collector import MetricsCollector, get_metrics_collector
 from .custom import Counter, Gauge, Histogram
+from .errors import InvalidMetric, MetricsDirectoryError, StorageUnavailable
 from .exposition import PrometheusExporter
 from .extension import GatewayzMetrics
 from .request_state import label_request
@@ -20,8 +21,10 @@ __all__ = [
     "Histogram",
     "InvalidMetric",
     "MetricsCollector",
+    "MetricsDirectoryError",
     "PrometheusExporter",
     "Snapshot",
+    "StorageUnavailable",
     "__version__",
     "get_metrics_collector",
     "label_request",

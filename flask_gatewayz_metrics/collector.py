@@ -24,6 +24,7 @@ from typing import Any
 from . import sketch
 from .custom import CustomMetrics
 from .default_registry import multi_process_reason
+from .errors import InvalidMetric  # re-exported: its old home
 from .label_cache import (
     FRONT_ADMIT_EVERY,
     FRONT_BUDGET_BYTES,
@@ -98,10 +99,6 @@ _RequestTargets = tuple[int, int, int, int, int, int]
 """Payload offsets one (endpoint, method, status, provider, model, failed) combination
 writes: request record, endpoint window, provider record and window, model record and
 window (-1 = none)."""
-
-
-class InvalidMetric(ValueError):
-    """Raised in strict mode for input that would otherwise be dropped and counted."""
 
 
 class MetricsCollector(GatewayRecording, CustomMetrics, ConventionsRecording, TenantRecording):

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from ..errors import StorageUnavailable
 from .archive import CompactionResult, compact
 from .merge import Merged, WindowStats, merge
 from .reader import StorageProblem, WorkerView
-from .store import Storage, StorageUnavailable
+from .store import Storage
 
 __all__ = [
     "CompactionResult",

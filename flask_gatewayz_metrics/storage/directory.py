@@ -16,11 +16,8 @@ import shutil
 import stat
 import tempfile
 
+from ..errors import MetricsDirectoryError  # re-exported: its old home
 from . import layout
-
-
-class MetricsDirectoryError(RuntimeError):
-    """The metrics directory is unsafe or unusable; the message says how to fix it."""
 
 
 def ensure_directory(path: str) -> str:

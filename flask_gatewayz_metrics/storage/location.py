@@ -40,8 +40,9 @@ import sys
 import tempfile
 from dataclasses import dataclass
 
+from ..errors import MetricsDirectoryError
 from . import layout, process
-from .directory import MetricsDirectoryError, ensure_directory, private_directory
+from .directory import ensure_directory, private_directory
 from .reader import is_locked
 
 log = logging.getLogger("flask_gatewayz_metrics")

@@ -15,6 +15,7 @@ import os
 import time
 from collections.abc import Iterable
 
+from ..errors import StorageUnavailable  # re-exported: its old home
 from . import layout
 from .control import ControlFile
 from .directory import ensure_directory
@@ -24,10 +25,6 @@ from .worker_file import WorkerFile
 
 RETRY_SECONDS = 5.0
 """How long a write path that failed to create its file waits before trying again."""
-
-
-class StorageUnavailable(Exception):
-    """The worker file cannot be created or grown right now (disk full, gone, read-only)."""
 
 
 class Storage:
