@@ -16,8 +16,8 @@ import os
 import signal
 from typing import Any
 
-from .storage import compact, layout, location, process
-from .storage.directory import ensure_directory
+from .storage import compact, location, process
+from .storage.directory import ensure_directory, is_server_state_file
 
 log = logging.getLogger("flask_gatewayz_metrics")
 PREPARED_BY = "GATEWAYZ_METRICS_PREPARED_BY"
@@ -55,7 +55,7 @@ def prepare_metrics_dir(path: str | None = None) -> str:
 
 def _empty(path: str) -> None:
     for name in os.listdir(path):
-        if name.endswith(layout.WORKER_SUFFIX) or name in (layout.CONTROL_NAME, layout.ARCHIVE_NAME):
+        if is_server_state_file(name):
             os.unlink(os.path.join(path, name))
 
 

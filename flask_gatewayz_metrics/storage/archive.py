@@ -35,7 +35,7 @@ from typing import Any
 
 from ..labels import DEFAULT_LIMITS, OVERFLOW_VALUE
 from . import layout
-from .directory import open_directory
+from .directory import is_data_file, is_worker_file, open_directory
 from .merge import combine
 from .reader import DirectoryReader, StorageProblem, WorkerView, is_locked
 from .sparse import encode_window, window_slots
@@ -262,7 +262,7 @@ def _newest_geometry(
     except OSError:
         names = []
     for name in names[:_MAX_HEADERS_READ]:
-        if name.endswith(layout.WORKER_SUFFIX) and not name.startswith(layout.TEMP_PREFIX) and name not in dead_names:
+        if is_worker_file(name) and name not in dead_names:
             header = _header(dir_fd, name, trusted)
             if header is not None and (newest is None or header > newest):
                 newest = header
@@ -559,8 +559,7 @@ def _shrink(dir_fd: int, dead: list[WorkerView]) -> bool:
 
 
 def _is_metrics_file(path: str) -> bool:
-    name = os.path.basename(path)
-    return name == layout.ARCHIVE_NAME or name.endswith(layout.WORKER_SUFFIX)
+    return is_data_file(os.path.basename(path))
 
 
 def _is_unheld(dir_fd: int, name: str) -> bool:

@@ -44,7 +44,7 @@ def ensure_directory(path: str) -> str:
             "use a private subdirectory (created 0700) such as /tmp/gatewayz-metrics"
         )
     for name in os.listdir(path):
-        if _is_metrics_name(name) and os.path.islink(os.path.join(path, name)):
+        if is_metrics_file(name) and os.path.islink(os.path.join(path, name)):
             raise MetricsDirectoryError(
                 f"{os.path.join(path, name)!r} is a symlink; remove it (metrics files are never symlinks)"
             )
@@ -99,7 +99,36 @@ def private_directory() -> str:
     return path
 
 
-def _is_metrics_name(name: str) -> bool:
-    return name.endswith(layout.WORKER_SUFFIX) or name in (
-        layout.CONTROL_NAME, layout.ARCHIVE_NAME, layout.COMPACTION_LOCK_NAME,
-    )
+# "Is this one of our files?" has three answers, by what the caller does with the name.
+# They live here together so that a new file name is added to every one that needs it.
+
+
+def is_worker_file(name: str, *, include_hidden: bool = False) -> bool:
+    """A worker file published under its final name; with ``include_hidden`` also one
+    still being created (it has a hidden name, ``layout.TEMP_PREFIX``, until its header
+    is written and it is locked)."""
+    return name.endswith(layout.WORKER_SUFFIX) and (include_hidden or not name.startswith(layout.TEMP_PREFIX))
+
+
+def is_data_file(name: str) -> bool:
+    """A file whose records are merged (the archive or a worker file, published or not):
+    what the compactor may quarantine when it cannot be read."""
+    return name == layout.ARCHIVE_NAME or is_worker_file(name, include_hidden=True)
+
+
+SERVER_STATE_NAMES = (layout.CONTROL_NAME, layout.ARCHIVE_NAME)
+"""Files besides worker files that hold a server's numbers: what emptying a directory
+for a new server removes. ``compaction.lock`` is left: unlinking a lock file another
+process may hold would let a second compactor lock a new one beside it."""
+
+
+def is_server_state_file(name: str) -> bool:
+    """A file that holds the numbers of the server that used the directory: worker files
+    (published or not), the control file and the archive."""
+    return is_worker_file(name, include_hidden=True) or name in SERVER_STATE_NAMES
+
+
+def is_metrics_file(name: str) -> bool:
+    """Any file the package creates and opens by name at the top of a metrics directory
+    (worker files, control, archive, compaction lock): none of them may be a symlink."""
+    return is_server_state_file(name) or name == layout.COMPACTION_LOCK_NAME

@@ -41,8 +41,8 @@ import tempfile
 from dataclasses import dataclass
 
 from ..errors import MetricsDirectoryError
-from . import layout, process
-from .directory import ensure_directory, private_directory
+from . import process
+from .directory import ensure_directory, is_worker_file, private_directory
 from .reader import is_locked
 
 log = logging.getLogger("flask_gatewayz_metrics")
@@ -269,7 +269,7 @@ def _written_by_live_process(path: str, except_pid: int = 0) -> bool:
     for directory in directories:
         try:
             names = [
-                n for n in os.listdir(directory) if n.endswith(layout.WORKER_SUFFIX) and not n.startswith(own)
+                n for n in os.listdir(directory) if is_worker_file(n, include_hidden=True) and not n.startswith(own)
             ]
         except OSError:
             continue
@@ -344,7 +344,7 @@ def worker_file_count(directory: str, limit: int) -> int:
     try:
         with os.scandir(directory) as entries:
             for entry in entries:
-                if entry.name.endswith(layout.WORKER_SUFFIX):
+                if is_worker_file(entry.name, include_hidden=True):
                     count += 1
                     if count >= limit:
                         break

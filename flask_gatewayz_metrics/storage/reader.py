@@ -26,6 +26,7 @@ from typing import Any
 
 from .. import sketch
 from . import layout
+from .directory import is_worker_file
 from .layout import Doubles
 
 OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -170,7 +171,7 @@ class DirectoryReader:
         try:
             names = sorted(
                 n for n in os.listdir(dir_fd)
-                if n.endswith(layout.WORKER_SUFFIX) and not n.startswith(layout.TEMP_PREFIX)
+                if is_worker_file(n)
             )
         except OSError as exc:
             return views, [StorageProblem(self.directory, f"unreadable_directory: {exc.strerror}")]
