@@ -11,19 +11,11 @@ from flask import Flask
 from servers import Server, running_simulator, start_gateway, stop
 
 from flask_gatewayz_metrics import GatewayzMetrics, MetricsCollector
+from flask_gatewayz_metrics.testing import ManualClock
 
-
-class FakeClock:
-    """Wall clock the test moves by hand, so windows can be tested without sleeping."""
-
-    def __init__(self, now: float = 1_700_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
+FakeClock = ManualClock
+"""Wall clock the test moves by hand, so windows can be tested without sleeping (the
+public ``testing.ManualClock``; this name is what the tests import)."""
 
 
 def configured_app(tmp_path: Path, name: str = "configured", **settings: Any) -> tuple[Flask, GatewayzMetrics]:

@@ -11,21 +11,15 @@ from __future__ import annotations
 from typing import Any
 
 from flask import Flask
-from prometheus_client.parser import text_string_to_metric_families
 from responses_app import STATIC
 
 from flask_gatewayz_metrics import GatewayzMetrics
-
-Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+from flask_gatewayz_metrics.testing import Samples, parse_samples
 
 
 def scrape(client: Any, path: str = "/metrics") -> Samples:
     """One scrape through a test client as {(sample name, sorted labels): value}."""
-    out = {}
-    for family in text_string_to_metric_families(client.get(path).get_data(as_text=True)):
-        for s in family.samples:
-            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
-    return out
+    return parse_samples(client.get(path).get_data(as_text=True))
 
 
 Row = tuple[str, str, str, bool]

@@ -27,7 +27,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
+
+from flask_gatewayz_metrics.testing import parse_samples
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 READY_TIMEOUT = 30.0
@@ -292,8 +293,4 @@ def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     """One /metrics scrape as {(sample name, sorted labels): value}."""
     status, body = http("GET", url + "/metrics")
     assert status == 200
-    samples = {}
-    for family in text_string_to_metric_families(body.decode("utf-8")):
-        for sample in family.samples:
-            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
-    return samples
+    return parse_samples(body.decode("utf-8"))

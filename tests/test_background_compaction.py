@@ -9,11 +9,7 @@ import pytest
 
 from flask_gatewayz_metrics import MetricsCollector
 from flask_gatewayz_metrics import gunicorn as hooks
-from flask_gatewayz_metrics.storage import layout
-
-
-def _worker_files(directory: str) -> list[str]:
-    return sorted(n for n in os.listdir(directory) if n.endswith(layout.WORKER_SUFFIX) and not n.startswith("."))
+from flask_gatewayz_metrics.testing import worker_file, worker_files
 
 
 def test_child_exit_folds_the_dead_file_in_a_child(metrics_dir: str, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -25,7 +21,7 @@ def test_child_exit_folds_the_dead_file_in_a_child(metrics_dir: str, monkeypatch
     dead.close()
     live = MetricsCollector(metrics_dir, auto_compact=False)
     live.record_request("/live", "GET", 0.1, 200)
-    assert len(_worker_files(metrics_dir)) == 2
+    assert len(worker_files(metrics_dir)) == 2
     forked: list[int] = []
     real_fork = os.fork
 
@@ -40,7 +36,7 @@ def test_child_exit_folds_the_dead_file_in_a_child(metrics_dir: str, monkeypatch
     assert len(forked) == 1 and forked[0] != os.getpid()
     _, status = os.waitpid(forked[0], 0)  # what gunicorn's SIGCHLD handler does
     assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
-    assert _worker_files(metrics_dir) == [os.path.basename(live._storage.own_file or "")]
+    assert worker_files(metrics_dir) == [os.path.basename(worker_file(live) or "")]
     live.record_request("/live", "GET", 0.1, 200)  # the fork left this process's file alone
     snap = live.snapshot()
     assert snap.total_requests == 52

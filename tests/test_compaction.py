@@ -18,12 +18,10 @@ from flask_gatewayz_metrics import MetricsCollector, PrometheusExporter
 from flask_gatewayz_metrics import collector as collector_module
 from flask_gatewayz_metrics.storage import compact, layout, store, worker_file
 from flask_gatewayz_metrics.storage.archive import QUARANTINE_KEEP
+from flask_gatewayz_metrics.testing import worker_file as file_of
+from flask_gatewayz_metrics.testing import worker_files
 
 STEPS = ("temp_written", "archive_renamed", "worker_unlinked")
-
-
-def worker_files(directory: str) -> list[str]:
-    return sorted(n for n in os.listdir(directory) if n.endswith(layout.WORKER_SUFFIX) and not n.startswith("."))
 
 
 def totals(directory: str, clock: Any = time.time) -> dict[str, Any]:
@@ -81,7 +79,7 @@ def test_crash_at_any_step_neither_loses_nor_double_counts(metrics_dir: str, ste
     result = compact(metrics_dir)
     assert result.ran
     assert totals(metrics_dir) == expected
-    assert worker_files(metrics_dir) == [os.path.basename(live._storage.own_file or "")]
+    assert worker_files(metrics_dir) == [os.path.basename(file_of(live) or "")]
     live.close()
 
 
@@ -261,7 +259,7 @@ def test_reader_follows_a_growing_file(metrics_dir: str) -> None:
     assert len(endpoints) == 3001
     assert all(e["requests"] == 1 for e in endpoints.values())
     # At least 7 doublings from the initial size: re-mapped (and re-read) that many times.
-    assert os.path.getsize(writer._storage.own_file or "") >= 2**7 * worker_file.INITIAL_SIZE
+    assert os.path.getsize(file_of(writer) or "") >= 2**7 * worker_file.INITIAL_SIZE
     writer.close()
     reader.close()
 

@@ -9,13 +9,10 @@ from pathlib import Path
 
 import pytest
 from conftest import FakeClock
-from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
-from prometheus_client.parser import text_string_to_metric_families as parse_text
 
-from flask_gatewayz_metrics import Counter, Gauge, Histogram, InvalidMetric, MetricsCollector, PrometheusExporter
+from flask_gatewayz_metrics import Counter, Gauge, Histogram, InvalidMetric, MetricsCollector
 from flask_gatewayz_metrics.storage import layout
-
-Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+from flask_gatewayz_metrics.testing import Samples, scrape_samples
 
 
 @pytest.fixture
@@ -35,13 +32,7 @@ def make(metrics_dir: str, clock: FakeClock) -> Iterator[Callable[..., MetricsCo
 
 def samples(collector: MetricsCollector, openmetrics: bool = False) -> Samples:
     """One scrape of ``collector``'s exposition as {(sample name, sorted labels): value}."""
-    exporter = PrometheusExporter(collector)
-    if openmetrics:
-        body, _ = exporter.render("application/openmetrics-text; version=1.0.0")
-        families = parse_openmetrics(body.decode())
-    else:
-        families = parse_text(exporter.export())
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value for f in families for s in f.samples}
+    return scrape_samples(collector, openmetrics=openmetrics)
 
 
 def value(collector: MetricsCollector, name: str, **labels: str) -> float | None:

@@ -8,7 +8,6 @@ from typing import Any
 
 import pytest
 from flask import Flask, Response, abort
-from prometheus_client.parser import text_string_to_metric_families
 
 from flask_gatewayz_metrics import (
     GatewayzMetrics,
@@ -17,6 +16,7 @@ from flask_gatewayz_metrics import (
     label_request,
     track_request,
 )
+from flask_gatewayz_metrics.testing import parse_samples as samples
 
 
 def make_app(metrics_dir: str, **config: Any) -> Flask:
@@ -73,14 +73,6 @@ def make_app(metrics_dir: str, **config: Any) -> Flask:
 @pytest.fixture
 def app(metrics_dir: str) -> Flask:
     return make_app(metrics_dir, GATEWAYZ_METRICS_RESET_TOKEN="s3cret")
-
-
-def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    out = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
-    return out
 
 
 def scrape(client: Any) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

@@ -14,6 +14,7 @@ import pytest
 
 from flask_gatewayz_metrics import MetricsCollector
 from flask_gatewayz_metrics.storage import layout
+from flask_gatewayz_metrics.testing import worker_file
 
 PROCESSES = 4
 THREADS = 2
@@ -143,12 +144,12 @@ def test_collector_inherited_across_fork(metrics_dir: str) -> None:
     try:
         collector.record_request("/parent", "GET", 0.1, 200)
         collector.record_cache_miss()
-        parent_file = collector._storage.own_file
+        parent_file = worker_file(collector)
         assert worker_files(metrics_dir) == [os.path.basename(parent_file or "")]
 
         def child(index: int) -> None:
             record_in_threads(collector, index)
-            assert collector._storage.own_file != parent_file
+            assert worker_file(collector) != parent_file
 
         codes = wait_all(fork_children(PROCESSES, child))
         assert list(codes.values()) == [0] * PROCESSES, codes
@@ -159,7 +160,7 @@ def test_collector_inherited_across_fork(metrics_dir: str) -> None:
         assert len(pids) == PROCESSES + 1 and os.getpid() in pids
 
         collector.record_request("/parent", "GET", 0.1, 200)  # the parent's file still works
-        assert collector._storage.own_file == parent_file
+        assert worker_file(collector) == parent_file
         d = collector.to_dict()
         total = PROCESSES * THREADS * PER_THREAD
         assert d["endpoints"]["/parent"]["requests"] == 2

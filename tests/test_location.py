@@ -25,6 +25,7 @@ from flask_gatewayz_metrics import collector as collector_module
 from flask_gatewayz_metrics.storage import layout, location, process
 from flask_gatewayz_metrics.storage.store import Storage
 from flask_gatewayz_metrics.storage.worker_file import INITIAL_SIZE
+from flask_gatewayz_metrics.testing import worker_file
 
 _libc = ctypes.PyDLL(None, use_errno=True)  # keeps the GIL across fork(), as uWSGI's C does
 
@@ -221,7 +222,7 @@ def test_fork_from_c_never_writes_the_parents_file(tmp_path: Path) -> None:
     """A child forked by libc (no at-fork hook, as under uWSGI) opens its own file; totals stay exact."""
     c = MetricsCollector(str(tmp_path / "m"))
     c.observe_request("/x", "GET", 0.01, 200)  # the parent's file exists and is mapped
-    parent_file = c._storage.own_file
+    parent_file = worker_file(c)
     assert parent_file is not None
     before = Path(parent_file).read_bytes()
     pid = c_fork()
@@ -231,7 +232,7 @@ def test_fork_from_c_never_writes_the_parents_file(tmp_path: Path) -> None:
             c.add_in_flight(1)
             c.observe_request("/x", "GET", 0.02, 200, leaving=True)
             c.record_cache_hit()
-            code = 0 if c._storage.own_file not in (None, parent_file) else 2
+            code = 0 if worker_file(c) not in (None, parent_file) else 2
         finally:
             os._exit(code)
     assert wait_child(pid) == 0
@@ -281,11 +282,11 @@ def test_new_files_start_small(tmp_path: Path) -> None:
     """A process's file starts at INITIAL_SIZE (16 KiB) and doubles as records are added."""
     c = MetricsCollector(str(tmp_path / "m"))
     c.record_cache_hit()
-    assert c._storage.own_file is not None
-    assert os.path.getsize(c._storage.own_file) == INITIAL_SIZE == 16 * 1024
+    assert worker_file(c) is not None
+    assert os.path.getsize(worker_file(c)) == INITIAL_SIZE == 16 * 1024
     for k in range(40):  # ~0.6 KiB of records (sparse sketches) per endpoint: past 16 KiB
         c.observe_request(f"/x{k}", "GET", 0.01, 200, provider="openai", model="gpt-4")
-    size = os.path.getsize(c._storage.own_file)
+    size = os.path.getsize(worker_file(c))
     assert size > INITIAL_SIZE and size & (size - 1) == 0
     c.close()
 

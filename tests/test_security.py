@@ -23,6 +23,7 @@ from example_app.app import create_app
 from flask_gatewayz_metrics import GatewayzMetrics, MetricsCollector, PrometheusExporter
 from flask_gatewayz_metrics.labels import KNOWN_METHODS
 from flask_gatewayz_metrics.storage.directory import MetricsDirectoryError
+from flask_gatewayz_metrics.testing import worker_file
 
 SCRAPE_ROUTES = ("/metrics", "/metrics/json", "/metrics/health")
 
@@ -119,7 +120,7 @@ def test_directory_created_owner_only(tmp_path: Any) -> None:
     c = MetricsCollector(path)
     c.record_cache_hit()
     assert os.stat(path).st_mode & 0o777 == 0o700
-    assert os.stat(c._storage.own_file or "").st_mode & 0o777 == 0o600
+    assert os.stat(worker_file(c) or "").st_mode & 0o777 == 0o600
     c.close()
 
 

@@ -27,8 +27,8 @@ from flask_gatewayz_metrics import GatewayzMetrics, MetricsCollector, Prometheus
 from flask_gatewayz_metrics.otlp import OtlpConfig, OtlpExporter, families_of
 from flask_gatewayz_metrics.semconv import operation_name
 from flask_gatewayz_metrics.storage import layout
+from flask_gatewayz_metrics.testing import Samples, parse_samples, sample_key, scrape_samples, series
 
-Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 HTTP = "http_server_request_duration_seconds"
 CLIENT = "gen_ai_client_operation_duration_seconds"
 SERVER = "gen_ai_server_request_duration_seconds"
@@ -37,29 +37,9 @@ PER_TOKEN = "gen_ai_server_time_per_output_token_seconds"
 TOKENS = "gen_ai_client_token_usage"
 
 
-def parse(text: str) -> Samples:
-    out: Samples = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            out[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
-    return out
-
-
-def scrape(collector: MetricsCollector) -> Samples:
-    return parse(PrometheusExporter(collector).export())
-
-
-def key(name: str, **labels: str) -> tuple[str, tuple[tuple[str, str], ...]]:
-    return name, tuple(sorted(labels.items()))
-
-
-def series(samples: Samples, name: str, **labels: str) -> dict[tuple[tuple[str, str], ...], float]:
-    """Samples of ``name`` whose labels include ``labels``."""
-    return {
-        lab: v
-        for (n, lab), v in samples.items()
-        if n == name and all(dict(lab).get(k) == want for k, want in labels.items())
-    }
+parse = parse_samples
+scrape = scrape_samples
+key = sample_key
 
 
 def buckets(samples: Samples, family: str, **labels: str) -> dict[str, float]:

@@ -11,6 +11,7 @@ import pytest
 
 from flask_gatewayz_metrics import MetricsCollector, PrometheusExporter
 from flask_gatewayz_metrics.storage import layout
+from flask_gatewayz_metrics.testing import collectors_on_one_directory, worker_file
 
 WORKER_NAME = re.compile(r"^worker-(\d+)-([0-9a-f]{16})\.gwzm$")
 
@@ -22,10 +23,8 @@ def worker_files(directory: str) -> list[str]:
 @pytest.fixture
 def four(metrics_dir: str, clock):  # type: ignore[no-untyped-def]
     """Four collectors on one directory, standing in for four worker processes."""
-    collectors = [MetricsCollector(metrics_dir, clock=clock) for _ in range(4)]
-    yield collectors
-    for c in collectors:
-        c.close()
+    with collectors_on_one_directory(4, metrics_dir, clock=clock) as collectors:
+        yield collectors
 
 
 def record_some(collectors: list[MetricsCollector]) -> None:
@@ -153,7 +152,7 @@ def test_file_that_turns_bad_later_is_dropped_not_fatal(four: list[MetricsCollec
     four[1].close()
     victim = next(
         os.path.join(metrics_dir, n) for n in worker_files(metrics_dir)
-        if os.path.join(metrics_dir, n) != four[0]._storage.own_file
+        if os.path.join(metrics_dir, n) != worker_file(four[0])
     )
     with open(victim, "r+b") as f:
         f.write(b"JUNK")
@@ -183,7 +182,7 @@ def test_liveness_follows_the_flock(four: list[MetricsCollector], metrics_dir: s
     four[0].close()
     views, _ = four[2]._storage.read()
     live = {os.path.basename(v.path): v.live for v in views}
-    assert live[os.path.basename(four[1]._storage.own_file or "")] is True
+    assert live[os.path.basename(worker_file(four[1]) or "")] is True
     assert sorted(live.values()) == [False, True]
     # A collector that writes again after close starts a new (live) file.
     four[0].record_cache_hit()
