@@ -37,7 +37,7 @@ from .label_cache import (
 )
 from .labels import LabelGuard, as_number, method_label
 from .llm import GatewayRecording
-from .otlp import otlp_report
+from .otlp_status import otlp_report
 from .request_state import current_request
 from .semconv import HTTP_BUCKET_BASE, HTTP_BUCKET_SPLIT, ConventionsRecording
 from .settings import Settings, check, collector_options_from_env

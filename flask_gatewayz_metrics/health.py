@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from .default_registry import withheld_reason
-from .otlp import health_reasons
+from .otlp_status import health_reasons
 from .settings import Settings
 from .snapshot import Snapshot
 

@@ -17,13 +17,13 @@ that is a pre-fork master (gunicorn ``--preload``, uWSGI without ``lazy-apps``):
 it starts in each forked child (at-fork hook, which gunicorn runs) or at a worker's
 first request (uWSGI forks without the hooks). The server is stdlib ``wsgiref``, one
 request at a time with a socket timeout, so a slow or hostile client holds at most
-this thread, never an application request.
+this thread, never an application request. The election (lock, fork, status file) is
+``election.py``'s, shared with the OTLP export.
 """
 
 from __future__ import annotations
 
 import fcntl
-import json
 import logging
 import os
 import socket
@@ -34,6 +34,8 @@ from collections.abc import Callable, Iterable
 from types import FrameType
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
+
+from . import election
 
 log = logging.getLogger("flask_gatewayz_metrics")
 LOCK_NAME = "port.lock"
@@ -148,11 +150,7 @@ class MetricsPort:
                 pass
             self._server = None
         if self._lock_fd >= 0 and self._pid != os.getpid():
-            try:
-                os.close(self._lock_fd)
-            except OSError:
-                pass
-            self._lock_fd = -1
+            self._lock_fd = election.close_inherited(self._lock_fd)
         self._thread = None
 
     # ---------------------------------------------------------------- the thread
@@ -174,16 +172,10 @@ class MetricsPort:
             stop.wait(RETRY_SECONDS)
 
     def _try_lock(self) -> bool:
-        try:
-            fd = os.open(os.path.join(self.directory, LOCK_NAME), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
-                         0o600)  # fmt: skip
-        except OSError as exc:
-            self._error = f"cannot open {LOCK_NAME}: {exc.strerror or exc}"
-            return False
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:  # another process serves (or tries to)
-            os.close(fd)
+        fd, error = election.try_lock(self.directory, LOCK_NAME)
+        if fd < 0:  # another process serves (or tries to), or the lock file cannot be opened
+            if error is not None:
+                self._error = error
             return False
         self._lock_fd = fd
         return True
@@ -222,17 +214,7 @@ class MetricsPort:
 
     def _write_status(self, serving: bool) -> None:
         status = {"pid": os.getpid(), "address": self.shown, "serving": serving, "error": self._error}
-        path = os.path.join(self.directory, STATUS_NAME)
-        tmp = f"{path}.{os.getpid()}.tmp"
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-            try:
-                os.write(fd, json.dumps(status).encode())
-            finally:
-                os.close(fd)
-            os.replace(tmp, path)
-        except OSError:
-            pass
+        election.write_status(self.directory, STATUS_NAME, status)
 
     # ------------------------------------------------------------------ reading
     def health_reasons(self) -> list[str]:
@@ -264,16 +246,8 @@ class MetricsPort:
 
 def read_status(directory: str) -> dict[str, Any] | None:
     """The port lock holder's last status (bounded, type-checked), or None."""
-    try:
-        with open(os.path.join(directory, STATUS_NAME), "rb") as f:
-            raw = f.read(MAX_STATUS_BYTES + 1)
-        data = json.loads(raw) if len(raw) <= MAX_STATUS_BYTES else None
-    except (OSError, ValueError):
-        return None
-    if not isinstance(data, dict):
-        return None
-    types: dict[str, type] = {"pid": int, "address": str, "serving": bool, "error": str}
-    return {k: v for k, v in data.items() if k in types and isinstance(v, types[k])}
+    types: dict[str, tuple[type, ...]] = {"pid": (int,), "address": (str,), "serving": (bool,), "error": (str,)}
+    return election.read_status(directory, STATUS_NAME, MAX_STATUS_BYTES, types)
 
 
 def pre_fork_master() -> bool:

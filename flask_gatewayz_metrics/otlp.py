@@ -19,132 +19,70 @@ the interval); a slow or dead collector only ever blocks the export thread.
 Values are cumulative from the server's start (the control file's start time); after a
 reset the holder starts a new cumulative period, recorded in the status file so that a
 holder taking over continues the same period.
+
+The configuration is read in ``otlp_config.py`` and the status file and report in
+``otlp_status.py``; the election itself is ``election.py``, shared with the metrics
+port. Their public names are re-exported here.
 """
 
 from __future__ import annotations
 
-import fcntl
-import json
 import logging
 import math
 import os
 import random
-import socket
-import sys
 import threading
 import time
 import urllib.error
-import urllib.parse
 import urllib.request
 import weakref
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from prometheus_client.metrics_core import Metric
 
+from . import election, otlp_status
 from ._version import VERSION
+from .otlp_config import DEFAULT_INTERVAL_MS, DEFAULT_TIMEOUT_MS, MAX_PAIRS, OtlpConfig, otlp_config, parse_pairs
 from .otlp_encode import encode_request
+from .otlp_status import (
+    EXTRA_HINT,
+    LOCK_NAME,
+    MAX_STATUS_BYTES,
+    STATUS_NAME,
+    _exporters,
+    health_reasons,
+    holder_pid,
+    otlp_report,
+    read_status,
+)
 from .storage.control import ControlFile
 
+__all__ = [
+    "DEFAULT_INTERVAL_MS",
+    "DEFAULT_TIMEOUT_MS",
+    "EXTRA_HINT",
+    "LOCK_NAME",
+    "MAX_PAIRS",
+    "MAX_RESPONSE_BYTES",
+    "MAX_STATUS_BYTES",
+    "STATUS_NAME",
+    "OtlpConfig",
+    "OtlpExporter",
+    "_exporters",
+    "extra_installed",
+    "families_of",
+    "health_reasons",
+    "holder_pid",
+    "otlp_config",
+    "otlp_report",
+    "parse_pairs",
+    "read_status",
+    "retry_delay",
+]
+
 log = logging.getLogger("flask_gatewayz_metrics")
-LOCK_NAME = "otlp.lock"
-STATUS_NAME = "otlp.status.json"
-MAX_STATUS_BYTES = 16_384
 MAX_RESPONSE_BYTES = 1 << 20
-MAX_PAIRS = 64
-DEFAULT_INTERVAL_MS = 60_000
-DEFAULT_TIMEOUT_MS = 10_000
-EXTRA_HINT = "pip install 'flask_gatewayz_metrics[otlp]'"
-
-
-@dataclass(frozen=True)
-class OtlpConfig:
-    """Where and how to export (times in seconds)."""
-
-    endpoint: str
-    headers: dict[str, str] = field(default_factory=dict)
-    timeout: float = DEFAULT_TIMEOUT_MS / 1000
-    interval: float = DEFAULT_INTERVAL_MS / 1000
-    resource: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def shown_endpoint(self) -> str:
-        """The endpoint without credentials or query, safe for logs and health."""
-        parts = urllib.parse.urlsplit(self.endpoint)
-        return f"{parts.scheme}://{parts.hostname or ''}{f':{parts.port}' if parts.port else ''}{parts.path}"
-
-
-def otlp_config(setting: str | None, environ: Mapping[str, str] | None = None) -> OtlpConfig | None:
-    """The export configuration, or None when no endpoint is set (or ``OTEL_SDK_DISABLED``).
-
-    Malformed environment values are logged and replaced by their defaults: metrics
-    never keep an application from starting.
-    """
-    env = os.environ if environ is None else environ
-    if env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
-        return None
-    endpoint = setting or env.get("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", "").strip()
-    if not endpoint:
-        base = env.get("OTEL_EXPORTER_OTLP_ENDPOINT", "").strip()
-        if not base:
-            return None
-        endpoint = base.rstrip("/") + "/v1/metrics"  # the spec: the base URL gets the signal's path
-    if not endpoint.startswith(("http://", "https://")) or any(c.isspace() for c in endpoint):
-        log.warning("OTLP export disabled: endpoint %r is not an http(s) URL", endpoint[:200])
-        return None
-    protocol = env.get("OTEL_EXPORTER_OTLP_METRICS_PROTOCOL") or env.get("OTEL_EXPORTER_OTLP_PROTOCOL")
-    if protocol and protocol.strip() != "http/protobuf":
-        log.warning("OTLP protocol %r is not supported; exporting with http/protobuf", protocol[:40])
-    headers_raw = env.get("OTEL_EXPORTER_OTLP_METRICS_HEADERS") or env.get("OTEL_EXPORTER_OTLP_HEADERS", "")
-    timeout_raw = env.get("OTEL_EXPORTER_OTLP_METRICS_TIMEOUT") or env.get("OTEL_EXPORTER_OTLP_TIMEOUT")
-    resource = {
-        "telemetry.sdk.name": "flask_gatewayz_metrics",
-        "telemetry.sdk.language": "python",
-        "telemetry.sdk.version": VERSION,
-        "host.name": socket.gethostname(),
-        **parse_pairs(env.get("OTEL_RESOURCE_ATTRIBUTES", ""), "OTEL_RESOURCE_ATTRIBUTES"),
-    }
-    service = env.get("OTEL_SERVICE_NAME", "").strip()
-    if service:
-        resource["service.name"] = service
-    resource.setdefault("service.name", f"unknown_service:{os.path.basename(sys.executable) or 'python'}")
-    return OtlpConfig(
-        endpoint=endpoint,
-        headers=parse_pairs(headers_raw, "OTEL_EXPORTER_OTLP_HEADERS"),
-        timeout=_milliseconds(timeout_raw, DEFAULT_TIMEOUT_MS, 1, 600_000, "OTEL_EXPORTER_OTLP_TIMEOUT") / 1000,
-        interval=_milliseconds(
-            env.get("OTEL_METRIC_EXPORT_INTERVAL"), DEFAULT_INTERVAL_MS, 100, 86_400_000, "OTEL_METRIC_EXPORT_INTERVAL"
-        ) / 1000,
-        resource=resource,
-    )  # fmt: skip
-
-
-def parse_pairs(raw: str, name: str) -> dict[str, str]:
-    """``key1=value1,key2=value2`` (percent-encoded, the W3C baggage form the spec uses);
-    malformed entries are skipped with a warning naming ``name``, never their values."""
-    out: dict[str, str] = {}
-    for item in raw.split(",")[:MAX_PAIRS] if raw.strip() else ():
-        key, sep, value = item.partition("=")
-        key, value = urllib.parse.unquote(key.strip()), urllib.parse.unquote(value.strip())
-        if not sep or not key or any(ord(c) < 32 or ord(c) == 127 for c in key + value) or len(key + value) > 4096:
-            log.warning("%s: skipped a malformed entry (expected key=value)", name)
-            continue
-        out[key] = value
-    return out
-
-
-def _milliseconds(raw: str | None, default: int, low: int, high: int, name: str) -> float:
-    if raw is None or not raw.strip():
-        return float(default)
-    try:
-        value = float(raw)
-    except ValueError:
-        value = math.nan
-    if not (math.isfinite(value) and low <= value <= high):
-        log.warning("%s=%r is not a number of milliseconds in [%d, %d]; using %d", name, raw[:40], low, high, default)
-        return float(default)
-    return value
 
 
 def retry_delay(failures: int, interval: float) -> float:
@@ -189,7 +127,7 @@ class OtlpExporter:
         self._failures = 0
         self._last_success: float | None = None
         self._last_error: str | None = None
-        _exporters[directory] = self
+        otlp_status.register(directory, self)
         weak = weakref.ref(self)
 
         def after_fork_in_child() -> None:
@@ -228,7 +166,7 @@ class OtlpExporter:
             os.close(self._lock_fd)
             self._lock_fd = -1
         self._pid = -1
-        _exporters.pop(self.directory, None)
+        otlp_status.unregister(self.directory)
 
     def _after_fork_in_child(self) -> None:
         self._start_lock = threading.Lock()
@@ -238,11 +176,7 @@ class OtlpExporter:
         """In a forked child: close the inherited lock descriptor without unlocking (the
         lock belongs to the parent's open file description, still held by the parent)."""
         if self._lock_fd >= 0 and self._lock_pid != os.getpid():
-            try:
-                os.close(self._lock_fd)
-            except OSError:
-                pass
-            self._lock_fd = -1
+            self._lock_fd = election.close_inherited(self._lock_fd)
             self._control = None
 
     # ---------------------------------------------------------------- the thread
@@ -262,16 +196,10 @@ class OtlpExporter:
             stop.wait(delay)
 
     def _try_lead(self) -> bool:
-        path = os.path.join(self.directory, LOCK_NAME)
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-        except OSError as exc:
-            self._last_error = f"cannot open {LOCK_NAME}: {exc.strerror or exc}"
-            return False
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:  # another process exports
-            os.close(fd)
+        fd, error = election.try_lock(self.directory, LOCK_NAME)
+        if fd < 0:  # another process exports, or the lock file cannot be opened
+            if error is not None:
+                self._last_error = error
             return False
         try:
             os.ftruncate(fd, 0)
@@ -356,17 +284,7 @@ class OtlpExporter:
             "epoch": control.epoch if control is not None else None,
             "period_start": period[2] if period is not None else None,
         }
-        path = os.path.join(self.directory, STATUS_NAME)
-        tmp = f"{path}.{os.getpid()}.tmp"
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-            try:
-                os.write(fd, json.dumps(status).encode())
-            finally:
-                os.close(fd)
-            os.replace(tmp, path)  # readers see a whole file, old or new
-        except OSError:
-            pass
+        election.write_status(self.directory, STATUS_NAME, status)
 
     # ------------------------------------------------------------------ reading
     def report(self) -> dict[str, Any]:
@@ -382,67 +300,6 @@ class OtlpExporter:
             for key in ("pid", "last_attempt", "last_success", "last_error", "consecutive_failures", "data_points"):
                 out[key] = status.get(key)
         return out
-
-
-_exporters: weakref.WeakValueDictionary[str, OtlpExporter] = weakref.WeakValueDictionary()
-
-
-def otlp_report(directory: str) -> dict[str, Any] | None:
-    """The export report for the metrics directory ``directory`` (None: no export configured)."""
-    exporter = _exporters.get(directory)
-    return None if exporter is None else exporter.report()
-
-
-def health_reasons(report: Mapping[str, Any] | None, now: float) -> list[str]:
-    """Why OTLP export makes health ``degraded`` (empty when it is fine or not configured)."""
-    if report is None:
-        return []
-    endpoint = report.get("endpoint")
-    if not report.get("extra_installed"):
-        return [f"OTLP export to {endpoint} configured but the otlp extra is not installed ({EXTRA_HINT})"]
-    failures = report.get("consecutive_failures")
-    if isinstance(failures, int) and failures > 0:
-        return [f"OTLP export to {endpoint} failing ({failures} attempt(s) in a row): {report.get('last_error')}"]
-    last = report.get("last_attempt")
-    interval = report.get("interval_seconds")
-    if isinstance(last, float) and isinstance(interval, float) and now - last > 3 * interval + 60:
-        return [f"OTLP export to {endpoint} stalled: last attempt {now - last:.0f}s ago"]
-    return []
-
-
-def read_status(directory: str) -> dict[str, Any] | None:
-    """The holder's last status (bounded, type-checked), or None."""
-    try:
-        fd = os.open(os.path.join(directory, STATUS_NAME), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError:
-        return None
-    try:
-        raw = os.read(fd, MAX_STATUS_BYTES + 1)
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
-    try:
-        data = json.loads(raw) if len(raw) <= MAX_STATUS_BYTES else None
-    except ValueError:
-        return None
-    if not isinstance(data, dict):
-        return None
-    types: dict[str, tuple[type, ...]] = {
-        "pid": (int,), "endpoint": (str,), "interval_seconds": (float,), "last_attempt": (float,),
-        "last_success": (float,), "last_error": (str,), "consecutive_failures": (int,), "data_points": (int,),
-        "start_time": (float,), "epoch": (int,), "period_start": (float,),
-    }  # fmt: skip
-    return {k: v for k, v in data.items() if k in types and isinstance(v, types[k]) and not isinstance(v, bool)}
-
-
-def holder_pid(directory: str) -> int | None:
-    """The pid written to ``otlp.lock`` by the process that last took the export role."""
-    try:
-        with open(os.path.join(directory, LOCK_NAME), "rb") as f:
-            return int(f.read(32).strip() or b"x")
-    except (OSError, ValueError):
-        return None
 
 
 def _partial_success(answer: bytes) -> str | None:
