@@ -42,9 +42,9 @@ PART_ENTRY_BYTES = 300
 FRONT_ENTRY_BYTES = 420
 """The same for a front entry: key and value 6-tuples, six offsets, dict and queue slots."""
 FRONT_ADMIT_EVERY = 64
-"""Once the front cache is full, only every 8th miss is admitted (evicting the oldest
-entry): a combination that recurs gets in after a few misses, while a workload of far
-more combinations than fit pays the insertion and eviction on one miss in eight."""
+"""Once the front cache is full, only every 64th miss is admitted (evicting the oldest
+entry): a combination that recurs gets back in quickly, while a workload of far more
+combinations than fit pays the insertion and eviction on one miss in 64."""
 ROUTE_BUDGET_BYTES = 2_560 * 1024
 PROVIDER_BUDGET_BYTES = 512 * 1024
 MODEL_BUDGET_BYTES = 1_536 * 1024

@@ -37,7 +37,6 @@ class WorkerFile:
         name = f"worker-{self.pid}-{secrets.token_hex(8)}{layout.WORKER_SUFFIX}"
         self.path = os.path.join(directory, name)
         self.epoch = epoch
-        self.slots = slots
         # Created under a hidden name and renamed once locked and complete, so no reader
         # or compactor ever sees it empty and unlocked (it would look like debris).
         # Through a checked descriptor of the directory: whatever its path points to
