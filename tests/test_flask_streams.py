@@ -1,0 +1,140 @@
+"""Streamed Flask responses: recorded when the body is closed (completed, failed mid-stream,
+client gone), with the stream families and the in-flight gauge."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+from flask import Flask, Response
+
+from flask_gatewayz_metrics import GatewayzMetrics, MetricsCollector, label_request
+from flask_gatewayz_metrics.testing import Samples
+from flask_gatewayz_metrics.testing import parse_samples as parse
+from flask_gatewayz_metrics.testing import sample_key as key
+from flask_gatewayz_metrics.testing import series as named
+
+# --------------------------------------------------------------------------- Flask streams
+
+
+def stream_app(metrics_dir: str) -> Flask:
+    app = Flask(__name__)
+    app.config["GATEWAYZ_METRICS_DIR"] = metrics_dir
+    GatewayzMetrics(app)
+
+    def slow_chunks(fail: bool = False) -> Iterator[str]:
+        time.sleep(0.05)
+        yield "data: 0\n\n"
+        if fail:
+            raise RuntimeError("upstream broke mid-stream")
+        for i in range(1, 4):
+            time.sleep(0.01)
+            yield f"data: {i}\n\n"
+
+    @app.get("/chat/stream")
+    def labelled() -> Response:
+        label_request(provider="openai", model="gpt-4")
+        return Response(slow_chunks(), mimetype="text/event-stream")
+
+    @app.get("/chat/broken")
+    def broken() -> Response:
+        label_request(provider="openai", model="gpt-4")
+        return Response(slow_chunks(fail=True), mimetype="text/event-stream")
+
+    @app.get("/plain/stream")
+    def unlabelled() -> Response:
+        return Response(slow_chunks(), mimetype="text/event-stream")
+
+    return app
+
+
+def app_collector(app: Flask) -> MetricsCollector:
+    return app.extensions["gatewayz_metrics"].collector  # type: ignore[no-any-return]
+
+
+def http_scrape(app: Flask) -> Samples:
+    response = app.test_client().get("/metrics")
+    assert response.status_code == 200
+    return parse(response.get_data(as_text=True))
+
+
+def test_flask_stream_completed(metrics_dir: str) -> None:
+    """A fully read labelled stream: outcome completed, first chunk >= 0.05 s, duration >= first chunk."""
+    app = stream_app(metrics_dir)
+    response = app.test_client().get("/chat/stream")
+    assert response.get_data(as_text=True).count("data:") == 4
+    response.close()
+    s = http_scrape(app)
+    base = {"provider": "openai", "model": "gpt-4"}
+    assert named(s, "llm_streams_total") == {tuple(sorted({**base, "outcome": "completed"}.items())): 1.0}
+    first = s[key("llm_time_to_first_chunk_seconds_sum", **base)]
+    duration = s[key("llm_stream_duration_seconds_sum", **base)]
+    assert s[key("llm_time_to_first_chunk_seconds_count", **base)] == 1
+    assert s[key("llm_stream_duration_seconds_count", **base)] == 1
+    assert 0.05 <= first < 5
+    assert duration >= first + 0.03  # three more chunks, 10 ms apart
+    assert s[key("http_requests_total", endpoint="/chat/stream", method="GET")] == 1
+    assert s[key("http_request_errors_total", endpoint="/chat/stream", method="GET")] == 0
+    assert s[key("http_requests_in_flight")] == 0
+
+
+def test_flask_stream_error_mid_stream(metrics_dir: str) -> None:
+    """A generator raising mid-stream: outcome error, and the 200 request counted as an HTTP error."""
+    app = stream_app(metrics_dir)
+    response = app.test_client().get("/chat/broken")
+    assert response.status_code == 200
+    with pytest.raises(RuntimeError, match="mid-stream"):
+        response.get_data()
+    response.close()
+    s = http_scrape(app)
+    base = {"provider": "openai", "model": "gpt-4"}
+    assert named(s, "llm_streams_total") == {tuple(sorted({**base, "outcome": "error"}.items())): 1.0}
+    assert s[key("http_requests_total", endpoint="/chat/broken", method="GET")] == 1
+    assert s[key("http_request_errors_total", endpoint="/chat/broken", method="GET")] == 1
+    assert s[key("http_response_status_total", endpoint="/chat/broken", status="200")] == 1
+    assert s[key("llm_time_to_first_chunk_seconds_sum", **base)] >= 0.05
+    assert s[key("http_requests_in_flight")] == 0
+
+
+def test_flask_stream_client_disconnect_and_in_flight(metrics_dir: str) -> None:
+    """Closed after one chunk: 1 in flight while open (scrape excluded), then 0 and outcome client_disconnect."""
+    app = stream_app(metrics_dir)
+    collector = app_collector(app)
+    response = app.test_client().get("/chat/stream")
+    try:
+        assert next(response.response) == b"data: 0\n\n"  # type: ignore[call-overload]
+        assert collector.to_dict()["in_flight"] == 1
+        s = http_scrape(app)
+        assert s[key("http_requests_in_flight")] == 1
+        assert named(s, "llm_streams_total") == {}
+        assert app.test_client().get("/metrics/json").get_json()["in_flight"] == 1
+    finally:
+        response.close()
+    s = http_scrape(app)
+    base = {"provider": "openai", "model": "gpt-4"}
+    assert named(s, "llm_streams_total") == {tuple(sorted({**base, "outcome": "client_disconnect"}.items())): 1.0}
+    assert s[key("http_requests_in_flight")] == 0
+    assert collector.to_dict()["in_flight"] == 0
+    assert s[key("llm_time_to_first_chunk_seconds_sum", **base)] >= 0.05
+    assert s[key("llm_stream_duration_seconds_sum", **base)] >= s[key("llm_time_to_first_chunk_seconds_sum", **base)]
+    assert s[key("http_request_errors_total", endpoint="/chat/stream", method="GET")] == 0
+
+
+def test_flask_unlabelled_stream_records_request_at_close_only(metrics_dir: str) -> None:
+    """An unlabelled stream records no stream metrics; its HTTP request is recorded when closed."""
+    app = stream_app(metrics_dir)
+    response = app.test_client().get("/plain/stream")
+    try:
+        s = http_scrape(app)
+        assert key("http_requests_total", endpoint="/plain/stream", method="GET") not in s
+        assert s[key("http_requests_in_flight")] == 1
+        assert response.get_data(as_text=True).count("data:") == 4
+    finally:
+        response.close()
+    s = http_scrape(app)
+    assert s[key("http_requests_total", endpoint="/plain/stream", method="GET")] == 1
+    assert s[key("http_request_duration_seconds_sum", endpoint="/plain/stream", method="GET")] >= 0.08
+    assert s[key("http_requests_in_flight")] == 0
+    for name in ("llm_streams_total", "llm_stream_duration_seconds_count", "llm_time_to_first_chunk_seconds_count"):
+        assert named(s, name) == {}
