@@ -23,7 +23,7 @@ from example_app.app import create_app
 from flask_gatewayz_metrics import GatewayzMetrics, MetricsCollector, PrometheusExporter
 from flask_gatewayz_metrics.labels import KNOWN_METHODS
 from flask_gatewayz_metrics.storage.directory import MetricsDirectoryError
-from flask_gatewayz_metrics.testing import worker_file
+from flask_gatewayz_metrics.testing import scrape_samples, worker_file
 
 SCRAPE_ROUTES = ("/metrics", "/metrics/json", "/metrics/health")
 
@@ -187,7 +187,8 @@ def hostile_values(draw: Any) -> object:
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(calls=st.lists(st.tuples(st.integers(0, 5), st.lists(hostile_values(), min_size=6, max_size=6)), max_size=8))
 def test_recording_api_never_raises_and_exposition_parses(calls: list[tuple[int, list[object]]]) -> None:
-    """record_* with any types and values never raises; the exposition always parses in both formats."""
+    """record_* with any types and values never raises, and each call is recorded or counted as
+    dropped (never silently lost); the exposition always parses in both formats."""
     directory = tempfile.mkdtemp()
     try:
         c = MetricsCollector(os.path.join(directory, "m"))
@@ -197,7 +198,9 @@ def test_recording_api_never_raises_and_exposition_parses(calls: list[tuple[int,
                 c.record_external_api_call, c.record_cache_hit, c.record_cache_miss,
             ][which]
             arity = [6, 5, 1, 2, 0, 0][which]
+            before = _recorded_or_dropped(c, which)
             method(*a[:arity])
+            assert _recorded_or_dropped(c, which) > before, (method.__name__, a[:arity])
         exporter = PrometheusExporter(c)
         list(parse_text(exporter.export()))
         body, _ = exporter.render("application/openmetrics-text; version=1.0.0")
@@ -205,6 +208,18 @@ def test_recording_api_never_raises_and_exposition_parses(calls: list[tuple[int,
         c.close()
     finally:
         shutil.rmtree(directory)
+
+
+_FAMILIES_OF_CALL = (
+    ("http_requests_total",), ("provider_requests_total", "model_requests_total"), ("db_queries_total",),
+    ("external_api_calls_total",), ("cache_hits_total",), ("cache_misses_total",),
+)
+
+
+def _recorded_or_dropped(collector: MetricsCollector, which: int) -> float:
+    """What call ``which`` adds to: its own families' counts plus every dropped input."""
+    families = (*_FAMILIES_OF_CALL[which], "gatewayz_metrics_dropped_total")
+    return sum(value for (name, _), value in scrape_samples(collector).items() if name in families)
 
 
 NASTY_LABELS = ['a"b', "back\\slash", "new\nline", "nul\x00byte", "é🚀中文", "}{,=", "\t tab", "x" * 300, "\udcff"]
