@@ -27,6 +27,7 @@ class Credentials:
 
     @property
     def required(self) -> bool:
+        """Whether any credential is configured (else the route is open)."""
         return self.token is not None or self.basic is not None
 
     def allow(self, header: str | None) -> bool:
@@ -57,6 +58,8 @@ class Credentials:
 
 
 def scrape_credentials(settings: Settings) -> Credentials:
+    """What the scrape routes accept: the bearer token and / or basic username and password
+    of ``settings`` (``ValueError`` when only one of username and password is set)."""
     token = secret(settings.auth_token, settings.auth_token_file, "auth_token")
     username = settings.auth_username
     password = secret(settings.auth_password, settings.auth_password_file, "auth_password")
@@ -69,6 +72,7 @@ def scrape_credentials(settings: Settings) -> Credentials:
 
 
 def reset_credentials(settings: Settings) -> Credentials:
+    """What ``/metrics/reset`` accepts: its own bearer token only, never the scrape credentials."""
     token = secret(settings.reset_token, settings.reset_token_file, "reset_token")
     return Credentials(token.encode() if token else None)
 

@@ -169,6 +169,8 @@ class Counter(_Metric):
 
 
 class CounterChild(_Child):
+    """A counter for one label set (from ``Counter.labels``)."""
+
     def inc(self, amount: float = 1.0) -> None:
         """Add ``amount`` (>= 0, finite)."""
         _count(self._metric, self._series, amount)
@@ -206,13 +208,17 @@ class Gauge(_Metric):
         _gauge(self, self._no_labels(), value, False)
 
     def inc(self, amount: float = 1.0) -> None:
+        """Add ``amount`` to a gauge without labels (in this process)."""
         _gauge(self, self._no_labels(), amount, True)
 
     def dec(self, amount: float = 1.0) -> None:
+        """Subtract ``amount`` from a gauge without labels (in this process)."""
         _gauge(self, self._no_labels(), -as_number(amount), True)
 
 
 class GaugeChild(_Child):
+    """A gauge for one label set (from ``Gauge.labels``)."""
+
     def set(self, value: float) -> None:
         """Set this process's value to ``value`` (finite)."""
         _gauge(self._metric, self._series, value, False)
@@ -275,6 +281,8 @@ class Histogram(_Metric):
 
 
 class HistogramChild(_Child):
+    """A histogram for one label set (from ``Histogram.labels``)."""
+
     def observe(self, value: float) -> None:
         """Observe ``value`` (finite)."""
         _observe(self._metric, self._series, value)

@@ -46,6 +46,7 @@ def clean_label(value: object) -> str | None:
 
 
 def method_label(method: object) -> str | None:
+    """An HTTP method as a label: upper-cased if known, ``OTHER`` if not, None for a non-string."""
     if not isinstance(method, str):
         return None
     upper = method.upper()

@@ -90,6 +90,7 @@ class MetricsPort:
 
     @property
     def shown(self) -> str:
+        """The listening address as logs and health show it (``[v6]:port`` or ``host:port``)."""
         return f"[{self.address}]:{self.port}" if ":" in self.address else f"{self.address}:{self.port}"
 
     def start_at_boot(self) -> None:
