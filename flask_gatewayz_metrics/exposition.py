@@ -32,6 +32,7 @@ from .exposition_gateway import cumulative, gateway_families
 from .exposition_semconv import semconv_families
 from .exposition_tenants import tenant_families
 from .exposition_text import TEXT, TextRenderer, fast_format
+from .settings import SEMCONV_CHOICES
 from .snapshot import Snapshot, Totals
 from .static_labels import StaticLabels
 from .storage import Merged, WindowStats, layout
@@ -125,9 +126,6 @@ class PrometheusExporter(Collector):
 
 
 CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
-SEMCONV_CHOICES = ("both", "metrics", "otlp", "off")
-"""Where the OpenTelemetry semantic conventions' families go (``GATEWAYZ_METRICS_SEMCONV``):
-``/metrics`` and OTLP, only one of them, or neither (they are recorded all the same)."""
 
 
 def families(snap: Snapshot, conventions: bool = True) -> list[Metric]:
