@@ -55,9 +55,9 @@ mismatch raises.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
-import hashlib
 import os
 import platform
 import random
@@ -166,17 +166,18 @@ class SamePeerRecorder(PeerRecorder):
         from flask_gatewayz_metrics.storage import layout
 
         reg = CollectorRegistry()
+        WINDOW_GAUGES = exposition.WINDOW_LATENCY_GAUGES
         self.conventions = conventions
         gauge = lambda name, labels: Gauge(name, "g", labels, registry=reg, multiprocess_mode="max")  # noqa: E731
         self.window: dict[str, list[object]] = {
-            "endpoint": [gauge(f"http_request_latency_{n}_seconds", ["endpoint"]) for n in exposition.WINDOW_LATENCY_GAUGES],
+            "endpoint": [gauge(f"http_request_latency_{n}_seconds", ["endpoint"]) for n in WINDOW_GAUGES],
             "provider": [gauge("provider_error_rate", ["provider"])]
-            + [gauge(f"provider_latency_{n}_seconds", ["provider"]) for n in exposition.WINDOW_LATENCY_GAUGES],
+            + [gauge(f"provider_latency_{n}_seconds", ["provider"]) for n in WINDOW_GAUGES],
             "model": [gauge("model_error_rate", ["model"])]
-            + [gauge(f"model_latency_{n}_seconds", ["model"]) for n in exposition.WINDOW_LATENCY_GAUGES],
+            + [gauge(f"model_latency_{n}_seconds", ["model"]) for n in WINDOW_GAUGES],
         }
         self.latest: dict[tuple[str, str], float] = {}
-        self.extra: list[object] = [Counter(name, "c", registry=reg) for name in ("cache_hits", "cache_misses", "db_queries")]
+        self.extra: list[object] = [Counter(n, "c", registry=reg) for n in ("cache_hits", "cache_misses", "db_queries")]
         dropped = Counter("gatewayz_metrics_dropped", "d", ["reason"], registry=reg)
         for reason in exposition.DROP_REASONS:
             dropped.labels(reason).inc(0)
@@ -186,7 +187,8 @@ class SamePeerRecorder(PeerRecorder):
         files = Gauge("gatewayz_metrics_worker_files", "f", ["state"], registry=reg, multiprocess_mode="livesum")
         files.labels("live").set(1)
         files.labels("dead").set(0)
-        self.extra += [dropped, errors, files, Gauge("http_requests_in_flight", "i", registry=reg, multiprocess_mode="livesum")]
+        in_flight = Gauge("http_requests_in_flight", "i", registry=reg, multiprocess_mode="livesum")
+        self.extra += [dropped, errors, files, in_flight]
         from flask_gatewayz_metrics._version import VERSION
 
         build = Gauge("gatewayz_build_info", "b", ["version", "python_version"], registry=reg, multiprocess_mode="max")
