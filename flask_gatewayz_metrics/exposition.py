@@ -31,7 +31,7 @@ from .default_registry import DefaultRegistry
 from .exposition_gateway import cumulative, gateway_families
 from .exposition_semconv import semconv_families
 from .exposition_tenants import tenant_families
-from .exposition_text import TEXT, TextRenderer, fast_format
+from .exposition_text import TEXT, SeriesHistogram, TextRenderer, fast_format
 from .settings import SEMCONV_CHOICES
 from .snapshot import Snapshot, Totals
 from .static_labels import StaticLabels
@@ -173,7 +173,7 @@ def custom_family(custom: CustomFamily) -> Metric:
     labels = list(definition.labelnames)
     family: CounterMetricFamily | GaugeMetricFamily | HistogramMetricFamily
     if definition.type == "histogram":
-        family = HistogramMetricFamily(definition.name, definition.documentation, labels=labels)
+        family = SeriesHistogram(definition.name, definition.documentation, labels=labels)
         for series in custom.series:
             family.add_metric(list(series.labels), cumulative(series.bounds, series.buckets), series.value)
         return family
@@ -258,7 +258,7 @@ def _http_families(snap: Snapshot) -> list[Metric]:
         "HTTP requests that failed (server error status or exception).",
         labels=["endpoint", "method"],
     )
-    duration = HistogramMetricFamily(
+    duration = SeriesHistogram(
         "http_request_duration_seconds", "HTTP request latency since start.", labels=["endpoint", "method"]
     )
     exemplars = _exemplars(snap)
@@ -280,7 +280,7 @@ def _provider_families(snap: Snapshot) -> list[Metric]:
     errors = CounterMetricFamily("provider_errors_total", "Failed requests to the AI provider.", labels=["provider"])
     rate = _gauge("provider_error_rate", f"Share of the provider's requests that failed {window} (0-1).", ["provider"])
     gauges = _latency_gauges("provider", "provider", {})
-    duration = HistogramMetricFamily(
+    duration = SeriesHistogram(
         "provider_request_duration_seconds", "AI provider request latency since start.", labels=["provider"]
     )
     for provider, totals in sorted(snap.requests.by_provider.items()):

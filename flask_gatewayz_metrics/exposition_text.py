@@ -21,13 +21,14 @@ then renders, or raises, exactly as it would have).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from functools import partial
 from typing import Any
 
 from prometheus_client import exposition, openmetrics
-from prometheus_client.metrics_core import Metric
+from prometheus_client.metrics_core import HistogramMetricFamily, Metric
 from prometheus_client.openmetrics import exposition as om
+from prometheus_client.samples import Sample
 from prometheus_client.utils import floatToGoString
 
 TEXT = "text"
@@ -56,6 +57,51 @@ def fast_format(encoder: Callable[..., bytes]) -> str | None:
     return None
 
 
+Row = tuple[Sequence[str], Sequence[tuple[str, float]], "float | None"]
+
+
+class SeriesHistogram(HistogramMetricFamily):
+    """A ``HistogramMetricFamily`` that makes its samples only when they are asked for.
+
+    ``add_metric`` keeps each series as a row (label values, cumulative buckets, sum);
+    ``TextRenderer`` writes a row's lines directly (the same lines its samples give), and
+    anything else that reads ``samples`` (protobuf, OTLP, static labels) gets exactly the
+    samples ``HistogramMetricFamily.add_metric`` would have made, in the same order. A
+    series with exemplars or a timestamp, or without buckets, is added at once.
+    """
+
+    def __init__(self, name: str, documentation: str, labels: Sequence[str] = (), unit: str = "") -> None:
+        self._pending: list[Row] = []
+        self._made: list[Sample] = []
+        super().__init__(name, documentation, labels=list(labels), unit=unit)
+
+    @property
+    def samples(self) -> list[Sample]:
+        if self._pending:
+            pending, self._pending = self._pending, []
+            for labels, buckets, sum_value in pending:
+                HistogramMetricFamily.add_metric(self, labels, buckets, sum_value)
+        return self._made
+
+    @samples.setter
+    def samples(self, value: list[Sample]) -> None:
+        self._pending = []
+        self._made = value
+
+    def add_metric(
+        self, labels: Sequence[str], buckets: Sequence[Any], sum_value: float | None, timestamp: Any = None
+    ) -> None:
+        """As ``HistogramMetricFamily.add_metric`` (its samples made later, if at all)."""
+        if timestamp is None and buckets and all(len(b) == 2 for b in buckets):
+            self._pending.append((labels, buckets, sum_value))
+        else:
+            HistogramMetricFamily.add_metric(self, labels, buckets, sum_value, timestamp)
+
+    def take(self) -> tuple[list[Sample], list[Row]]:
+        """The samples made so far and the rows not yet made into samples (for the renderer)."""
+        return self._made, self._pending
+
+
 def _escape_value(value: str) -> str:
     """A label value as both formats write it (backslash, newline and quote escaped)."""
     return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r'\"')
@@ -80,7 +126,7 @@ class TextRenderer:
     """
 
     def __init__(self) -> None:
-        self._prefixes: dict[str, dict[tuple[str, str, tuple[tuple[str, str], ...]], str]] = {}
+        self._prefixes: dict[str, dict[Any, Any]] = {}
         """Per format: ``name{labels}`` of each series of the last scrape."""
         self._values: dict[float, str] = {}
         self._names: dict[tuple[str, str], str] = {}
@@ -128,7 +174,7 @@ class TextRenderer:
     # ------------------------------------------------------------------ formats
     def _render(self, families: list[Metric], fmt: str) -> bytes:
         old = self._prefixes.get(fmt, {})
-        new: dict[Any, str] = {}
+        new: dict[Any, Any] = {}
         out: list[str] = []
         if fmt == TEXT:
             for metric in families:
@@ -141,7 +187,7 @@ class TextRenderer:
         self._prefixes[fmt] = new  # the series of this scrape only
         return body
 
-    def _prefix(self, s: Any, how: str, old: dict[Any, str], new: dict[Any, str]) -> str:
+    def _prefix(self, s: Any, how: str, old: dict[Any, Any], new: dict[Any, Any]) -> str:
         """``name{labels}`` of sample ``s`` (its name escaped as ``how`` says)."""
         key = (s.name, how, tuple(s.labels.items()))
         found = new.get(key)
@@ -152,7 +198,7 @@ class TextRenderer:
             new[key] = found
         return found
 
-    def _text_family(self, metric: Metric, out: list[str], old: dict[Any, str], new: dict[Any, str]) -> None:
+    def _text_family(self, metric: Metric, out: list[str], old: dict[Any, Any], new: dict[Any, Any]) -> None:
         mtype = metric.type
         mname = self._name(metric.name + _TEXT_SUFFIX.get(mtype, ""), "metric")
         doc = metric.documentation.replace("\\", r"\\").replace("\n", r"\n")
@@ -162,7 +208,8 @@ class TextRenderer:
         value = self._value
         name = self._name
         prefix = self._prefix
-        for s in metric.samples:
+        samples, rows = metric.take() if isinstance(metric, SeriesHistogram) else (metric.samples, [])
+        for s in samples:
             if s.timestamp is None:
                 line = f"{prefix(s, 'metric', old, new)} {value(s.value)}\n"
             else:
@@ -172,22 +219,62 @@ class TextRenderer:
                 out.append(line)
             else:
                 late.setdefault(suffix, []).append(line)
+        if rows:
+            self._rows(metric, rows, "metric", out, old, new)
         for suffix, lines in sorted(late.items()):
             extra = name(metric.name + suffix, "metric")
             out.append(f"# HELP {extra} {doc}\n# TYPE {extra} gauge\n")
             out.extend(lines)
 
-    def _openmetrics_family(self, metric: Metric, out: list[str], old: dict[Any, str], new: dict[Any, str]) -> None:
+    def _openmetrics_family(self, metric: Metric, out: list[str], old: dict[Any, Any], new: dict[Any, Any]) -> None:
         mname = self._name(metric.name, "metric")
         doc = metric.documentation.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
         out.append(f"# HELP {mname} {doc}\n# TYPE {mname} {metric.type}\n")
         if metric.unit:
             out.append(f"# UNIT {mname} {metric.unit}\n")
         value = self._value
-        for s in metric.samples:
+        samples, rows = metric.take() if isinstance(metric, SeriesHistogram) else (metric.samples, [])
+        for s in samples:
             if s.native_histogram:
                 continue  # OpenMetrics 1.0 has no native histograms (prometheus_client skips them too)
             exemplar = _exemplar_string(metric, s, s.exemplar) if s.exemplar else ""
             timestamp = "" if s.timestamp is None else f" {s.timestamp}"
             shown = "" if s.value is None else value(s.value)
             out.append(f"{self._prefix(s, 'sample', old, new)} {shown}{timestamp}{exemplar}\n")
+        if rows:
+            self._rows(metric, rows, "sample", out, old, new)
+
+    def _rows(
+        self, metric: Metric, rows: list[Row], how: str, out: list[str], old: dict[Any, Any],
+        new: dict[Any, Any],
+    ) -> None:  # fmt: skip
+        """The lines of ``SeriesHistogram`` rows: those of the samples ``add_metric`` would
+        make (``_bucket`` per bucket, then ``_count`` and ``_sum`` when the first bound is
+        not negative and there is a sum), their ``name{labels}`` parts memoised per row."""
+        value = self._value
+        names: Sequence[str] = getattr(metric, "_labelnames", ())
+        for labels, buckets, sum_value in rows:
+            key = (metric.name, how, tuple(labels), "row")
+            found: tuple[list[str], list[str], str | None, str | None] | None = new.get(key) or old.get(key)
+            if found is None or len(found[0]) != len(buckets) or any(
+                le != known for (le, _), known in zip(buckets, found[0], strict=True)
+            ):
+                found = self._row_prefixes(metric.name, how, names, labels, [b[0] for b in buckets])
+            new[key] = found
+            _, prefixes, count_prefix, sum_prefix = found
+            out.extend([f"{p} {value(v)}\n" for p, (_, v) in zip(prefixes, buckets, strict=True)])
+            if sum_value is not None and count_prefix is not None:
+                out.append(f"{count_prefix} {value(buckets[-1][1])}\n{sum_prefix} {value(sum_value)}\n")
+
+    def _row_prefixes(
+        self, name: str, how: str, labelnames: Sequence[str], labels: Sequence[str], les: list[str]
+    ) -> tuple[list[str], list[str], str | None, str | None]:
+        """(le texts, ``name_bucket{...}`` per bucket, ``name_count{...}``, ``name_sum{...}``);
+        the count and sum parts are None when ``add_metric`` leaves those samples out."""
+        pairs = list(zip(labelnames, labels, strict=False))  # as add_metric: the shorter decides
+        bucket = self._name(name + "_bucket", how)
+        prefixes = [bucket + self._label_part(tuple(dict([*pairs, ("le", le)]).items())) for le in les]
+        if not float(les[0]) >= 0:  # as add_metric decides (NaN too)
+            return les, prefixes, None, None
+        part = self._label_part(tuple(dict(pairs).items()))
+        return les, prefixes, self._name(name + "_count", how) + part, self._name(name + "_sum", how) + part
