@@ -38,14 +38,21 @@ Cases, interleaved every round (the order rotates, so each case runs first as of
   Every other round.
 * **prom mp**: a subprocess with ``PROMETHEUS_MULTIPROC_DIR`` set before prometheus_client
   is imported; 4 simulated pids (``values.MultiProcessValue(lambda: pid)``) record the same
-  requests into the counters and histograms equivalent to our since-start families
-  (``_common.PeerRecorder``: per endpoint+method, endpoint+status, provider, model, our
-  bucket bounds). A scrape is a fresh ``CollectorRegistry`` + ``MultiProcessCollector`` +
-  ``generate_latest``, as prometheus_flask_exporter does per ``/metrics`` request.
+  requests into prometheus_client metrics with **exactly the series we serve**
+  (``SamePeerRecorder``: our counters and histograms with our bucket bounds, the window
+  gauges, the small families, and in the full view the conventions' histograms). A scrape
+  is a fresh ``CollectorRegistry`` + ``MultiProcessCollector`` + ``generate_latest``, as
+  prometheus_flask_exporter does per ``/metrics`` request.
 * **render floor**: a subprocess *without* ``PROMETHEUS_MULTIPROC_DIR`` whose single
-  in-memory registry records the same requests into the same families (all 4 workers'
+  in-memory registry records the same requests into the same metrics (all 4 workers'
   traffic); a scrape is ``generate_latest`` alone: no files, no merge. ``_created``
   samples are disabled (multiprocess mode has none), so it renders the peer's samples.
+* **Two views**, each with its own peer and floor: *full* = everything ``/metrics``
+  serves by default (the conventions' families included); *SEMCONV=otlp* = ours with
+  ``PrometheusExporter(semconv="otlp")`` (``GATEWAYZ_METRICS_SEMCONV=otlp``: the
+  conventions' families left off ``/metrics``, still in OTLP), peer and floor without them.
+  At the end of the run the series (sample names and label sets) of ours, the peer and the
+  floor must be identical in each view (a digest of the sorted ``name{labels}`` keys).
 
 Nothing may be dropped: the merged request count (since start and in the window, slot by
 slot) must equal what the workers were sent, no worker may report a drop, all 4 files must
