@@ -64,9 +64,15 @@ class WindowStats:
         buckets = self.buckets
         if buckets is None:
             buckets = self.buckets = [0.0] * sketch.BUCKET_COUNT
-        for index, count in zip(indexes, counts, strict=True):
-            buckets[int(index)] += count
-        self.lo, self.hi = min(self.lo, int(min(indexes))), max(self.hi, int(max(indexes)))
+        if len(indexes) != len(counts):
+            raise ValueError("indexes and counts differ in length")
+        at = list(map(int, indexes))
+        # buckets[i] += c for each entry in order, as one C-level loop: the maps are lazy,
+        # so each entry reads its bucket after the previous one wrote (a repeated index
+        # adds up exactly as the plain loop would).
+        any(map(buckets.__setitem__, at, map(add, map(buckets.__getitem__, at), counts)))
+        low, high = min(at), max(at)
+        self.lo, self.hi = min(self.lo, low), max(self.hi, high)
 
     def copy(self) -> WindowStats:
         """An independent copy (its own bucket list)."""
@@ -230,9 +236,7 @@ def _merge_live(sealed: Merged, views: list[WorkerView], epoch: int, now: float)
             continue
         if not view.live:
             continue  # entirely in the sealed part
-        for record in view.records:
-            if not layout.KINDS[record.kind].windowed:
-                _add_total(merged, view, record)
+        _add_totals(merged, view)
         oldest = max(oldest_slot_in_window(view, now), _seal_limit(view, now))
         _add_windows(merged, view, oldest, math.inf, copied)
     return merged
@@ -267,6 +271,35 @@ def _add_windows(
                 stats.add_slot(view, base, kind.with_sketch)
 
 
+_COMBINED = frozenset({"latest", "max", "min"})
+"""Merge modes ``combine`` decides; every other mode adds value by value."""
+
+
+def _add_totals(merged: Merged, view: WorkerView) -> None:
+    """``_add_total`` of every fixed-size record of ``view`` (the live part's hot loop:
+    the same combination, with the per-record lookups hoisted)."""
+    kinds = layout.KINDS
+    totals = merged.totals
+    doubles = view.doubles
+    for record in view.records:
+        kind = kinds[record.kind]
+        size = kind.size
+        if kind.windowed or not size:
+            continue
+        series = totals.get(record.kind)
+        if series is None:
+            series = totals[record.kind] = {}
+        offset = record.offset
+        values: list[float] = doubles[offset : offset + size].tolist()  # type: ignore[assignment]
+        current = series.get(record.labels)
+        if current is None:
+            series[record.labels] = values
+        elif kind.merge in _COMBINED:
+            series[record.labels] = combine(kind, current, values)
+        else:
+            series[record.labels] = list(map(add, current, values))
+
+
 def _add_total(merged: Merged, view: WorkerView, record: Record) -> None:
     """Combine a fixed-size record of ``view`` into the merged totals (``absorbed``
     markers carry no values and are skipped)."""
@@ -274,7 +307,7 @@ def _add_total(merged: Merged, view: WorkerView, record: Record) -> None:
     if kind.windowed or not kind.size:
         return
     series = merged.totals.setdefault(record.kind, {})
-    values = list(view.doubles[record.offset : record.offset + kind.size])
+    values: list[float] = view.doubles[record.offset : record.offset + kind.size].tolist()  # type: ignore[assignment]
     series[record.labels] = combine(kind, series.get(record.labels), values)
 
 
