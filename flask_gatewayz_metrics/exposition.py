@@ -29,7 +29,7 @@ from . import exposition_protobuf
 from .custom_families import CustomFamily
 from .default_registry import DefaultRegistry
 from .exposition_gateway import cumulative, gateway_families
-from .exposition_semconv import semconv_families
+from .exposition_semconv import ONLY_CONVENTIONS_KINDS, semconv_families
 from .exposition_tenants import tenant_families
 from .exposition_text import TEXT, SeriesHistogram, TextRenderer, fast_format
 from .settings import SEMCONV_CHOICES
@@ -87,7 +87,7 @@ class PrometheusExporter(Collector):
         return self._collect(self.semconv in ("both", "otlp"))
 
     def _collect(self, conventions: bool) -> Iterator[Metric]:
-        snap = self.collector.snapshot()
+        snap = self.collector.snapshot() if conventions else self.collector.snapshot(ONLY_CONVENTIONS_KINDS)
         ours = families(snap, conventions)
         yield from ours
         taken = {family.name for family in ours} | our_sample_names()

@@ -93,6 +93,9 @@ CONVENTIONS: dict[str, Convention] = {
     )
 }  # fmt: skip
 """Every conventions' metric by its Prometheus family name."""
+ONLY_CONVENTIONS_KINDS = frozenset(c.kind for c in CONVENTIONS.values()) - {"tokens"}
+"""Record kinds that feed only the conventions' families (``tokens`` also feeds
+``llm_tokens_total``): a scrape without those families need not merge them."""
 
 
 def semconv_families(snap: Snapshot) -> list[Metric]:

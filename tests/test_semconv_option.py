@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import pytest
+from conftest import FakeClock
 from flask import Flask
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from otlp_receiver import Receiver, metrics_of
+from prometheus_client.exposition import generate_latest
+from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
-from flask_gatewayz_metrics import GatewayzMetrics, label_request
-from flask_gatewayz_metrics.exposition_semconv import CONVENTIONS
+from flask_gatewayz_metrics import GatewayzMetrics, MetricsCollector, PrometheusExporter, label_request
+from flask_gatewayz_metrics.exposition_semconv import CONVENTIONS, ONLY_CONVENTIONS_KINDS
 from flask_gatewayz_metrics.otlp import OtlpConfig, OtlpExporter, families_of
 
 PROMETHEUS_NAMES = {"http_server_request_duration_seconds", "gen_ai_server_request_duration_seconds"}
@@ -87,3 +93,47 @@ def test_semconv_bad_value_names_the_key(tmp_path: Path, bad: object) -> None:
     """A wrong value fails at init_app, naming the key and the choices."""
     with pytest.raises((TypeError, ValueError), match=r"GATEWAYZ_METRICS_SEMCONV.*otlp"):
         app_with(tmp_path, GATEWAYZ_METRICS_SEMCONV=bad)
+
+
+@given(
+    st.lists(st.tuples(st.integers(0, 2), st.integers(0, 3), st.floats(1e-4, 30.0), st.sampled_from([200, 429, 503]),
+                       st.booleans(), st.sampled_from([0.0, 0.5, 20.0, 61.0])), max_size=15),
+    st.integers(0, 15),
+)  # fmt: skip
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_leaving_the_conventions_out_changes_nothing_else(steps: list[tuple], kill_at: int) -> None:  # type: ignore[type-arg]
+    """With the conventions off /metrics their records are not merged, and every other family
+    is exactly what the full scrape serves (live and dead workers, sealed and current slots)."""
+    clock = FakeClock()
+    with tempfile.TemporaryDirectory() as directory:
+        def collector() -> MetricsCollector:
+            return MetricsCollector(directory, window_seconds=60, window_slots=4, clock=clock, auto_compact=False)
+
+        workers = [collector() for _ in range(3)]
+        scraper = collector()
+        full, spec = PrometheusExporter(scraper), PrometheusExporter(scraper, semconv="otlp")
+        for number, (worker, label, latency, status, stream, move) in enumerate(steps):
+            c = workers[worker % len(workers)]
+            c.record_request(f"/e{label}", "POST", latency, status, provider=f"p{label}", model=f"m{label % 2}")
+            if stream:
+                c.record_stream(f"p{label}", "m0", "completed", latency, first_chunk_seconds=latency / 3)
+                c.record_tokens(f"p{label}", "m0", input_tokens=number, output_tokens=5)
+            if number == kill_at and len(workers) == 3:
+                workers.pop().close()  # a dead worker: its file is all sealed
+            clock.advance(move)
+            served = [f for f in full.collect() if f.name not in CONVENTIONS]
+            assert list(spec.collect()) == served
+            assert spec.export().encode() == generate_latest(Listed(served))
+        assert not ONLY_CONVENTIONS_KINDS & set(scraper.snapshot(ONLY_CONVENTIONS_KINDS).merged.totals)
+        for c in [*workers, scraper]:
+            c.close()
+
+
+class Listed:
+    """A collector over a fixed list of families."""
+
+    def __init__(self, families: list[Metric]) -> None:
+        self.families = families
+
+    def collect(self) -> list[Metric]:
+        return self.families
