@@ -767,8 +767,11 @@ class MetricsCollector(GatewayRecording, CustomMetrics, ConventionsRecording, Te
             log.warning(message, arg)
 
     # ------------------------------------------------------------------- reading
-    def snapshot(self) -> Snapshot:
+    def snapshot(self, leave_out: frozenset[str] = frozenset()) -> Snapshot:
         """Merge every worker file in the directory into one consistent view.
+
+        Record kinds in ``leave_out`` are not merged (absent from the snapshot): a
+        ``/metrics`` that serves none of their families skips them.
 
         When the read found files of dead workers (or bad files), a compaction folds
         them into the archive afterwards, at most every ``COMPACTION_INTERVAL_SECONDS``,
@@ -791,7 +794,7 @@ class MetricsCollector(GatewayRecording, CustomMetrics, ConventionsRecording, Te
                 unrecorded[reason] += int(count)
         # Each view owns its record list and mapping, so merging outside the lock is safe
         # while another thread's scrape re-reads (and re-maps) the same files.
-        merged = merge(views, control.epoch, now, self._merge_cache)
+        merged = merge(views, control.epoch, now, self._merge_cache, leave_out)
         return Snapshot(
             merged=merged,
             taken_at=now,

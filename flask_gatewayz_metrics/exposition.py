@@ -15,7 +15,7 @@ from functools import cache
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry
-from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, choose_encoder, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, choose_encoder
 from prometheus_client.metrics_core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -29,8 +29,10 @@ from . import exposition_protobuf
 from .custom_families import CustomFamily
 from .default_registry import DefaultRegistry
 from .exposition_gateway import cumulative, gateway_families
-from .exposition_semconv import semconv_families
+from .exposition_semconv import ONLY_CONVENTIONS_KINDS, semconv_families
 from .exposition_tenants import tenant_families
+from .exposition_text import TEXT, SeriesHistogram, TextRenderer, fast_format
+from .settings import SEMCONV_CHOICES
 from .snapshot import Snapshot, Totals
 from .static_labels import StaticLabels
 from .storage import Merged, WindowStats, layout
@@ -63,16 +65,30 @@ class PrometheusExporter(Collector):
         collector: MetricsCollector,
         app_metrics: Collector | None = None,
         static_labels: Mapping[str, str] | None = None,
+        semconv: str = "both",
     ) -> None:
         self.collector = collector
         self.app_metrics = app_metrics
+        if semconv not in SEMCONV_CHOICES:
+            raise ValueError(f"semconv must be one of {', '.join(SEMCONV_CHOICES)}, not {semconv!r}")
+        self.semconv = semconv
+        """Where the OpenTelemetry conventions' families are served (``SEMCONV_CHOICES``)."""
+        self.renderer = TextRenderer()
         self.registry = CollectorRegistry(auto_describe=False)
         # Static labels wrap the whole of collect(): every family served gets them.
         self.registry.register(StaticLabels(self, static_labels) if static_labels else self)
 
     def collect(self) -> Iterator[Metric]:
-        snap = self.collector.snapshot()
-        ours = families(snap)
+        """What ``/metrics`` serves (every format)."""
+        return self._collect(self.semconv in ("both", "metrics"))
+
+    def otlp_families(self) -> Iterator[Metric]:
+        """What OTLP export sends: the same, the conventions' families as ``semconv`` says."""
+        return self._collect(self.semconv in ("both", "otlp"))
+
+    def _collect(self, conventions: bool) -> Iterator[Metric]:
+        snap = self.collector.snapshot() if conventions else self.collector.snapshot(ONLY_CONVENTIONS_KINDS)
+        ours = families(snap, conventions)
         yield from ours
         taken = {family.name for family in ours} | our_sample_names()
         for custom in snap.custom:
@@ -91,7 +107,7 @@ class PrometheusExporter(Collector):
 
     def export(self) -> str:
         """All metrics in the Prometheus text format 0.0.4."""
-        return generate_latest(self.registry).decode("utf-8")
+        return self.renderer.render(list(self.registry.collect()), TEXT).decode("utf-8")
 
     def render(self, accept_header: str | None = None) -> tuple[bytes, str]:
         """Body and content type for a scrape with this ``Accept`` header.
@@ -103,14 +119,18 @@ class PrometheusExporter(Collector):
         if accept_header and exposition_protobuf.wants_protobuf(accept_header) and exposition_protobuf.available():
             return exposition_protobuf.encode(self.registry.collect()), exposition_protobuf.CONTENT_TYPE
         encoder, content_type = choose_encoder(accept_header or "")
-        return encoder(self.registry), content_type
+        fmt = fast_format(encoder)
+        if fmt is None:  # another escaping or version: prometheus_client's own encoder
+            return encoder(self.registry), content_type
+        return self.renderer.render(list(self.registry.collect()), fmt), content_type
 
 
 CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
 
 
-def families(snap: Snapshot) -> list[Metric]:
-    """Every metric family of the spec (and ours), built from one snapshot."""
+def families(snap: Snapshot, conventions: bool = True) -> list[Metric]:
+    """Every metric family of the spec (and ours), built from one snapshot; the
+    conventions' families (``exposition_semconv``) unless ``conventions`` is false."""
     out: list[Metric] = []
     out += _http_families(snap)
     out += _provider_families(snap)
@@ -143,7 +163,7 @@ def families(snap: Snapshot) -> list[Metric]:
     files.add_metric(["dead"], snap.worker_files - snap.live_files)
     return [
         *out, *gateway_families(snap), *tenant_families(snap), uptime, dropped, storage_errors, files,
-        *semconv_families(snap),
+        *(semconv_families(snap) if conventions else ()),
     ]  # fmt: skip
 
 
@@ -153,7 +173,7 @@ def custom_family(custom: CustomFamily) -> Metric:
     labels = list(definition.labelnames)
     family: CounterMetricFamily | GaugeMetricFamily | HistogramMetricFamily
     if definition.type == "histogram":
-        family = HistogramMetricFamily(definition.name, definition.documentation, labels=labels)
+        family = SeriesHistogram(definition.name, definition.documentation, labels=labels)
         for series in custom.series:
             family.add_metric(list(series.labels), cumulative(series.bounds, series.buckets), series.value)
         return family
@@ -238,7 +258,7 @@ def _http_families(snap: Snapshot) -> list[Metric]:
         "HTTP requests that failed (server error status or exception).",
         labels=["endpoint", "method"],
     )
-    duration = HistogramMetricFamily(
+    duration = SeriesHistogram(
         "http_request_duration_seconds", "HTTP request latency since start.", labels=["endpoint", "method"]
     )
     exemplars = _exemplars(snap)
@@ -260,7 +280,7 @@ def _provider_families(snap: Snapshot) -> list[Metric]:
     errors = CounterMetricFamily("provider_errors_total", "Failed requests to the AI provider.", labels=["provider"])
     rate = _gauge("provider_error_rate", f"Share of the provider's requests that failed {window} (0-1).", ["provider"])
     gauges = _latency_gauges("provider", "provider", {})
-    duration = HistogramMetricFamily(
+    duration = SeriesHistogram(
         "provider_request_duration_seconds", "AI provider request latency since start.", labels=["provider"]
     )
     for provider, totals in sorted(snap.requests.by_provider.items()):

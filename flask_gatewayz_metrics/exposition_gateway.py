@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import platform
 from collections.abc import Sequence
+from functools import lru_cache
+from itertools import accumulate
 
-from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.utils import floatToGoString
 
 from ._version import VERSION
+from .exposition_text import SeriesHistogram
 from .snapshot import Snapshot
 from .storage import layout
 
@@ -19,12 +22,16 @@ def gateway_families(snap: Snapshot) -> list[Metric]:
 
 def cumulative(bounds: Sequence[float], counts: Sequence[float]) -> list[tuple[str, float]]:
     """Prometheus bucket pairs (``le`` text, cumulative count) from per-bucket counts (+Inf last)."""
-    out = []
-    running = 0.0
-    for bound, count in zip((*bounds, float("inf")), counts, strict=True):
-        running += count
-        out.append((floatToGoString(bound), running))
-    return out
+    # The same additions, in the same order, as a running sum from 0.0 (so -0.0 stays 0.0).
+    running = accumulate(counts, initial=0.0)
+    next(running)
+    return list(zip(le_texts(tuple(bounds)), running, strict=True))
+
+
+@lru_cache(maxsize=256)  # bounds of custom series come from files: bounded
+def le_texts(bounds: tuple[float, ...]) -> tuple[str, ...]:
+    """The ``le`` label values of ``bounds`` and +Inf (the few bound sets served are kept)."""
+    return tuple(floatToGoString(bound) for bound in (*bounds, float("inf")))
 
 
 def _fill(family: CounterMetricFamily | GaugeMetricFamily, snap: Snapshot, kind: str) -> None:
@@ -38,7 +45,7 @@ def _token_families(snap: Snapshot) -> list[Metric]:
     tokens = CounterMetricFamily(
         "llm_tokens_total", "LLM tokens, by direction (input, output, cached_input).", labels=labels
     )
-    per_call = HistogramMetricFamily(
+    per_call = SeriesHistogram(
         "llm_request_tokens", "Tokens per LLM call, by direction (buckets 1, 4, 16, ... 4^13).", labels=labels
     )
     _fill(tokens, snap, "tokens")
@@ -83,7 +90,7 @@ def _stream_families(snap: Snapshot) -> list[Metric]:
         ("first_chunk", "llm_time_to_first_chunk_seconds", "Time from request start to the first streamed chunk."),
         ("stream_duration", "llm_stream_duration_seconds", "Time from request start to the end of the stream."),
     ):
-        family = HistogramMetricFamily(name, doc, labels=["provider", "model"])
+        family = SeriesHistogram(name, doc, labels=["provider", "model"])
         for key, payload in snap.series(kind):
             family.add_metric(
                 list(key), cumulative(layout.HISTOGRAM_BOUNDS, payload[layout.REQ_BUCKETS :]), payload[layout.REQ_SUM]

@@ -15,9 +15,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from prometheus_client.metrics_core import HistogramMetricFamily, Metric
+from prometheus_client.metrics_core import Metric
 
 from .exposition_gateway import cumulative
+from .exposition_text import SeriesHistogram
 from .semconv import DEFAULT_OPERATION, OTHER, http_error_type
 from .snapshot import Snapshot
 from .storage import layout
@@ -92,13 +93,16 @@ CONVENTIONS: dict[str, Convention] = {
     )
 }  # fmt: skip
 """Every conventions' metric by its Prometheus family name."""
+ONLY_CONVENTIONS_KINDS = frozenset(c.kind for c in CONVENTIONS.values()) - {"tokens"}
+"""Record kinds that feed only the conventions' families (``tokens`` also feeds
+``llm_tokens_total``): a scrape without those families need not merge them."""
 
 
 def semconv_families(snap: Snapshot) -> list[Metric]:
     """The conventions' histograms, built from one snapshot (empty families included)."""
     out: list[Metric] = []
     for convention in CONVENTIONS.values():
-        family = HistogramMetricFamily(
+        family = SeriesHistogram(
             convention.prometheus_name, convention.description, labels=convention.labels,
             unit="seconds" if convention.unit == "s" else "",
         )  # fmt: skip

@@ -52,7 +52,8 @@ class AppMetrics:
         self.excluded_views = excluded_views if excluded_views is not None else set()
         """View functions marked with ``GatewayzMetrics.exclude`` (shared by its apps)."""
         self.exporter = PrometheusExporter(
-            collector, app_metrics_source() if settings.include_app_metrics else None, settings.static_labels
+            collector, app_metrics_source() if settings.include_app_metrics else None, settings.static_labels,
+            settings.semconv,
         )
         if settings.static_labels:
             check_no_clash(settings.static_labels, startup_families(self.exporter))

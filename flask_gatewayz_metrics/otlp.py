@@ -322,5 +322,6 @@ def _partial_success(answer: bytes) -> str | None:
 
 
 def families_of(exporter: Any) -> Callable[[], Iterable[Metric]]:
-    """What ``/metrics`` serves, from a ``PrometheusExporter``."""
-    return lambda: list(exporter.collect())
+    """What ``/metrics`` serves, from a ``PrometheusExporter`` (the conventions' families
+    as its ``semconv`` says: ``otlp_families``)."""
+    return lambda: list(exporter.otlp_families())

@@ -39,10 +39,11 @@ SECRET_KEYS = (
     "auth_username", "auth_password", "auth_password_file",
 )
 """Settings that may also come from environment variables of the same (prefixed) name."""
-ENV_KEYS = ("static_labels", "port", "port_address")
+ENV_KEYS = ("static_labels", "port", "port_address", "semconv")
 """Non-secret settings that may also come from environment variables (a deployment sets
 them per server): ``GATEWAYZ_METRICS_STATIC_LABELS=region=eu-west-1,cluster=c1``,
-``GATEWAYZ_METRICS_PORT=9100``, ``GATEWAYZ_METRICS_PORT_ADDRESS=0.0.0.0``."""
+``GATEWAYZ_METRICS_PORT=9100``, ``GATEWAYZ_METRICS_PORT_ADDRESS=0.0.0.0``,
+``GATEWAYZ_METRICS_SEMCONV=otlp``."""
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,7 @@ class Settings:
     static_labels: Mapping[str, str] | None = None
     port: int | None = None
     port_address: str = "127.0.0.1"
+    semconv: str = "both"
 
     @classmethod
     def resolve(cls, config: Mapping[str, Any], options: Mapping[str, Any]) -> tuple[Settings, bool]:
@@ -319,6 +321,18 @@ def _http_url(value: Any) -> str | None:
     return value
 
 
+SEMCONV_CHOICES = ("both", "metrics", "otlp", "off")
+"""Where the OpenTelemetry semantic conventions' families are served (as ``exposition``)."""
+
+
+def _semconv(value: Any) -> str:
+    if not isinstance(value, str):
+        raise TypeError
+    if value.strip().lower() not in SEMCONV_CHOICES:
+        raise ValueError
+    return value.strip().lower()
+
+
 _HEADER_NAME = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]{1,100}")
 
 
@@ -364,6 +378,7 @@ _CHECKS: dict[str, Callable[[Any], Any]] = {
     "static_labels": _static_labels,
     "port": _port,
     "port_address": _address,
+    "semconv": _semconv,
     **{name: _text(required=False) for name in SECRET_KEYS},
 }
 _EXPECTED: dict[str, str] = {
@@ -396,5 +411,7 @@ _EXPECTED: dict[str, str] = {
     "with Prometheus label names (not le, quantile, job, instance) and values of 1-256 characters",
     "port": "an int TCP port (1-65535) for a separate metrics listener, or None",
     "port_address": "a host name or IP address (no brackets) for the metrics port to bind, e.g. '127.0.0.1' or '::'",
+    "semconv": "where the OpenTelemetry conventions' families go: 'both' (/metrics and OTLP), 'otlp', 'metrics' "
+    "or 'off'",
     **dict.fromkeys(SECRET_KEYS, "a str (or None)"),
 }

@@ -64,9 +64,15 @@ class WindowStats:
         buckets = self.buckets
         if buckets is None:
             buckets = self.buckets = [0.0] * sketch.BUCKET_COUNT
-        for index, count in zip(indexes, counts, strict=True):
-            buckets[int(index)] += count
-        self.lo, self.hi = min(self.lo, int(min(indexes))), max(self.hi, int(max(indexes)))
+        if len(indexes) != len(counts):
+            raise ValueError("indexes and counts differ in length")
+        at = list(map(int, indexes))
+        # buckets[i] += c for each entry in order, as one C-level loop: the maps are lazy,
+        # so each entry reads its bucket after the previous one wrote (a repeated index
+        # adds up exactly as the plain loop would).
+        any(map(buckets.__setitem__, at, map(add, map(buckets.__getitem__, at), counts)))
+        low, high = min(at), max(at)
+        self.lo, self.hi = min(self.lo, low), max(self.hi, high)
 
     def copy(self) -> WindowStats:
         """An independent copy (its own bucket list)."""
@@ -142,7 +148,10 @@ class MergeCache:
         """How often the sealed part was merged from the files (for tests)."""
 
 
-def merge(views: list[WorkerView], epoch: int, now: float, cache: MergeCache | None = None) -> Merged:
+def merge(
+    views: list[WorkerView], epoch: int, now: float, cache: MergeCache | None = None,
+    leave_out: frozenset[str] = frozenset(),
+) -> Merged:  # fmt: skip
     """Combine ``views`` (files of older reset epochs are ignored) as seen at ``now``.
 
     In two parts. The *sealed* part holds what cannot change any more: all of the
@@ -153,6 +162,10 @@ def merge(views: list[WorkerView], epoch: int, now: float, cache: MergeCache | N
     ``cache``. The *live* part, read at every call, is the totals and the current
     slots of live workers. Without a cache both parts are merged from the files, in the
     same order, so the result is the same to the last bit.
+
+    Record kinds in ``leave_out`` are absent from the result (a scrape that serves none
+    of their families does not merge them); the sealed part holds every kind, so
+    scrapes with and without them share it.
     """
     key = _sealed_key(views, epoch, now)
     entry = cache.entry if cache is not None else None
@@ -161,7 +174,7 @@ def merge(views: list[WorkerView], epoch: int, now: float, cache: MergeCache | N
         if cache is not None:
             cache.entry = entry
             cache.rebuilt += 1
-    merged = _merge_live(entry[1], views, epoch, now)
+    merged = _merge_live(entry[1], views, epoch, now, leave_out)
     _drop_impossible(merged)
     return merged
 
@@ -209,12 +222,14 @@ def _merge_sealed(views: list[WorkerView], epoch: int, now: float) -> Merged:
     return merged
 
 
-def _merge_live(sealed: Merged, views: list[WorkerView], epoch: int, now: float) -> Merged:
+def _merge_live(
+    sealed: Merged, views: list[WorkerView], epoch: int, now: float, leave_out: frozenset[str]
+) -> Merged:
     """``sealed`` (left untouched: series it holds are copied before they change) plus
-    the totals and current slots of live workers."""
+    the totals and current slots of live workers; kinds in ``leave_out`` left out."""
     merged = Merged(
-        {kind: dict(series) for kind, series in sealed.totals.items()},
-        {kind: dict(series) for kind, series in sealed.windows.items()},
+        {kind: dict(series) for kind, series in sealed.totals.items() if kind not in leave_out},
+        {kind: dict(series) for kind, series in sealed.windows.items() if kind not in leave_out},
     )
     copied: set[tuple[str, Labels]] = set()
     moved = {v.writer_pid for v in views if v.epoch >= epoch and not v.is_archive}
@@ -225,22 +240,21 @@ def _merge_live(sealed: Merged, views: list[WorkerView], epoch: int, now: float)
             # count; everything else in the file was reset.
             if view.live and not view.is_archive and view.writer_pid not in moved:
                 for record in view.records:
-                    if layout.KINDS[record.kind].merge == "live":
+                    if layout.KINDS[record.kind].merge == "live" and record.kind not in leave_out:
                         _add_total(merged, view, record)
             continue
         if not view.live:
             continue  # entirely in the sealed part
-        for record in view.records:
-            if not layout.KINDS[record.kind].windowed:
-                _add_total(merged, view, record)
+        _add_totals(merged, view, leave_out)
         oldest = max(oldest_slot_in_window(view, now), _seal_limit(view, now))
-        _add_windows(merged, view, oldest, math.inf, copied)
+        _add_windows(merged, view, oldest, math.inf, copied, leave_out)
     return merged
 
 
 def _add_windows(
-    merged: Merged, view: WorkerView, oldest: float, limit: float, copied: set[tuple[str, Labels]] | None
-) -> None:
+    merged: Merged, view: WorkerView, oldest: float, limit: float, copied: set[tuple[str, Labels]] | None,
+    leave_out: frozenset[str] = frozenset(),
+) -> None:  # fmt: skip
     """Add the slots of ``view`` with ``oldest <= id < limit`` to ``merged``'s windows.
 
     ``copied``: series of ``merged`` it owns (the others are shared with the cache and
@@ -249,7 +263,7 @@ def _add_windows(
     doubles = view.doubles
     for record in view.records:
         kind = layout.KINDS[record.kind]
-        if not kind.windowed:
+        if not kind.windowed or record.kind in leave_out:
             continue
         series = merged.windows.setdefault(record.kind, {})
         stats = series.get(record.labels)
@@ -267,6 +281,35 @@ def _add_windows(
                 stats.add_slot(view, base, kind.with_sketch)
 
 
+_COMBINED = frozenset({"latest", "max", "min"})
+"""Merge modes ``combine`` decides; every other mode adds value by value."""
+
+
+def _add_totals(merged: Merged, view: WorkerView, leave_out: frozenset[str]) -> None:
+    """``_add_total`` of every fixed-size record of ``view`` (the live part's hot loop:
+    the same combination, with the per-record lookups hoisted)."""
+    kinds = layout.KINDS
+    totals = merged.totals
+    doubles = view.doubles
+    for record in view.records:
+        kind = kinds[record.kind]
+        size = kind.size
+        if kind.windowed or not size or record.kind in leave_out:
+            continue
+        series = totals.get(record.kind)
+        if series is None:
+            series = totals[record.kind] = {}
+        offset = record.offset
+        values: list[float] = doubles[offset : offset + size].tolist()  # type: ignore[assignment]
+        current = series.get(record.labels)
+        if current is None:
+            series[record.labels] = values
+        elif kind.merge in _COMBINED:
+            series[record.labels] = combine(kind, current, values)
+        else:
+            series[record.labels] = list(map(add, current, values))
+
+
 def _add_total(merged: Merged, view: WorkerView, record: Record) -> None:
     """Combine a fixed-size record of ``view`` into the merged totals (``absorbed``
     markers carry no values and are skipped)."""
@@ -274,7 +317,7 @@ def _add_total(merged: Merged, view: WorkerView, record: Record) -> None:
     if kind.windowed or not kind.size:
         return
     series = merged.totals.setdefault(record.kind, {})
-    values = list(view.doubles[record.offset : record.offset + kind.size])
+    values: list[float] = view.doubles[record.offset : record.offset + kind.size].tolist()  # type: ignore[assignment]
     series[record.labels] = combine(kind, series.get(record.labels), values)
 
 
