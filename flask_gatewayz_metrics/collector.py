@@ -67,7 +67,6 @@ dead ones first (a process-per-request server leaves one file per request)."""
 
 _INF = math.inf
 _monotonic = time.monotonic
-_GEN_AI_DURATION_BOUNDS = layout.GEN_AI_DURATION_BOUNDS
 _SKETCH_STRIDE = layout.slot_stride(True)
 _PLAIN_STRIDE = layout.slot_stride(False)
 _SLOT_HEADER = layout.SLOT_HEADER
@@ -149,7 +148,9 @@ class MetricsCollector(GatewayRecording, CustomMetrics, ConventionsRecording, Te
         """Finite upper bounds of the since-start latency histograms."""
         self._histogram_kinds = {kind: layout.histogram_kind(kind, bounds) for kind in layout.BOUNDED_KINDS}
         """Kind name and leading label values each of ``layout.BOUNDED_KINDS`` is stored as."""
-        self._latency_union, self._request_bucket, self._http_bucket = latency_bucket_tables(bounds)
+        self._latency_union, self._request_bucket, self._http_bucket, self._gen_ai_bucket = latency_bucket_tables(
+            bounds
+        )
         """The request path's one search (``semconv.latency_bucket_tables``)."""
         self.location = location.resolve(directory, namespace)
         self.directory = self.location.path
@@ -421,7 +422,7 @@ class MetricsCollector(GatewayRecording, CustomMetrics, ConventionsRecording, Te
                     d[http_server + self._http_bucket[union_index]] += 1.0
                 if gen_ai_duration >= 0:
                     d[gen_ai_duration] += latency
-                    d[gen_ai_duration + 1 + bisect_left(_GEN_AI_DURATION_BOUNDS, latency)] += 1.0
+                    d[gen_ai_duration + self._gen_ai_bucket[union_index]] += 1.0
                 if leaving:
                     self._in_flight -= 1
                     o = self._in_flight_offset

@@ -84,25 +84,31 @@ def _http_bucket_tables() -> tuple[tuple[int, ...], tuple[float, ...]]:
 HTTP_BUCKET_BASE, HTTP_BUCKET_SPLIT = _http_bucket_tables()
 """``http_server_buckets`` index of a latency whose request-record payload index is ``i``:
 ``HTTP_BUCKET_BASE[i] + (latency > HTTP_BUCKET_SPLIT[i])``."""
-
-
-def latency_bucket_tables(bounds: tuple[float, ...]) -> tuple[tuple[float, ...], tuple[int, ...], tuple[int, ...]]:
-    """One search for both latency histograms of a request: the union ``U`` of ``bounds``
-    (the request record's, possibly configured) and the conventions' bounds, and for
-    ``u = bisect_left(U, latency)`` the request payload index of the latency's bucket
-    (``REQ_BUCKETS`` + bounds below it) and its ``http_server_buckets`` index (the
-    conventions' bounds below it). Exact for any bound sets: the latency lies in
-    ``(U[u-1], U[u]]``, and the bounds of either set below it are those among
-    ``U[:u]``."""
-    union = tuple(sorted({*bounds, *layout.HTTP_SERVER_BOUNDS}))
-    request = tuple(layout.REQ_BUCKETS + sum(1 for b in bounds if b < high) for high in (*union, math.inf))
-    http = tuple(sum(1 for b in layout.HTTP_SERVER_BOUNDS if b < high) for high in (*union, math.inf))
-    return union, request, http
-
-
 _FIRST_TOKEN_BOUNDS = layout.GEN_AI_FIRST_TOKEN_BOUNDS
 _PER_TOKEN_BOUNDS = layout.GEN_AI_PER_TOKEN_BOUNDS
 _DURATION_BOUNDS = layout.GEN_AI_DURATION_BOUNDS
+
+
+LatencyTables = tuple[tuple[float, ...], tuple[int, ...], tuple[int, ...], tuple[int, ...]]
+
+
+def latency_bucket_tables(bounds: tuple[float, ...]) -> LatencyTables:
+    """One search for every latency histogram of a request: the union ``U`` of ``bounds``
+    (the request record's, possibly configured) and the conventions' bounds of
+    http.server.request.duration and gen_ai.*.duration, and for
+    ``u = bisect_left(U, latency)``: the request payload index of the latency's bucket
+    (``REQ_BUCKETS`` + bounds below it), its ``http_server_buckets`` index and its
+    ``gen_ai_*_duration`` payload index (1 + the conventions' bounds below it). Exact
+    for any bound sets: the latency lies in ``(U[u-1], U[u]]``, and the bounds of each
+    set below it are those among ``U[:u]``."""
+    union = tuple(sorted({*bounds, *layout.HTTP_SERVER_BOUNDS, *_DURATION_BOUNDS}))
+    highs = (*union, math.inf)
+    request = tuple(layout.REQ_BUCKETS + sum(1 for b in bounds if b < high) for high in highs)
+    http = tuple(sum(1 for b in layout.HTTP_SERVER_BOUNDS if b < high) for high in highs)
+    gen_ai = tuple(1 + sum(1 for b in _DURATION_BOUNDS if b < high) for high in highs)
+    return union, request, http, gen_ai
+
+
 
 
 def operation_name(route: str | None) -> str:

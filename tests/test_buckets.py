@@ -73,11 +73,12 @@ def test_bucket_tables_match_a_search() -> None:
     from bisect import bisect_left
 
     for bounds in (layout.HISTOGRAM_BOUNDS, BOUNDS, (1.0,), tuple(0.001 * 1.5**i for i in range(64))):
-        union, request, http_index = latency_bucket_tables(bounds)
-        for latency in (0.0, 0.001, 0.004, 0.005, 0.0050001, 0.05, 0.07, 1.0, 2.0, 7.5, 9.9, 10.0, 11.0, 1e6):
+        union, request, http_index, gen_ai = latency_bucket_tables(bounds)
+        for latency in (0.0, 0.001, 0.005, 0.0050001, 0.01, 0.02, 0.05, 0.07, 1.0, 2.0, 7.5, 9.9, 10.0, 81.92, 82, 1e6):
             u = bisect_left(union, latency)
             assert request[u] == layout.REQ_BUCKETS + bisect_left(bounds, latency)
             assert http_index[u] == bisect_left(layout.HTTP_SERVER_BOUNDS, latency)
+            assert gen_ai[u] == 1 + bisect_left(layout.GEN_AI_DURATION_BOUNDS, latency)
 
 
 def test_default_bounds_keep_the_default_kinds(metrics_dir: str) -> None:
