@@ -17,6 +17,7 @@ each chunk, so ``label_request`` works inside generators and ``stream_with_conte
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterator
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
@@ -28,6 +29,7 @@ from werkzeug.wsgi import ClosingIterator
 from .labels import KNOWN_METHODS
 from .request_state import RequestState, current_request
 from .tenants import tenant_from_headers
+from .tracing import MODULE as _OTEL_TRACE
 from .tracing import current_trace_id
 
 if TYPE_CHECKING:
@@ -40,6 +42,7 @@ if TYPE_CHECKING:
 _set_current = current_request.set
 _reset_current = current_request.reset
 _current_flask_request = _cv_request.get
+_modules = sys.modules
 
 
 class Exchange(RequestState):
@@ -80,7 +83,7 @@ class Exchange(RequestState):
         """The status line of the last ``start_response`` call: what the client gets."""
         self.headers: list[tuple[str, str]] | None = None
         self.streamed: bool | None = None
-        """Set by the extension's ``after_request`` hook: False = the body is complete
+        """Set after Flask's ``process_response`` (``AppMetrics.after_request``): False = the body is complete
         when the view returns, True = produced afterwards (generator, file), None = the
         hook did not run (an earlier hook raised): wait for the body to end."""
         self.first_chunk = 0.0
@@ -99,9 +102,11 @@ class Exchange(RequestState):
             # An OpenTelemetry span active now (the request's, e.g. FlaskInstrumentor's, still
             # open while Flask starts the response) gives the exemplar's trace id; an
             # incoming traceparent header's stays the fallback.
-            trace_id = current_trace_id()
-            if trace_id is not None:
-                self.trace_id = trace_id
+            # (A dict lookup first: most apps do not trace, and a call costs more.)
+            if _OTEL_TRACE in _modules:
+                trace_id = current_trace_id()
+                if trace_id is not None:
+                    self.trace_id = trace_id
             ctx = _current_flask_request(None)
             if ctx is None or ctx.app is not self.metrics.app:  # a middleware answered
                 self._identify_from_environ()

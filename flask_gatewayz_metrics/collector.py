@@ -18,7 +18,7 @@ import time
 import weakref
 from bisect import bisect_left
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from . import sketch
@@ -39,7 +39,7 @@ from .labels import LabelGuard, as_number, method_label
 from .llm import GatewayRecording
 from .otlp_status import otlp_report
 from .request_state import current_request
-from .semconv import HTTP_BUCKET_BASE, HTTP_BUCKET_SPLIT, ConventionsRecording
+from .semconv import ConventionsRecording, latency_bucket_tables
 from .settings import Settings, check, collector_options_from_env
 from .snapshot import Snapshot
 from .storage import CompactionResult, Storage, StorageUnavailable, compact, layout, location, merge
@@ -68,8 +68,6 @@ dead ones first (a process-per-request server leaves one file per request)."""
 
 _INF = math.inf
 _monotonic = time.monotonic
-_BOUNDS = layout.HISTOGRAM_BOUNDS
-_GEN_AI_DURATION_BOUNDS = layout.GEN_AI_DURATION_BOUNDS
 _SKETCH_STRIDE = layout.slot_stride(True)
 _PLAIN_STRIDE = layout.slot_stride(False)
 _SLOT_HEADER = layout.SLOT_HEADER
@@ -117,7 +115,9 @@ class MetricsCollector(GatewayRecording, CustomMetrics, ConventionsRecording, Te
     distinct values recorded; see ``labels``. Files in the directory owned by another
     user are ignored and reported unless their uid is in ``trusted_uids`` (or
     ``$GATEWAYZ_METRICS_TRUSTED_UIDS``, comma-separated), e.g. a Celery worker that
-    records as another user.
+    records as another user. ``buckets``: the finite upper bounds of the since-start
+    latency histograms (default ``layout.HISTOGRAM_BOUNDS``; see ``layout`` for how
+    records of different bound sets are kept apart).
     """
 
     def __init__(
@@ -134,11 +134,21 @@ class MetricsCollector(GatewayRecording, CustomMetrics, ConventionsRecording, Te
         clock: Callable[[], float] = time.time,
         trusted_uids: Iterable[int] | None = None,
         namespace: str | None = None,
+        buckets: Sequence[float] | None = None,
     ) -> None:
         # The same checks (and error messages) as the extension's settings.
         window_seconds = check("window_seconds", window_seconds, "MetricsCollector(window_seconds=...)")
         window_slots = check("window_slots", window_slots, "MetricsCollector(window_slots=...)")
         error_status = check("error_status", error_status, "MetricsCollector(error_status=...)")
+        bounds = check("buckets", buckets, "MetricsCollector(buckets=...)") or layout.HISTOGRAM_BOUNDS
+        self.histogram_bounds: tuple[float, ...] = bounds
+        """Finite upper bounds of the since-start latency histograms."""
+        self._histogram_kinds = {kind: layout.histogram_kind(kind, bounds) for kind in layout.BOUNDED_KINDS}
+        """Kind name and leading label values each of ``layout.BOUNDED_KINDS`` is stored as."""
+        self._latency_union, self._request_bucket, self._http_bucket, self._gen_ai_bucket = latency_bucket_tables(
+            bounds
+        )
+        """The request path's one search (``semconv.latency_bucket_tables``)."""
         self.location = location.resolve(directory, namespace)
         self.directory = self.location.path
         announce = not os.path.exists(os.path.join(self.directory, layout.CONTROL_NAME))
@@ -308,7 +318,8 @@ class MetricsCollector(GatewayRecording, CustomMetrics, ConventionsRecording, Te
                 ) = targets  # fmt: skip
                 # Since start: count, latency sum, histogram bucket, per status; errors and
                 # per-endpoint/status totals are sums of these records at read time.
-                bucket = 2 + bisect_left(_BOUNDS, latency)
+                union_index = bisect_left(self._latency_union, latency)
+                bucket = self._request_bucket[union_index]
                 if request >= 0:
                     d[request] += 1.0
                     d[request + 1] += latency
@@ -405,10 +416,10 @@ class MetricsCollector(GatewayRecording, CustomMetrics, ConventionsRecording, Te
                 # without a search); gen_ai.server.request.duration (a labelled request) or
                 # gen_ai.client.operation.duration (a successful provider call): sum, bucket.
                 if http_server >= 0:
-                    d[http_server + HTTP_BUCKET_BASE[bucket] + (latency > HTTP_BUCKET_SPLIT[bucket])] += 1.0
+                    d[http_server + self._http_bucket[union_index]] += 1.0
                 if gen_ai_duration >= 0:
                     d[gen_ai_duration] += latency
-                    d[gen_ai_duration + 1 + bisect_left(_GEN_AI_DURATION_BOUNDS, latency)] += 1.0
+                    d[gen_ai_duration + self._gen_ai_bucket[union_index]] += 1.0
                 if leaving:
                     self._in_flight -= 1
                     o = self._in_flight_offset
@@ -513,15 +524,21 @@ class MetricsCollector(GatewayRecording, CustomMetrics, ConventionsRecording, Te
             method_value = method_label(part[1])
             if endpoint_label is None or method_value is None:
                 return None
+            kind, bounds = self._histogram_kinds["request"]
             return (
-                storage.offset("request", (endpoint_label, method_value, *outcome)),
+                storage.offset(kind, (*bounds, endpoint_label, method_value, *outcome)),
                 storage.offset("endpoint_window", (endpoint_label,)),
             )
         name = "provider" if cache is self._provider_cache else "model"
         label = self._admit_part(name, part[0])
         if label is None:
             return None
-        return storage.offset(name, (label, *outcome)), storage.offset(f"{name}_window", (label,))
+        if name == "provider":
+            kind, bounds = self._histogram_kinds["provider"]
+            record = storage.offset(kind, (*bounds, label, *outcome))
+        else:
+            record = storage.offset(name, (label, *outcome))
+        return record, storage.offset(f"{name}_window", (label,))
 
     def _clear_label_caches(self) -> None:
         """Forget every cached resolution (offsets change with a new file)."""
@@ -794,7 +811,7 @@ class MetricsCollector(GatewayRecording, CustomMetrics, ConventionsRecording, Te
                 unrecorded[reason] += int(count)
         # Each view owns its record list and mapping, so merging outside the lock is safe
         # while another thread's scrape re-reads (and re-maps) the same files.
-        merged = merge(views, control.epoch, now, self._merge_cache, leave_out)
+        merged = merge(views, control.epoch, now, self._merge_cache, leave_out, self.histogram_bounds)
         return Snapshot(
             merged=merged,
             taken_at=now,
@@ -811,6 +828,7 @@ class MetricsCollector(GatewayRecording, CustomMetrics, ConventionsRecording, Te
             multi_process=self._multi_process,
             otlp=otlp_report(self.directory),
             location=self.location.report(),
+            histogram_bounds=self.histogram_bounds,
         )
 
     def compact(self) -> CompactionResult:

@@ -10,6 +10,7 @@ metrics (filtered by ``default_registry`` when the server is multi-process).
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Iterator, Mapping
 from functools import cache
 from typing import TYPE_CHECKING, Any
@@ -211,11 +212,16 @@ def _add(family: GaugeMetricFamily, labels: list[str], value: float | None) -> N
 
 
 def _histogram(
-    family: HistogramMetricFamily, labels: list[str], totals: Totals, exemplars: dict[int, Exemplar] | None = None
+    family: HistogramMetricFamily,
+    labels: list[str],
+    totals: Totals,
+    exemplars: dict[int, Exemplar] | None = None,
+    bounds: tuple[float, ...] = layout.HISTOGRAM_BOUNDS,
 ) -> None:
-    buckets: list[Any] = cumulative(layout.HISTOGRAM_BOUNDS, totals.buckets)
+    buckets: list[Any] = cumulative(bounds, totals.buckets)
     for index, exemplar in (exemplars or {}).items():
-        if 0 <= index < len(buckets):
+        # Its value must lie in the bucket (one recorded under other bounds may not).
+        if 0 <= index < len(buckets) and bisect_left(bounds, exemplar.value) == index:
             buckets[index] = (*buckets[index], exemplar)
     family.add_metric(labels, buckets, totals.latency_sum)
 
@@ -265,7 +271,7 @@ def _http_families(snap: Snapshot) -> list[Metric]:
     for (endpoint, method), totals in sorted(snap.requests.by_endpoint_method.items()):
         requests.add_metric([endpoint, method], totals.count)
         errors.add_metric([endpoint, method], totals.errors)
-        _histogram(duration, [endpoint, method], totals, exemplars.get((endpoint, method)))
+        _histogram(duration, [endpoint, method], totals, exemplars.get((endpoint, method)), snap.histogram_bounds)
     status = CounterMetricFamily(
         "http_response_status_total", "HTTP responses by status code.", labels=["endpoint", "status"]
     )
@@ -286,7 +292,7 @@ def _provider_families(snap: Snapshot) -> list[Metric]:
     for provider, totals in sorted(snap.requests.by_provider.items()):
         requests.add_metric([provider], totals.count)
         errors.add_metric([provider], totals.errors)
-        _histogram(duration, [provider], totals)
+        _histogram(duration, [provider], totals, bounds=snap.histogram_bounds)
         stats = snap.window("provider_window", (provider,))
         _add(rate, [provider], stats.error_rate)
         _add_latency(gauges, [provider], stats)

@@ -93,7 +93,7 @@ def _stream_families(snap: Snapshot) -> list[Metric]:
         family = SeriesHistogram(name, doc, labels=["provider", "model"])
         for key, payload in snap.series(kind):
             family.add_metric(
-                list(key), cumulative(layout.HISTOGRAM_BOUNDS, payload[layout.REQ_BUCKETS :]), payload[layout.REQ_SUM]
+                list(key), cumulative(snap.histogram_bounds, payload[layout.REQ_BUCKETS :]), payload[layout.REQ_SUM]
             )
         out.append(family)
     return out

@@ -5,7 +5,8 @@ exactly once whatever the response's shape: a thin wrapper around ``app.wsgi_app
 starts the clock, publishes the request's state in a ``ContextVar`` (where
 ``label_request`` finds it) and hands Flask a ``start_response`` that keeps the final
 status and reads the route; the request is recorded when its body is over (see
-``_wsgi``). One ``after_request`` hook only tells whether the body is already complete.
+``_wsgi``). One check after Flask's ``process_response`` (which runs the app's
+``after_request`` hooks) only tells whether the body is already complete.
 A request to the metrics routes (the URL prefix and everything under it) is passed
 straight to Flask: neither recorded nor in flight, unless ``RECORD_OWN_ROUTES``.
 """
@@ -121,6 +122,19 @@ class AppMetrics:
 
         return timed_wsgi_app
 
+    def wrap_process_response(self, process_response: Callable[[Response], Response]) -> Callable[[Response], Response]:
+        """Flask's ``process_response`` (the app's ``after_request`` hooks, the session),
+        then ``after_request`` on the response it returns. Not an ``after_request`` hook:
+        Flask passes each hook through ``ensure_sync`` (an ``inspect.iscoroutinefunction``
+        check, five Python calls) on every request, and this sees the final response,
+        whatever hooks registered after the extension return."""
+        after_request = self.after_request
+
+        def processed(response: Response) -> Response:
+            return after_request(process_response(response))
+
+        return processed
+
     def after_request(self, response: Response) -> Response:
         """Note whether the body is complete now (recorded at once) or still to come."""
         state = current_request.get()
@@ -209,6 +223,7 @@ class GatewayzMetrics:
                 allowed_labels=settings.allowed_labels(),
                 trusted_uids=settings.trusted_uids,
                 namespace=namespace,
+                buckets=settings.buckets,
             )
 
         # One set of numbers per app: a passed collector or an app's own directory is
@@ -224,7 +239,7 @@ class GatewayzMetrics:
         app.extensions[EXTENSION_KEY] = state
         app.register_blueprint(create_blueprint(state), url_prefix=settings.url_prefix)
         app.wsgi_app = state.wrap(app.wsgi_app, app)  # type: ignore[method-assign,assignment]
-        app.after_request(state.after_request)
+        app.process_response = state.wrap_process_response(app.process_response)  # type: ignore[method-assign,assignment]
         if settings.port is not None:
             port = MetricsPort(app, metrics_path_rule(app, settings.url_prefix), settings.port_address, settings.port,
                                collector.directory)  # fmt: skip

@@ -11,7 +11,8 @@
   fails, is stalled or lacks its extra (see ``otlp``),
   or the server looks multi-process but the metrics directory is private to one
   process (each scrape would show one process's numbers), or the separate metrics port
-  (``GATEWAYZ_METRICS_PORT``) cannot be listened on (see ``metrics_port``).
+  (``GATEWAYZ_METRICS_PORT``) cannot be listened on (see ``metrics_port``), or latency
+  histogram series recorded with other bucket bounds are skipped (``storage.layout``).
 - ``healthy`` (HTTP 200) otherwise.
 """
 
@@ -55,6 +56,11 @@ def health_report(snap: Snapshot, settings: Settings, extra: Sequence[str] = ())
             reasons.append(withheld)
         reasons += health_reasons(snap.otlp, snap.taken_at)
         reasons += extra
+        if snap.merged.bounds_mismatched:
+            reasons.append(
+                f"{snap.merged.bounds_mismatched} latency histogram series recorded with other bucket bounds "
+                "(GATEWAYZ_METRICS_BUCKETS changed) are not served; POST /metrics/reset clears them"
+            )
         if snap.location and snap.location.get("warning"):
             reasons.append(str(snap.location["warning"]))
         if reasons:
@@ -76,5 +82,6 @@ def health_report(snap: Snapshot, settings: Settings, extra: Sequence[str] = ())
         # Counted by compactions: files quarantined, window slots of another geometry lost.
         "storage_errors": {str(labels[0]): int(p[0]) for labels, p in snap.series("storage_errors")},
         "metrics_directory": snap.location,
+        "histogram_bounds_mismatched_series": snap.merged.bounds_mismatched,
     }
     return report, 503 if status == "unhealthy" else 200

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 from bisect import bisect_left
+from collections.abc import Callable
 from typing import Any
 
 from .labels import as_number
@@ -55,6 +56,31 @@ class GatewayRecording:
 
     def _drop(self, reason: str) -> None:
         raise NotImplementedError
+
+    def _write_record(
+        self,
+        kind: str,
+        values: Callable[[], tuple[str, ...]],
+        increments: tuple[tuple[int, float], ...],
+        latest: tuple[float, ...] | None = None,
+    ) -> None:
+        raise NotImplementedError
+
+    def _admit(self, name: str, raw: object) -> str:
+        raise NotImplementedError
+
+    histogram_bounds: tuple[float, ...]
+    _histogram_kinds: dict[str, tuple[str, tuple[str, ...]]]
+
+    def _add_latency_histogram(self, kind: str, labels: tuple[tuple[str, object], ...], seconds: float) -> None:
+        """Add one observation to ``kind``'s latency histogram (count, sum, buckets of the
+        collector's bounds; stored as ``layout.histogram_kind`` says)."""
+        increments = _histogram_increments(seconds, self.histogram_bounds)
+        stored, prefix = self._histogram_kinds[kind]
+        if not prefix:
+            self._add(kind, labels, increments)
+            return
+        self._write_record(stored, lambda: (*prefix, *(self._admit(name, raw) for name, raw in labels)), increments)
 
     _prices: PriceTable | None = None
     _unpriced: set[str] | None = None
@@ -144,7 +170,7 @@ class GatewayRecording:
         latency = as_number(latency_seconds)
         if not 0 <= latency < math.inf or trace_id_of(f"00-{trace_id}-0000000000000000-01") is None:
             return self._drop("invalid_value")
-        bucket = bisect_left(layout.HISTOGRAM_BOUNDS, latency)
+        bucket = bisect_left(self.histogram_bounds, latency)
         parts = tuple(float(int(trace_id[i : i + 8], 16)) for i in range(0, 32, 8))
         labels = (("endpoint", endpoint), ("method", method), ("bucket", str(bucket)))
         self._add("exemplar", labels, (), latest=(*parts, latency))
@@ -167,9 +193,9 @@ class GatewayRecording:
             return self._drop("invalid_value")
         labels = (("provider", provider), ("model", model))
         self._add("stream", (*labels, ("outcome", outcome)), ((0, 1.0),))
-        self._add("stream_duration", labels, _histogram_increments(duration))
+        self._add_latency_histogram("stream_duration", labels, duration)
         if first is not None:
-            self._add("first_chunk", labels, _histogram_increments(first))
+            self._add_latency_histogram("first_chunk", labels, first)
         return None
 
 
@@ -187,10 +213,10 @@ def trace_id_of(traceparent: str | None) -> str | None:
     return parts[1].lower()
 
 
-def _histogram_increments(seconds: float) -> tuple[tuple[int, float], ...]:
+def _histogram_increments(seconds: float, bounds: tuple[float, ...]) -> tuple[tuple[int, float], ...]:
     """Increments of a count / sum / latency-buckets payload for one observation."""
     return (
         (layout.REQ_COUNT, 1.0),
         (layout.REQ_SUM, seconds),
-        (layout.REQ_BUCKETS + bisect_left(layout.HISTOGRAM_BOUNDS, seconds), 1.0),
+        (layout.REQ_BUCKETS + bisect_left(bounds, seconds), 1.0),
     )

@@ -89,6 +89,28 @@ _PER_TOKEN_BOUNDS = layout.GEN_AI_PER_TOKEN_BOUNDS
 _DURATION_BOUNDS = layout.GEN_AI_DURATION_BOUNDS
 
 
+LatencyTables = tuple[tuple[float, ...], tuple[int, ...], tuple[int, ...], tuple[int, ...]]
+
+
+def latency_bucket_tables(bounds: tuple[float, ...]) -> LatencyTables:
+    """One search for every latency histogram of a request: the union ``U`` of ``bounds``
+    (the request record's, possibly configured) and the conventions' bounds of
+    http.server.request.duration and gen_ai.*.duration, and for
+    ``u = bisect_left(U, latency)``: the request payload index of the latency's bucket
+    (``REQ_BUCKETS`` + bounds below it), its ``http_server_buckets`` index and its
+    ``gen_ai_*_duration`` payload index (1 + the conventions' bounds below it). Exact
+    for any bound sets: the latency lies in ``(U[u-1], U[u]]``, and the bounds of each
+    set below it are those among ``U[:u]``."""
+    union = tuple(sorted({*bounds, *layout.HTTP_SERVER_BOUNDS, *_DURATION_BOUNDS}))
+    highs = (*union, math.inf)
+    request = tuple(layout.REQ_BUCKETS + sum(1 for b in bounds if b < high) for high in highs)
+    http = tuple(sum(1 for b in layout.HTTP_SERVER_BOUNDS if b < high) for high in highs)
+    gen_ai = tuple(1 + sum(1 for b in _DURATION_BOUNDS if b < high) for high in highs)
+    return union, request, http, gen_ai
+
+
+
+
 def operation_name(route: str | None) -> str:
     """The gen_ai.operation.name of a request to ``route``: from the route's end for the
     OpenAI / Gemini style APIs (``/v1/embeddings`` -> embeddings, ``/v1/completions``

@@ -17,6 +17,7 @@ from deep inside the collector.
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import re
@@ -26,12 +27,13 @@ from typing import Any
 
 from .prices import PriceTable, load_prices
 from .static_labels import parse_static_labels
+from .storage.layout import MAX_HISTOGRAM_BUCKETS
 
 PREFIX = "GATEWAYZ_METRICS_"
 STORAGE_KEYS = (
     "dir", "window_seconds", "window_slots", "error_status", "strict",
     "label_limits", "allowed_providers", "allowed_models", "trusted_uids",
-    "allowed_teams",
+    "allowed_teams", "buckets",
 )
 """Settings that shape the collector: if any is given, the app gets its own collector."""
 SECRET_KEYS = (
@@ -39,11 +41,11 @@ SECRET_KEYS = (
     "auth_username", "auth_password", "auth_password_file",
 )
 """Settings that may also come from environment variables of the same (prefixed) name."""
-ENV_KEYS = ("static_labels", "port", "port_address", "semconv")
+ENV_KEYS = ("static_labels", "port", "port_address", "semconv", "buckets")
 """Non-secret settings that may also come from environment variables (a deployment sets
 them per server): ``GATEWAYZ_METRICS_STATIC_LABELS=region=eu-west-1,cluster=c1``,
 ``GATEWAYZ_METRICS_PORT=9100``, ``GATEWAYZ_METRICS_PORT_ADDRESS=0.0.0.0``,
-``GATEWAYZ_METRICS_SEMCONV=otlp``."""
+``GATEWAYZ_METRICS_SEMCONV=otlp``, ``GATEWAYZ_METRICS_BUCKETS=0.1,0.5,1,5,30``."""
 
 
 @dataclass(frozen=True)
@@ -84,6 +86,8 @@ class Settings:
     port: int | None = None
     port_address: str = "127.0.0.1"
     semconv: str = "both"
+    buckets: tuple[float, ...] | None = None
+    """Finite upper bounds of the since-start latency histograms (None: ``layout.HISTOGRAM_BOUNDS``)."""
 
     @classmethod
     def resolve(cls, config: Mapping[str, Any], options: Mapping[str, Any]) -> tuple[Settings, bool]:
@@ -131,9 +135,9 @@ class Settings:
 def collector_options_from_env(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
     """Keyword arguments for the process-wide ``MetricsCollector`` from environment variables.
 
-    ``GATEWAYZ_METRICS_WINDOW_SECONDS``, ``_WINDOW_SLOTS`` and ``_ERROR_STATUS`` are parsed
-    and checked like config values (a malformed one raises an error naming it); unset
-    ones are left to the defaults of ``Settings``.
+    ``GATEWAYZ_METRICS_WINDOW_SECONDS``, ``_WINDOW_SLOTS``, ``_ERROR_STATUS`` and
+    ``_BUCKETS`` are parsed and checked like config values (a malformed one raises an
+    error naming it); unset ones are left to the defaults of ``Settings``.
     """
     env = os.environ if environ is None else environ
     parsers: dict[str, Callable[[str], float]] = {"window_seconds": float, "window_slots": int, "error_status": int}
@@ -148,6 +152,9 @@ def collector_options_from_env(environ: Mapping[str, str] | None = None) -> dict
         except ValueError:
             raise ValueError(f"environment variable {key}={raw!r} is not {_EXPECTED[name]}") from None
         options[name] = check(name, value, f"environment variable {key}")
+    raw = env.get(PREFIX + "BUCKETS", "").strip()
+    if raw:
+        options["buckets"] = check("buckets", raw, f"environment variable {PREFIX}BUCKETS")
     return options
 
 
@@ -351,6 +358,28 @@ def _tenant_headers(value: Any) -> Mapping[str, str] | None:
     return checked
 
 
+def _buckets(value: Any) -> tuple[float, ...] | None:
+    if value is None:
+        return None
+    if isinstance(value, str):  # from the environment: "0.1,0.5,1"
+        try:
+            value = [float(part) for part in value.split(",")] if len(value) <= 4096 else None
+        except ValueError:
+            raise ValueError("not a comma-separated list of numbers") from None
+    if not isinstance(value, (list, tuple)) or not all(_is_number(b) for b in value):
+        raise TypeError
+    bounds = [float(b) for b in value]
+    if bounds and bounds[-1] == math.inf:  # prometheus_client's style: +Inf is implied
+        bounds.pop()
+    if not 1 <= len(bounds) <= MAX_HISTOGRAM_BUCKETS:
+        raise ValueError(f"{len(bounds)} finite bounds")
+    if not all(math.isfinite(b) and b > 0 for b in bounds):
+        raise ValueError("a bound is not a finite number > 0")
+    if any(low >= high for low, high in itertools.pairwise(bounds)):
+        raise ValueError("the bounds are not strictly increasing")
+    return tuple(bounds)
+
+
 _CHECKS: dict[str, Callable[[Any], Any]] = {
     "dir": _path,
     "window_seconds": _number(0.0, 366 * 86400.0),
@@ -379,6 +408,7 @@ _CHECKS: dict[str, Callable[[Any], Any]] = {
     "port": _port,
     "port_address": _address,
     "semconv": _semconv,
+    "buckets": _buckets,
     **{name: _text(required=False) for name in SECRET_KEYS},
 }
 _EXPECTED: dict[str, str] = {
@@ -413,5 +443,7 @@ _EXPECTED: dict[str, str] = {
     "port_address": "a host name or IP address (no brackets) for the metrics port to bind, e.g. '127.0.0.1' or '::'",
     "semconv": "where the OpenTelemetry conventions' families go: 'both' (/metrics and OTLP), 'otlp', 'metrics' "
     "or 'off'",
+    "buckets": f"1 to {MAX_HISTOGRAM_BUCKETS} finite, strictly increasing upper bounds > 0 in seconds "
+    "(a list of numbers, or a comma-separated str; a last +Inf is implied), e.g. [0.1, 0.5, 1, 5, 30]",
     **dict.fromkeys(SECRET_KEYS, "a str (or None)"),
 }

@@ -41,7 +41,10 @@ class Totals:
         if error:
             self.errors += count
         self.latency_sum += payload[layout.REQ_SUM]
-        self.buckets = list(map(add, self.buckets, payload[layout.REQ_BUCKETS :]))
+        buckets = payload[layout.REQ_BUCKETS :]
+        if len(buckets) != len(self.buckets):  # configured bounds (all records have the same)
+            self.buckets = [0.0] * len(buckets)
+        self.buckets = list(map(add, self.buckets, buckets))
 
 
 @dataclass
@@ -78,6 +81,8 @@ class Snapshot:
     custom_definitions: tuple[Definition, ...] = ()
     """The custom metrics this process defined (others are described by their files)."""
     multi_process: str | None = None
+    histogram_bounds: tuple[float, ...] = layout.HISTOGRAM_BOUNDS
+    """Finite upper bounds of the since-start latency histograms (the collector's)."""
     """Why the server is known to run several processes (None: no sign of it), see
     ``default_registry``."""
     otlp: dict[str, Any] | None = None

@@ -54,6 +54,19 @@ slot, of exactly the capacity it needs. Readers follow a chain only through bloc
 they indexed, strictly forward, within the mapping, and take an entry only when its
 index is a valid bucket and its count finite and >= 0.
 
+Configurable latency buckets (``GATEWAYZ_METRICS_BUCKETS``): the since-start latency
+histograms ("request", "provider", "first_chunk", "stream_duration") use
+``HISTOGRAM_BOUNDS`` by default, stored under those kind names as always. A collector
+configured with other bounds writes them as the kinds ``<kind>_le<n>`` (``n`` finite
+bounds, payload count, sum, ``n + 1`` buckets) whose first label, ``bounds``, is
+``bounds_fingerprint`` of its bound set. So records of different bound sets never share
+a series, in a worker file or in the archive (compaction merges them as distinct
+kinds), and the merge (``merge.select_bounds``) takes only the records of the reading
+collector's own bound set; the others (workers still running an older configuration,
+or the archive's data from before a change) are skipped and counted
+(``Merged.bounds_mismatched``, shown by ``/metrics/health``), never read under the
+wrong bounds. The header's reserved word stays unused.
+
 Control file (``control.gwzc``), shared by all processes::
 
     0   4  magic b"GWZC"   4  version (u32)
@@ -63,6 +76,7 @@ Control file (``control.gwzc``), shared by all processes::
 
 from __future__ import annotations
 
+import hashlib
 import json
 import struct
 from collections.abc import Sequence
@@ -250,6 +264,36 @@ KINDS: dict[str, Kind] = {
     "custom_gauge_min": Kind(("name", "labels"), 2, merge="min"),  # value, set
     "custom_gauge_latest": Kind(("name", "labels"), 2, merge="latest"),  # value, time set
 }
+
+MAX_HISTOGRAM_BUCKETS = 64
+"""Most finite bounds ``GATEWAYZ_METRICS_BUCKETS`` may give."""
+BOUNDED_KINDS: tuple[str, ...] = ("request", "provider", "first_chunk", "stream_duration")
+"""Kinds whose payload is count, sum and the latency buckets of ``HISTOGRAM_BOUNDS`` (or
+of the configured bounds: ``histogram_kind``)."""
+# "<kind>_le<n>": the same payload with n configured finite bounds, labels prefixed by
+# "bounds" (the bound set's fingerprint).
+KINDS.update({
+    f"{name}_le{n}": Kind(("bounds", *KINDS[name].labels), REQ_BUCKETS + n + 1)
+    for name in BOUNDED_KINDS
+    for n in range(1, MAX_HISTOGRAM_BUCKETS + 1)
+})
+REQUEST_KINDS = frozenset(kind for kind in KINDS if kind == "request" or kind.startswith("request_le"))
+"""The kinds holding HTTP requests, whatever their bucket bounds."""
+
+
+def bounds_fingerprint(bounds: Sequence[float]) -> str:
+    """A short, stable name of a bound set (the ``bounds`` label of ``<kind>_le<n>``)."""
+    text = ",".join(repr(float(b)) for b in bounds)
+    return hashlib.blake2b(text.encode("ascii"), digest_size=8).hexdigest()
+
+
+def histogram_kind(kind: str, bounds: Sequence[float]) -> tuple[str, tuple[str, ...]]:
+    """The kind a collector with latency ``bounds`` records ``kind`` (one of
+    ``BOUNDED_KINDS``) as, and the label values that go before the kind's own."""
+    if tuple(bounds) == HISTOGRAM_BOUNDS:
+        return kind, ()
+    return f"{kind}_le{len(bounds)}", (bounds_fingerprint(bounds),)
+
 
 MAX_CUSTOM_BUCKETS = 64
 """Most finite bucket bounds of a custom histogram."""

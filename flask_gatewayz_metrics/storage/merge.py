@@ -118,6 +118,9 @@ class Merged:
 
     totals: dict[str, dict[Labels, list[float]]] = field(default_factory=dict)
     windows: dict[str, dict[Labels, WindowStats]] = field(default_factory=dict)
+    bounds_mismatched: int = 0
+    """Latency histogram series skipped because they were recorded with other bucket
+    bounds than the reader's (``select_bounds``)."""
 
     def total(self, kind: str, labels: Labels = ()) -> list[float] | None:
         return self.totals.get(kind, {}).get(labels)
@@ -149,10 +152,15 @@ class MergeCache:
 
 
 def merge(
-    views: list[WorkerView], epoch: int, now: float, cache: MergeCache | None = None,
+    views: list[WorkerView],
+    epoch: int,
+    now: float,
+    cache: MergeCache | None = None,
     leave_out: frozenset[str] = frozenset(),
-) -> Merged:  # fmt: skip
-    """Combine ``views`` (files of older reset epochs are ignored) as seen at ``now``.
+    bounds: tuple[float, ...] = layout.HISTOGRAM_BOUNDS,
+) -> Merged:
+    """Combine ``views`` (files of older reset epochs are ignored) as seen at ``now``;
+    the latency histograms are those recorded with bucket ``bounds`` (``select_bounds``).
 
     In two parts. The *sealed* part holds what cannot change any more: all of the
     archive and of dead workers' files, and the slots of live workers' files whose
@@ -176,7 +184,40 @@ def merge(
             cache.rebuilt += 1
     merged = _merge_live(entry[1], views, epoch, now, leave_out)
     _drop_impossible(merged)
+    select_bounds(merged, bounds)
     return merged
+
+
+_BOUNDED_BASE = {
+    name: base
+    for base in layout.BOUNDED_KINDS
+    for name in layout.KINDS
+    if name == base or (name.startswith(f"{base}_le") and name[len(base) + 3 :].isdigit())
+}
+"""Every kind of ``layout.BOUNDED_KINDS``, under any bound count -> the kind."""
+
+
+def select_bounds(merged: Merged, bounds: tuple[float, ...]) -> None:
+    """Keep, of the latency histograms (``layout.BOUNDED_KINDS``), only the series
+    recorded with ``bounds``, under the kind's own name and labels; the others (another
+    bound set: a worker of an older configuration, the archive's data from before a
+    change) are removed and counted in ``merged.bounds_mismatched``. Never reads one
+    bound set's counts under another's bounds. Replaces the kinds' series dicts, never
+    changes them (they may be shared with the merge cache)."""
+    skipped = 0
+    for name in [name for name in merged.totals if name in _BOUNDED_BASE]:
+        base = _BOUNDED_BASE[name]
+        own, prefix = layout.histogram_kind(base, bounds)
+        if name == own and not prefix:
+            continue  # the default bounds: stored under the kind's own name
+        series = merged.totals.pop(name)
+        if name != own:
+            skipped += len(series)
+            continue
+        kept = {labels[1:]: payload for labels, payload in series.items() if labels[:1] == prefix}
+        skipped += len(series) - len(kept)
+        merged.totals[base] = kept
+    merged.bounds_mismatched = skipped
 
 
 def _seal_limit(view: WorkerView, now: float) -> float:

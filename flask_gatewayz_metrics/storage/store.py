@@ -140,7 +140,7 @@ class Storage:
         assert self._file is not None
         d = self._file.doubles
         try:
-            return float(sum(d[o] for (kind, _), o in self._offsets.items() if kind == "request"))
+            return float(sum(d[o] for (kind, _), o in self._offsets.items() if kind in layout.REQUEST_KINDS))
         except (ValueError, IndexError):
             return 0.0
 
