@@ -15,12 +15,13 @@ LAYERS: dict[str, tuple[str, ...]] = {
     # 0: no package imports beyond this layer; usable from anywhere.
     "foundation": (
         "_version", "errors", "sketch", "labels", "label_cache", "prices", "static_labels", "tracing",
-        "settings", "election",
+        "election",
     ),
     # 1: the files: byte format, writer, reader, merge, compaction, directory choice.
     "storage": ("storage",),
     # 2: merged records read back into the spec's shapes and reports.
-    "read model": ("custom_families", "snapshot", "default_registry", "otlp_status"),
+    # settings checks values against the storage format's limits (MAX_HISTOGRAM_BUCKETS).
+    "read model": ("custom_families", "snapshot", "default_registry", "otlp_status", "settings"),
     # 3: the recording API and its input policy.
     "recording": (
         "collector", "llm", "semconv", "custom", "custom_handles", "tenants", "request_state", "tracking",
