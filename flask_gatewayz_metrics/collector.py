@@ -67,6 +67,8 @@ FOLD_AT_START_FILES = 64
 dead ones first (a process-per-request server leaves one file per request)."""
 
 _INF = math.inf
+_MAX_SECONDS = layout.MAX_SECONDS
+_MAX_VALUE = layout.MAX_VALUE
 _monotonic = time.monotonic
 _SKETCH_STRIDE = layout.slot_stride(True)
 _PLAIN_STRIDE = layout.slot_stride(False)
@@ -276,7 +278,7 @@ class MetricsCollector(GatewayRecording, CustomMetrics, ConventionsRecording, Te
         """
         if latency.__class__ is not float:
             latency = as_number(latency)
-        if not 0.0 <= latency < _INF:
+        if not 0.0 <= latency <= _MAX_SECONDS:
             return self._drop("invalid_latency", leaving)
         if status.__class__ is not int or not 100 <= status <= 599:
             return self._drop("invalid_status", leaving)
@@ -579,7 +581,7 @@ class MetricsCollector(GatewayRecording, CustomMetrics, ConventionsRecording, Te
     def record_db_query(self, latency_seconds: float) -> None:
         """Count one database query that took ``latency_seconds``."""
         latency = as_number(latency_seconds)
-        if not 0.0 <= latency < _INF:
+        if not 0.0 <= latency <= _MAX_SECONDS:
             return self._drop("invalid_latency")
         now = self._clock()
         try:
@@ -641,6 +643,11 @@ class MetricsCollector(GatewayRecording, CustomMetrics, ConventionsRecording, Te
                 self._writable()
                 o = self._fixed(kind, values())
                 d = self._doubles
+                # Checked before anything is written: the record takes all of it or none.
+                if latest is not None and not all(-_MAX_VALUE <= value <= _MAX_VALUE for value in latest):
+                    raise _TooLarge
+                if not all(-_MAX_VALUE <= d[o + index] + amount <= _MAX_VALUE for index, amount in increments):
+                    raise _TooLarge
                 if latest is not None:
                     for index, value in enumerate(latest):
                         d[o + index] = value
@@ -650,6 +657,8 @@ class MetricsCollector(GatewayRecording, CustomMetrics, ConventionsRecording, Te
                         d[o + index] += amount
         except _InvalidLabel:
             self._drop("invalid_label")
+        except _TooLarge:
+            self._drop("invalid_value")
         except StorageUnavailable:
             self._drop("storage_unavailable")
         except Exception as exc:
@@ -894,6 +903,10 @@ class MetricsCollector(GatewayRecording, CustomMetrics, ConventionsRecording, Te
         self._unrecorded.clear()
         self._in_flight = 0  # the parent's requests are not ours
         self._in_flight_offset = -1
+
+
+class _TooLarge(Exception):
+    """A write would carry a stored value past ``layout.MAX_VALUE`` (the input is dropped)."""
 
 
 class _InvalidLabel(Exception):

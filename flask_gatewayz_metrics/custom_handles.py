@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from .collector import MetricsCollector
 
 MAX_CHILDREN = 10_000
+_MAX_VALUE = layout.MAX_VALUE
 """Label sets whose handles one metric keeps (bounded by the label guard anyway)."""
 
 
@@ -187,7 +188,12 @@ def _count(metric: _Metric, series: _Series | None, amount: object) -> None:
         with collector._lock:
             collector._writable()
             o = metric._offset(series)
-            collector._doubles[o] += value
+            d = collector._doubles
+            if d[o] + value > _MAX_VALUE:
+                raise _Invalid  # the total would pass what a reader accepts
+            d[o] += value
+    except _Invalid:
+        metric._dropped("invalid_value")
     except StorageUnavailable:
         collector._drop("storage_unavailable")
     except Exception as exc:  # never break the caller
@@ -245,7 +251,7 @@ def _gauge(metric: _Metric, series: _Series | None, number: object, relative: bo
             collector._writable()
             o = metric._offset(series)
             new = series.value + value if relative else value
-            if not math.isfinite(new):
+            if not -_MAX_VALUE <= new <= _MAX_VALUE:
                 raise _Invalid
             series.value = new
             d = collector._doubles
@@ -301,8 +307,12 @@ def _observe(metric: _Metric, series: _Series | None, number: object) -> None:
             collector._writable()
             o = metric._offset(series)
             d = collector._doubles
+            if not -_MAX_VALUE <= d[o] + value <= _MAX_VALUE:
+                raise _Invalid  # the sum would pass what a reader accepts
             d[o] += value
             d[o + bucket] += 1.0
+    except _Invalid:
+        metric._dropped("invalid_value")
     except StorageUnavailable:
         collector._drop("storage_unavailable")
     except Exception as exc:

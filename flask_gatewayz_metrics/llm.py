@@ -168,7 +168,7 @@ class GatewayRecording:
         The 128-bit id is stored as four exact 32-bit parts.
         """
         latency = as_number(latency_seconds)
-        if not 0 <= latency < math.inf or trace_id_of(f"00-{trace_id}-0000000000000000-01") is None:
+        if not 0 <= latency <= layout.MAX_SECONDS or trace_id_of(f"00-{trace_id}-0000000000000000-01") is None:
             return self._drop("invalid_value")
         bucket = bisect_left(self.histogram_bounds, latency)
         parts = tuple(float(int(trace_id[i : i + 8], 16)) for i in range(0, 32, 8))
@@ -187,8 +187,8 @@ class GatewayRecording:
         """Record one streamed response: its outcome, full duration and time to first chunk."""
         duration = as_number(duration_seconds)
         first = None if first_chunk_seconds is None else as_number(first_chunk_seconds)
-        if outcome not in STREAM_OUTCOMES or not 0 <= duration < math.inf or (
-            first is not None and not 0 <= first < math.inf
+        if outcome not in STREAM_OUTCOMES or not 0 <= duration <= layout.MAX_SECONDS or (
+            first is not None and not 0 <= first <= layout.MAX_SECONDS
         ):
             return self._drop("invalid_value")
         labels = (("provider", provider), ("model", model))

@@ -117,6 +117,14 @@ CONTROL_EPOCH_INDEX = 1
 CONTROL_START_INDEX = 2
 
 RECORD_HEADER = struct.Struct("<II")
+MAX_VALUE = 2.0**53
+"""Largest magnitude a stored value may reach (float64 counts are exact up to here). A
+reader drops a series beyond it as damaged; so a writer refuses (drops and counts) any
+write that would carry a value past it, rather than let one absurd input hide a
+series' earlier counts."""
+MAX_SECONDS = 2.0**20
+"""Longest latency or duration accepted (about 12 days); longer ones are dropped as
+invalid. It keeps latency sums far below ``MAX_VALUE`` (8.6e9 requests at the bound)."""
 MAX_KEY_BYTES = 4096
 
 HISTOGRAM_BOUNDS: tuple[float, ...] = (

@@ -362,7 +362,7 @@ def _add_total(merged: Merged, view: WorkerView, record: Record) -> None:
     series[record.labels] = combine(kind, series.get(record.labels), values)
 
 
-MAX_VALUE = 2.0**53
+MAX_VALUE = layout.MAX_VALUE
 """Largest magnitude a merged value may have (beyond it a count is no longer exact)."""
 
 
