@@ -88,8 +88,8 @@ class Exchange(RequestState):
         hook did not run (an earlier hook raised): wait for the body to end."""
         self.first_chunk = 0.0
         """perf_counter() when the body yielded its first chunk (0.0 = not yet)."""
-        self._next: Callable[[], bytes] | None = None
-        self._close: Callable[[], object] | None = None
+        # _next and _close are set by watch(), before anything can read them: a body
+        # recorded at once (the common case) never needs them.
 
     # ------------------------------------------------------------ start_response
     def start_response(self, status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
@@ -148,7 +148,8 @@ class Exchange(RequestState):
         if self.streamed is None and self.status is not None and _complete(body, self.headers):
             self.finish(False, None)
             return body
-        self._close = getattr(body, "close", None)
+        self._close: Callable[[], object] | None = getattr(body, "close", None)
+        self._next: Callable[[], bytes] | None = None
         file_wrapper = self.environ.get("wsgi.file_wrapper")
         if file_wrapper is not None and body.__class__ is file_wrapper:
             try:

@@ -1,0 +1,111 @@
+"""The request path's shortcuts keep its behaviour: the streamed check after Flask's
+``process_response``, and the one bucket search for every latency histogram."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+from flask import Flask, Response, request
+from prometheus_client.parser import text_string_to_metric_families
+
+from flask_gatewayz_metrics import GatewayzMetrics, MetricsCollector, label_request
+from flask_gatewayz_metrics.exposition import PrometheusExporter
+from flask_gatewayz_metrics.storage import layout
+
+
+def _value(body: str, name: str, **labels: str) -> float | None:
+    for family in text_string_to_metric_families(body):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return sample.value
+    return None
+
+
+def test_hook_registered_before_the_extension_may_stream(metrics_dir: str) -> None:
+    """An ``after_request`` hook registered before the extension (Flask runs it after the
+    extension's own check used to run) that swaps in a streamed body: the request is still
+    timed until that body is over, not recorded when Flask returns."""
+    app = Flask(__name__)
+    app.config["GATEWAYZ_METRICS_DIR"] = metrics_dir
+
+    def slow_body() -> Iterator[bytes]:
+        for _ in range(3):
+            time.sleep(0.05)
+            yield b"chunk"
+
+    @app.after_request
+    def stream_instead(response: Response) -> Response:
+        return Response(slow_body()) if request.path == "/swap" else response
+
+    GatewayzMetrics(app)
+
+    @app.get("/swap")
+    def swap() -> str:
+        return "plain"
+
+    client = app.test_client()
+    response = client.get("/swap")
+    text = client.get("/metrics").get_data(as_text=True)
+    assert _value(text, "http_requests_total", endpoint="/swap") is None  # not over yet
+    assert response.get_data() == b"chunk" * 3
+    response.close()
+    text = client.get("/metrics").get_data(as_text=True)
+    assert _value(text, "http_requests_total", endpoint="/swap") == 1.0
+    assert (_value(text, "http_request_duration_seconds_sum", endpoint="/swap") or 0.0) >= 0.15
+
+
+def test_every_latency_histogram_gets_the_searched_bucket(metrics_dir: str) -> None:
+    """A labelled request's latency lands in the same bucket of the request, provider,
+    http.server and gen_ai.server histograms as a search of each bound set would give,
+    at and around every bound."""
+    from bisect import bisect_left
+
+    collector = MetricsCollector(metrics_dir)
+    latencies = sorted({
+        value
+        for bound in (*layout.HISTOGRAM_BOUNDS, *layout.HTTP_SERVER_BOUNDS, *layout.GEN_AI_DURATION_BOUNDS)
+        for value in (bound, bound * 0.999, bound * 1.001)
+    })
+    try:
+        for latency in latencies:
+            collector.observe_request("/chat", "POST", latency, 200, "openai", "gpt-4o")
+        snap = collector.snapshot()
+    finally:
+        collector.close()
+    request = snap.merged.total("request", ("/chat", "POST", "200", "0"))
+    provider = snap.merged.total("provider", ("openai", "200", "0"))
+    http_server = snap.merged.total("http_server_buckets", ("/chat", "POST", "200", "0"))
+    gen_ai = snap.merged.total("gen_ai_server_duration", ("chat", "openai", "gpt-4o", ""))
+    assert request is not None and provider is not None and http_server is not None and gen_ai is not None
+
+    def expected(bounds: tuple[float, ...]) -> list[float]:
+        counts = [0.0] * (len(bounds) + 1)
+        for latency in latencies:
+            counts[bisect_left(bounds, latency)] += 1.0
+        return counts
+
+    assert request[layout.REQ_BUCKETS :] == expected(layout.HISTOGRAM_BOUNDS)
+    assert provider[layout.REQ_BUCKETS :] == expected(layout.HISTOGRAM_BOUNDS)
+    assert http_server == expected(layout.HTTP_SERVER_BOUNDS)
+    assert gen_ai[1:] == expected(layout.GEN_AI_DURATION_BOUNDS)
+
+
+def test_labelled_flask_request_fills_every_histogram_once(metrics_dir: str) -> None:
+    """Through Flask, one labelled request counts once in each latency histogram."""
+    app = Flask(__name__)
+    app.config["GATEWAYZ_METRICS_DIR"] = metrics_dir
+    GatewayzMetrics(app)
+
+    @app.post("/v1/chat/completions")
+    def chat() -> dict[str, bool]:
+        label_request(provider="openai", model="gpt-4o")
+        return {"ok": True}
+
+    assert app.test_client().post("/v1/chat/completions").status_code == 200
+    text = PrometheusExporter(app.extensions["gatewayz_metrics"].collector).export()
+    assert _value(text, "http_request_duration_seconds_count", endpoint="/v1/chat/completions") == 1.0
+    assert _value(text, "provider_request_duration_seconds_count", provider="openai") == 1.0
+    assert _value(text, "http_server_request_duration_seconds_count", http_route="/v1/chat/completions") == 1.0
+    assert _value(text, "gen_ai_server_request_duration_seconds_count", gen_ai_provider_name="openai") == 1.0
+    assert _value(text, "gen_ai_server_request_duration_seconds_bucket", le="+Inf") == 1.0
