@@ -17,6 +17,7 @@ from flask_gatewayz_metrics import (
     track_request,
 )
 from flask_gatewayz_metrics import collector as collector_module
+from flask_gatewayz_metrics.storage import layout
 
 SLOT = 60.0  # default window: 300 s in 5 slots
 
@@ -372,7 +373,8 @@ def test_collector_quantile_uses_sketch_buckets(metrics_dir: str, clock) -> None
     """The hot path files a latency in sketch.bucket_index's bucket in every window, on and
     next to every bucket boundary of the range, and in the underflow / overflow buckets."""
     keys = range(sketch.MIN_KEY - 1, sketch.MAX_KEY + 2, 37)
-    values = [0.0, 2.0**-30, sketch.LOWEST, sketch.HIGHEST, 1e9]
+    # layout.MAX_SECONDS: the largest latency accepted, in the overflow bucket
+    values = [0.0, 2.0**-30, sketch.LOWEST, sketch.HIGHEST, layout.MAX_SECONDS]
     for key in [*keys, sketch.MIN_KEY, sketch.MAX_KEY]:
         bound = 2.0 ** (key / sketch.SCALE)
         values += [math.nextafter(bound, 0.0), bound, math.nextafter(bound, math.inf)]

@@ -127,7 +127,8 @@ def test_a_reopened_collector_continues_the_current_slot(metrics_dir: str, clock
 def _record_distinct(directory: str, now: float, count: int) -> None:
     c = MetricsCollector(directory, clock=lambda: now, auto_compact=False)
     for k in range(count):
-        c.record_request("/grow", "GET", 1e-5 * 1.03**k, 200)
+        # each step is wider than a bucket (2**(1/32)): 1,000 distinct buckets, 1e-6 .. 2.8e3 s
+        c.record_request("/grow", "GET", 1e-6 * 1.022**k, 200)
     os._exit(0)
 
 
