@@ -36,6 +36,7 @@ from .label_cache import (
 )
 from .labels import LabelGuard, as_number, method_label
 from .llm import GatewayRecording
+from .native_histograms import NativeRecording, native_state
 from .otlp import otlp_report
 from .request_state import current_request
 from .semconv import HTTP_BUCKET_BASE, HTTP_BUCKET_SPLIT, ConventionsRecording
@@ -104,7 +105,7 @@ class InvalidMetric(ValueError):
     """Raised in strict mode for input that would otherwise be dropped and counted."""
 
 
-class MetricsCollector(GatewayRecording, CustomMetrics, ConventionsRecording, TenantRecording):
+class MetricsCollector(NativeRecording, GatewayRecording, CustomMetrics, ConventionsRecording, TenantRecording):
     """Records requests, provider/model calls, cache, database and external API use.
 
     ``directory`` is the metrics directory shared by all worker processes (default:
@@ -120,7 +121,9 @@ class MetricsCollector(GatewayRecording, CustomMetrics, ConventionsRecording, Te
     distinct values recorded; see ``labels``. Files in the directory owned by another
     user are ignored and reported unless their uid is in ``trusted_uids`` (or
     ``$GATEWAYZ_METRICS_TRUSTED_UIDS``, comma-separated), e.g. a Celery worker that
-    records as another user.
+    records as another user. ``native_histograms``: also record the latency histograms'
+    native buckets for protobuf scrapes (None: ``$GATEWAYZ_METRICS_NATIVE_HISTOGRAMS``,
+    else off; see ``native_histograms``).
     """
 
     def __init__(
@@ -137,6 +140,7 @@ class MetricsCollector(GatewayRecording, CustomMetrics, ConventionsRecording, Te
         clock: Callable[[], float] = time.time,
         trusted_uids: Iterable[int] | None = None,
         namespace: str | None = None,
+        native_histograms: bool | None = None,
     ) -> None:
         # The same checks (and error messages) as the extension's settings.
         window_seconds = check("window_seconds", window_seconds, "MetricsCollector(window_seconds=...)")
@@ -179,6 +183,7 @@ class MetricsCollector(GatewayRecording, CustomMetrics, ConventionsRecording, Te
         self._route_get = self._route_cache.entries.get
         self._provider_get = self._provider_cache.entries.get
         self._model_get = self._model_cache.entries.get
+        self._native_state = native_state(native_histograms)
         self._slot_extremes: dict[int, list[Any]] = {}
         """Sketch window record offset -> [slot id, min, max, {bucket: count index}] of
         the slot last written: a copy of the file's values (only this process writes
@@ -412,6 +417,8 @@ class MetricsCollector(GatewayRecording, CustomMetrics, ConventionsRecording, Te
                 if gen_ai_duration >= 0:
                     d[gen_ai_duration] += latency
                     d[gen_ai_duration + 1 + bisect_left(_GEN_AI_DURATION_BOUNDS, latency)] += 1.0
+                if self._native_state is not None:  # native histograms: native_histograms.py
+                    self._native_add(request, provider_record, index)
                 if leaving:
                     self._in_flight -= 1
                     o = self._in_flight_offset

@@ -101,7 +101,8 @@ class PrometheusExporter(Collector):
         ``protobuf`` package is installed.
         """
         if accept_header and exposition_protobuf.wants_protobuf(accept_header) and exposition_protobuf.available():
-            return exposition_protobuf.encode(self.registry.collect()), exposition_protobuf.CONTENT_TYPE
+            native = self.collector.native_lookup()  # read only for protobuf: text never pays
+            return exposition_protobuf.encode(self.registry.collect(), native), exposition_protobuf.CONTENT_TYPE
         encoder, content_type = choose_encoder(accept_header or "")
         return encoder(self.registry), content_type
 

@@ -108,6 +108,11 @@ class NativeBuckets:
     positive: Sequence[tuple[int, int]]
     zero_threshold: float = 0.0
     zero_count: int = 0
+    count: int | None = None
+    """When set, the histogram's sample count: the native buckets' own total (zero
+    bucket included), which a scrape racing a writer may see one request apart from
+    the classic count; Prometheus requires a native histogram's count to match its
+    buckets."""
 
 
 NativeLookup = Mapping[tuple[str, tuple[tuple[str, str], ...]], NativeBuckets]
@@ -307,6 +312,8 @@ def _histogram(
             if sample.exemplar is not None:
                 _exemplar(bucket.exemplar, sample.exemplar)
     if native is not None:
+        if native.count is not None:
+            histogram.sample_count = native.count
         histogram.schema = native.schema
         histogram.zero_threshold = native.zero_threshold
         histogram.zero_count = native.zero_count

@@ -208,6 +208,7 @@ class GatewayzMetrics:
                 allowed_labels=settings.allowed_labels(),
                 trusted_uids=settings.trusted_uids,
                 namespace=namespace,
+                native_histograms=settings.native_histograms,
             )
 
         # One set of numbers per app: a passed collector or an app's own directory is

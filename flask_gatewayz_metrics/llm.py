@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import math
 from bisect import bisect_left
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .labels import as_number
 from .prices import PriceTable, load_prices
@@ -55,6 +55,10 @@ class GatewayRecording:
 
     def _drop(self, reason: str) -> None:
         raise NotImplementedError
+
+    if TYPE_CHECKING:  # NativeRecording's (a mixin before this one in MetricsCollector)
+
+        def _record_native(self, kind: str, labels: tuple[tuple[str, object], ...], value: float) -> None: ...
 
     _prices: PriceTable | None = None
     _unpriced: set[str] | None = None
@@ -168,8 +172,10 @@ class GatewayRecording:
         labels = (("provider", provider), ("model", model))
         self._add("stream", (*labels, ("outcome", outcome)), ((0, 1.0),))
         self._add("stream_duration", labels, _histogram_increments(duration))
+        self._record_native("stream_duration_native", labels, duration)
         if first is not None:
             self._add("first_chunk", labels, _histogram_increments(first))
+            self._record_native("first_chunk_native", labels, first)
         return None
 
 

@@ -31,7 +31,7 @@ PREFIX = "GATEWAYZ_METRICS_"
 STORAGE_KEYS = (
     "dir", "window_seconds", "window_slots", "error_status", "strict",
     "label_limits", "allowed_providers", "allowed_models", "trusted_uids",
-    "allowed_teams",
+    "allowed_teams", "native_histograms",
 )
 """Settings that shape the collector: if any is given, the app gets its own collector."""
 SECRET_KEYS = (
@@ -82,6 +82,9 @@ class Settings:
     static_labels: Mapping[str, str] | None = None
     port: int | None = None
     port_address: str = "127.0.0.1"
+    native_histograms: bool | None = None
+    """Record native-histogram buckets for protobuf scrapes (None: the environment
+    variable GATEWAYZ_METRICS_NATIVE_HISTOGRAMS, else off)."""
 
     @classmethod
     def resolve(cls, config: Mapping[str, Any], options: Mapping[str, Any]) -> tuple[Settings, bool]:
@@ -364,6 +367,7 @@ _CHECKS: dict[str, Callable[[Any], Any]] = {
     "static_labels": _static_labels,
     "port": _port,
     "port_address": _address,
+    "native_histograms": lambda value: None if value is None else _flag(value),
     **{name: _text(required=False) for name in SECRET_KEYS},
 }
 _EXPECTED: dict[str, str] = {
@@ -396,5 +400,6 @@ _EXPECTED: dict[str, str] = {
     "with Prometheus label names (not le, quantile, job, instance) and values of 1-256 characters",
     "port": "an int TCP port (1-65535) for a separate metrics listener, or None",
     "port_address": "a host name or IP address (no brackets) for the metrics port to bind, e.g. '127.0.0.1' or '::'",
+    "native_histograms": "a bool (or None: the GATEWAYZ_METRICS_NATIVE_HISTOGRAMS environment variable)",
     **dict.fromkeys(SECRET_KEYS, "a str (or None)"),
 }
