@@ -55,7 +55,8 @@ def native_index(index: int) -> int:
 
 def native_buckets(buckets: Mapping[int, float]) -> NativeBuckets:
     """Merged sketch bucket counts (``storage.native``) as a native histogram's buckets."""
-    positive = [(native_index(i), int(c)) for i, c in sorted(buckets.items()) if i >= 1 and int(c) > 0]
+    offset = sketch.MIN_KEY  # native_index, inlined: a scrape converts every bucket
+    positive = [(i + offset, int(c)) for i, c in sorted(buckets.items()) if i >= 1 and c >= 1]
     zero = int(buckets.get(sketch.UNDERFLOW_INDEX, 0.0))
     return NativeBuckets(
         schema=SCHEMA,

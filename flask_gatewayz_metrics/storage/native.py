@@ -38,7 +38,10 @@ def merge_native(views: list[WorkerView], epoch: int) -> NativeTotals:
             if not buckets:
                 continue
             series = out.setdefault(record.kind, {})
-            merged = series.setdefault(record.labels, {})
+            merged = series.get(record.labels)
+            if merged is None:
+                series[record.labels] = buckets  # a fresh dict of this read: ours to extend
+                continue
             for index, count in buckets.items():
                 merged[index] = merged.get(index, 0.0) + count
     for series in out.values():

@@ -122,9 +122,12 @@ def chain_buckets(doubles: Doubles, blocks: Mapping[float, int], first: float) -
     entries = slot_entries(doubles, blocks, first)
     if entries is None:
         return None
-    buckets: dict[int, float] = {}
-    for index, count in zip(*entries, strict=True):
-        buckets[int(index)] = buckets.get(int(index), 0.0) + count
+    indexes, counts = entries
+    buckets = dict(zip(map(int, indexes), counts, strict=True))
+    if len(buckets) != len(indexes):  # a bucket in several entries (hostile): add them up
+        buckets = {}
+        for index, count in zip(indexes, counts, strict=True):
+            buckets[int(index)] = buckets.get(int(index), 0.0) + count
     return buckets
 
 
