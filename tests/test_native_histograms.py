@@ -412,3 +412,33 @@ def test_native_recording_is_off_unless_asked_for(metrics_dir: str, monkeypatch:
     assert histogram.schema == 5 and histogram.sample_count == 1 and sum(native_of(histogram).values()) == 1
     with pytest.raises(TypeError, match="NATIVE_HISTOGRAMS"):
         GatewayzMetrics(Flask("bad"), dir=metrics_dir, native_histograms="yes")
+
+
+def _record_growing(directory: str, count: int) -> None:
+    collector = MetricsCollector(directory, auto_compact=False, native_histograms=True)
+    for k in range(count):
+        collector.record_request("/grow", "GET", 1e-5 * 1.03**k, 200)  # a new bucket every request or two
+    os._exit(0)
+
+
+def test_readers_never_see_a_half_written_native_chain(metrics_dir: str) -> None:
+    """While a writer appends entries and blocks (and re-maps its file), every read is a consistent, growing prefix."""
+    reader = MetricsCollector(metrics_dir, native_histograms=True)
+    total = 600  # ~300 distinct buckets: a chain of 8 blocks, several file growths
+    child = multiprocessing.get_context("fork").Process(target=_record_growing, args=(metrics_dir, total))
+    child.start()
+    seen: list[int] = []
+    key = ("http_request_duration_seconds", (("endpoint", "/grow"), ("method", "GET")))
+    while child.is_alive() or not seen or seen[-1] < total:
+        buckets = reader.native_lookup().get(key)
+        count = 0 if buckets is None else buckets.count
+        if buckets is not None:
+            assert count == buckets.zero_count + sum(c for _, c in buckets.positive)
+            assert all(1 <= c <= 2 for _, c in buckets.positive)
+        seen.append(count)  # type: ignore[arg-type]
+        if len(seen) > 20_000:
+            break
+    child.join(60)
+    assert child.exitcode == 0
+    assert seen == sorted(seen) and seen[-1] == total, seen[-5:]
+    reader.close()
