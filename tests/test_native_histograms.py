@@ -377,7 +377,10 @@ def test_damaged_native_chains_are_never_believed(metrics_dir: str, clock: FakeC
         assert all(sketch.MIN_KEY < i <= sketch.MAX_KEY + 1 and c > 0 for i, c in buckets.positive)
     histogram = histograms.get(("http_request_duration_seconds", (("endpoint", "/x"), ("method", "GET"))))
     assert histogram is not None and histogram.sample_count <= 20
-    scraper.compact()  # the compactor reads chains the same way
+    scraper.compact()  # the compactor reads chains the same way, and counts the ones it dropped
+    errors = dict(scraper.snapshot().series("storage_errors"))
+    if how in ("loop", "self", "index_range", "index_nan", "negative_count", "infinite_count", "used_over_capacity"):
+        assert errors[("corrupt_record",)] == [1.0]
     after = scraper.native_lookup()
     assert all(0 <= b.count <= 20 for b in after.values())  # type: ignore[operator]
     exporter.render(PROTOBUF)

@@ -57,9 +57,9 @@ class CompactionResult:
     quarantined: int = 0
 
 
-NATIVE_CHAIN_REASON = "native_chain"
-"""Storage error reason: a native histogram's chain (``layout.NATIVE_KINDS``) that could
-not be read while folding a file (dropped, not guessed)."""
+NATIVE_CHAIN_REASON = "corrupt_record"
+"""Storage error reason of a native histogram's chain (``layout.NATIVE_KINDS``) that could
+not be read while folding a file (dropped, not guessed): the record is corrupt."""
 WINDOW_GEOMETRY_REASON = "window_geometry"
 """Storage error reason: windowed slots of another geometry that could not be re-bucketed
 into the archive's (an interval straddling two new slots, or "since start" data going
