@@ -37,6 +37,7 @@ from .label_cache import (
 )
 from .labels import LabelGuard, as_number, method_label
 from .llm import GatewayRecording
+from .native_histograms import NativeRecording, native_state
 from .otlp_status import otlp_report
 from .request_state import current_request
 from .semconv import ConventionsRecording, latency_bucket_tables
@@ -101,7 +102,7 @@ writes: request record, endpoint window, provider record and window, model recor
 window (-1 = none)."""
 
 
-class MetricsCollector(GatewayRecording, CustomMetrics, ConventionsRecording, TenantRecording):
+class MetricsCollector(NativeRecording, GatewayRecording, CustomMetrics, ConventionsRecording, TenantRecording):
     """Records requests, provider/model calls, cache, database and external API use.
 
     ``directory`` is the metrics directory shared by all worker processes (default:
@@ -119,7 +120,9 @@ class MetricsCollector(GatewayRecording, CustomMetrics, ConventionsRecording, Te
     ``$GATEWAYZ_METRICS_TRUSTED_UIDS``, comma-separated), e.g. a Celery worker that
     records as another user. ``buckets``: the finite upper bounds of the since-start
     latency histograms (default ``layout.HISTOGRAM_BOUNDS``; see ``layout`` for how
-    records of different bound sets are kept apart).
+    records of different bound sets are kept apart). ``native_histograms``: also record the
+    latency histograms' native buckets for protobuf scrapes (None:
+    ``$GATEWAYZ_METRICS_NATIVE_HISTOGRAMS``, else off; see ``native_histograms``).
     """
 
     def __init__(
@@ -137,6 +140,7 @@ class MetricsCollector(GatewayRecording, CustomMetrics, ConventionsRecording, Te
         trusted_uids: Iterable[int] | None = None,
         namespace: str | None = None,
         buckets: Sequence[float] | None = None,
+        native_histograms: bool | None = None,
     ) -> None:
         # The same checks (and error messages) as the extension's settings.
         window_seconds = check("window_seconds", window_seconds, "MetricsCollector(window_seconds=...)")
@@ -188,6 +192,7 @@ class MetricsCollector(GatewayRecording, CustomMetrics, ConventionsRecording, Te
         self._route_get = self._route_cache.entries.get
         self._provider_get = self._provider_cache.entries.get
         self._model_get = self._model_cache.entries.get
+        self._native_state = native_state(native_histograms)
         self._slot_extremes: dict[int, list[Any]] = {}
         """Sketch window record offset -> [slot id, min, max, {bucket: count index}] of
         the slot last written: a copy of the file's values (only this process writes
@@ -422,6 +427,8 @@ class MetricsCollector(GatewayRecording, CustomMetrics, ConventionsRecording, Te
                 if gen_ai_duration >= 0:
                     d[gen_ai_duration] += latency
                     d[gen_ai_duration + self._gen_ai_bucket[union_index]] += 1.0
+                if self._native_state is not None:  # native histograms: native_histograms.py
+                    self._native_add(request, provider_record, index)
                 if leaving:
                     self._in_flight -= 1
                     o = self._in_flight_offset

@@ -118,7 +118,8 @@ class PrometheusExporter(Collector):
         ``protobuf`` package is installed.
         """
         if accept_header and exposition_protobuf.wants_protobuf(accept_header) and exposition_protobuf.available():
-            return exposition_protobuf.encode(self.registry.collect()), exposition_protobuf.CONTENT_TYPE
+            native = self.collector.native_lookup()  # read only for protobuf: text never pays
+            return exposition_protobuf.encode(self.registry.collect(), native), exposition_protobuf.CONTENT_TYPE
         encoder, content_type = choose_encoder(accept_header or "")
         fmt = fast_format(encoder)
         if fmt is None:  # another escaping or version: prometheus_client's own encoder

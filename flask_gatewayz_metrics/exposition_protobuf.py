@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
 from prometheus_client.metrics_core import Metric
 from prometheus_client.samples import Sample
+
+from .storage.native import NativeBuckets  # re-exported: the shape encode() takes
 
 CONTENT_TYPE = "application/vnd.google.protobuf; proto=io.prometheus.client.MetricFamily; encoding=delimited"
 PACKAGE = "io.prometheus.client"
@@ -96,18 +97,6 @@ MESSAGES: dict[str, tuple[tuple[str, int, int, int, str], ...]] = {
 METRIC_TYPES = ("COUNTER", "GAUGE", "SUMMARY", "UNTYPED", "HISTOGRAM", "GAUGE_HISTOGRAM")
 """The ``MetricType`` enum, in number order."""
 _COUNTER, _GAUGE, _SUMMARY, _UNTYPED, _HISTOGRAM, _GAUGE_HISTOGRAM = range(6)
-
-
-@dataclass(frozen=True)
-class NativeBuckets:
-    """A native histogram's buckets: base-2 exponential ``schema``, populated buckets as
-    (index, count) pairs in increasing index order (bucket ``i`` holds values in
-    ``(2**((i-1)/2**schema), 2**(i/2**schema)]``), and the zero bucket."""
-
-    schema: int
-    positive: Sequence[tuple[int, int]]
-    zero_threshold: float = 0.0
-    zero_count: int = 0
 
 
 NativeLookup = Mapping[tuple[str, tuple[tuple[str, str], ...]], NativeBuckets]
@@ -307,6 +296,8 @@ def _histogram(
             if sample.exemplar is not None:
                 _exemplar(bucket.exemplar, sample.exemplar)
     if native is not None:
+        if native.count is not None:
+            histogram.sample_count = native.count
         histogram.schema = native.schema
         histogram.zero_threshold = native.zero_threshold
         histogram.zero_count = native.zero_count

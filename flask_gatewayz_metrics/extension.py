@@ -224,6 +224,7 @@ class GatewayzMetrics:
                 trusted_uids=settings.trusted_uids,
                 namespace=namespace,
                 buckets=settings.buckets,
+                native_histograms=settings.native_histograms,
             )
 
         # One set of numbers per app: a passed collector or an app's own directory is

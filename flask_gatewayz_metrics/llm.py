@@ -12,7 +12,7 @@ import logging
 import math
 from bisect import bisect_left
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .labels import as_number
 from .prices import PriceTable, load_prices
@@ -81,6 +81,10 @@ class GatewayRecording:
             self._add(kind, labels, increments)
             return
         self._write_record(stored, lambda: (*prefix, *(self._admit(name, raw) for name, raw in labels)), increments)
+
+    if TYPE_CHECKING:  # NativeRecording's (a mixin before this one in MetricsCollector)
+
+        def _record_native(self, kind: str, labels: tuple[tuple[str, object], ...], value: float) -> None: ...
 
     _prices: PriceTable | None = None
     _unpriced: set[str] | None = None
@@ -194,8 +198,10 @@ class GatewayRecording:
         labels = (("provider", provider), ("model", model))
         self._add("stream", (*labels, ("outcome", outcome)), ((0, 1.0),))
         self._add_latency_histogram("stream_duration", labels, duration)
+        self._record_native("stream_duration_native", labels, duration)
         if first is not None:
             self._add_latency_histogram("first_chunk", labels, first)
+            self._record_native("first_chunk_native", labels, first)
         return None
 
 

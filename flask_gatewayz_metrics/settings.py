@@ -33,7 +33,7 @@ PREFIX = "GATEWAYZ_METRICS_"
 STORAGE_KEYS = (
     "dir", "window_seconds", "window_slots", "error_status", "strict",
     "label_limits", "allowed_providers", "allowed_models", "trusted_uids",
-    "allowed_teams", "buckets",
+    "allowed_teams", "buckets", "native_histograms",
 )
 """Settings that shape the collector: if any is given, the app gets its own collector."""
 SECRET_KEYS = (
@@ -88,6 +88,9 @@ class Settings:
     semconv: str = "both"
     buckets: tuple[float, ...] | None = None
     """Finite upper bounds of the since-start latency histograms (None: ``layout.HISTOGRAM_BOUNDS``)."""
+    native_histograms: bool | None = None
+    """Record native-histogram buckets for protobuf scrapes (None: the environment
+    variable GATEWAYZ_METRICS_NATIVE_HISTOGRAMS, else off)."""
 
     @classmethod
     def resolve(cls, config: Mapping[str, Any], options: Mapping[str, Any]) -> tuple[Settings, bool]:
@@ -409,6 +412,7 @@ _CHECKS: dict[str, Callable[[Any], Any]] = {
     "port_address": _address,
     "semconv": _semconv,
     "buckets": _buckets,
+    "native_histograms": lambda value: None if value is None else _flag(value),
     **{name: _text(required=False) for name in SECRET_KEYS},
 }
 _EXPECTED: dict[str, str] = {
@@ -445,5 +449,6 @@ _EXPECTED: dict[str, str] = {
     "or 'off'",
     "buckets": f"1 to {MAX_HISTOGRAM_BUCKETS} finite, strictly increasing upper bounds > 0 in seconds "
     "(a list of numbers, or a comma-separated str; a last +Inf is implied), e.g. [0.1, 0.5, 1, 5, 30]",
+    "native_histograms": "a bool (or None: the GATEWAYZ_METRICS_NATIVE_HISTOGRAMS environment variable)",
     **dict.fromkeys(SECRET_KEYS, "a str (or None)"),
 }

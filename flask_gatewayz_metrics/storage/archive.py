@@ -38,7 +38,7 @@ from . import layout
 from .directory import is_data_file, is_worker_file, open_directory
 from .merge import combine
 from .reader import DirectoryReader, StorageProblem, WorkerView, is_locked
-from .sparse import encode_window, window_slots
+from .sparse import chain_buckets, encode_chain, encode_window, window_slots
 
 MAX_FILES_PER_RUN = 256
 """Dead files folded per compaction, which bounds the time one run (one scrape) takes."""
@@ -57,6 +57,9 @@ class CompactionResult:
     quarantined: int = 0
 
 
+NATIVE_CHAIN_REASON = "corrupt_record"
+"""Storage error reason of a native histogram's chain (``layout.NATIVE_KINDS``) that could
+not be read while folding a file (dropped, not guessed): the record is corrupt."""
 WINDOW_GEOMETRY_REASON = "window_geometry"
 """Storage error reason: windowed slots of another geometry that could not be re-bucketed
 into the archive's (an interval straddling two new slots, or "since start" data going
@@ -83,7 +86,7 @@ class ArchiveBuilder:
 
     def add(self, view: WorkerView, skip_absorbed: bool = False) -> None:
         same_geometry = view.slot_seconds == self.slot_seconds and view.slots == self.slots
-        lost = 0
+        lost = lost_native = 0
         for record in view.records:
             kind = layout.KINDS[record.kind]
             if (
@@ -109,8 +112,17 @@ class ArchiveBuilder:
                 else:
                     _merge_slots(current, incoming, self.slots, stride)
                 continue
+            if kind.merge == "native":  # a chain: carried as a dict bucket -> count
+                buckets = chain_buckets(view.doubles, view.blocks, view.doubles[record.offset + layout.NATIVE_FIRST])
+                if buckets is None:
+                    lost_native += 1
+                    continue
+                self.payloads[key] = combine_native(current, [buckets])
+                continue
             incoming = list(view.doubles[record.offset : record.offset + kind.size])
             self.payloads[key] = incoming if current is None else combine(kind, current, incoming)
+        if lost_native:
+            self.count_error(NATIVE_CHAIN_REASON, lost_native)
         if lost:
             self.count_error(WINDOW_GEOMETRY_REASON, lost)
 
@@ -179,6 +191,10 @@ class ArchiveBuilder:
                 written, new_blocks = encode_window(payload, self.slots, next_block)
                 next_block += sum(len(b) for b in new_blocks) // 8
                 blocks += new_blocks
+            elif layout.KINDS[kind].merge == "native":
+                written, new_blocks = encode_chain(payload[0], next_block)
+                next_block += sum(len(b) for b in new_blocks) // 8
+                blocks += new_blocks
             parts.append(layout.encode_record(key, written))
         body = b"".join(parts + blocks)
         header = layout.HEADER.pack(
@@ -192,6 +208,14 @@ _MAX_SLOT_ID = 2.0**53
 """Slot ids are integers stored as float64; anything larger (or NaN) is damage."""
 _EPSILON = 1e-9
 """Tolerance of the interval arithmetic (slot bounds are float products)."""
+
+
+def combine_native(current: list[Any] | None, incoming: list[Any]) -> list[Any]:
+    """Two native payloads of the builder (``[dict bucket -> count]``), added into a new one."""
+    buckets: dict[int, float] = dict(current[0]) if current is not None else {}
+    for index, count in incoming[0].items():
+        buckets[index] = buckets.get(index, 0.0) + count
+    return [buckets]
 
 
 def _sort_key(item: tuple[tuple[str, tuple[str, ...]], list[float]]) -> tuple[str, str]:
@@ -490,6 +514,8 @@ def limit_labels(builder: ArchiveBuilder, limits: Mapping[str, int], kept: set[t
             payloads[key] = payload
         elif kind.windowed:
             _merge_slots(current, payload, builder.slots, layout.slot_stride(kind.with_sketch))
+        elif kind.merge == "native":
+            payloads[key] = combine_native(current, payload)
         else:
             payloads[key] = combine(kind, current, payload)
     for name, found in values.items():

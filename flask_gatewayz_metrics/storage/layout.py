@@ -67,6 +67,21 @@ or the archive's data from before a change) are skipped and counted
 (``Merged.bounds_mismatched``, shown by ``/metrics/health``), never read under the
 wrong bounds. The header's reserved word stays unused.
 
+Native histograms (since start, for the protobuf exposition, see ``native_histograms``)
+are records of the kinds ``request_native`` {endpoint, method}, ``provider_native``
+{provider}, ``first_chunk_native`` and ``stream_duration_native`` {provider, model}
+(``NATIVE_KINDS``), merged as "native". Their payload is one float64, ``NATIVE_FIRST``:
+the index of the payload of the record's first bucket block (0 = none yet). The
+blocks are the bucket blocks above, with the same publication rules, but a native
+chain is never emptied (only a reset, which starts a new file, clears it): its
+entries are the sketch bucket indexes (``sketch.bucket_index``) the series has seen
+since start, each with its count. Sketch index ``i >= 1`` is the Prometheus native
+bucket ``i + sketch.MIN_KEY`` of schema 5; index 0 (values up to ``sketch.LOWEST``) is
+the zero bucket, threshold ``sketch.LOWEST``; the overflow index (values above
+``sketch.HIGHEST``, 9.1 hours) is the native bucket just above it. The archive
+writes one block per native series, of exactly the capacity it needs. Readers take a
+chain only under the same checks as a slot's; a damaged one drops the series.
+
 Control file (``control.gwzc``), shared by all processes::
 
     0   4  magic b"GWZC"   4  version (u32)
@@ -192,7 +207,8 @@ class Kind:
     """How workers combine: "sum"; "latest" (the payload whose last value, a
     timestamp, is newest wins); "live" (summed over live workers only, never archived);
     "max" / "min" (payload ``(value, set)``: the largest / smallest value among the
-    payloads whose ``set`` flag is non-zero)."""
+    payloads whose ``set`` flag is non-zero); "native" (a pointer to a bucket-block
+    chain whose entries add, see ``NATIVE_KINDS``)."""
 
     def payload_size(self, slots: int) -> int:
         if not self.windowed:
@@ -271,7 +287,21 @@ KINDS: dict[str, Kind] = {
     "custom_gauge_max": Kind(("name", "labels"), 2, merge="max"),  # value, set
     "custom_gauge_min": Kind(("name", "labels"), 2, merge="min"),  # value, set
     "custom_gauge_latest": Kind(("name", "labels"), 2, merge="latest"),  # value, time set
+    # Native histograms (protobuf scrape): the first bucket block of a since-start chain.
+    "request_native": Kind(("endpoint", "method"), 1, merge="native"),
+    "provider_native": Kind(("provider",), 1, merge="native"),
+    "first_chunk_native": Kind(("provider", "model"), 1, merge="native"),
+    "stream_duration_native": Kind(("provider", "model"), 1, merge="native"),
 }
+NATIVE_FIRST = 0
+"""Payload index of a native record's first block pointer."""
+NATIVE_KINDS: dict[str, str] = {
+    "request_native": "http_request_duration_seconds",
+    "provider_native": "provider_request_duration_seconds",
+    "first_chunk_native": "llm_time_to_first_chunk_seconds",
+    "stream_duration_native": "llm_stream_duration_seconds",
+}
+"""Native record kind -> the histogram family that carries its buckets."""
 
 MAX_HISTOGRAM_BUCKETS = 64
 """Most finite bounds ``GATEWAYZ_METRICS_BUCKETS`` may give."""

@@ -355,7 +355,7 @@ def _add_total(merged: Merged, view: WorkerView, record: Record) -> None:
     """Combine a fixed-size record of ``view`` into the merged totals (``absorbed``
     markers carry no values and are skipped)."""
     kind = layout.KINDS[record.kind]
-    if kind.windowed or not kind.size:
+    if kind.windowed or not kind.size or kind.merge == "native":  # natives: ``storage.native``
         return
     series = merged.totals.setdefault(record.kind, {})
     values: list[float] = view.doubles[record.offset : record.offset + kind.size].tolist()  # type: ignore[assignment]

@@ -64,7 +64,8 @@ def _valid(indexes: list[float], counts: list[float]) -> bool:
     """Bucket indexes integral and in range, counts finite and non-negative."""
     if not (min(indexes) >= 0 and max(indexes) < _INDEX_LIMIT and all(map(float.is_integer, indexes))):
         return False
-    return min(counts) >= 0 and math.isfinite(math.fsum(counts))
+    # sum, not math.fsum: fsum raises OverflowError when a partial sum overflows.
+    return min(counts) >= 0 and math.isfinite(sum(counts))
 
 
 def window_slots(doubles: Doubles, blocks: Mapping[float, int], offset: int, slots: int) -> list[Any]:
@@ -112,3 +113,31 @@ def encode_window(slots_payload: list[Any], slots: int, first_block: int) -> tup
         records.append(layout.RECORD_HEADER.pack(8 * len(block) + 8, 0) + struct.pack(f"<{len(block)}d", *block))
         at += len(block) + 1
     return payload, records
+
+
+def chain_buckets(doubles: Doubles, blocks: Mapping[float, int], first: float) -> dict[int, float] | None:
+    """A native record's chain (``layout.NATIVE_KINDS``) as bucket index -> count, read
+    under ``slot_entries``'s checks (``None``: damaged). A bucket may appear in several
+    entries only in a hostile file; its counts add."""
+    entries = slot_entries(doubles, blocks, first)
+    if entries is None:
+        return None
+    indexes, counts = entries
+    buckets = dict(zip(map(int, indexes), counts, strict=True))
+    if len(buckets) != len(indexes):  # a bucket in several entries (hostile): add them up
+        buckets = {}
+        for index, count in zip(indexes, counts, strict=True):
+            buckets[int(index)] = buckets.get(int(index), 0.0) + count
+    return buckets
+
+
+def encode_chain(buckets: Mapping[int, float], first_block: int) -> tuple[list[float], list[bytes]]:
+    """A native record's payload and its one bucket block (none when empty), for a file
+    whose next record after this one has its payload at float64 index ``first_block``
+    (the archive's form: exactly the capacity needed, entries in bucket order)."""
+    entries = [v for index in sorted(buckets) if buckets[index] for v in (float(index), float(buckets[index]))]
+    if not entries:
+        return [0.0], []
+    block = [float(len(entries) // 2), 0.0, *entries]
+    record = layout.RECORD_HEADER.pack(8 * len(block) + 8, 0) + struct.pack(f"<{len(block)}d", *block)
+    return [float(first_block)], [record]
