@@ -45,29 +45,24 @@ def error_type_of(status_code: int, error_type: str | None = None) -> str:
 class GatewayRecording:
     """AI-gateway recording methods; ``MetricsCollector`` provides ``_add`` and ``_drop``."""
 
-    def _add(
-        self,
-        kind: str,
-        labels: tuple[tuple[str, object], ...],
-        increments: tuple[tuple[int, float], ...],
-        latest: tuple[float, ...] | None = None,
-    ) -> None:
-        raise NotImplementedError
+    if TYPE_CHECKING:  # record_writer.RecordWriter's and the collector's
 
-    def _drop(self, reason: str) -> None:
-        raise NotImplementedError
-
-    def _write_record(
-        self,
-        kind: str,
-        values: Callable[[], tuple[str, ...]],
-        increments: tuple[tuple[int, float], ...],
-        latest: tuple[float, ...] | None = None,
-    ) -> None:
-        raise NotImplementedError
-
-    def _admit(self, name: str, raw: object) -> str:
-        raise NotImplementedError
+        def _add(
+            self,
+            kind: str,
+            labels: tuple[tuple[str, object], ...],
+            increments: tuple[tuple[int, float], ...],
+            latest: tuple[float, ...] | None = None,
+        ) -> None: ...
+        def _drop(self, reason: str, leaving: bool = False) -> None: ...
+        def _write_record(
+            self,
+            kind: str,
+            values: Callable[[], tuple[str, ...]],
+            increments: tuple[tuple[int, float], ...],
+            latest: tuple[float, ...] | None = None,
+        ) -> None: ...
+        def _admit(self, name: str, raw: object) -> str: ...
 
     histogram_bounds: tuple[float, ...]
     _histogram_kinds: dict[str, tuple[str, tuple[str, ...]]]

@@ -152,14 +152,11 @@ class ConventionsRecording:
     _generation: int
     error_status: int
 
-    def _writable(self) -> Doubles:
-        raise NotImplementedError
+    if TYPE_CHECKING:
 
-    def _admit_part(self, name: str, raw: object) -> str | None:
-        raise NotImplementedError
-
-    def _internal_error(self, exc: Exception) -> None:
-        raise NotImplementedError
+        def _writable(self) -> Doubles: ...
+        def _admit_part(self, name: str, raw: object) -> str | None: ...
+        def _internal_error(self, exc: Exception) -> None: ...
 
     _request_targets: dict[Hashable, tuple[int, ...]]
     _conventions: dict[object, tuple[int, int]]

@@ -27,7 +27,7 @@ from typing import Any
 
 from .prices import PriceTable, load_prices
 from .static_labels import parse_static_labels
-from .storage.layout import MAX_HISTOGRAM_BUCKETS
+from .storage.layout import DEFAULT_WINDOW_SECONDS, DEFAULT_WINDOW_SLOTS, MAX_HISTOGRAM_BUCKETS
 
 PREFIX = "GATEWAYZ_METRICS_"
 STORAGE_KEYS = (
@@ -53,8 +53,8 @@ class Settings:
     """Every setting of the extension, with its default (the one place defaults live)."""
 
     dir: str | None = None
-    window_seconds: float = 300.0
-    window_slots: int = 5
+    window_seconds: float = DEFAULT_WINDOW_SECONDS
+    window_slots: int = DEFAULT_WINDOW_SLOTS
     error_status: int = 500
     strict: bool = False
     label_limits: Mapping[str, int] | None = None

@@ -141,22 +141,19 @@ class TenantRecording:
     variable, else the metrics directory's key."""
     _tenant_key: tuple[str | None, bytes] | None = None
 
-    def _add_tenant(
-        self, kind: str, tenant: Tenant, extra: tuple[str, ...], increments: tuple[tuple[int, float], ...]
-    ) -> None:
-        raise NotImplementedError
+    if TYPE_CHECKING:  # record_writer.RecordWriter's and the collector's
 
-    def _add(
-        self,
-        kind: str,
-        labels: tuple[tuple[str, object], ...],
-        increments: tuple[tuple[int, float], ...],
-        latest: tuple[float, ...] | None = None,
-    ) -> None:
-        raise NotImplementedError
-
-    def _drop(self, reason: str) -> None:
-        raise NotImplementedError
+        def _add_tenant(
+            self, kind: str, tenant: Tenant, extra: tuple[str, ...], increments: tuple[tuple[int, float], ...]
+        ) -> None: ...
+        def _add(
+            self,
+            kind: str,
+            labels: tuple[tuple[str, object], ...],
+            increments: tuple[tuple[int, float], ...],
+            latest: tuple[float, ...] | None = None,
+        ) -> None: ...
+        def _drop(self, reason: str, leaving: bool = False) -> None: ...
 
     def _hash_key(self, configured: str | None) -> bytes:
         configured = configured or self.tenant_hash_key or os.environ.get(HASH_KEY_ENV) or None

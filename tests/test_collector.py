@@ -16,7 +16,7 @@ from flask_gatewayz_metrics import (
     sketch,
     track_request,
 )
-from flask_gatewayz_metrics import collector as collector_module
+from flask_gatewayz_metrics import default_collector as default_collector_module
 from flask_gatewayz_metrics.storage import layout
 
 SLOT = 60.0  # default window: 300 s in 5 slots
@@ -432,7 +432,7 @@ def test_reset_zeroes_every_collector_on_the_directory(metrics_dir: str, clock) 
 @pytest.fixture
 def default_collector(collector: MetricsCollector, monkeypatch: pytest.MonkeyPatch) -> MetricsCollector:
     """Make ``collector`` the process-wide collector that track_request records into."""
-    monkeypatch.setattr(collector_module, "_default", collector)
+    monkeypatch.setattr(default_collector_module, "_default", collector)
     return collector
 
 
@@ -503,7 +503,7 @@ def test_track_request_async(default_collector: MetricsCollector) -> None:
 
 def test_get_metrics_collector_is_a_singleton(metrics_dir: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """get_metrics_collector() creates one process-wide collector from the environment."""
-    monkeypatch.setattr(collector_module, "_default", None)
+    monkeypatch.setattr(default_collector_module, "_default", None)
     monkeypatch.setenv("GATEWAYZ_METRICS_DIR", metrics_dir)
     monkeypatch.setenv("GATEWAYZ_METRICS_ERROR_STATUS", "400")
     first = get_metrics_collector()

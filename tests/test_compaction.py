@@ -14,8 +14,7 @@ from typing import Any
 
 import pytest
 
-from flask_gatewayz_metrics import MetricsCollector, PrometheusExporter
-from flask_gatewayz_metrics import collector as collector_module
+from flask_gatewayz_metrics import MetricsCollector, PrometheusExporter, record_writer
 from flask_gatewayz_metrics.storage import compact, layout, store, worker_file
 from flask_gatewayz_metrics.storage.archive import QUARANTINE_KEEP
 from flask_gatewayz_metrics.testing import worker_file as file_of
@@ -285,7 +284,7 @@ def test_directory_re_created_by_a_newcomer_is_noticed_by_old_writers(
     """A process that started after the deletion re-creates the directory without telling
     anyone (it never mapped the old control file); an old writer still notices it at its
     next write once ``DIRECTORY_CHECK_SECONDS`` have passed, and counts what it lost."""
-    monkeypatch.setattr(collector_module, "DIRECTORY_CHECK_SECONDS", 0.2)
+    monkeypatch.setattr(record_writer, "DIRECTORY_CHECK_SECONDS", 0.2)
     old = MetricsCollector(metrics_dir)
     for _ in range(4):
         old.record_request("/a", "GET", 0.1, 200)

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from flask import Flask
 
-from flask_gatewayz_metrics import GatewayzMetrics, MetricsCollector, get_metrics_collector
+from flask_gatewayz_metrics import GatewayzMetrics, MetricsCollector, default_collector, get_metrics_collector
 from flask_gatewayz_metrics import collector as collector_module
 from flask_gatewayz_metrics.storage import layout, location, process
 from flask_gatewayz_metrics.storage.store import Storage
@@ -315,9 +315,9 @@ def test_a_new_process_folds_a_crowded_directory(tmp_path: Path) -> None:
 def test_two_apps_have_their_own_numbers(tmpdir_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Two apps without options in one process: separate numbers; get_metrics_collector()
     outside a request is the first app's collector."""
-    monkeypatch.setattr(collector_module, "_default", None)
-    monkeypatch.setattr(collector_module, "_base_taken", False)
-    monkeypatch.setattr(collector_module, "_automatic_apps", 0)
+    monkeypatch.setattr(default_collector, "_default", None)
+    monkeypatch.setattr(default_collector, "_base_taken", False)
+    monkeypatch.setattr(default_collector, "_automatic_apps", 0)
     apps = []
     for name in ("first_app", "second_app"):
         app = Flask(name)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..errors import StorageUnavailable
-from .archive import CompactionResult, compact
+from .compaction import CompactionResult, compact
 from .merge import Merged, WindowStats, merge
 from .reader import StorageProblem, WorkerView
 from .store import Storage

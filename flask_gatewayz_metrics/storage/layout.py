@@ -174,6 +174,11 @@ GEN_AI_PER_TOKEN_BOUNDS: tuple[float, ...] = (
 )
 """gen_ai.server.time_per_output_token."""
 
+DEFAULT_WINDOW_SECONDS = 300.0
+DEFAULT_WINDOW_SLOTS = 5
+"""The default window (``Settings.window_seconds`` / ``window_slots`` take these): kept
+here, the lowest layer, so that the archive's fallback geometry is the same numbers."""
+
 # Slot header fields of windowed records. Sketch slots leave SLOT_COUNT at 0 (the
 # count is the sum of their buckets); every slot tracks the exact min / max of the
 # values it saw (the cache window's values are all 0).

@@ -1,0 +1,424 @@
+"""The request fast path of ``MetricsCollector``: ``observe_request`` and the caches that
+make it cheap.
+
+``observe_request`` is one function on purpose: every Python call costs about as much
+as the additions it would wrap, so the window writes, the sketch bucket search and the
+cache lookups are inlined (``docs/DESIGN.md``, "The request path must stay cheap"). A
+label combination not seen lately is resolved once per part (route, provider, model) in
+``_resolve_parts`` and kept in the bounded caches of ``label_cache``; a sketch slot's
+first observation of a bucket goes through ``_add_bucket``. The window slots' format
+operations live in ``storage.slots``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from bisect import bisect_left
+from collections.abc import Callable, Hashable
+from typing import TYPE_CHECKING, Any
+
+from . import sketch
+from .label_cache import FRONT_ADMIT_EVERY, BoundedCache
+from .labels import as_number, method_label
+from .record_writer import _InvalidLabel
+from .storage import StorageUnavailable, layout
+from .storage.layout import Doubles
+from .storage.slots import UNKNOWN_SLOT as _UNKNOWN_SLOT
+from .storage.slots import enter_slot as _enter_slot
+from .storage.slots import slot_bounds
+
+if TYPE_CHECKING:
+    import threading
+
+    from .native_histograms import _NativeState
+    from .storage import Storage
+
+_MAX_SECONDS = layout.MAX_SECONDS
+_monotonic = time.monotonic
+_SKETCH_STRIDE = layout.slot_stride(True)
+_SLOT_HEADER = layout.SLOT_HEADER
+# sketch.bucket_index, shifted to index a slot directly (its buckets follow the header);
+# every constant comes from sketch.py, so the inlined copy cannot drift from it.
+_SKETCH_LOWEST = sketch.LOWEST
+_SKETCH_HIGHEST = sketch.HIGHEST
+_SKETCH_SCALE = sketch.SCALE
+_KEY_TO_SLOT = sketch.MIN_KEY - layout.SLOT_HEADER
+"""Subtracted from a bucket key to give its index within a slot."""
+_UNDERFLOW_SLOT = layout.SLOT_HEADER + sketch.UNDERFLOW_INDEX
+_OVERFLOW_SLOT = layout.SLOT_HEADER + sketch.OVERFLOW_INDEX
+_SLOT_UPPER_BOUNDS = (math.nan,) * layout.SLOT_HEADER + sketch.UPPER_BOUNDS
+"""``sketch.UPPER_BOUNDS`` indexed by position within a slot."""
+_log2 = math.log2
+_ceil = math.ceil
+_EPOCH_INDEX = layout.CONTROL_EPOCH_INDEX
+_BLOCK_NEXT = layout.BLOCK_NEXT
+_BLOCK_ENTRIES = layout.BLOCK_ENTRIES
+
+_RequestTargets = tuple[int, int, int, int, int, int]
+"""Payload offsets one (endpoint, method, status, provider, model, failed) combination
+writes: request record, endpoint window, provider record and window, model record and
+window (-1 = none)."""
+
+_NO_PART = (-1, -1)
+"""Offsets of a part a request does not have (e.g. no provider)."""
+
+
+class RequestPath:
+    """The request path of ``MetricsCollector`` (which holds the state declared here)."""
+
+    if TYPE_CHECKING:
+        strict: bool
+        error_status: int
+        _lock: threading.Lock
+        _storage: Storage
+        _doubles: Doubles
+        _file_epoch: int
+        _epoch_words: memoryview
+        _armed: memoryview
+        _directory_check_at: float
+        _clock: Callable[[], float]
+        _in_flight: int
+        _in_flight_offset: int
+        _histogram_kinds: dict[str, tuple[str, tuple[str, ...]]]
+        _latency_union: tuple[float, ...]
+        _request_bucket: tuple[int, ...]
+        _http_bucket: tuple[int, ...]
+        _gen_ai_bucket: tuple[int, ...]
+        _slot_seconds: float
+        _slots: int
+        _current_slot: int
+        _position: int
+        _slot_start: float
+        _slot_end: float
+        _slot_extremes: dict[int, list[Any]]
+        _native_state: _NativeState | None
+        _front_cache: BoundedCache
+        _route_cache: BoundedCache
+        _provider_cache: BoundedCache
+        _model_cache: BoundedCache
+        _request_targets: dict[Hashable, tuple[int, ...]]
+        _front_misses: int
+        _route_get: Callable[[Hashable], tuple[int, ...] | None]
+        _provider_get: Callable[[Hashable], tuple[int, ...] | None]
+        _model_get: Callable[[Hashable], tuple[int, ...] | None]
+
+        def _writable(self) -> Doubles: ...
+        def _fixed(self, kind: str, labels: tuple[str, ...] = ()) -> int: ...
+        def _admit(self, name: str, raw: object) -> str: ...
+        def _drop(self, reason: str, leaving: bool = False) -> None: ...
+        def _internal_error(self, exc: Exception) -> None: ...
+        def add_in_flight(self, delta: int) -> None: ...
+        def _with_conventions(self, key: tuple[object, ...], targets: tuple[int, ...]) -> tuple[int, ...]: ...
+        def _native_add(self, request: int, provider: int, index: int) -> None: ...
+
+    def observe_request(
+        self,
+        endpoint: str | None,
+        method: str | None,
+        latency: float,
+        status: int,
+        provider: str | None = None,
+        model: str | None = None,
+        failed: bool = False,
+        leaving: bool = False,
+    ) -> None:
+        """Record a request unconditionally (the Flask hooks call this; ``failed`` = exception;
+        ``leaving``: the request also stops counting as in flight, in the same locked write).
+
+        ``endpoint`` and ``method`` None: a provider call that is not an HTTP request.
+        This is the hot path: about a dozen float additions into the mmap, no
+        allocation beyond the cache-key tuple, no syscall.
+        """
+        if latency.__class__ is not float:
+            latency = as_number(latency)
+        if not 0.0 <= latency <= _MAX_SECONDS:
+            return self._drop("invalid_latency", leaving)
+        if status.__class__ is not int or not 100 <= status <= 599:
+            return self._drop("invalid_status", leaving)
+        now = self._clock()
+        try:
+            with self._lock:
+                d = self._doubles
+                if (
+                    self._file_epoch != self._epoch_words[_EPOCH_INDEX]
+                    or not self._armed[0]
+                    or _monotonic() >= self._directory_check_at
+                ):
+                    d = self._writable()
+                key = (endpoint, method, status, provider, model, failed)
+                try:
+                    targets = self._request_targets.get(key)
+                except TypeError:  # an unhashable label value (a list, a dict): resolved, not cached
+                    targets = None
+                if targets is None:
+                    # Not a combination seen lately: one lookup per part (see label_cache),
+                    # inlined as a call costs as much as a lookup.
+                    try:
+                        route = self._route_get((endpoint, method, status, failed))
+                        upstream = self._provider_get((provider, status, failed))
+                        used_model = self._model_get((model, status, failed))
+                    except TypeError:  # an unhashable label value: resolved, never cached
+                        route = None
+                    if route is None or upstream is None or used_model is None:
+                        targets = self._with_conventions(key, self._resolve_parts(key))
+                    else:
+                        targets = self._with_conventions(key, route + upstream + used_model)
+                        self._front_misses = misses = self._front_misses + 1
+                        if not misses % FRONT_ADMIT_EVERY or not self._front_cache.full:
+                            self._front_cache.put(key, targets)
+                    d = self._doubles  # resolving may have grown (re-mapped) the file
+                (
+                    request, endpoint_window, provider_record, provider_window, model_record, model_window,
+                    http_server, gen_ai_duration,
+                ) = targets  # fmt: skip
+                # Since start: count, latency sum, histogram bucket, per status; errors and
+                # per-endpoint/status totals are sums of these records at read time.
+                union_index = bisect_left(self._latency_union, latency)
+                bucket = self._request_bucket[union_index]
+                if request >= 0:
+                    d[request] += 1.0
+                    d[request + 1] += latency
+                    d[request + bucket] += 1.0
+                if provider_record >= 0:
+                    d[provider_record] += 1.0
+                    d[provider_record + 1] += latency
+                    d[provider_record + bucket] += 1.0
+                if model_record >= 0:
+                    d[model_record] += 1.0
+                # Windows: the current clock-aligned slot of each windowed record.
+                if not self._slot_start <= now < self._slot_end:
+                    self._slot_position(now)
+                slot = self._current_slot
+                shift = self._position * _SKETCH_STRIDE
+                extremes = self._slot_extremes
+                error = failed or status >= self.error_status
+                if latency <= _SKETCH_LOWEST:
+                    index = _UNDERFLOW_SLOT
+                elif latency > _SKETCH_HIGHEST:
+                    index = _OVERFLOW_SLOT
+                else:  # sketch.bucket_index, inlined (index within the slot)
+                    index = _ceil(_log2(latency) * _SKETCH_SCALE) - _KEY_TO_SLOT
+                    if latency > _SLOT_UPPER_BOUNDS[index]:
+                        index += 1
+                    elif latency <= _SLOT_UPPER_BOUNDS[index - 1]:
+                        index -= 1
+                # Each window slot: id, count (unused: the buckets hold it), sum, errors,
+                # min, max, first bucket block. Slot id, min and max of the current slot
+                # are mirrored in ``extremes`` (reading the mmap costs several times more),
+                # with a dict bucket -> index of its count in the slot's bucket blocks.
+                # The three copies below are deliberate: a helper call would cost more
+                # than the additions themselves.
+                if endpoint_window >= 0:
+                    try:
+                        current = extremes[endpoint_window]
+                    except KeyError:
+                        current = _UNKNOWN_SLOT
+                    o = endpoint_window + shift
+                    if current[0] != slot:
+                        current = extremes[endpoint_window] = _enter_slot(d, o, slot)
+                    try:
+                        d[current[3][index]] += 1.0
+                    except KeyError:  # first time in this slot: an entry in its bucket blocks
+                        d = self._add_bucket(o, index, current)
+                    d[o + 2] += latency
+                    if error:
+                        d[o + 3] += 1.0
+                    if latency < current[1]:
+                        d[o + 4] = current[1] = latency
+                    if latency > current[2]:
+                        d[o + 5] = current[2] = latency
+                if provider_window >= 0:
+                    try:
+                        current = extremes[provider_window]
+                    except KeyError:
+                        current = _UNKNOWN_SLOT
+                    o = provider_window + shift
+                    if current[0] != slot:
+                        current = extremes[provider_window] = _enter_slot(d, o, slot)
+                    try:
+                        d[current[3][index]] += 1.0
+                    except KeyError:  # first time in this slot: an entry in its bucket blocks
+                        d = self._add_bucket(o, index, current)
+                    d[o + 2] += latency
+                    if error:
+                        d[o + 3] += 1.0
+                    if latency < current[1]:
+                        d[o + 4] = current[1] = latency
+                    if latency > current[2]:
+                        d[o + 5] = current[2] = latency
+                if model_window >= 0:
+                    try:
+                        current = extremes[model_window]
+                    except KeyError:
+                        current = _UNKNOWN_SLOT
+                    o = model_window + shift
+                    if current[0] != slot:
+                        current = extremes[model_window] = _enter_slot(d, o, slot)
+                    try:
+                        d[current[3][index]] += 1.0
+                    except KeyError:  # first time in this slot: an entry in its bucket blocks
+                        d = self._add_bucket(o, index, current)
+                    d[o + 2] += latency
+                    if error:
+                        d[o + 3] += 1.0
+                    if latency < current[1]:
+                        d[o + 4] = current[1] = latency
+                    if latency > current[2]:
+                        d[o + 5] = current[2] = latency
+                # The OpenTelemetry conventions' histograms (semconv.py), with their own
+                # bucket bounds: http.server.request.duration's buckets only (its count and
+                # sum are the request record's; its bucket follows from the request's own
+                # without a search); gen_ai.server.request.duration (a labelled request) or
+                # gen_ai.client.operation.duration (a successful provider call): sum, bucket.
+                if http_server >= 0:
+                    d[http_server + self._http_bucket[union_index]] += 1.0
+                if gen_ai_duration >= 0:
+                    d[gen_ai_duration] += latency
+                    d[gen_ai_duration + self._gen_ai_bucket[union_index]] += 1.0
+                if self._native_state is not None:  # native histograms: native_histograms.py
+                    self._native_add(request, provider_record, index)
+                if leaving:
+                    self._in_flight -= 1
+                    o = self._in_flight_offset
+                    if o < 0:
+                        o = self._in_flight_offset = self._fixed("in_flight")
+                    self._doubles[o] = float(self._in_flight)
+                return None
+        except _InvalidLabel:
+            return self._drop("invalid_label", leaving)
+        except StorageUnavailable:
+            return self._drop("storage_unavailable", leaving)
+        except Exception as exc:  # never break the caller
+            if leaving:
+                self.add_in_flight(-1)
+            return self._internal_error(exc)
+
+    def _resolve_parts(self, key: tuple[object, ...]) -> _RequestTargets:
+        """Validate a new label combination and find or allocate its records (slow path).
+
+        A label that cannot be one (empty, not a string, unhashable) drops only its own
+        part (the HTTP request, the provider or the model), counted as ``invalid_label``;
+        such parts and combinations are not cached, so each occurrence is counted. Strict
+        mode raises ``_InvalidLabel`` instead.
+        """
+        endpoint, method, status, provider, model, failed = key
+        invalid = 0
+        route = self._cached_part(self._route_cache, (endpoint, method, status, failed))
+        upstream = self._cached_part(self._provider_cache, (provider, status, failed))
+        used_model = self._cached_part(self._model_cache, (model, status, failed))
+        parts: list[int] = []
+        for part in (route, upstream, used_model):
+            invalid += part is None
+            parts.extend(_NO_PART if part is None else part)
+        request, endpoint_window, provider_off, provider_window, model_off, model_window = parts
+        targets = (request, endpoint_window, provider_off, provider_window, model_off, model_window)
+        if invalid:
+            if self.strict:
+                raise _InvalidLabel
+            self._doubles = self._storage.doubles
+            self._doubles[self._fixed("dropped", ("invalid_label",))] += float(invalid)
+        else:
+            self._front_cache.put(key, targets)
+        self._doubles = self._storage.doubles
+        return targets
+
+    def _add_bucket(self, base: int, index: int, mirror: list[Any]) -> Doubles:
+        """Count the first observation of bucket ``index`` (position in a dense slot) in
+        the current sketch slot at ``base``: an entry in the slot's last bucket block, or
+        a new block when it is full (call under the lock; raises ``StorageUnavailable``
+        when the file cannot grow). Returns the file's view (a new block may re-map it).
+
+        ``mirror`` is the slot's [id, min, max, entries, block, capacity, link, position]:
+        the block entries go to, its capacity, where a next block is linked, and its
+        place in the chain (kept so that this costs the same however long the chain)."""
+        d = self._doubles
+        block = mirror[4]
+        while block:
+            used = int(d[block])
+            if used < mirror[5]:
+                entry = block + _BLOCK_ENTRIES + 2 * used
+                d[entry] = float(index - _SLOT_HEADER)
+                d[entry + 1] = 1.0
+                d[block] = used + 1.0  # publishes the entry (one aligned 8-byte store)
+                mirror[3][index] = entry + 1
+                return d
+            # Full: move on to the next block of the chain (kept from earlier intervals).
+            mirror[6] = block + _BLOCK_NEXT
+            mirror[7] += 1
+            mirror[5] = layout.block_capacity(mirror[7])
+            block = mirror[4] = int(d[mirror[6]])
+        payload = layout.block_payload(mirror[5])
+        payload[layout.BLOCK_USED] = 1.0
+        payload[_BLOCK_ENTRIES] = float(index - _SLOT_HEADER)
+        payload[_BLOCK_ENTRIES + 1] = 1.0
+        block = self._storage.append_block(payload)
+        d = self._doubles = self._storage.doubles
+        d[mirror[6]] = float(block)  # links the complete block (one aligned 8-byte store)
+        mirror[4] = block
+        mirror[3][index] = block + _BLOCK_ENTRIES + 1
+        return d
+
+    def _cached_part(self, cache: BoundedCache, part: tuple[object, ...]) -> tuple[int, ...] | None:
+        """The offsets of one part of a request (None: its label is invalid), cached."""
+        try:
+            found = cache.entries.get(part)
+        except TypeError:  # an unhashable label value: resolved, not cached
+            return self._resolve_part(cache, part)
+        if found is None:
+            found = self._resolve_part(cache, part)
+            if found is not None:
+                cache.put(part, found)
+        return found
+
+    def _resolve_part(self, cache: BoundedCache, part: tuple[object, ...]) -> tuple[int, int] | None:
+        """Admit one part's label and find or allocate its record and window."""
+        storage = self._storage
+        if part[0] is None and (cache is not self._route_cache or part[1] is None):
+            return _NO_PART  # no provider, no model, or a provider call (no HTTP request)
+        outcome = (str(part[-2]), "1" if part[-1] else "0")
+        if cache is self._route_cache:
+            endpoint_label = self._admit_part("endpoint", part[0])
+            method_value = method_label(part[1])
+            if endpoint_label is None or method_value is None:
+                return None
+            kind, bounds = self._histogram_kinds["request"]
+            return (
+                storage.offset(kind, (*bounds, endpoint_label, method_value, *outcome)),
+                storage.offset("endpoint_window", (endpoint_label,)),
+            )
+        name = "provider" if cache is self._provider_cache else "model"
+        label = self._admit_part(name, part[0])
+        if label is None:
+            return None
+        if name == "provider":
+            kind, bounds = self._histogram_kinds["provider"]
+            record = storage.offset(kind, (*bounds, label, *outcome))
+        else:
+            record = storage.offset(name, (label, *outcome))
+        return record, storage.offset(f"{name}_window", (label,))
+
+    def _clear_label_caches(self) -> None:
+        """Forget every cached resolution (offsets change with a new file)."""
+        for cache in (self._front_cache, self._route_cache, self._provider_cache, self._model_cache):
+            cache.clear()
+
+    def _admit_part(self, name: str, raw: object) -> str | None:
+        """``_admit``, with None for a value that cannot be a label (call under the lock)."""
+        try:
+            return self._admit(name, raw)
+        except _InvalidLabel:
+            return None
+
+    def _slot_position(self, now: float) -> tuple[int, int]:
+        """The clock-aligned slot containing ``now`` and its position in a window record.
+
+        Cached with the slot's time bounds, so most calls compare two floats instead of
+        dividing; the request hot path inlines the same check.
+        """
+        if not self._slot_start <= now < self._slot_end:
+            self._current_slot, self._position, self._slot_start, self._slot_end = slot_bounds(
+                now, self._slot_seconds, self._slots
+            )
+        return self._current_slot, self._position
+
