@@ -142,6 +142,7 @@ class NativeRecording:
 
         def _writable(self) -> Doubles: ...
         def _admit_part(self, name: str, raw: object) -> str | None: ...
+        def _append_bucket_entry(self, mirror: list[Any], at: int, index: int) -> Doubles: ...
         def _internal_error(self, exc: Exception) -> None: ...
 
     def _native_add(self, request: int, provider: int, index: int) -> None:
@@ -164,7 +165,7 @@ class NativeRecording:
                 try:
                     d[mirror[0][index]] += 1.0
                 except KeyError:
-                    d = self._native_bucket(mirror, index)
+                    d = self._append_bucket_entry(mirror, 0, index)
             if provider >= 0:
                 try:
                     mirror = state.requests[provider]
@@ -174,7 +175,7 @@ class NativeRecording:
                 try:
                     d[mirror[0][index]] += 1.0
                 except KeyError:
-                    self._native_bucket(mirror, index)
+                    self._append_bucket_entry(mirror, 0, index)
         except StorageUnavailable:
             pass  # the classic histogram has the request; only its native bucket is lost
         except Exception as exc:  # never break the request
@@ -201,7 +202,7 @@ class NativeRecording:
                 try:
                     self._doubles[mirror[0][index]] += 1.0
                 except KeyError:
-                    self._native_bucket(mirror, index)
+                    self._append_bucket_entry(mirror, 0, index)
         except StorageUnavailable:
             pass
         except Exception as exc:
@@ -235,37 +236,6 @@ class NativeRecording:
             block = int(d[block + _BLOCK_NEXT])
         mirror = state.mirrors[offset] = [entries, first, layout.block_capacity(0), link, 0]
         return mirror
-
-    def _native_bucket(self, mirror: list[Any], index: int) -> Doubles:
-        """Count the first observation of slot index ``index`` in a native chain: an
-        entry in its last block, or a new block when that is full (``layout``: the entry
-        is filled before ``BLOCK_USED`` publishes it, a block is complete before it is
-        linked). Returns the file's view (a new block may re-map it)."""
-        d = self._doubles
-        block = mirror[1]
-        while block:
-            used = int(d[block])
-            if used < mirror[2]:
-                entry = block + _BLOCK_ENTRIES + 2 * used
-                d[entry] = float(index - _SLOT_HEADER)
-                d[entry + 1] = 1.0
-                d[block] = used + 1.0  # publishes the entry (one aligned 8-byte store)
-                mirror[0][index] = entry + 1
-                return d
-            mirror[3] = block + _BLOCK_NEXT  # full: on to the next block of the chain
-            mirror[4] += 1
-            mirror[2] = layout.block_capacity(mirror[4])
-            block = mirror[1] = int(d[mirror[3]])
-        payload = layout.block_payload(mirror[2])
-        payload[layout.BLOCK_USED] = 1.0
-        payload[_BLOCK_ENTRIES] = float(index - _SLOT_HEADER)
-        payload[_BLOCK_ENTRIES + 1] = 1.0
-        block = self._storage.append_block(payload)
-        d = self._doubles = self._storage.doubles
-        d[mirror[3]] = float(block)  # links the complete block (one aligned 8-byte store)
-        mirror[1] = block
-        mirror[0][index] = block + _BLOCK_ENTRIES + 1
-        return d
 
     def native_lookup(self) -> NativeIndex:
         """The native buckets of every latency histogram, merged over all files of the

@@ -40,6 +40,9 @@ _MAX_VALUE = layout.MAX_VALUE
 _monotonic = time.monotonic
 _EPOCH_INDEX = layout.CONTROL_EPOCH_INDEX
 _NO_FILE: Doubles = memoryview(b"").cast("d")
+_SLOT_HEADER = layout.SLOT_HEADER
+_BLOCK_NEXT = layout.BLOCK_NEXT
+_BLOCK_ENTRIES = layout.BLOCK_ENTRIES
 """Stand-in until the first write opens this process's file (the epoch check forces that)."""
 
 class _TooLarge(Exception):
@@ -154,6 +157,47 @@ class RecordWriter:
             o = self._fixed("label_overflow", (name,))
             self._doubles[o] += 1.0
         return value
+
+    def _append_bucket_entry(self, mirror: list[Any], at: int, index: int) -> Doubles:
+        """Count the first observation of slot index ``index`` (``SLOT_HEADER`` + sketch
+        index) in a bucket-block chain this process writes: an entry in the chain's last
+        block, or a new block when it is full (call under the lock; raises
+        ``StorageUnavailable`` when the file cannot grow). Returns the file's view (a new
+        block may re-map it).
+
+        ``mirror[at:at + 5]`` is the chain's writer state: {bucket: count index}, the block
+        entries go to, its capacity, where a next block is linked, and its place in the
+        chain (kept so that this costs the same however long the chain). A sketch slot's
+        mirror has it from position 3, a native chain's from 0. Publication follows
+        ``layout``: an entry is filled before ``BLOCK_USED`` publishes it, a block is
+        complete before it is linked, each by one aligned 8-byte store."""
+        d = self._doubles
+        entries = mirror[at]
+        block = mirror[at + 1]
+        while block:
+            used = int(d[block])
+            if used < mirror[at + 2]:
+                entry = block + _BLOCK_ENTRIES + 2 * used
+                d[entry] = float(index - _SLOT_HEADER)
+                d[entry + 1] = 1.0
+                d[block] = used + 1.0  # publishes the entry
+                entries[index] = entry + 1
+                return d
+            # Full: move on to the next block of the chain (kept from earlier intervals).
+            mirror[at + 3] = block + _BLOCK_NEXT
+            mirror[at + 4] += 1
+            mirror[at + 2] = layout.block_capacity(mirror[at + 4])
+            block = mirror[at + 1] = int(d[mirror[at + 3]])
+        payload = layout.block_payload(mirror[at + 2])
+        payload[layout.BLOCK_USED] = 1.0
+        payload[_BLOCK_ENTRIES] = float(index - _SLOT_HEADER)
+        payload[_BLOCK_ENTRIES + 1] = 1.0
+        block = self._storage.append_block(payload)
+        d = self._doubles = self._storage.doubles
+        d[mirror[at + 3]] = float(block)  # links the complete block
+        mirror[at + 1] = block
+        entries[index] = block + _BLOCK_ENTRIES + 1
+        return d
 
     # ------------------------------------------------------- this process's file
     def _writable(self) -> Doubles:

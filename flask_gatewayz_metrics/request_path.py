@@ -6,7 +6,7 @@ as the additions it would wrap, so the window writes, the sketch bucket search a
 cache lookups are inlined (``docs/DESIGN.md``, "The request path must stay cheap"). A
 label combination not seen lately is resolved once per part (route, provider, model) in
 ``_resolve_parts`` and kept in the bounded caches of ``label_cache``; a sketch slot's
-first observation of a bucket goes through ``_add_bucket``. The window slots' format
+first observation of a bucket goes through ``RecordWriter._append_bucket_entry``. The window slots' format
 operations live in ``storage.slots``.
 """
 
@@ -37,7 +37,6 @@ if TYPE_CHECKING:
 _MAX_SECONDS = layout.MAX_SECONDS
 _monotonic = time.monotonic
 _SKETCH_STRIDE = layout.slot_stride(True)
-_SLOT_HEADER = layout.SLOT_HEADER
 # sketch.bucket_index, shifted to index a slot directly (its buckets follow the header);
 # every constant comes from sketch.py, so the inlined copy cannot drift from it.
 _SKETCH_LOWEST = sketch.LOWEST
@@ -52,8 +51,8 @@ _SLOT_UPPER_BOUNDS = (math.nan,) * layout.SLOT_HEADER + sketch.UPPER_BOUNDS
 _log2 = math.log2
 _ceil = math.ceil
 _EPOCH_INDEX = layout.CONTROL_EPOCH_INDEX
-_BLOCK_NEXT = layout.BLOCK_NEXT
-_BLOCK_ENTRIES = layout.BLOCK_ENTRIES
+_WINDOW_ENTRIES = 3
+"""Where a sketch slot's mirror (``storage.slots.enter_slot``) keeps its entries and chain state."""
 
 _RequestTargets = tuple[int, int, int, int, int, int]
 """Payload offsets one (endpoint, method, status, provider, model, failed) combination
@@ -105,6 +104,7 @@ class RequestPath:
 
         def _writable(self) -> Doubles: ...
         def _fixed(self, kind: str, labels: tuple[str, ...] = ()) -> int: ...
+        def _append_bucket_entry(self, mirror: list[Any], at: int, index: int) -> Doubles: ...
         def _admit(self, name: str, raw: object) -> str: ...
         def _drop(self, reason: str, leaving: bool = False) -> None: ...
         def _internal_error(self, exc: Exception) -> None: ...
@@ -220,7 +220,7 @@ class RequestPath:
                     try:
                         d[current[3][index]] += 1.0
                     except KeyError:  # first time in this slot: an entry in its bucket blocks
-                        d = self._add_bucket(o, index, current)
+                        d = self._append_bucket_entry(current, _WINDOW_ENTRIES, index)
                     d[o + 2] += latency
                     if error:
                         d[o + 3] += 1.0
@@ -239,7 +239,7 @@ class RequestPath:
                     try:
                         d[current[3][index]] += 1.0
                     except KeyError:  # first time in this slot: an entry in its bucket blocks
-                        d = self._add_bucket(o, index, current)
+                        d = self._append_bucket_entry(current, _WINDOW_ENTRIES, index)
                     d[o + 2] += latency
                     if error:
                         d[o + 3] += 1.0
@@ -258,7 +258,7 @@ class RequestPath:
                     try:
                         d[current[3][index]] += 1.0
                     except KeyError:  # first time in this slot: an entry in its bucket blocks
-                        d = self._add_bucket(o, index, current)
+                        d = self._append_bucket_entry(current, _WINDOW_ENTRIES, index)
                     d[o + 2] += latency
                     if error:
                         d[o + 3] += 1.0
@@ -322,42 +322,6 @@ class RequestPath:
             self._front_cache.put(key, targets)
         self._doubles = self._storage.doubles
         return targets
-
-    def _add_bucket(self, base: int, index: int, mirror: list[Any]) -> Doubles:
-        """Count the first observation of bucket ``index`` (position in a dense slot) in
-        the current sketch slot at ``base``: an entry in the slot's last bucket block, or
-        a new block when it is full (call under the lock; raises ``StorageUnavailable``
-        when the file cannot grow). Returns the file's view (a new block may re-map it).
-
-        ``mirror`` is the slot's [id, min, max, entries, block, capacity, link, position]:
-        the block entries go to, its capacity, where a next block is linked, and its
-        place in the chain (kept so that this costs the same however long the chain)."""
-        d = self._doubles
-        block = mirror[4]
-        while block:
-            used = int(d[block])
-            if used < mirror[5]:
-                entry = block + _BLOCK_ENTRIES + 2 * used
-                d[entry] = float(index - _SLOT_HEADER)
-                d[entry + 1] = 1.0
-                d[block] = used + 1.0  # publishes the entry (one aligned 8-byte store)
-                mirror[3][index] = entry + 1
-                return d
-            # Full: move on to the next block of the chain (kept from earlier intervals).
-            mirror[6] = block + _BLOCK_NEXT
-            mirror[7] += 1
-            mirror[5] = layout.block_capacity(mirror[7])
-            block = mirror[4] = int(d[mirror[6]])
-        payload = layout.block_payload(mirror[5])
-        payload[layout.BLOCK_USED] = 1.0
-        payload[_BLOCK_ENTRIES] = float(index - _SLOT_HEADER)
-        payload[_BLOCK_ENTRIES + 1] = 1.0
-        block = self._storage.append_block(payload)
-        d = self._doubles = self._storage.doubles
-        d[mirror[6]] = float(block)  # links the complete block (one aligned 8-byte store)
-        mirror[4] = block
-        mirror[3][index] = block + _BLOCK_ENTRIES + 1
-        return d
 
     def _cached_part(self, cache: BoundedCache, part: tuple[object, ...]) -> tuple[int, ...] | None:
         """The offsets of one part of a request (None: its label is invalid), cached."""

@@ -54,7 +54,7 @@ def plain_window_add(d: Doubles, base: int, slot: int, value: float, error: bool
 def enter_slot(d: Doubles, base: int, slot: int) -> list[Any]:
     """Make the sketch slot at ``base`` hold ``slot`` (emptying it if it held an older
     interval); its mirror for the hot path: [slot id, min, max, {bucket: count index},
-    then where new entries go (see ``request_path.RequestPath._add_bucket``)]."""
+    then where new entries go (see ``record_writer.RecordWriter._append_bucket_entry``)]."""
     first = int(d[base + _SLOT_BLOCK])
     start = [first, layout.block_capacity(0), base + _SLOT_BLOCK, 0]
     if d[base] != slot:
