@@ -25,7 +25,7 @@ def _worker_files(directory: str) -> list[str]:
     return sorted(n for n in os.listdir(directory) if n.endswith(layout.WORKER_SUFFIX) and not n.startswith("."))
 
 
-def _fill(path: str) -> None:
+def fill_file_system(path: str) -> None:
     """Write zeros to ``path`` until the file system is full."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
     try:
@@ -62,7 +62,7 @@ def test_full_disk_counts_every_loss_and_recovers(tmp_path: Any) -> None:
         scraper = MetricsCollector(directory, auto_compact=False)
         for _ in range(3):  # three workers that served and exited
             _in_child(_record_and_exit, directory, 10)
-        _fill(os.path.join(mount, "filler"))  # the rest of the disk
+        fill_file_system(os.path.join(mount, "filler"))  # the rest of the disk
         seen = []
         for _ in range(3):  # each worker's losses survive it and add up: never backwards
             _in_child(_record_and_exit, directory, 50)
@@ -98,7 +98,7 @@ def test_failed_archive_write_leaves_no_temporary_file(tmp_path: Any) -> None:
         directory = os.path.join(mount, "metrics")
         scraper = MetricsCollector(directory, auto_compact=False)
         _in_child(_record_endpoints_and_exit, directory, 600)  # ~460 KiB used in a 512 KiB file
-        _fill(os.path.join(mount, "filler"))
+        fill_file_system(os.path.join(mount, "filler"))
         with pytest.raises(OSError) as raised:
             compact(directory)
         assert "No space" in str(raised.value)

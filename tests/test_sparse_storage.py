@@ -15,6 +15,7 @@ import pytest
 from conftest import FakeClock
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_hostile_disk import fill_file_system
 
 from flask_gatewayz_metrics import MetricsCollector, PrometheusExporter, sketch
 from flask_gatewayz_metrics.storage import layout, store
@@ -152,23 +153,12 @@ def test_readers_never_see_a_half_written_block(metrics_dir: str, clock: FakeClo
     reader.close()
 
 
-def _fill(path: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
-    try:
-        while True:
-            os.write(fd, bytes(4096))
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def _new_buckets_on_a_full_disk(directory: str, mount: str) -> None:
     store.RETRY_SECONDS = 0.0
     c = MetricsCollector(directory, auto_compact=False)
     for k in range(50):  # every series exists before the disk fills: only blocks need room
         c.record_request(f"/full{k}", "GET", 0.1, 200)
-    _fill(os.path.join(mount, "filler"))
+    fill_file_system(os.path.join(mount, "filler"))
     dropped_before = c.snapshot().dropped().get("storage_unavailable", 0)
     # Far more bucket blocks than the file's reserve holds: each needs the file to grow.
     for k in range(20_000):
