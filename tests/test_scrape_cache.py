@@ -12,8 +12,10 @@ from hypothesis import strategies as st
 
 from flask_gatewayz_metrics import MetricsCollector, PrometheusExporter
 from flask_gatewayz_metrics.storage import compact
+from flask_gatewayz_metrics.storage.control import ControlFile
 from flask_gatewayz_metrics.storage.merge import MergeCache, merge
 from flask_gatewayz_metrics.storage.reader import DirectoryReader
+from flask_gatewayz_metrics.testing import worker_file
 
 WINDOW = 60.0
 SLOTS = 4
@@ -80,7 +82,7 @@ class Scenario:
         assert cached_text == uncached_text
         snap = self.cached.snapshot()
         views, _ = DirectoryReader(self.directory).read()
-        assert snap.merged == merge(views, self.cached._storage.control.epoch, self.clock.now)
+        assert snap.merged == merge(views, ControlFile(self.directory).epoch, self.clock.now)
         assert snap.to_dict() == self.uncached.snapshot().to_dict()
 
     def close(self) -> None:
@@ -135,7 +137,7 @@ def test_the_cache_is_reused_and_invalidated_exactly_when_needed() -> None:
                 s.workers[-1].record_request("/after", "GET", 0.3, 200)
         # A dead file replaced under the same name (a restore, a copy): another inode.
         s.workers[-1].record_request("/dead", "GET", 0.3, 200)
-        path = s.workers[-1]._storage.own_file or ""
+        path = worker_file(s.workers[-1]) or ""
         s.workers.pop().close()
         assert s.cached.snapshot().window("endpoint_window", ("/dead",)).count == 1
         shutil.copyfile(path, path + ".copy")

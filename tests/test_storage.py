@@ -11,6 +11,7 @@ import pytest
 
 from flask_gatewayz_metrics import MetricsCollector, PrometheusExporter
 from flask_gatewayz_metrics.storage import layout
+from flask_gatewayz_metrics.storage.reader import DirectoryReader
 from flask_gatewayz_metrics.testing import collectors_on_one_directory, worker_file
 
 WORKER_NAME = re.compile(r"^worker-(\d+)-([0-9a-f]{16})\.gwzm$")
@@ -177,10 +178,10 @@ def test_closed_collector_is_dead_but_counted(four: list[MetricsCollector]) -> N
 def test_liveness_follows_the_flock(four: list[MetricsCollector], metrics_dir: str) -> None:
     """A file is live exactly while its writer holds the flock; closing releases it."""
     record_some(four[:2])
-    views, _ = four[2]._storage.read()
+    views, _ = DirectoryReader(metrics_dir).read()
     assert sorted(v.live for v in views) == [True, True]
     four[0].close()
-    views, _ = four[2]._storage.read()
+    views, _ = DirectoryReader(metrics_dir).read()
     live = {os.path.basename(v.path): v.live for v in views}
     assert live[os.path.basename(worker_file(four[1]) or "")] is True
     assert sorted(live.values()) == [False, True]
