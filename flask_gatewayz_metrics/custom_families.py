@@ -160,9 +160,9 @@ def custom_families(merged: Merged, local: Iterable[Definition]) -> list[CustomF
         definition = Definition.from_meta(labels)
         if definition is None or definition.name in local_names:
             continue
-        if definition.name not in defined_at or payload[-1] > defined_at[definition.name]:
+        if definition.name not in defined_at or payload[layout.SET] > defined_at[definition.name]:
             chosen[definition.name] = definition
-            defined_at[definition.name] = payload[-1]
+            defined_at[definition.name] = payload[layout.SET]
     series: dict[str, list[CustomSeries]] = {name: [] for name in chosen}
     for kind, payloads in merged.totals.items():
         if type_of_kind(kind) is None:
@@ -203,10 +203,10 @@ def _series(definition: Definition, kind: str, labels: tuple[str, ...], payload:
     ):
         return None
     if definition.type != "histogram":
-        if definition.mode in ("max", "min", "latest") and not payload[-1]:
+        if definition.mode in ("max", "min", "latest") and not payload[layout.SET]:
             return None  # allocated but never set
-        return CustomSeries(tuple(values), payload[0])
+        return CustomSeries(tuple(values), payload[layout.VALUE])
     bounds = parse_bounds(labels[1], layout.KINDS[kind].size - 2)
     if bounds is None:
         return None
-    return CustomSeries(tuple(values), payload[0], bounds, payload[1:])
+    return CustomSeries(tuple(values), payload[layout.HISTOGRAM_SUM], bounds, payload[layout.HISTOGRAM_BUCKETS :])

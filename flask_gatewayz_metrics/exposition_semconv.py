@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from prometheus_client.metrics_core import Metric
 
-from .exposition_gateway import cumulative
+from .exposition_common import cumulative
 from .exposition_text import SeriesHistogram
 from .semconv import DEFAULT_OPERATION, OTHER, http_error_type
 from .snapshot import Snapshot
@@ -113,7 +113,11 @@ def semconv_families(snap: Snapshot) -> list[Metric]:
             for key, payload in snap.series(convention.kind):
                 values = _labels(convention, key)
                 if values is not None:
-                    family.add_metric(values, cumulative(convention.bounds, payload[1:]), payload[0])
+                    family.add_metric(
+                        values,
+                        cumulative(convention.bounds, payload[layout.HISTOGRAM_BUCKETS :]),
+                        payload[layout.HISTOGRAM_SUM],
+                    )
         out.append(family)
     return out
 
