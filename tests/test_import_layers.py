@@ -23,6 +23,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     # settings checks values against the storage format's limits (MAX_HISTOGRAM_BUCKETS).
     "read model": (
         "custom_families", "snapshot", "json_document", "default_registry", "otlp_status", "settings",
+        "setting_values",
     ),
     # 3: the recording API and its input policy.
     "recording": (
