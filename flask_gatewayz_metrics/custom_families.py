@@ -33,6 +33,7 @@ META_KIND = "custom_meta"
 
 
 def histogram_kind(bucket_count: int) -> str:
+    """The storage kind of a custom histogram's series with ``bucket_count`` finite bounds."""
     return f"{layout.CUSTOM_HISTOGRAM_PREFIX}{bucket_count}"
 
 
@@ -98,6 +99,7 @@ class Definition:
         return self.kind[len(GAUGE_KIND_PREFIX) :] if self.type == "gauge" else ""
 
     def meta_labels(self) -> tuple[str, ...]:
+        """The label values of this definition's ``custom_meta`` record (``from_meta`` reads them back)."""
         return (self.name, self.kind, self.documentation, json.dumps(list(self.labelnames)))
 
     def sample_names(self) -> tuple[str, ...]:
@@ -128,6 +130,8 @@ class Definition:
 
 @dataclass
 class CustomSeries:
+    """One merged series of a custom metric: its label values, value or sum, and buckets."""
+
     labels: tuple[str, ...]
     value: float = 0.0
     """Counter or gauge value; a histogram's sum."""
@@ -137,11 +141,14 @@ class CustomSeries:
 
     @property
     def count(self) -> float:
+        """Histogram: the observations (the sum of the bucket counts)."""
         return math.fsum(self.buckets)
 
 
 @dataclass
 class CustomFamily:
+    """A custom metric and its merged series, sorted by label values."""
+
     definition: Definition
     series: list[CustomSeries]
 

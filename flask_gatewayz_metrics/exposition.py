@@ -70,6 +70,8 @@ class PrometheusExporter(Collector):
     ``app_metrics`` (e.g. ``prometheus_client.REGISTRY``, or a ``MultiProcessCollector``
     under gunicorn) adds the application's own ``prometheus_client`` metrics to the same
     output; a family whose name is one of ours is left out, so nothing appears twice.
+
+    .. versionadded:: 0.1.0
     """
 
     def __init__(

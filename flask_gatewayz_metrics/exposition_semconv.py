@@ -45,10 +45,12 @@ class Convention:
 
     @property
     def prometheus_name(self) -> str:
+        """The family name on ``/metrics`` (dots to underscores, ``_seconds`` for a unit of s)."""
         return self.name.replace(".", "_") + ("_seconds" if self.unit == "s" else "")
 
     @property
     def labels(self) -> list[str]:
+        """The Prometheus label names of the attributes (dots to underscores)."""
         return [attribute.replace(".", "_") for attribute in self.attributes]
 
     @property

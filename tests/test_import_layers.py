@@ -27,8 +27,9 @@ LAYERS: dict[str, tuple[str, ...]] = {
     ),
     # 3: the recording API and its input policy.
     "recording": (
-        "collector", "request_path", "record_writer", "record_primitives", "reading", "default_collector", "llm", "semconv",
+        "collector", "request_path", "record_writer", "reading", "default_collector", "llm", "semconv",
         "custom", "custom_handles", "tenants", "request_state", "tracking", "native_histograms",
+        "record_primitives",
     ),
     # 4: what leaves the process: exposition formats (every exposition* module), OTLP, health,
     # scrape credentials.
