@@ -299,29 +299,22 @@ KINDS: dict[str, Kind] = {
     "stream_duration_native": Kind(("provider", "model"), 1, merge="native"),
 }
 
-# Payload fields of the fixed-size kinds, by name: the code above storage/ reads a record
-# through these, never through a bare index (request-like kinds: REQ_COUNT, REQ_SUM,
-# REQ_BUCKETS above; native kinds: NATIVE_FIRST below).
-VALUE = 0
-"""The first value: the whole payload of one-value kinds (counts, cost, in-flight, a
-custom counter), the value of "latest" / "max" / "min" kinds (rate_limit, budget, custom
-gauges)."""
-SET = -1
-"""The last value of "latest", "max" and "min" kinds: the time set, or the set flag (``Kind.merge``)."""
+# Payload fields of the fixed-size kinds, by name: code above storage/ reads a record through
+# these, never a bare index (request-like kinds: REQ_* above; native kinds: NATIVE_FIRST below).
+VALUE, SET = 0, -1
+"""VALUE: the first value, the whole payload of one-value kinds and the value of "latest" /
+"max" / "min" kinds; SET: their last value, the time set or the set flag (``Kind.merge``)."""
 CACHE_HITS, CACHE_MISSES = range(2)
 DB_QUERIES, DB_LATENCY_SUM = range(2)
 EXTERNAL_CALLS, EXTERNAL_ERRORS = range(2)
 TENANT_REQUESTS, TENANT_ERRORS = range(2)
 RATE_LIMIT_REMAINING, RATE_LIMIT_SET = range(2)
 BUDGET_REMAINING, BUDGET_SET = range(2)
-TOKENS_SUM, TOKENS_BUCKETS = range(2)
-"""A "tokens" record: token sum, then the per-call buckets of ``TOKEN_BOUNDS`` (+Inf last)."""
-EXEMPLAR_TRACE_PARTS = 4
-"""An "exemplar" record: the trace id as four 32-bit parts, then its value and time set."""
-EXEMPLAR_VALUE, EXEMPLAR_SET = EXEMPLAR_TRACE_PARTS, EXEMPLAR_TRACE_PARTS + 1
+TOKENS_SUM, TOKENS_BUCKETS = range(2)  # then the buckets of TOKEN_BOUNDS, +Inf last
+EXEMPLAR_TRACE_PARTS, EXEMPLAR_VALUE, EXEMPLAR_SET = 4, 4, 5  # trace id as four 32-bit parts, value, time
 HISTOGRAM_SUM, HISTOGRAM_BUCKETS = range(2)
-"""The conventions' histograms (``gen_ai_*``) and custom histograms: value sum, then one count
-per bucket (+Inf last). ``http_server_buckets`` has the counts only, from index 0."""
+"""gen_ai_* and custom histograms: value sum, then one count per bucket (+Inf last);
+``http_server_buckets`` holds the counts only, from index 0."""
 NATIVE_FIRST = 0
 """Payload index of a native record's first block pointer."""
 NATIVE_KINDS: dict[str, str] = {
