@@ -1,9 +1,9 @@
 """A merged, read-only view of every worker's metrics at one instant.
 
 Exposition (Prometheus text, OpenMetrics) and the JSON document (``json_document``)
-both read from a ``Snapshot``, so they always agree. Counters and histograms are since start (or since
-the last reset); gauges (averages, percentiles, rates) cover the sliding window and are
-``None`` (omitted from the exposition) when the window saw nothing.
+both read from a ``Snapshot``, so they always agree. Counters and histograms are since
+start (or since the last reset); gauges (averages, percentiles, rates) cover the sliding
+window and are ``None`` (omitted from the exposition) when the window saw nothing.
 
 Workers store request, provider and model records per status code and "failed" flag;
 the spec's per-endpoint, per-status, per-provider and per-model totals, and the error
