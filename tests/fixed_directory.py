@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import json
 import pathlib
+import platform
 import re
 
 from flask_gatewayz_metrics import MetricsCollector, PrometheusExporter
+from flask_gatewayz_metrics._version import VERSION
 from flask_gatewayz_metrics.testing import ManualClock
 
 START = 1_800_000_000.0
@@ -71,8 +73,8 @@ def document_text(directory: pathlib.Path) -> str:
 
 
 def exposition_texts(directory: pathlib.Path) -> dict[str, str]:
-    """Text 0.0.4 and OpenMetrics (with exemplars) of a freshly recorded directory, the
-    wall-clock samples (uptime, start time) replaced so the text is fixed."""
+    """Text 0.0.4 and OpenMetrics (with exemplars) of a freshly recorded directory, with what
+    depends on time and platform replaced (``_fixed``) so the text is fixed."""
     clock = ManualClock(START)
     collector = MetricsCollector(str(directory), clock=clock)
     try:
@@ -88,4 +90,8 @@ def exposition_texts(directory: pathlib.Path) -> dict[str, str]:
 
 
 def _fixed(text: str) -> str:
-    return re.sub(r"^(gatewayz_(?:uptime|start_time)_seconds) .*$", r"\1 <wall clock>", text, flags=re.M)
+    """The text without what depends on when and where it runs: the wall-clock samples, and
+    the Python and package versions of ``gatewayz_build_info``."""
+    text = re.sub(r"^(gatewayz_(?:uptime|start_time)_seconds) .*$", r"\1 <wall clock>", text, flags=re.M)
+    build = f'python_version="{platform.python_version()}",version="{VERSION}"'
+    return text.replace(build, 'python_version="<python>",version="<version>"')
