@@ -33,6 +33,7 @@ META_KIND = "custom_meta"
 
 
 def histogram_kind(bucket_count: int) -> str:
+    """The storage kind of a custom histogram's series with ``bucket_count`` finite bounds."""
     return f"{layout.CUSTOM_HISTOGRAM_PREFIX}{bucket_count}"
 
 
@@ -98,6 +99,7 @@ class Definition:
         return self.kind[len(GAUGE_KIND_PREFIX) :] if self.type == "gauge" else ""
 
     def meta_labels(self) -> tuple[str, ...]:
+        """The label values of this definition's ``custom_meta`` record (``from_meta`` reads them back)."""
         return (self.name, self.kind, self.documentation, json.dumps(list(self.labelnames)))
 
     def sample_names(self) -> tuple[str, ...]:
@@ -128,6 +130,8 @@ class Definition:
 
 @dataclass
 class CustomSeries:
+    """One merged series of a custom metric: its label values, value or sum, and buckets."""
+
     labels: tuple[str, ...]
     value: float = 0.0
     """Counter or gauge value; a histogram's sum."""
@@ -137,11 +141,14 @@ class CustomSeries:
 
     @property
     def count(self) -> float:
+        """Histogram: the observations (the sum of the bucket counts)."""
         return math.fsum(self.buckets)
 
 
 @dataclass
 class CustomFamily:
+    """A custom metric and its merged series, sorted by label values."""
+
     definition: Definition
     series: list[CustomSeries]
 
@@ -160,9 +167,9 @@ def custom_families(merged: Merged, local: Iterable[Definition]) -> list[CustomF
         definition = Definition.from_meta(labels)
         if definition is None or definition.name in local_names:
             continue
-        if definition.name not in defined_at or payload[-1] > defined_at[definition.name]:
+        if definition.name not in defined_at or payload[layout.SET] > defined_at[definition.name]:
             chosen[definition.name] = definition
-            defined_at[definition.name] = payload[-1]
+            defined_at[definition.name] = payload[layout.SET]
     series: dict[str, list[CustomSeries]] = {name: [] for name in chosen}
     for kind, payloads in merged.totals.items():
         if type_of_kind(kind) is None:
@@ -203,10 +210,10 @@ def _series(definition: Definition, kind: str, labels: tuple[str, ...], payload:
     ):
         return None
     if definition.type != "histogram":
-        if definition.mode in ("max", "min", "latest") and not payload[-1]:
+        if definition.mode in ("max", "min", "latest") and not payload[layout.SET]:
             return None  # allocated but never set
-        return CustomSeries(tuple(values), payload[0])
+        return CustomSeries(tuple(values), payload[layout.VALUE])
     bounds = parse_bounds(labels[1], layout.KINDS[kind].size - 2)
     if bounds is None:
         return None
-    return CustomSeries(tuple(values), payload[0], bounds, payload[1:])
+    return CustomSeries(tuple(values), payload[layout.HISTOGRAM_SUM], bounds, payload[layout.HISTOGRAM_BUCKETS :])

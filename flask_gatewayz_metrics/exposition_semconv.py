@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from prometheus_client.metrics_core import Metric
 
-from .exposition_gateway import cumulative
+from .exposition_common import cumulative
 from .exposition_text import SeriesHistogram
 from .semconv import DEFAULT_OPERATION, OTHER, http_error_type
 from .snapshot import Snapshot
@@ -45,10 +45,12 @@ class Convention:
 
     @property
     def prometheus_name(self) -> str:
+        """The family name on ``/metrics`` (dots to underscores, ``_seconds`` for a unit of s)."""
         return self.name.replace(".", "_") + ("_seconds" if self.unit == "s" else "")
 
     @property
     def labels(self) -> list[str]:
+        """The Prometheus label names of the attributes (dots to underscores)."""
         return [attribute.replace(".", "_") for attribute in self.attributes]
 
     @property
@@ -113,7 +115,11 @@ def semconv_families(snap: Snapshot) -> list[Metric]:
             for key, payload in snap.series(convention.kind):
                 values = _labels(convention, key)
                 if values is not None:
-                    family.add_metric(values, cumulative(convention.bounds, payload[1:]), payload[0])
+                    family.add_metric(
+                        values,
+                        cumulative(convention.bounds, payload[layout.HISTOGRAM_BUCKETS :]),
+                        payload[layout.HISTOGRAM_SUM],
+                    )
         out.append(family)
     return out
 

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from .exposition_common import fill
 from .snapshot import Snapshot
+from .storage import layout
 
 TENANT = ["team", "api_key", "user"]
+"""The labels of a tenant (``tenants.Tenant``), before each family's own."""
 
 
 def tenant_families(snap: Snapshot, empty_too: bool = False) -> list[Metric]:
@@ -27,21 +30,19 @@ def tenant_families(snap: Snapshot, empty_too: bool = False) -> list[Metric]:
     )
     per_tenant: dict[tuple[str, ...], float] = {}
     for key, payload in snap.series("tenant_request"):
-        requests.add_metric(list(key), payload[0])
-        per_tenant[key[:3]] = per_tenant.get(key[:3], 0.0) + payload[1]
+        requests.add_metric(list(key), payload[layout.TENANT_REQUESTS])
+        per_tenant[key[:3]] = per_tenant.get(key[:3], 0.0) + payload[layout.TENANT_ERRORS]
     for tenant, count in sorted(per_tenant.items()):
         errors.add_metric(list(tenant), count)
     tokens = CounterMetricFamily(
         "gatewayz_tenant_tokens", "LLM tokens per tenant, by direction.", labels=[*TENANT, "direction"]
     )
-    for key, payload in snap.series("tenant_tokens"):
-        tokens.add_metric(list(key), payload[0])
+    fill(tokens, snap, "tenant_tokens")
     cost = CounterMetricFamily("gatewayz_tenant_cost_usd", "Cost of LLM calls per tenant in US dollars.", labels=TENANT)
-    for key, payload in snap.series("tenant_cost"):
-        cost.add_metric(list(key), payload[0])
+    fill(cost, snap, "tenant_cost")
     budget = GaugeMetricFamily(
         "llm_budget_remaining_usd", "Budget a team has left in US dollars (latest value set).", labels=["team"]
     )
     for key, payload in snap.series("budget"):
-        budget.add_metric(list(key), payload[0])
+        budget.add_metric(list(key), payload[layout.BUDGET_REMAINING])
     return [family for family in (requests, errors, tokens, cost, budget) if empty_too or family.samples]

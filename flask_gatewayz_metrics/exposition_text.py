@@ -77,6 +77,7 @@ class SeriesHistogram(HistogramMetricFamily):
 
     @property
     def samples(self) -> list[Sample]:
+        """The samples, made now from the series added without them."""
         if self._pending:
             pending, self._pending = self._pending, []
             for labels, buckets, sum_value in pending:
@@ -85,6 +86,7 @@ class SeriesHistogram(HistogramMetricFamily):
 
     @samples.setter
     def samples(self, value: list[Sample]) -> None:
+        """Replace every sample (``Metric.__init__`` sets none; ``static_labels`` relabels them)."""
         self._pending = []
         self._made = value
 

@@ -25,6 +25,7 @@ from .default_registry import withheld_reason
 from .otlp_status import health_reasons
 from .settings import Settings
 from .snapshot import Snapshot
+from .storage import layout
 
 _UNTRUSTED = ("untrusted_owner", "not_regular_file", "symlink")
 
@@ -80,7 +81,9 @@ def health_report(snap: Snapshot, settings: Settings, extra: Sequence[str] = ())
         "storage_error": snap.storage_error,
         "dropped": {reason: int(n) for reason, n in sorted(snap.dropped().items())},
         # Counted by compactions: files quarantined, window slots of another geometry lost.
-        "storage_errors": {str(labels[0]): int(p[0]) for labels, p in snap.series("storage_errors")},
+        "storage_errors": {
+            str(labels[0]): int(payload[layout.VALUE]) for labels, payload in snap.series("storage_errors")
+        },
         "metrics_directory": snap.location,
         "histogram_bounds_mismatched_series": snap.merged.bounds_mismatched,
     }

@@ -11,11 +11,11 @@ from __future__ import annotations
 import logging
 import math
 from bisect import bisect_left
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .labels import as_number
 from .prices import PriceTable, load_prices
+from .record_primitives import RecordPrimitives
 from .request_state import current_request
 from .storage import layout
 
@@ -42,27 +42,8 @@ def error_type_of(status_code: int, error_type: str | None = None) -> str:
     return "other"
 
 
-class GatewayRecording:
-    """AI-gateway recording methods; ``MetricsCollector`` provides ``_add`` and ``_drop``."""
-
-    if TYPE_CHECKING:  # record_writer.RecordWriter's and the collector's
-
-        def _add(
-            self,
-            kind: str,
-            labels: tuple[tuple[str, object], ...],
-            increments: tuple[tuple[int, float], ...],
-            latest: tuple[float, ...] | None = None,
-        ) -> None: ...
-        def _drop(self, reason: str, leaving: bool = False) -> None: ...
-        def _write_record(
-            self,
-            kind: str,
-            values: Callable[[], tuple[str, ...]],
-            increments: tuple[tuple[int, float], ...],
-            latest: tuple[float, ...] | None = None,
-        ) -> None: ...
-        def _admit(self, name: str, raw: object) -> str: ...
+class GatewayRecording(RecordPrimitives):
+    """AI-gateway recording methods of ``MetricsCollector`` (writing through ``RecordPrimitives``)."""
 
     histogram_bounds: tuple[float, ...]
     _histogram_kinds: dict[str, tuple[str, tuple[str, ...]]]
@@ -76,10 +57,6 @@ class GatewayRecording:
             self._add(kind, labels, increments)
             return
         self._write_record(stored, lambda: (*prefix, *(self._admit(name, raw) for name, raw in labels)), increments)
-
-    if TYPE_CHECKING:  # NativeRecording's (a mixin before this one in MetricsCollector)
-
-        def _record_native(self, kind: str, labels: tuple[tuple[str, object], ...], value: float) -> None: ...
 
     _prices: PriceTable | None = None
     _unpriced: set[str] | None = None

@@ -22,6 +22,7 @@ from .storage.history import SlotHistory, slot_history
 
 if TYPE_CHECKING:
     from .custom_families import Definition
+    from .json_document import Document
     from .labels import LabelGuard
     from .storage import Storage, location
     from .storage.merge import MergeCache
@@ -128,8 +129,8 @@ class Reading:
             self._compaction_error = f"{type(exc).__name__}: {exc.strerror or exc}"
             self._log_rate_limited("metrics compaction failed: %s", self._compaction_error)
 
-    def to_dict(self) -> dict[str, object]:
-        """The JSON snapshot (``/metrics/json``)."""
+    def to_dict(self) -> Document:
+        """The JSON snapshot (``/metrics/json``; its shape: ``json_document.Document``)."""
         return self.snapshot().to_dict()
 
     def history(self) -> SlotHistory:

@@ -12,21 +12,21 @@ Precedence, highest first:
 
 Every value is type-checked when it is read (``init_app`` time), and a wrong one raises
 ``TypeError`` / ``ValueError`` naming the key and what it expects, never a bare error
-from deep inside the collector.
+from deep inside the collector. The table is this module: defaults (``Settings``), the
+checker of each key's type (``_CHECKS``, built from ``setting_values``) and what it
+expects (``_EXPECTED``), and the precedence (``Settings.resolve``).
 """
 
 from __future__ import annotations
 
-import itertools
-import math
 import os
-import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
-from .prices import PriceTable, load_prices
-from .static_labels import parse_static_labels
+from . import setting_values
+from .prices import PriceTable
+from .setting_values import SEMCONV_CHOICES
 from .storage.layout import DEFAULT_WINDOW_SECONDS, DEFAULT_WINDOW_SLOTS, MAX_HISTOGRAM_BUCKETS
 
 PREFIX = "GATEWAYZ_METRICS_"
@@ -41,6 +41,10 @@ SECRET_KEYS = (
     "auth_username", "auth_password", "auth_password_file",
 )
 """Settings that may also come from environment variables of the same (prefixed) name."""
+__all__ = [
+    "ENV_KEYS", "PREFIX", "SECRET_KEYS", "SEMCONV_CHOICES", "STORAGE_KEYS", "Settings", "check",
+    "collector_options_from_env",
+]  # fmt: skip
 ENV_KEYS = ("static_labels", "port", "port_address", "semconv", "buckets")
 """Non-secret settings that may also come from environment variables (a deployment sets
 them per server): ``GATEWAYZ_METRICS_STATIC_LABELS=region=eu-west-1,cluster=c1``,
@@ -175,245 +179,37 @@ def check(name: str, value: Any, where: str) -> Any:
         raise type(exc)(f"{where} must be {_EXPECTED[name]}, got {type(value).__name__} {shown}{detail}") from None
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _number(low: float, high: float) -> Callable[[Any], float]:
-    def checked(value: Any) -> float:
-        if not _is_number(value):
-            raise TypeError
-        number = float(value)
-        if not (math.isfinite(number) and low <= number <= high):
-            raise ValueError
-        return number
-
-    return checked
-
-
-def _integer(low: int, high: int) -> Callable[[Any], int]:
-    def checked(value: Any) -> int:
-        if isinstance(value, float) and value.is_integer():
-            value = int(value)
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise TypeError
-        if not low <= value <= high:
-            raise ValueError
-        return value
-
-    return checked
-
-
-def _flag(value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError
-    return value
-
-
-def _text(required: bool) -> Callable[[Any], str | None]:
-    def checked(value: Any) -> str | None:
-        if value is None and not required:
-            return None
-        if not isinstance(value, str):
-            raise TypeError
-        if required and not value:
-            raise ValueError
-        return value
-
-    return checked
-
-
-def _path(value: Any) -> str | None:
-    if value is None:
-        return None
-    if isinstance(value, os.PathLike):
-        value = os.fspath(value)
-    if not isinstance(value, str):
-        raise TypeError
-    if not value or "\0" in value:
-        raise ValueError
-    return value
-
-
-def _url_prefix(value: Any) -> str:
-    if not isinstance(value, str):
-        raise TypeError
-    if not value.startswith("/") or any(c.isspace() for c in value):
-        raise ValueError
-    return value
-
-
-def _limits(value: Any) -> Mapping[str, int] | None:
-    if value is None:
-        return None
-    if not isinstance(value, Mapping):
-        raise TypeError
-    checked = {}
-    for label, limit in value.items():
-        if not isinstance(label, str) or not isinstance(limit, int) or isinstance(limit, bool):
-            raise TypeError
-        if limit < 0:
-            raise ValueError
-        checked[label] = limit
-    return checked
-
-
-def _patterns(value: Any) -> tuple[str, ...]:
-    if isinstance(value, str) or not isinstance(value, (list, tuple)):
-        raise TypeError
-    if not all(isinstance(pattern, str) for pattern in value):
-        raise TypeError
-    for pattern in value:
-        try:
-            re.compile(pattern)
-        except re.error as exc:
-            raise ValueError(f"{pattern!r}: {exc}") from None
-    return tuple(value)
-
-
-def _callable(value: Any) -> Callable[[Any], bool] | None:
-    if value is not None and not callable(value):
-        raise TypeError
-    return value  # type: ignore[no-any-return]
-
-
-def _uids(value: Any) -> tuple[int, ...] | None:
-    if value is None:
-        return None
-    if not isinstance(value, (list, tuple, set, frozenset)):
-        raise TypeError
-    if not all(isinstance(uid, int) and not isinstance(uid, bool) for uid in value):
-        raise TypeError
-    if any(uid < 0 for uid in value):
-        raise ValueError
-    return tuple(sorted(value))
-
-
-def _label_values(value: Any) -> str | tuple[str, ...] | None:
-    if value is None or isinstance(value, str):
-        return value
-    if not isinstance(value, (list, tuple, set, frozenset)):
-        raise TypeError
-    if not all(isinstance(item, str) for item in value):
-        raise TypeError
-    return tuple(value)
-
-
-def _prices(value: Any) -> PriceTable | None:
-    return None if value is None else load_prices(value)
-
-
-def _static_labels(value: Any) -> Mapping[str, str] | None:
-    return None if value is None else parse_static_labels(value) or None
-
-
-def _port(value: Any) -> int | None:
-    if isinstance(value, str) and value.isdigit() and len(value) <= 5:  # from the environment
-        value = int(value)
-    return None if value is None else _integer(1, 65535)(value)
-
-
-def _address(value: Any) -> str:
-    if not isinstance(value, str):
-        raise TypeError
-    if not value or len(value) > 255 or any(c.isspace() or c in "/[]" for c in value):
-        raise ValueError
-    return value
-
-
-def _http_url(value: Any) -> str | None:
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        raise TypeError
-    if not value.startswith(("http://", "https://")) or any(c.isspace() for c in value) or len(value) > 2048:
-        raise ValueError
-    return value
-
-
-SEMCONV_CHOICES = ("both", "metrics", "otlp", "off")
-"""Where the OpenTelemetry semantic conventions' families are served (as ``exposition``)."""
-
-
-def _semconv(value: Any) -> str:
-    if not isinstance(value, str):
-        raise TypeError
-    if value.strip().lower() not in SEMCONV_CHOICES:
-        raise ValueError
-    return value.strip().lower()
-
-
-_HEADER_NAME = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]{1,100}")
-
-
-def _tenant_headers(value: Any) -> Mapping[str, str] | None:
-    if value is None:
-        return None
-    if not isinstance(value, Mapping):
-        raise TypeError
-    checked = {}
-    for label, header in value.items():
-        if not isinstance(label, str) or not isinstance(header, str):
-            raise TypeError
-        if label not in ("team", "api_key", "user") or not _HEADER_NAME.fullmatch(header):
-            raise ValueError(f"{label!r}: {header!r}")
-        checked[label] = header
-    return checked
-
-
-def _buckets(value: Any) -> tuple[float, ...] | None:
-    if value is None:
-        return None
-    if isinstance(value, str):  # from the environment: "0.1,0.5,1"
-        try:
-            value = [float(part) for part in value.split(",")] if len(value) <= 4096 else None
-        except ValueError:
-            raise ValueError("not a comma-separated list of numbers") from None
-    if not isinstance(value, (list, tuple)) or not all(_is_number(b) for b in value):
-        raise TypeError
-    bounds = [float(b) for b in value]
-    if bounds and bounds[-1] == math.inf:  # prometheus_client's style: +Inf is implied
-        bounds.pop()
-    if not 1 <= len(bounds) <= MAX_HISTOGRAM_BUCKETS:
-        raise ValueError(f"{len(bounds)} finite bounds")
-    if not all(math.isfinite(b) and b > 0 for b in bounds):
-        raise ValueError("a bound is not a finite number > 0")
-    if any(low >= high for low, high in itertools.pairwise(bounds)):
-        raise ValueError("the bounds are not strictly increasing")
-    return tuple(bounds)
-
-
 _CHECKS: dict[str, Callable[[Any], Any]] = {
-    "dir": _path,
-    "window_seconds": _number(0.0, 366 * 86400.0),
-    "window_slots": _integer(1, 1024),
-    "error_status": _integer(100, 600),
-    "strict": _flag,
-    "label_limits": _limits,
-    "allowed_providers": _label_values,
-    "allowed_models": _label_values,
-    "trusted_uids": _uids,
-    "url_prefix": _url_prefix,
-    "record_own_routes": _flag,
-    "excluded_paths": _patterns,
-    "auth_check": _callable,
-    "include_app_metrics": _flag,
-    "unmatched_endpoint": _text(required=True),
-    "dashboard": _flag,
-    "health_degraded_error_rate": _number(0.0, 1.0),
-    "health_unhealthy_error_rate": _number(0.0, 1.0),
-    "prices": _prices,
-    "otlp_endpoint": _http_url,
-    "allowed_teams": _label_values,
-    "tenant_headers": _tenant_headers,
-    "tenant_hash_key": _text(required=False),
-    "static_labels": _static_labels,
-    "port": _port,
-    "port_address": _address,
-    "semconv": _semconv,
-    "buckets": _buckets,
-    "native_histograms": lambda value: None if value is None else _flag(value),
-    **{name: _text(required=False) for name in SECRET_KEYS},
+    "dir": setting_values.path,
+    "window_seconds": setting_values.number(0.0, 366 * 86400.0),
+    "window_slots": setting_values.integer(1, 1024),
+    "error_status": setting_values.integer(100, 600),
+    "strict": setting_values.flag,
+    "label_limits": setting_values.limits,
+    "allowed_providers": setting_values.label_values,
+    "allowed_models": setting_values.label_values,
+    "trusted_uids": setting_values.uids,
+    "url_prefix": setting_values.url_prefix,
+    "record_own_routes": setting_values.flag,
+    "excluded_paths": setting_values.patterns,
+    "auth_check": setting_values.function,
+    "include_app_metrics": setting_values.flag,
+    "unmatched_endpoint": setting_values.text(required=True),
+    "dashboard": setting_values.flag,
+    "health_degraded_error_rate": setting_values.number(0.0, 1.0),
+    "health_unhealthy_error_rate": setting_values.number(0.0, 1.0),
+    "prices": setting_values.prices,
+    "otlp_endpoint": setting_values.http_url,
+    "allowed_teams": setting_values.label_values,
+    "tenant_headers": setting_values.tenant_headers,
+    "tenant_hash_key": setting_values.text(required=False),
+    "static_labels": setting_values.static_labels,
+    "port": setting_values.port,
+    "port_address": setting_values.address,
+    "semconv": setting_values.semconv,
+    "buckets": setting_values.buckets,
+    "native_histograms": lambda value: None if value is None else setting_values.flag(value),
+    **{name: setting_values.text(required=False) for name in SECRET_KEYS},
 }
 _EXPECTED: dict[str, str] = {
     "dir": "a path (str or os.PathLike) to a directory",

@@ -1,9 +1,9 @@
 """A merged, read-only view of every worker's metrics at one instant.
 
-Exposition (Prometheus text, OpenMetrics) and the JSON view both read from a
-``Snapshot``, so they always agree. Counters and histograms are since start (or since
-the last reset); gauges (averages, percentiles, rates) cover the sliding window and are
-``None`` (omitted from the exposition) when the window saw nothing.
+Exposition (Prometheus text, OpenMetrics) and the JSON document (``json_document``)
+both read from a ``Snapshot``, so they always agree. Counters and histograms are since
+start (or since the last reset); gauges (averages, percentiles, rates) cover the sliding
+window and are ``None`` (omitted from the exposition) when the window saw nothing.
 
 Workers store request, provider and model records per status code and "failed" flag;
 the spec's per-endpoint, per-status, per-provider and per-model totals, and the error
@@ -18,7 +18,8 @@ from functools import cached_property
 from operator import add
 from typing import Any, TypeVar
 
-from .custom_families import CustomFamily, CustomSeries, Definition, custom_families
+from .custom_families import CustomFamily, Definition, custom_families
+from .json_document import Document, document
 from .storage import Merged, StorageProblem, WindowStats, layout
 
 Labels = tuple[str, ...]
@@ -66,6 +67,11 @@ def _group(groups: dict[K, Totals], key: K) -> Totals:
 
 @dataclass
 class Snapshot:
+    """Every worker's records merged at ``taken_at``, with what the scrape needs besides them.
+
+    .. versionadded:: 0.1.0
+    """
+
     merged: Merged
     taken_at: float
     start_time: float
@@ -81,26 +87,28 @@ class Snapshot:
     custom_definitions: tuple[Definition, ...] = ()
     """The custom metrics this process defined (others are described by their files)."""
     multi_process: str | None = None
-    histogram_bounds: tuple[float, ...] = layout.HISTOGRAM_BOUNDS
-    """Finite upper bounds of the since-start latency histograms (the collector's)."""
     """Why the server is known to run several processes (None: no sign of it), see
     ``default_registry``."""
+    histogram_bounds: tuple[float, ...] = layout.HISTOGRAM_BOUNDS
+    """Finite upper bounds of the since-start latency histograms (the collector's)."""
     otlp: dict[str, Any] | None = None
     """The OTLP export's report when export is configured (see ``otlp``)."""
+    location: dict[str, object] | None = None
+    """The metrics directory and how it was chosen (``storage.location.Location.report``)."""
 
     @cached_property
     def custom(self) -> list[CustomFamily]:
         """The application's custom metrics, merged (see ``custom``)."""
         return custom_families(self.merged, self.custom_definitions)
-    location: dict[str, object] | None = None
-    """The metrics directory and how it was chosen (``storage.location.Location.report``)."""
 
     @property
     def uptime_seconds(self) -> float:
+        """Seconds since the metrics directory's start time (never negative)."""
         return max(0.0, self.taken_at - self.start_time)
 
     @cached_property
     def requests(self) -> RequestTotals:
+        """The request, provider and model records summed along each grouping the spec exposes."""
         out = RequestTotals()
         totals = self.merged.totals
         for (endpoint, method, status, failed), payload in totals.get("request", {}).items():
@@ -112,9 +120,9 @@ class Snapshot:
             _group(out.by_provider, provider).add(payload, self._is_error(status, failed))
         for (model, status, failed), payload in totals.get("model", {}).items():
             group = _group(out.by_model, model)
-            group.count += payload[0]
+            group.count += payload[layout.VALUE]
             if self._is_error(status, failed):
-                group.errors += payload[0]
+                group.errors += payload[layout.VALUE]
         return out
 
     def _is_error(self, status: str, failed: str) -> bool:
@@ -125,27 +133,33 @@ class Snapshot:
         yield from sorted(self.merged.totals.get(kind, {}).items())
 
     def window(self, kind: str, labels: Labels = ()) -> WindowStats:
+        """Window statistics of one series of a windowed ``kind`` (empty when it has none)."""
         return self.merged.window(kind, labels)
 
     def total(self, kind: str, labels: Labels = ()) -> list[float]:
+        """Since-start payload of one series of ``kind`` (zeros when it has none)."""
         found = self.merged.total(kind, labels)
         return found if found is not None else [0.0] * layout.KINDS[kind].size
 
     def dropped(self) -> dict[str, float]:
-        counts = {str(labels[0]): payload[0] for labels, payload in self.series("dropped")}
+        """Dropped inputs by reason: the files' counts and this process's unwritten ones."""
+        counts = {str(labels[0]): payload[layout.VALUE] for labels, payload in self.series("dropped")}
         for reason, count in self.unrecorded.items():
             counts[reason] = counts.get(reason, 0.0) + count
         return counts
 
     def endpoints(self) -> list[str]:
+        """Every endpoint with requests, sorted."""
         return sorted({endpoint for endpoint, _ in self.requests.by_endpoint_method})
 
     @property
     def total_requests(self) -> float:
+        """HTTP requests since start, all endpoints."""
         return sum(t.count for t in self.requests.by_endpoint_method.values())
 
     @property
     def total_errors(self) -> float:
+        """Failed HTTP requests since start, all endpoints."""
         return sum(t.errors for t in self.requests.by_endpoint_method.values())
 
     def request_window(self) -> WindowStats:
@@ -160,7 +174,7 @@ class Snapshot:
     @property
     def in_flight(self) -> float:
         """Requests being served by live workers (never negative, even mid-reset)."""
-        return max(0.0, self.total("in_flight")[0])
+        return max(0.0, self.total("in_flight")[layout.VALUE])
 
     def cache_hit_rate(self) -> float | None:
         """Hits / lookups in the window (the cache window counts misses as its errors)."""
@@ -169,149 +183,6 @@ class Snapshot:
             return None
         return 1.0 - stats.errors / stats.count
 
-    # ------------------------------------------------------------------ JSON
-    def _llm_dict(self) -> dict[str, Any]:
-        """Tokens, cost, upstream health and streams, keyed provider -> model -> ..."""
-        streams: dict[str, Any] = _nested(self.series("stream"))
-        for (provider, model), payload in self.series("first_chunk"):
-            entry = streams.setdefault(provider, {}).setdefault(model, {})
-            entry["first_chunk_avg_seconds"] = payload[layout.REQ_SUM] / payload[layout.REQ_COUNT]
-        return {
-            "tokens": _nested(self.series("tokens")),
-            "cost_usd": _nested(self.series("cost")),
-            "errors_by_type": _nested(self.series("provider_error_type")),
-            "fallbacks": _nested(self.series("fallback")),
-            "rate_limit_remaining": _nested(self.series("rate_limit")),
-            "streams": streams,
-            "label_overflow": _nested(self.series("label_overflow")),
-        }
-
-    def to_dict(self) -> dict[str, object]:
-        """The JSON document served by ``/metrics/json``."""
-        endpoints: dict[str, dict[str, object]] = {}
-        for (endpoint, method), totals in sorted(self.requests.by_endpoint_method.items()):
-            entry = endpoints.get(endpoint)
-            if entry is None:
-                entry = endpoints[endpoint] = _endpoint_entry(self.window("endpoint_window", (endpoint,)))
-            entry["requests"] += int(totals.count)  # type: ignore[operator]
-            entry["errors"] += int(totals.errors)  # type: ignore[operator]
-            entry["methods"][method] = {"requests": int(totals.count), "errors": int(totals.errors)}  # type: ignore[index]
-        for (endpoint, status), count in sorted(self.requests.by_endpoint_status.items()):
-            endpoints[endpoint]["status"][status] = int(count)  # type: ignore[index]
-        providers = {}
-        for provider, totals in sorted(self.requests.by_provider.items()):
-            stats = self.window("provider_window", (provider,))
-            providers[provider] = {
-                "requests": int(totals.count),
-                "errors": int(totals.errors),
-                "error_rate": stats.error_rate,
-                "latency_seconds": _latency(stats),
-            }
-        models = {}
-        for model, totals in sorted(self.requests.by_model.items()):
-            stats = self.window("model_window", (model,))
-            models[model] = {
-                "requests": int(totals.count),
-                "errors": int(totals.errors),
-                "error_rate": stats.error_rate,
-                "latency_seconds": _latency(stats),
-            }
-        hits, misses = self.total("cache")
-        queries, _ = self.total("db")
-        return {
-            "uptime_seconds": self.uptime_seconds,
-            "window_seconds": self.window_seconds,
-            "endpoints": endpoints,
-            "providers": providers,
-            "models": models,
-            "cache": {"hits": int(hits), "misses": int(misses), "hit_rate": self.cache_hit_rate()},
-            "database": {
-                "queries": int(queries),
-                "latency_avg_seconds": self.window("db_window").average,
-                "latency_min_seconds": self.window("db_window").minimum,
-                "latency_max_seconds": self.window("db_window").maximum,
-            },
-            "external_apis": {
-                str(service): {"calls": int(payload[0]), "errors": int(payload[1])}
-                for (service,), payload in self.series("external")
-            },
-            "in_flight": int(self.in_flight),
-            "llm": self._llm_dict(),
-            "custom": self._custom_dict(),
-            **({"otlp": self.otlp} if self.otlp is not None else {}),
-            "metrics_directory": self.location,
-            "storage": {
-                "worker_files": self.worker_files,
-                "live_worker_files": self.live_files,
-                "dropped": {reason: int(n) for reason, n in sorted(self.dropped().items())},
-                "problems": [{"file": p.path, "reason": p.reason} for p in self.problems],
-                "error": self.storage_error,
-                "compaction_error": self.compaction_error,
-                "errors": {str(labels[0]): int(p[0]) for labels, p in self.series("storage_errors")},
-            },
-        }
-
-    def _custom_dict(self) -> dict[str, Any]:
-        """Custom metrics: ``{name: {"type", "documentation", "series": [...]}}``."""
-        out: dict[str, Any] = {}
-        for family in self.custom:
-            definition = family.definition
-            rows: list[dict[str, Any]] = []
-            for series in family.series:
-                row: dict[str, Any] = {"labels": dict(zip(definition.labelnames, series.labels, strict=True))}
-                if definition.type == "histogram":
-                    row.update(count=series.count, sum=series.value, buckets=_bucket_dict(series))
-                else:
-                    row["value"] = series.value
-                rows.append(row)
-            entry: dict[str, Any] = {"type": definition.type, "documentation": definition.documentation}
-            if definition.mode:
-                entry["mode"] = definition.mode
-            entry["series"] = rows
-            out[definition.name] = entry
-        return out
-
-
-def _bucket_dict(series: CustomSeries) -> dict[str, float]:
-    """Cumulative histogram counts keyed by upper bound (``"+Inf"`` last)."""
-    out: dict[str, float] = {}
-    running = 0.0
-    for bound, count in zip((*series.bounds, float("inf")), series.buckets, strict=True):
-        running += count
-        out["+Inf" if bound == float("inf") else repr(bound)] = running
-    return out
-
-
-def _nested(rows: Iterator[tuple[Labels, list[float]]], index: int = 0) -> dict[str, Any]:
-    """``{label1: {label2: ... value}}`` from labelled payloads (value at ``index``)."""
-    out: dict[str, Any] = {}
-    for labels, payload in rows:
-        node = out
-        for label in labels[:-1]:
-            node = node.setdefault(label, {})
-        node[labels[-1]] = payload[index]
-    return out
-
-
-def _endpoint_entry(stats: WindowStats) -> dict[str, object]:
-    return {
-        "requests": 0,
-        "errors": 0,
-        "methods": {},
-        "status": {},
-        "latency_seconds": _latency(stats),
-        "window": {"requests": int(stats.count), "errors": int(stats.errors), "error_rate": stats.error_rate},
-    }
-
-
-def _latency(stats: WindowStats) -> dict[str, float | None]:
-    """Window latency of one endpoint, provider or model: average, exact min / max and
-    sketch percentiles (all None when the window saw nothing)."""
-    return {
-        "avg": stats.average,
-        "min": stats.minimum,
-        "max": stats.maximum,
-        "p50": stats.quantile(0.50),
-        "p95": stats.quantile(0.95),
-        "p99": stats.quantile(0.99),
-    }
+    def to_dict(self) -> Document:
+        """The JSON document served by ``/metrics/json`` (built by ``json_document``)."""
+        return document(self)

@@ -26,6 +26,8 @@ import threading
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from .record_primitives import RecordPrimitives
+
 if TYPE_CHECKING:
     from .collector import MetricsCollector
     from .settings import Settings
@@ -131,8 +133,8 @@ def tenant_from_headers(environ: Mapping[str, Any], settings: Settings, collecto
         return None
 
 
-class TenantRecording:
-    """Tenant methods of ``MetricsCollector`` (which provides ``_add_tenant`` and ``_add``)."""
+class TenantRecording(RecordPrimitives):
+    """Tenant methods of ``MetricsCollector`` (writing through ``RecordPrimitives``)."""
 
     directory: str
     error_status: int
@@ -140,20 +142,6 @@ class TenantRecording:
     """The API-key hash key (the ``tenant_hash_key`` setting); None: the environment
     variable, else the metrics directory's key."""
     _tenant_key: tuple[str | None, bytes] | None = None
-
-    if TYPE_CHECKING:  # record_writer.RecordWriter's and the collector's
-
-        def _add_tenant(
-            self, kind: str, tenant: Tenant, extra: tuple[str, ...], increments: tuple[tuple[int, float], ...]
-        ) -> None: ...
-        def _add(
-            self,
-            kind: str,
-            labels: tuple[tuple[str, object], ...],
-            increments: tuple[tuple[int, float], ...],
-            latest: tuple[float, ...] | None = None,
-        ) -> None: ...
-        def _drop(self, reason: str, leaving: bool = False) -> None: ...
 
     def _hash_key(self, configured: str | None) -> bytes:
         configured = configured or self.tenant_hash_key or os.environ.get(HASH_KEY_ENV) or None

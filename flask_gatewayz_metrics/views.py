@@ -26,6 +26,7 @@ View = TypeVar("View", bound=Callable[..., "Response | tuple[Response, int]"])
 
 
 def create_blueprint(metrics: AppMetrics) -> Blueprint:
+    """The metrics blueprint of one app, its views guarded by the app's credentials."""
     bp = Blueprint(BLUEPRINT_NAME, __name__)
     scrape_auth = scrape_credentials(metrics.settings)
     reset_auth = reset_credentials(metrics.settings)

@@ -19,13 +19,17 @@ LAYERS: dict[str, tuple[str, ...]] = {
     ),
     # 1: the files: byte format, writer, reader, merge, compaction, directory choice.
     "storage": ("storage",),
-    # 2: merged records read back into the spec's shapes and reports.
+    # 2: merged records read back into the spec's shapes and reports (the JSON document included).
     # settings checks values against the storage format's limits (MAX_HISTOGRAM_BUCKETS).
-    "read model": ("custom_families", "snapshot", "default_registry", "otlp_status", "settings"),
+    "read model": (
+        "custom_families", "snapshot", "json_document", "default_registry", "otlp_status", "settings",
+        "setting_values",
+    ),
     # 3: the recording API and its input policy.
     "recording": (
         "collector", "request_path", "record_writer", "reading", "default_collector", "llm", "semconv",
         "custom", "custom_handles", "tenants", "request_state", "tracking", "native_histograms",
+        "record_primitives",
     ),
     # 4: what leaves the process: exposition formats (every exposition* module), OTLP, health,
     # scrape credentials.

@@ -298,6 +298,23 @@ KINDS: dict[str, Kind] = {
     "first_chunk_native": Kind(("provider", "model"), 1, merge="native"),
     "stream_duration_native": Kind(("provider", "model"), 1, merge="native"),
 }
+
+# Payload fields of the fixed-size kinds, by name: code above storage/ reads a record through
+# these, never a bare index (request-like kinds: REQ_* above; native kinds: NATIVE_FIRST below).
+VALUE, SET = 0, -1
+"""VALUE: the first value, the whole payload of one-value kinds and the value of "latest" /
+"max" / "min" kinds; SET: their last value, the time set or the set flag (``Kind.merge``)."""
+CACHE_HITS, CACHE_MISSES = range(2)
+DB_QUERIES, DB_LATENCY_SUM = range(2)
+EXTERNAL_CALLS, EXTERNAL_ERRORS = range(2)
+TENANT_REQUESTS, TENANT_ERRORS = range(2)
+RATE_LIMIT_REMAINING, RATE_LIMIT_SET = range(2)
+BUDGET_REMAINING, BUDGET_SET = range(2)
+TOKENS_SUM, TOKENS_BUCKETS = range(2)  # then the buckets of TOKEN_BOUNDS, +Inf last
+EXEMPLAR_TRACE_PARTS, EXEMPLAR_VALUE, EXEMPLAR_SET = 4, 4, 5  # trace id as four 32-bit parts, value, time
+HISTOGRAM_SUM, HISTOGRAM_BUCKETS = range(2)
+"""gen_ai_* and custom histograms: value sum, then one count per bucket (+Inf last);
+``http_server_buckets`` holds the counts only, from index 0."""
 NATIVE_FIRST = 0
 """Payload index of a native record's first block pointer."""
 NATIVE_KINDS: dict[str, str] = {

@@ -1,0 +1,251 @@
+"""Checkers of setting values, one per type of value: each returns the value normalised or
+raises a bare ``TypeError`` / ``ValueError`` (with a detail at most), and
+``settings.check`` turns that into an error naming the key and what it expects.
+
+The table of settings (defaults, types, precedence) is ``settings``; this module is how a
+value of each type is read.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import os
+import re
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from .prices import PriceTable, load_prices
+from .static_labels import parse_static_labels
+from .storage.layout import MAX_HISTOGRAM_BUCKETS
+
+SEMCONV_CHOICES = ("both", "metrics", "otlp", "off")
+"""Where the OpenTelemetry semantic conventions' families are served (as ``exposition``)."""
+
+def is_number(value: Any) -> bool:
+    """An int or float, not a bool."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def number(low: float, high: float) -> Callable[[Any], float]:
+    """A checker of finite numbers between ``low`` and ``high`` (as float)."""
+
+    def checked(value: Any) -> float:
+        if not is_number(value):
+            raise TypeError
+        found = float(value)
+        if not (math.isfinite(found) and low <= found <= high):
+            raise ValueError
+        return found
+
+    return checked
+
+
+def integer(low: int, high: int) -> Callable[[Any], int]:
+    """A checker of ints between ``low`` and ``high`` (an integral float is taken as an int)."""
+
+    def checked(value: Any) -> int:
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise TypeError
+        if not low <= value <= high:
+            raise ValueError
+        return value
+
+    return checked
+
+
+def flag(value: Any) -> bool:
+    """A bool."""
+    if not isinstance(value, bool):
+        raise TypeError
+    return value
+
+
+def text(required: bool) -> Callable[[Any], str | None]:
+    """A checker of str values (``required``: not empty, not None)."""
+
+    def checked(value: Any) -> str | None:
+        if value is None and not required:
+            return None
+        if not isinstance(value, str):
+            raise TypeError
+        if required and not value:
+            raise ValueError
+        return value
+
+    return checked
+
+
+def path(value: Any) -> str | None:
+    """A path (str or os.PathLike) without NUL, or None."""
+    if value is None:
+        return None
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    if not isinstance(value, str):
+        raise TypeError
+    if not value or "\0" in value:
+        raise ValueError
+    return value
+
+
+def url_prefix(value: Any) -> str:
+    """A URL path starting with ``/``, without white space."""
+    if not isinstance(value, str):
+        raise TypeError
+    if not value.startswith("/") or any(c.isspace() for c in value):
+        raise ValueError
+    return value
+
+
+def limits(value: Any) -> Mapping[str, int] | None:
+    """Label name -> non-negative int, or None."""
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        raise TypeError
+    checked = {}
+    for label, limit in value.items():
+        if not isinstance(label, str) or not isinstance(limit, int) or isinstance(limit, bool):
+            raise TypeError
+        if limit < 0:
+            raise ValueError
+        checked[label] = limit
+    return checked
+
+
+def patterns(value: Any) -> tuple[str, ...]:
+    """A list of regular expressions that compile."""
+    if isinstance(value, str) or not isinstance(value, (list, tuple)):
+        raise TypeError
+    if not all(isinstance(pattern, str) for pattern in value):
+        raise TypeError
+    for pattern in value:
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise ValueError(f"{pattern!r}: {exc}") from None
+    return tuple(value)
+
+
+def function(value: Any) -> Callable[[Any], bool] | None:
+    """A callable (``auth_check``), or None."""
+    if value is not None and not callable(value):
+        raise TypeError
+    return value  # type: ignore[no-any-return]
+
+
+def uids(value: Any) -> tuple[int, ...] | None:
+    """Non-negative int uids (sorted), or None."""
+    if value is None:
+        return None
+    if not isinstance(value, (list, tuple, set, frozenset)):
+        raise TypeError
+    if not all(isinstance(uid, int) and not isinstance(uid, bool) for uid in value):
+        raise TypeError
+    if any(uid < 0 for uid in value):
+        raise ValueError
+    return tuple(sorted(value))
+
+
+def label_values(value: Any) -> str | tuple[str, ...] | None:
+    """A comma-separated str, or a collection of str (as a tuple), or None."""
+    if value is None or isinstance(value, str):
+        return value
+    if not isinstance(value, (list, tuple, set, frozenset)):
+        raise TypeError
+    if not all(isinstance(item, str) for item in value):
+        raise TypeError
+    return tuple(value)
+
+
+def prices(value: Any) -> PriceTable | None:
+    """A price table (``prices.load_prices``), or None."""
+    return None if value is None else load_prices(value)
+
+
+def static_labels(value: Any) -> Mapping[str, str] | None:
+    """Static labels (``static_labels.parse_static_labels``), or None when there are none."""
+    return None if value is None else parse_static_labels(value) or None
+
+
+def port(value: Any) -> int | None:
+    """A TCP port (an int, or its digits from the environment), or None."""
+    if isinstance(value, str) and value.isdigit() and len(value) <= 5:  # from the environment
+        value = int(value)
+    return None if value is None else integer(1, 65535)(value)
+
+
+def address(value: Any) -> str:
+    """A host name or IP address to bind (no brackets, no white space)."""
+    if not isinstance(value, str):
+        raise TypeError
+    if not value or len(value) > 255 or any(c.isspace() or c in "/[]" for c in value):
+        raise ValueError
+    return value
+
+
+def http_url(value: Any) -> str | None:
+    """An http:// or https:// URL, or None."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise TypeError
+    if not value.startswith(("http://", "https://")) or any(c.isspace() for c in value) or len(value) > 2048:
+        raise ValueError
+    return value
+
+
+
+
+def semconv(value: Any) -> str:
+    """One of ``SEMCONV_CHOICES`` (case and surrounding space ignored)."""
+    if not isinstance(value, str):
+        raise TypeError
+    if value.strip().lower() not in SEMCONV_CHOICES:
+        raise ValueError
+    return value.strip().lower()
+
+
+HEADER_NAME = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]{1,100}")
+
+
+def tenant_headers(value: Any) -> Mapping[str, str] | None:
+    """Tenant label (team, api_key, user) -> a valid header name, or None."""
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        raise TypeError
+    checked = {}
+    for label, header in value.items():
+        if not isinstance(label, str) or not isinstance(header, str):
+            raise TypeError
+        if label not in ("team", "api_key", "user") or not HEADER_NAME.fullmatch(header):
+            raise ValueError(f"{label!r}: {header!r}")
+        checked[label] = header
+    return checked
+
+
+def buckets(value: Any) -> tuple[float, ...] | None:
+    """1 to ``MAX_HISTOGRAM_BUCKETS`` finite, increasing bounds > 0 (a last +Inf dropped), or None."""
+    if value is None:
+        return None
+    if isinstance(value, str):  # from the environment: "0.1,0.5,1"
+        try:
+            value = [float(part) for part in value.split(",")] if len(value) <= 4096 else None
+        except ValueError:
+            raise ValueError("not a comma-separated list of numbers") from None
+    if not isinstance(value, (list, tuple)) or not all(is_number(b) for b in value):
+        raise TypeError
+    bounds = [float(b) for b in value]
+    if bounds and bounds[-1] == math.inf:  # prometheus_client's style: +Inf is implied
+        bounds.pop()
+    if not 1 <= len(bounds) <= MAX_HISTOGRAM_BUCKETS:
+        raise ValueError(f"{len(bounds)} finite bounds")
+    if not all(math.isfinite(b) and b > 0 for b in bounds):
+        raise ValueError("a bound is not a finite number > 0")
+    if any(low >= high for low, high in itertools.pairwise(bounds)):
+        raise ValueError("the bounds are not strictly increasing")
+    return tuple(bounds)

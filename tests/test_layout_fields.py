@@ -1,0 +1,92 @@
+"""Named payload fields (``storage.layout``, the block after ``KINDS``): each lies inside its
+kind's payload, and no module above ``storage/`` reads a record's payload by a bare number."""
+
+from __future__ import annotations
+
+import ast
+import pathlib
+
+import flask_gatewayz_metrics
+from flask_gatewayz_metrics.storage import layout
+
+PACKAGE = pathlib.Path(flask_gatewayz_metrics.__file__).parent
+
+FIELDS: dict[str, tuple[int, ...]] = {
+    "cache": (layout.CACHE_HITS, layout.CACHE_MISSES),
+    "db": (layout.DB_QUERIES, layout.DB_LATENCY_SUM),
+    "external": (layout.EXTERNAL_CALLS, layout.EXTERNAL_ERRORS),
+    "tenant_request": (layout.TENANT_REQUESTS, layout.TENANT_ERRORS),
+    "rate_limit": (layout.RATE_LIMIT_REMAINING, layout.RATE_LIMIT_SET),
+    "budget": (layout.BUDGET_REMAINING, layout.BUDGET_SET),
+    "tokens": (layout.TOKENS_SUM, layout.TOKENS_BUCKETS),
+    "exemplar": (*range(layout.EXEMPLAR_TRACE_PARTS), layout.EXEMPLAR_VALUE, layout.EXEMPLAR_SET),
+    "gen_ai_client_duration": (layout.HISTOGRAM_SUM, layout.HISTOGRAM_BUCKETS),
+    "custom_histogram_3": (layout.HISTOGRAM_SUM, layout.HISTOGRAM_BUCKETS),
+    "request": (layout.REQ_COUNT, layout.REQ_SUM, layout.REQ_BUCKETS),
+}
+"""Kind -> its named fields, in payload order (the last may start a run of buckets)."""
+PAYLOAD_NAMES = frozenset({"payload", "p"})
+"""Names the read side gives a record's payload."""
+
+
+def test_named_fields_lie_inside_their_kind_in_order() -> None:
+    """Each kind's named fields are distinct, increasing positions inside its payload."""
+    for kind, fields in FIELDS.items():
+        size = layout.KINDS[kind].size
+        assert list(fields) == sorted(set(fields)), kind
+        assert fields[0] >= 0 and fields[-1] < size, kind
+
+
+def test_latest_kinds_end_with_their_set_field() -> None:
+    """``SET`` (the last value) is the time set of "latest" kinds and the set flag of max / min."""
+    assert layout.SET == -1
+    for kind, set_field in (("rate_limit", layout.RATE_LIMIT_SET), ("budget", layout.BUDGET_SET),
+                            ("exemplar", layout.EXEMPLAR_SET)):  # fmt: skip
+        assert layout.KINDS[kind].merge == "latest"
+        assert set_field == layout.KINDS[kind].size + layout.SET
+    for kind in ("custom_gauge_max", "custom_gauge_min", "custom_gauge_latest", "custom_meta"):
+        assert layout.KINDS[kind].merge in ("max", "min", "latest")
+    assert layout.VALUE == 0
+    assert layout.TOKENS_BUCKETS + len(layout.TOKEN_BOUNDS) + 1 == layout.TOKENS_SIZE
+
+
+def _is_number(node: ast.expr | None) -> bool:
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+        node = node.operand
+    return isinstance(node, ast.Constant) and type(node.value) is int
+
+
+def numbered_payload_reads(source: str) -> list[int]:
+    """Lines where a payload (a name in ``PAYLOAD_NAMES``, or ``.total(...)``) is indexed or
+    sliced by an int literal."""
+    lines = []
+    for node in ast.walk(ast.parse(source)):
+        if not isinstance(node, ast.Subscript):
+            continue
+        target = node.value
+        is_payload = (isinstance(target, ast.Name) and target.id in PAYLOAD_NAMES) or (
+            isinstance(target, ast.Call) and isinstance(target.func, ast.Attribute) and target.func.attr == "total"
+        )
+        index = node.slice
+        numbered = _is_number(index) or (
+            isinstance(index, ast.Slice) and (_is_number(index.lower) or _is_number(index.upper))
+        )
+        if is_payload and numbered:
+            lines.append(node.lineno)
+    return lines
+
+
+def test_no_module_above_storage_reads_a_payload_by_number() -> None:
+    """The read side (snapshot, JSON document, exposition, health, custom metrics) names each field."""
+    offenders = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if path.relative_to(PACKAGE).parts[0] == "storage":
+            continue
+        offenders += [f"{path.name}:{line}" for line in numbered_payload_reads(path.read_text(encoding="utf-8"))]
+    assert offenders == []
+
+
+def test_the_checker_sees_numbered_reads() -> None:
+    """``numbered_payload_reads`` finds ``payload[0]``, ``p[-1]``, ``payload[1:]`` and ``x.total(k)[0]``."""
+    source = "a = payload[0]\nb = p[-1]\nc = payload[1:]\nd = snap.total('db')[0]\ne = payload[layout.VALUE]\n"
+    assert numbered_payload_reads(source) == [1, 2, 3, 4]
