@@ -104,9 +104,10 @@ else:
     Doubles = memoryview
 """A file (or part of one) viewed as float64 values."""
 
-VERSION = 3
+VERSION = 4
 """Bumped when record payloads change (2: wider sketch, model sketch, min / max in every
-slot; 3: sparse sketch buckets in bucket blocks)."""
+slot; 3: sparse sketch buckets in bucket blocks; 4: one float64 per block entry, and the
+native kinds). Readers skip a file of any other version (``wrong_version``)."""
 WORKER_MAGIC = b"GWZW"
 CONTROL_MAGIC = b"GWZC"
 WORKER_SUFFIX = ".gwzm"
@@ -192,7 +193,24 @@ SLOT_BLOCK = SLOT_HEADER
 BLOCK_USED, BLOCK_NEXT, BLOCK_ENTRIES = range(3)
 FIRST_BLOCK_ENTRIES = 4
 MAX_BLOCK_ENTRIES = 64
-"""Largest capacity a writer gives a block (the archive's may reach BUCKET_COUNT)."""
+"""Largest capacity a writer gives a block (the archive's may reach ``MAX_ARCHIVE_BLOCK_ENTRIES``)."""
+MAX_ARCHIVE_BLOCK_ENTRIES = 2048
+"""Largest capacity of any block a reader accepts (not below ``sketch.BUCKET_COUNT``: an
+archive block holds a whole slot or chain, one entry per bucket; a chain needing more
+entries, for counts split over several, gets several blocks)."""
+ENTRY_UNIT = 2.0**42
+"""A block entry is one float64, ``bucket index * ENTRY_UNIT + count`` (format 4): the
+index (below ``sketch.BUCKET_COUNT`` < 2**11) in the high bits, the count below
+``ENTRY_UNIT``; the whole stays an integer below 2**53, so adding 1.0 to an entry adds
+one to its count, exactly."""
+MAX_ENTRY_COUNT = ENTRY_UNIT - 1.0
+"""Largest count one entry holds (a larger one is written as several entries of the
+same bucket, which readers add)."""
+
+
+def pack_entry(index: int, count: float) -> float:
+    """One block entry: sketch bucket ``index`` with ``count`` (integral, 0 .. MAX_ENTRY_COUNT)."""
+    return index * ENTRY_UNIT + count
 
 # Payload of "request" and "provider" records: count, latency sum, histogram buckets.
 REQ_COUNT, REQ_SUM, REQ_BUCKETS = range(3)
@@ -233,7 +251,26 @@ def block_capacity(position: int) -> int:
 
 def block_payload(capacity: int) -> list[float]:
     """An empty bucket block of ``capacity`` entries."""
-    return [0.0] * (BLOCK_ENTRIES + 2 * capacity)
+    return [0.0] * (BLOCK_ENTRIES + capacity)
+
+
+MAX_SIZED_BLOCK_ENTRIES = 512
+"""Largest capacity a writer gives a chain's first block when it sizes it from the
+busiest other slot position of the series (``slots.enter_slot``)."""
+_DOUBLE = struct.Struct("<d")
+
+
+def stored_capacity(doubles: Doubles, block: int) -> int:
+    """Capacity of the bucket block whose payload is at float64 index ``block``, read
+    from its record header (the 8 bytes before the payload, as ``RECORD_HEADER``). For
+    a writer's own file only: readers take capacities from their own index."""
+    length: int = RECORD_HEADER.unpack(_DOUBLE.pack(doubles[block - 1]))[0]
+    return (length - RECORD_HEADER.size) // 8 - BLOCK_ENTRIES
+
+
+def header_slots(doubles: Doubles) -> int:
+    """The header's slots per windowed record (``HEADER``) of a writer's own file."""
+    return int(struct.unpack("<Q", _DOUBLE.pack(doubles[6]))[0])
 
 
 OUTCOME_LABELS = ("status", "failed")
