@@ -172,6 +172,34 @@ def test_a_reopened_collector_continues_the_current_slot(metrics_dir: str, clock
     worker.close()
 
 
+def test_a_new_slot_position_sizes_its_first_block_from_the_busiest_other(metrics_dir: str, clock: FakeClock) -> None:
+    """Slot 2's first block holds slot 1's 30 entries + 2; past it a small block follows; counts stay exact."""
+    worker = MetricsCollector(metrics_dir, window_seconds=300, window_slots=5, clock=clock, auto_compact=False)
+    clock.now = 1_800_000_000.0  # a slot boundary: position 0
+    values = [0.01 * 1.1**k for k in range(30)]  # 30 distinct buckets (each step > 2**(1/32))
+    for value in values:
+        worker.record_request("/s", "GET", value, 200)
+    clock.advance(60)
+    more = [0.01 * 1.1**k for k in range(40)]  # 40 buckets: 32 in the first block, 8 in a second
+    for k, value in enumerate(more):
+        worker.record_request("/s", "GET", value, 200)
+        if k == 20:
+            worker._slot_extremes.clear()  # the mirror dropped mid-chain: rebuilt from the file
+    view = _own_view(metrics_dir, worker)
+    (record,) = [r for r in view.records if r.kind == "endpoint_window"]
+    stride = layout.slot_stride(True)
+    first = [int(view.doubles[record.offset + p * stride + layout.SLOT_BLOCK]) for p in range(2)]
+    assert [view.blocks[float(b)] for b in first] == [4, 32]  # a new series doubles from 4
+    second = int(view.doubles[first[1] + layout.BLOCK_NEXT])
+    assert view.blocks[float(second)] == 8 and view.doubles[second + layout.BLOCK_USED] == 8
+    stats = worker.snapshot().window("endpoint_window", ("/s",))
+    dense = [0.0] * sketch.BUCKET_COUNT
+    for value in values + more:
+        dense[sketch.bucket_index(value)] += 1
+    assert stats.count == 70 and stats.buckets == dense
+    worker.close()
+
+
 def _record_distinct(directory: str, now: float, count: int) -> None:
     c = MetricsCollector(directory, clock=lambda: now, auto_compact=False)
     for k in range(count):

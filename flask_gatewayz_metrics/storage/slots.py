@@ -95,7 +95,8 @@ def first_block_capacity(d: Doubles, base: int, slot: int) -> int:
         block = int(d[other + _SLOT_BLOCK])
         while block:
             entries += int(d[block])
-            block = int(d[block + _BLOCK_NEXT])
+            following = int(d[block + _BLOCK_NEXT])
+            block = following if following > block else 0  # chains run forward: always ends
         busiest = max(busiest, entries)
     if not busiest:
         return layout.FIRST_BLOCK_ENTRIES
