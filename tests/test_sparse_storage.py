@@ -319,7 +319,6 @@ ENTRY_DAMAGES = {
     "index_range": layout.pack_entry(sketch.BUCKET_COUNT, 1.0),  # the first index past the sketch
     "index_huge": layout.pack_entry(2**11, 1.0),
     "count_carry": layout.pack_entry(sketch.BUCKET_COUNT - 1, layout.MAX_ENTRY_COUNT) + 1.0,  # count 2**42: carries
-    "entry_fraction": layout.pack_entry(3, 1.0) + 0.5,
     "entry_negative": -layout.pack_entry(3, 1.0),
     "entry_minus_one": -1.0,
     "entry_nan": math.nan,

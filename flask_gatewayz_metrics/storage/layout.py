@@ -60,8 +60,9 @@ slot, of exactly the capacity it needs (a count above ``MAX_ENTRY_COUNT`` takes 
 entries of its bucket, which readers add; more than ``MAX_ARCHIVE_BLOCK_ENTRIES``
 entries take several linked blocks). Readers follow a chain only through blocks they
 indexed, strictly forward, within the mapping, and take a slot's entries only when
-every one is an integer >= 0 whose bucket index is valid (so its count is finite,
-integral and below 2**42); anything else makes the slot unusable.
+every one is finite and >= 0 with a valid bucket index (so its count is finite, >= 0
+and below 2**42; a fractional count, which no writer makes, is taken as it is, as in
+format 3); anything else makes the slot unusable.
 
 Growth: a worker file starts at 16 KiB and doubles up to 256 KiB, then grows by an
 eighth of the power of two below its size (``worker_file.grown_size``), space reserved

@@ -2,13 +2,15 @@
 
 The byte format is in ``layout`` (bucket blocks). Everything here reads untrusted
 files: a chain is followed only through blocks the reader indexed (``WorkerView.blocks``),
-strictly forward and within the mapping, and an entry is taken only with a valid bucket
-index and a finite, non-negative count. A chain that breaks any of these makes the slot
-unusable (``None``), never an exception.
+strictly forward and within the mapping, and an entry (bucket index and count packed in
+one float64, ``layout``) is taken only with a valid bucket index and a finite,
+non-negative count. A chain that breaks any of these makes the slot unusable (``None``),
+never an exception.
 """
 
 from __future__ import annotations
 
+import math
 import struct
 from collections.abc import Mapping
 from itertools import repeat
@@ -57,9 +59,12 @@ def slot_entries(doubles: Doubles, blocks: Mapping[float, int], first: float) ->
         block = doubles[start + layout.BLOCK_NEXT]
     if not values:
         return [], []
-    # Each entry an integer (so no NaN, no infinity, an integral count), >= 0, and its
-    # bucket index (the high part) a valid one; the count is the low part, < 2**42.
-    if not (min(values) >= 0 and max(values) < _ENTRY_LIMIT and all(map(float.is_integer, values))):
+    # Every entry finite (a NaN or an infinity makes the sum one; min and max are only
+    # reliable without NaN), >= 0, and its bucket index (the high part) a valid one; the
+    # count is the low part: finite, >= 0 and < 2**42 by construction. A fractional
+    # count is taken as it is, as format 3 did (no writer makes one; checking each entry
+    # for it would cost a quarter of this read).
+    if not (math.isfinite(sum(values)) and min(values) >= 0 and max(values) < _ENTRY_LIMIT):
         return None
     # Both halves as C-level loops (operator functions: cheaper calls than float's slots).
     n = len(values)
