@@ -41,9 +41,9 @@ _monotonic = time.monotonic
 _EPOCH_INDEX = layout.CONTROL_EPOCH_INDEX
 _NO_FILE: Doubles = memoryview(b"").cast("d")
 _SLOT_HEADER = layout.SLOT_HEADER
+_ENTRY_UNIT = layout.ENTRY_UNIT
 _BLOCK_NEXT = layout.BLOCK_NEXT
 _BLOCK_ENTRIES = layout.BLOCK_ENTRIES
-_ENTRY_UNIT = layout.ENTRY_UNIT
 """Stand-in until the first write opens this process's file (the epoch check forces that)."""
 
 class _TooLarge(Exception):

@@ -270,7 +270,7 @@ def block_payload(capacity: int) -> list[float]:
 
 MAX_SIZED_BLOCK_ENTRIES = 512
 """Largest capacity a writer gives a chain's first block when it sizes it from the
-busiest other slot position of the series (``slots.enter_slot``)."""
+busiest other slot position of the series (``slots.first_block_capacity``)."""
 _DOUBLE = struct.Struct("<d")
 
 

@@ -123,6 +123,8 @@ def encode_blocks(buckets: Mapping[int, float], first_block: int) -> tuple[float
     entries: list[float] = []
     for index in sorted(buckets):
         count = float(buckets[index])
+        # Bounded by the input: a count is a sum of entries read (each < 2**42), so it
+        # never needs more entries here than were read for it (+1).
         while count > layout.MAX_ENTRY_COUNT:
             entries.append(layout.pack_entry(index, layout.MAX_ENTRY_COUNT))
             count -= layout.MAX_ENTRY_COUNT
