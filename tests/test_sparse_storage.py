@@ -131,6 +131,21 @@ def test_steady_bench_mix_at_4800_requests_per_slot_stays_near_its_used_bytes(me
     assert used <= 1_340_000 and size <= used + used // 8 and size <= 1.4 * 1024 * 1024, (used, size)
 
 
+def test_files_past_256_kib_grow_by_eighths_never_past_what_doubling_gives() -> None:
+    """A file's size stays within 1/8 of what it needs past 256 KiB, and is never larger than doubling made it."""
+    from flask_gatewayz_metrics.storage.worker_file import DOUBLING_LIMIT, INITIAL_SIZE, grown_size
+
+    for needed in [*range(INITIAL_SIZE, 8 << 20, 4093), 1 << 20, (1 << 20) + 1, 64 << 20]:
+        size = grown_size(INITIAL_SIZE, needed)
+        doubled = INITIAL_SIZE
+        while doubled < needed:
+            doubled *= 2
+        assert needed <= size <= doubled
+        if needed > DOUBLING_LIMIT:
+            assert size - needed < size // 8 + 1 and size % (32 * 1024) == 0
+    assert grown_size(1 << 20, (1 << 20) + 1) == (1 << 20) + (128 << 10)
+
+
 def _window_stats(collector: MetricsCollector, kind: str) -> list[WindowStats]:
     return list(collector.snapshot().merged.windows[kind].values())
 
