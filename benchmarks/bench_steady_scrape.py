@@ -468,6 +468,7 @@ def run_mix(mix: Mix, per_slot: int, rounds: int, tmp: str) -> dict[str, object]
         if len(worker_files) != WORKERS:
             print(f"note ({mix.name}): files in the metrics directory: {ours_files}", file=sys.stderr)
             worker_files = {n: s for n, s in ours_files.items() if not n.startswith(("control", "archive"))}
+        used_bytes = {n: header_used(os.path.join(ours_dir, n)) for n in worker_files}
         peer_files = sides["peer"].ask(case="files")
         for view, suffix in SUFFIX.items():
             digests = {c + suffix: last[c + suffix]["series"] for c in ("ours", "peer", "floor")}
@@ -481,7 +482,7 @@ def run_mix(mix: Mix, per_slot: int, rounds: int, tmp: str) -> dict[str, object]
         raise Failed(f"{mix.name}: " + "; ".join(problems))
     return {
         "mix": mix, "ms": ms, "last": last, "sent": sent, "fill_seconds": fill_seconds,
-        "worker_files": worker_files, "ours_files": ours_files, "peer_files": peer_files,
+        "worker_files": worker_files, "ours_files": ours_files, "peer_files": peer_files, "used_bytes": used_bytes,
         "slots": expected_slots, "rounds": rounds, "per_slot": per_slot,
     }
 
@@ -489,6 +490,16 @@ def run_mix(mix: Mix, per_slot: int, rounds: int, tmp: str) -> dict[str, object]
 # ----------------------------------------------------------------- report
 def mib(n: float) -> str:
     return f"{n / 1048576:.2f}"
+
+
+def header_used(path: str) -> int:
+    """A worker file's ``used`` (bytes of complete records, header bytes 8..16), 0 if unreadable."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(16)
+    except OSError:
+        return 0
+    return int.from_bytes(head[8:16], "little") if len(head) == 16 else 0
 
 
 def report(results: list[dict[str, object]]) -> None:
@@ -537,6 +548,7 @@ def report(results: list[dict[str, object]]) -> None:
         peer_sizes = sorted(per_pid.values())
         file_rows.append((
             mix.name,
+            ", ".join(mib(u) for u in sorted(res["used_bytes"].values())),  # type: ignore[attr-defined]
             ", ".join(mib(s) for s, _ in sizes), ", ".join(mib(b) for _, b in sizes),
             ", ".join(mib(s) for s, _ in peer_sizes), ", ".join(mib(b) for _, b in peer_sizes),
             f"{res['sent'] * WORKERS:,}", f"{res['fill_seconds']:.1f}",
@@ -559,10 +571,10 @@ def report(results: list[dict[str, object]]) -> None:
     print("\nRatios of medians (same run):\n")
     print(table(["mix", "view", "ours warm / prom mp", "ours cold / prom mp", "ours warm / floor",
                  "ours cold / floor", "prom mp / floor"], ratio_rows))
-    print("\nFiles per worker at the end (MiB, apparent size and allocated blocks; the peer's counter_ + "
-          "histogram_ .db files added up per pid):\n")
-    print(table(["mix", "ours, size", "ours, allocated", "prom mp per pid, size", "prom mp per pid, allocated",
-                 "requests merged", "initial fill s"], file_rows))
+    print("\nFiles per worker at the end (MiB: bytes used by records, apparent size and allocated blocks; "
+          "the peer's counter_ + histogram_ .db files added up per pid):\n")
+    print(table(["mix", "ours, used", "ours, size", "ours, allocated", "prom mp per pid, size",
+                 "prom mp per pid, allocated", "requests merged", "initial fill s"], file_rows))
     print("\nTargets of issue 12 (this run):")
     print("\n".join(targets))
     slots = ", ".join(f"{r['mix'].name}: {sorted(r['slots'].values())}" for r in results)  # type: ignore[attr-defined]

@@ -10,7 +10,8 @@ log-normal latency (mu -1, sigma 1.2, clamped to 1 ms .. 60 s, as bench_generati
 draws them). Reported per cardinality:
 
 * the bytes a worker file uses (its ``used`` pointer) and its size on disk (reserved
-  with ``posix_fallocate``; it doubles as it grows);
+  with ``posix_fallocate``; it doubles up to 256 KiB, then grows by eighths of a power
+  of two, ``storage.worker_file.grown_size``);
 * the median time of a warm scrape (``PrometheusExporter.export()``) by a fifth collector;
 * the time ``compact()`` takes to fold one dead worker's file into the archive, and
   the time gunicorn's ``child_exit`` hook keeps a small master process busy

@@ -175,7 +175,7 @@ class MetricsCollector(
         self._model_get = self._model_cache.entries.get
         self._native_state = native_state(native_histograms)
         self._slot_extremes: dict[int, list[Any]] = {}
-        """Sketch window record offset -> [slot id, min, max, {bucket: count index}] of
+        """Sketch window record offset -> [slot id, min, max, {bucket: entry index}] of
         the slot last written: a copy of the file's values (only this process writes
         them), forgotten whenever the file is (re)opened."""
         self._unrecorded: Counter[str] = Counter()

@@ -42,6 +42,7 @@ ZERO_THRESHOLD = sketch.LOWEST
 """The zero bucket's threshold: the sketch's underflow bucket holds values up to it."""
 _SLOT_HEADER = layout.SLOT_HEADER
 _BLOCK_ENTRIES = layout.BLOCK_ENTRIES
+_ENTRY_UNIT = layout.ENTRY_UNIT
 _BLOCK_NEXT = layout.BLOCK_NEXT
 _MAX_CHAIN_ENTRIES = sketch.BUCKET_COUNT
 """A chain of our own never holds more entries (so more blocks) than there are buckets."""
@@ -231,8 +232,8 @@ class NativeRecording:
         for _ in range(_MAX_CHAIN_ENTRIES):  # bounded, though only this process writes the file
             if not block:
                 break
-            for entry in range(block + _BLOCK_ENTRIES, block + _BLOCK_ENTRIES + 2 * int(d[block]), 2):
-                entries[int(d[entry]) + _SLOT_HEADER] = entry + 1
+            for entry in range(block + _BLOCK_ENTRIES, block + _BLOCK_ENTRIES + int(d[block])):
+                entries[int(d[entry] // _ENTRY_UNIT) + _SLOT_HEADER] = entry  # packed: layout.pack_entry
             block = int(d[block + _BLOCK_NEXT])
         mirror = state.mirrors[offset] = [entries, first, layout.block_capacity(0), link, 0]
         return mirror

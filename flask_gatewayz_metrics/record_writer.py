@@ -41,6 +41,7 @@ _monotonic = time.monotonic
 _EPOCH_INDEX = layout.CONTROL_EPOCH_INDEX
 _NO_FILE: Doubles = memoryview(b"").cast("d")
 _SLOT_HEADER = layout.SLOT_HEADER
+_ENTRY_UNIT = layout.ENTRY_UNIT
 _BLOCK_NEXT = layout.BLOCK_NEXT
 _BLOCK_ENTRIES = layout.BLOCK_ENTRIES
 """Stand-in until the first write opens this process's file (the epoch check forces that)."""
@@ -165,7 +166,7 @@ class RecordWriter:
         ``StorageUnavailable`` when the file cannot grow). Returns the file's view (a new
         block may re-map it).
 
-        ``mirror[at:at + 5]`` is the chain's writer state: {bucket: count index}, the block
+        ``mirror[at:at + 5]`` is the chain's writer state: {bucket: entry index}, the block
         entries go to, its capacity, where a next block is linked, and its place in the
         chain (kept so that this costs the same however long the chain). A sketch slot's
         mirror has it from position 3, a native chain's from 0. Publication follows
@@ -174,29 +175,31 @@ class RecordWriter:
         d = self._doubles
         entries = mirror[at]
         block = mirror[at + 1]
+        # One float64 per entry, bucket and count packed (``layout.pack_entry``): the
+        # request path's ``d[entries[index]] += 1.0`` adds one to the count.
+        packed = (index - _SLOT_HEADER) * _ENTRY_UNIT + 1.0
         while block:
             used = int(d[block])
             if used < mirror[at + 2]:
-                entry = block + _BLOCK_ENTRIES + 2 * used
-                d[entry] = float(index - _SLOT_HEADER)
-                d[entry + 1] = 1.0
+                entry = block + _BLOCK_ENTRIES + used
+                d[entry] = packed
                 d[block] = used + 1.0  # publishes the entry
-                entries[index] = entry + 1
+                entries[index] = entry
                 return d
-            # Full: move on to the next block of the chain (kept from earlier intervals).
+            # Full: move on to the next block of the chain (kept from earlier intervals;
+            # its capacity is in its record header), or a new one of the next capacity.
             mirror[at + 3] = block + _BLOCK_NEXT
             mirror[at + 4] += 1
-            mirror[at + 2] = layout.block_capacity(mirror[at + 4])
             block = mirror[at + 1] = int(d[mirror[at + 3]])
+            mirror[at + 2] = layout.stored_capacity(d, block) if block else layout.block_capacity(mirror[at + 4])
         payload = layout.block_payload(mirror[at + 2])
         payload[layout.BLOCK_USED] = 1.0
-        payload[_BLOCK_ENTRIES] = float(index - _SLOT_HEADER)
-        payload[_BLOCK_ENTRIES + 1] = 1.0
+        payload[_BLOCK_ENTRIES] = packed
         block = self._storage.append_block(payload)
         d = self._doubles = self._storage.doubles
         d[mirror[at + 3]] = float(block)  # links the complete block
         mirror[at + 1] = block
-        entries[index] = block + _BLOCK_ENTRIES + 1
+        entries[index] = block + _BLOCK_ENTRIES
         return d
 
     # ------------------------------------------------------- this process's file

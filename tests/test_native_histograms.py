@@ -332,7 +332,7 @@ def _read_chain(data: bytes, offset: int) -> dict[int, float] | None:
     while position < used:  # the reader's block index, rebuilt for a bare chain read
         length, key_length = layout.RECORD_HEADER.unpack_from(data, position)
         if key_length == 0:
-            blocks[float((position + 8) // 8)] = ((length - 8) // 8 - layout.BLOCK_ENTRIES) // 2
+            blocks[float((position + 8) // 8)] = (length - 8) // 8 - layout.BLOCK_ENTRIES
         position += length
     return chain_buckets(doubles, blocks, doubles[offset + layout.NATIVE_FIRST])
 
@@ -345,8 +345,8 @@ def test_a_half_written_entry_or_block_is_invisible(metrics_dir: str) -> None:
     out = bytearray(data)
     d = memoryview(out).cast("d")
     second = int(d[int(d[offset]) + layout.BLOCK_NEXT])
-    d[second + layout.BLOCK_ENTRIES + 2] = 3.0  # the writer filled entry 2 (index, count) ...
-    d[second + layout.BLOCK_ENTRIES + 3] = 1.0  # ... but has not raised BLOCK_USED yet
+    d[second + layout.BLOCK_ENTRIES + 1] = layout.pack_entry(3, 1.0)  # the writer filled entry 1 ...
+    d[second + layout.BLOCK_ENTRIES + 2] = layout.pack_entry(4, 1.0)  # ... and 2, not yet published
     assert _read_chain(bytes(out), offset) == complete
     d[int(d[offset]) + layout.BLOCK_NEXT] = 0.0  # the second block written, not linked yet
     partial = _read_chain(bytes(out), offset)
@@ -361,7 +361,8 @@ def _damage(data: bytes, offset: int, how: str) -> bytes:
     changes = {
         "loop": (second + layout.BLOCK_NEXT, float(first)),
         "self": (first + layout.BLOCK_NEXT, float(first)),
-        "index_range": (first + layout.BLOCK_ENTRIES, float(sketch.BUCKET_COUNT)),
+        # One float64 per entry (format 4): bucket index * 2**42 + count.
+        "index_range": (first + layout.BLOCK_ENTRIES, layout.pack_entry(sketch.BUCKET_COUNT, 1.0)),
         "index_nan": (first + layout.BLOCK_ENTRIES, math.nan),
         "negative_count": (first + layout.BLOCK_ENTRIES + 1, -1.0),
         "infinite_count": (first + layout.BLOCK_ENTRIES + 1, math.inf),

@@ -1,4 +1,4 @@
-"""Sparse sketch storage (format 3): size, exactness, crash safety, full disk and hostile bucket blocks."""
+"""Sparse sketch storage (format 4): size, exactness, crash safety, full disk, hostile bucket blocks, versions."""
 
 from __future__ import annotations
 
@@ -84,6 +84,68 @@ def test_worker_file_at_200x20x100_with_every_slot_filled_is_at_most_1_mib(metri
     worker.close()
 
 
+STEADY_STATUSES = ([200, 429, 400, 500, 502, 503], [90, 4, 2, 2, 1, 1])
+"""``benchmarks/bench_steady_scrape.py``'s status mix."""
+
+
+def _steady_worker(metrics_dir: str, per_slot: int) -> tuple[int, int]:
+    """Worker 0 of ``bench_steady_scrape.py`` at 200 x 20 x 100 with ``per_slot`` requests per
+    60 s slot: its request sequence (endpoint, provider and model from the request index,
+    seeded statuses and log-normal latencies), 4.5 slots, then 16 rounds of a quarter slot,
+    as the benchmark serves them. Returns the file's (used bytes, size)."""
+    clock = FakeClock(1_800_000_000.0)
+    worker = MetricsCollector(metrics_dir, window_seconds=300, window_slots=5, clock=clock, auto_compact=False)
+    fill = per_slot * 4 + per_slot // 2
+    chunks = [(0, fill)] + [(fill + r * (per_slot // 4), per_slot // 4) for r in range(16)]
+    for first, count in chunks:  # the benchmark's chunks, each with its own seed
+        rng = random.Random(f"200x20x100:0:{first}")
+        for n in range(first, first + count):
+            clock.now = 1_800_000_000.0 + (n + 0.5) * 60 / per_slot
+            m = (n + n // 200) % 100
+            latency = _lognormal(rng)
+            worker.record_request(
+                f"/api/v1/endpoint{n % 200:03d}", "POST", latency, rng.choices(*STEADY_STATUSES)[0],
+                provider=f"provider{m % 20:02d}", model=f"model-{m:03d}",
+            )
+    history = [p for p in worker.history().to_dict()["requests"] if p["requests"]]
+    assert len(history) == 5 and all(p["requests"] >= per_slot // 2 for p in history)  # every slot filled
+    assert not worker.snapshot().dropped()
+    used, size = _used(worker), os.path.getsize(worker._storage.own_file or "")
+    worker.close()
+    return used, size
+
+
+def test_steady_bench_mix_at_2400_requests_per_slot_fits_in_1_mib(metrics_dir: str) -> None:
+    """bench_steady_scrape's 200x20x100 mix (statuses 200..503) at its --quick rate, 2,400 a slot: file <= 1 MiB."""
+    used, size = _steady_worker(metrics_dir, 2400)
+    assert size <= 1024 * 1024, (used, size)
+
+
+def test_steady_bench_mix_at_4800_requests_per_slot_stays_near_its_used_bytes(metrics_dir: str) -> None:
+    """At the benchmark's full rate (4,800 a slot) the file stays below 1.4 MiB and within 1/8 of its used bytes.
+
+    Format 3 with doubling growth made this file 2 MiB (2,086,296 bytes used): the bucket
+    entries were two float64 each and chains doubled from 4 entries at every slot position.
+    """
+    used, size = _steady_worker(metrics_dir, 4800)
+    assert used <= 1_340_000 and size <= used + used // 8 and size <= 1.4 * 1024 * 1024, (used, size)
+
+
+def test_files_past_256_kib_grow_by_eighths_never_past_what_doubling_gives() -> None:
+    """A file's size stays within 1/8 of what it needs past 256 KiB, and is never larger than doubling made it."""
+    from flask_gatewayz_metrics.storage.worker_file import DOUBLING_LIMIT, INITIAL_SIZE, grown_size
+
+    for needed in [*range(INITIAL_SIZE, 8 << 20, 4093), 1 << 20, (1 << 20) + 1, 64 << 20]:
+        size = grown_size(INITIAL_SIZE, needed)
+        doubled = INITIAL_SIZE
+        while doubled < needed:
+            doubled *= 2
+        assert needed <= size <= doubled
+        if needed > DOUBLING_LIMIT:
+            assert size - needed < size // 8 + 1 and size % (32 * 1024) == 0
+    assert grown_size(1 << 20, (1 << 20) + 1) == (1 << 20) + (128 << 10)
+
+
 def _window_stats(collector: MetricsCollector, kind: str) -> list[WindowStats]:
     return list(collector.snapshot().merged.windows[kind].values())
 
@@ -122,6 +184,34 @@ def test_a_reopened_collector_continues_the_current_slot(metrics_dir: str, clock
     stats.add_slot(view, record.offset + position * layout.slot_stride(True), True)
     assert stats.count == 40 and stats.buckets is not None
     assert sorted(c for c in stats.buckets if c) == [2.0] * 20
+    worker.close()
+
+
+def test_a_new_slot_position_sizes_its_first_block_from_the_busiest_other(metrics_dir: str, clock: FakeClock) -> None:
+    """Slot 2's first block holds slot 1's 30 entries + 2; past it a small block follows; counts stay exact."""
+    worker = MetricsCollector(metrics_dir, window_seconds=300, window_slots=5, clock=clock, auto_compact=False)
+    clock.now = 1_800_000_000.0  # a slot boundary: position 0
+    values = [0.01 * 1.1**k for k in range(30)]  # 30 distinct buckets (each step > 2**(1/32))
+    for value in values:
+        worker.record_request("/s", "GET", value, 200)
+    clock.advance(60)
+    more = [0.01 * 1.1**k for k in range(40)]  # 40 buckets: 32 in the first block, 8 in a second
+    for k, value in enumerate(more):
+        worker.record_request("/s", "GET", value, 200)
+        if k == 20:
+            worker._slot_extremes.clear()  # the mirror dropped mid-chain: rebuilt from the file
+    view = _own_view(metrics_dir, worker)
+    (record,) = [r for r in view.records if r.kind == "endpoint_window"]
+    stride = layout.slot_stride(True)
+    first = [int(view.doubles[record.offset + p * stride + layout.SLOT_BLOCK]) for p in range(2)]
+    assert [view.blocks[float(b)] for b in first] == [4, 32]  # a new series doubles from 4
+    second = int(view.doubles[first[1] + layout.BLOCK_NEXT])
+    assert view.blocks[float(second)] == 8 and view.doubles[second + layout.BLOCK_USED] == 8
+    stats = worker.snapshot().window("endpoint_window", ("/s",))
+    dense = [0.0] * sketch.BUCKET_COUNT
+    for value in values + more:
+        dense[sketch.bucket_index(value)] += 1
+    assert stats.count == 70 and stats.buckets == dense
     worker.close()
 
 
@@ -213,22 +303,19 @@ def _damaged(data: bytes, slot: int, how: str) -> bytes:
     d = memoryview(out).cast("d")
     first = int(d[slot + layout.SLOT_BLOCK])
     second = int(d[first + layout.BLOCK_NEXT])
+    entry = first + layout.BLOCK_ENTRIES  # the first entry: bucket index * 2**42 + count
     if how == "loop":
         d[second + layout.BLOCK_NEXT] = float(first)
     elif how == "self":
         d[first + layout.BLOCK_NEXT] = float(first)
-    elif how == "index_range":
-        d[first + layout.BLOCK_ENTRIES] = float(sketch.BUCKET_COUNT)
-    elif how == "index_fraction":
-        d[first + layout.BLOCK_ENTRIES] = 3.5
-    elif how == "negative_count":
-        d[first + layout.BLOCK_ENTRIES + 1] = -1.0
-    elif how == "nan_count":
-        d[first + layout.BLOCK_ENTRIES + 1] = math.nan
+    elif how in ENTRY_DAMAGES:
+        d[entry] = ENTRY_DAMAGES[how]
     elif how == "used_over_capacity":
         d[first + layout.BLOCK_USED] = 5.0
     elif how == "used_nan":
         d[first + layout.BLOCK_USED] = math.nan
+    elif how == "used_fraction":
+        d[first + layout.BLOCK_USED] = 2.5
     elif how == "pointer_into_record":
         d[slot + layout.SLOT_BLOCK] = float(slot)
     elif how == "pointer_past_end":
@@ -236,19 +323,33 @@ def _damaged(data: bytes, slot: int, how: str) -> bytes:
     elif how == "pointer_huge":
         d[slot + layout.SLOT_BLOCK] = 1e300
     elif how == "block_length":
-        struct.pack_into("<I", out, 8 * first - 8, 8 * 3 + 8)  # a block record claiming 0.5 entries
+        struct.pack_into("<I", out, 8 * first - 8, 8 * 2 + 8)  # a block record of no entries
+    elif how == "block_too_long":
+        too_many = layout.BLOCK_ENTRIES + layout.MAX_ARCHIVE_BLOCK_ENTRIES + 1
+        struct.pack_into("<I", out, 8 * first - 8, 8 * too_many + 8)
     return bytes(out)
 
 
+ENTRY_DAMAGES = {
+    "index_range": layout.pack_entry(sketch.BUCKET_COUNT, 1.0),  # the first index past the sketch
+    "index_huge": layout.pack_entry(2**11, 1.0),
+    "count_carry": layout.pack_entry(sketch.BUCKET_COUNT - 1, layout.MAX_ENTRY_COUNT) + 1.0,  # count 2**42: carries
+    "entry_negative": -layout.pack_entry(3, 1.0),
+    "entry_minus_one": -1.0,
+    "entry_nan": math.nan,
+    "entry_infinite": math.inf,
+    "entry_huge": 1e300,
+}
+"""Values of a block entry no writer makes: each makes the slot unusable."""
 DAMAGES = [
-    "loop", "self", "index_range", "index_fraction", "negative_count", "nan_count", "used_over_capacity",
-    "used_nan", "pointer_into_record", "pointer_past_end", "pointer_huge", "block_length",
+    "loop", "self", *ENTRY_DAMAGES, "used_over_capacity", "used_nan", "used_fraction",
+    "pointer_into_record", "pointer_past_end", "pointer_huge", "block_length", "block_too_long",
 ]
 
 
 @pytest.mark.parametrize("how", DAMAGES)
 def test_damaged_bucket_blocks_are_never_believed(metrics_dir: str, clock: FakeClock, how: str) -> None:
-    """Loops, bad indexes, bad counts and bad pointers in bucket blocks: slot dropped or chain cut, never raised."""
+    """Loops, bad entries and bad pointers in bucket blocks: slot dropped or chain cut, never raised."""
     scraper, data, slot = _chain_file(metrics_dir, clock)
     with open(os.path.join(metrics_dir, "worker-1-00000000000000aa.gwzm"), "wb") as f:
         f.write(_damaged(data, slot, how))
@@ -261,11 +362,80 @@ def test_damaged_bucket_blocks_are_never_believed(metrics_dir: str, clock: FakeC
         assert sum(stats.buckets) == stats.count
     p99 = stats.quantile(0.99)
     assert p99 is None or 0 <= p99 <= sketch.UPPER_LIMIT
-    if how == "block_length":
+    if how in ENTRY_DAMAGES or how.startswith("used_"):
+        assert stats.count == 0  # the slot's entries are not believed, not even the good ones
+    if how.startswith("block_"):
         assert snap.problems  # a malformed block record makes the file corrupt
     scraper.compact()  # the compactor reads it the same way
-    scraper.snapshot()
+    after = scraper.snapshot().window("endpoint_window", ("/x",))
+    assert 0 <= after.count <= 20 and (after.count == 0 or how not in ENTRY_DAMAGES)
     scraper.close()
+
+
+def test_a_count_past_one_entry_is_split_into_several(metrics_dir: str, clock: FakeClock) -> None:
+    """The archive writes a count above 2**42 - 1 as several entries of its bucket; readers add them back."""
+    from flask_gatewayz_metrics.storage.sparse import chain_buckets, encode_blocks
+
+    big = 3 * layout.MAX_ENTRY_COUNT + 5.0
+    buckets = {0: 1.0, 7: big, sketch.BUCKET_COUNT - 1: 2.0}
+    link, records = encode_blocks(buckets, 1)
+    raw = b"".join(records)
+    doubles = memoryview(bytearray(b"\0" * 0 + raw)).cast("d")  # payload of the first block at index 1
+    length, key_length = layout.RECORD_HEADER.unpack_from(raw, 0)
+    assert key_length == 0 and link == 1.0
+    assert chain_buckets(doubles, {1.0: (length - 8) // 8 - layout.BLOCK_ENTRIES}, link) == buckets
+    assert (length - 8) // 8 - layout.BLOCK_ENTRIES == 6  # 1 + 4 entries for bucket 7 + 1
+
+
+def test_a_long_archive_chain_is_split_into_linked_blocks() -> None:
+    """More entries than one block may hold go into linked blocks, each within the reader's limit."""
+    from flask_gatewayz_metrics.storage.sparse import chain_buckets, encode_blocks
+
+    buckets = dict.fromkeys(range(sketch.BUCKET_COUNT), 2.0 * layout.MAX_ENTRY_COUNT)  # 2 entries each: > 2,048
+    link, records = encode_blocks(buckets, 1)
+    raw = b"".join(records)
+    doubles = memoryview(bytearray(raw)).cast("d")
+    blocks: dict[float, int] = {}
+    position = 0
+    for _ in records:
+        length, _ = layout.RECORD_HEADER.unpack_from(raw, position)
+        blocks[float(position // 8 + 1)] = (length - 8) // 8 - layout.BLOCK_ENTRIES
+        position += length
+    assert len(records) == 2 and max(blocks.values()) == layout.MAX_ARCHIVE_BLOCK_ENTRIES
+    assert chain_buckets(doubles, blocks, link) == buckets
+
+
+def test_packed_entries_fit_the_sketch() -> None:
+    """Any bucket index and count up to 2**42 - 1 packs into an exact float64 integer; one block holds a sketch."""
+    assert sketch.BUCKET_COUNT * layout.ENTRY_UNIT <= 2.0**53
+    assert sketch.BUCKET_COUNT <= layout.MAX_ARCHIVE_BLOCK_ENTRIES
+    top = layout.pack_entry(sketch.BUCKET_COUNT - 1, layout.MAX_ENTRY_COUNT - 1.0)
+    assert top + 1.0 == layout.pack_entry(sketch.BUCKET_COUNT - 1, layout.MAX_ENTRY_COUNT)  # the hot path's += 1.0
+    assert divmod(top + 1.0, layout.ENTRY_UNIT) == (sketch.BUCKET_COUNT - 1, layout.MAX_ENTRY_COUNT)
+
+
+def test_a_file_of_another_format_version_is_skipped_and_quarantined(metrics_dir: str, clock: FakeClock) -> None:
+    """A format-3 worker file is never read as format 4: skipped as wrong_version, then quarantined and counted."""
+    old = MetricsCollector(metrics_dir, clock=clock, auto_compact=False)
+    old.record_request("/old", "GET", 0.1, 200)
+    path = old._storage.own_file or ""
+    old.close()
+    with open(path, "r+b") as f:
+        f.seek(4)
+        f.write(struct.pack("<I", 3))
+    current = MetricsCollector(metrics_dir, clock=clock, auto_compact=False)
+    current.record_request("/new", "GET", 0.1, 200)
+    snap = current.snapshot()
+    assert [(os.path.basename(p.path), p.reason) for p in snap.problems] == [(os.path.basename(path), "wrong_version")]
+    assert set(current.to_dict()["endpoints"]) == {"/new"}
+    current.compact()  # a dead file of another version: moved aside and counted, never folded in
+    assert not os.path.exists(path)
+    (kept,) = os.listdir(os.path.join(metrics_dir, layout.QUARANTINE_DIR))
+    assert kept.endswith("-wrong_version-" + os.path.basename(path))
+    assert set(current.to_dict()["endpoints"]) == {"/new"} and not current.snapshot().problems
+    body = PrometheusExporter(current).export()
+    assert 'gatewayz_metrics_storage_errors_total{reason="wrong_version"} 1.0' in body
+    current.close()
 
 
 @settings(max_examples=400, deadline=None)

@@ -31,28 +31,42 @@ sum, errors, min, max), followed for kinds with a sketch by one more field,
 block (0 = none yet). A slot holds the observations of one clock-aligned interval
 ``[id * width, (id + 1) * width)`` and lives at position ``id % slots``.
 
-Sketch buckets are stored sparsely (format 3), only those a slot has touched, in
-*bucket blocks*: records with an empty key (key length 0), appended like any other
-record when a slot touches a bucket and its blocks are full. A block's payload::
+Sketch buckets are stored sparsely, only those a slot has touched, in *bucket blocks*:
+records with an empty key (key length 0), appended like any other record when a slot
+touches a bucket and its blocks are full. A block's payload::
 
     BLOCK_USED  entries published (float64 integer, 0 .. capacity)
     BLOCK_NEXT  float64 index of the next block's payload of the same slot (0 = none);
                 always larger than this block's own index (blocks are appended)
-    capacity x (bucket index, count): the bucket index (0 .. sketch.BUCKET_COUNT - 1,
-                see ``sketch``) and its count, both float64
+    capacity x  entry: one float64, bucket index * ENTRY_UNIT (2**42) + count (format 4;
+                format 3 had two float64 per entry); the bucket index is 0 ..
+                sketch.BUCKET_COUNT - 1 (< 2**11, see ``sketch``), the count 0 ..
+                2**42 - 1, so an entry is an integer below 2**53: adding 1.0 to it adds
+                one to its count, exactly (the request path's only write to a known bucket)
 
-The capacity follows from the record length (at most ``MAX_BLOCK_ENTRIES``). The
-writer fills an entry (index, count 0) before it raises ``BLOCK_USED`` past it, and
+The capacity follows from the record length (1 .. ``MAX_ARCHIVE_BLOCK_ENTRIES``). The
+writer fills an entry (its bucket, count 1) before it raises ``BLOCK_USED`` past it, and
 writes a new block completely (``used`` moved past it) before it links it from
 ``SLOT_BLOCK`` or ``BLOCK_NEXT``: every store that publishes is one aligned 8-byte
 store, so readers see a shorter chain or fewer entries, never a half-written one. A
-writer's chain for one slot has capacities ``FIRST_BLOCK_ENTRIES``, doubling up to
-``MAX_BLOCK_ENTRIES``; when the slot position moves to a new interval its blocks are
+writer's chain for one slot starts with a block of ``FIRST_BLOCK_ENTRIES`` for a new
+series, or, for a slot position the series has not used yet, of the entries of its
+busiest other position plus 2 (``slots.first_block_capacity``: intervals of a series
+touch similar numbers of buckets); further blocks double from 8 up to
+``MAX_BLOCK_ENTRIES``. When the slot position moves to a new interval its blocks are
 kept and emptied (``BLOCK_USED`` = 0), so a file stops growing once each slot
 position has held its busiest interval. The archive writes one block per non-empty
-slot, of exactly the capacity it needs. Readers follow a chain only through blocks
-they indexed, strictly forward, within the mapping, and take an entry only when its
-index is a valid bucket and its count finite and >= 0.
+slot, of exactly the capacity it needs (a count above ``MAX_ENTRY_COUNT`` takes several
+entries of its bucket, which readers add; more than ``MAX_ARCHIVE_BLOCK_ENTRIES``
+entries take several linked blocks). Readers follow a chain only through blocks they
+indexed, strictly forward, within the mapping, and take a slot's entries only when
+every one is finite and >= 0 with a valid bucket index (so its count is finite, >= 0
+and below 2**42; a fractional count, which no writer makes, is taken as it is, as in
+format 3); anything else makes the slot unusable.
+
+Growth: a worker file starts at 16 KiB and doubles up to 256 KiB, then grows by an
+eighth of the power of two below its size (``worker_file.grown_size``), space reserved
+with ``posix_fallocate`` first; so its size stays within 1/8 of its ``used`` bytes.
 
 Configurable latency buckets (``GATEWAYZ_METRICS_BUCKETS``): the since-start latency
 histograms ("request", "provider", "first_chunk", "stream_duration") use
@@ -104,9 +118,10 @@ else:
     Doubles = memoryview
 """A file (or part of one) viewed as float64 values."""
 
-VERSION = 3
+VERSION = 4
 """Bumped when record payloads change (2: wider sketch, model sketch, min / max in every
-slot; 3: sparse sketch buckets in bucket blocks)."""
+slot; 3: sparse sketch buckets in bucket blocks; 4: one float64 per block entry, and the
+native kinds). Readers skip a file of any other version (``wrong_version``)."""
 WORKER_MAGIC = b"GWZW"
 CONTROL_MAGIC = b"GWZC"
 WORKER_SUFFIX = ".gwzm"
@@ -192,7 +207,24 @@ SLOT_BLOCK = SLOT_HEADER
 BLOCK_USED, BLOCK_NEXT, BLOCK_ENTRIES = range(3)
 FIRST_BLOCK_ENTRIES = 4
 MAX_BLOCK_ENTRIES = 64
-"""Largest capacity a writer gives a block (the archive's may reach BUCKET_COUNT)."""
+"""Largest capacity a writer gives a block (the archive's may reach ``MAX_ARCHIVE_BLOCK_ENTRIES``)."""
+MAX_ARCHIVE_BLOCK_ENTRIES = 2048
+"""Largest capacity of any block a reader accepts (not below ``sketch.BUCKET_COUNT``: an
+archive block holds a whole slot or chain, one entry per bucket; a chain needing more
+entries, for counts split over several, gets several blocks)."""
+ENTRY_UNIT = 2.0**42
+"""A block entry is one float64, ``bucket index * ENTRY_UNIT + count`` (format 4): the
+index (below ``sketch.BUCKET_COUNT`` < 2**11) in the high bits, the count below
+``ENTRY_UNIT``; the whole stays an integer below 2**53, so adding 1.0 to an entry adds
+one to its count, exactly."""
+MAX_ENTRY_COUNT = ENTRY_UNIT - 1.0
+"""Largest count one entry holds (a larger one is written as several entries of the
+same bucket, which readers add)."""
+
+
+def pack_entry(index: int, count: float) -> float:
+    """One block entry: sketch bucket ``index`` with ``count`` (integral, 0 .. MAX_ENTRY_COUNT)."""
+    return index * ENTRY_UNIT + count
 
 # Payload of "request" and "provider" records: count, latency sum, histogram buckets.
 REQ_COUNT, REQ_SUM, REQ_BUCKETS = range(3)
@@ -233,7 +265,26 @@ def block_capacity(position: int) -> int:
 
 def block_payload(capacity: int) -> list[float]:
     """An empty bucket block of ``capacity`` entries."""
-    return [0.0] * (BLOCK_ENTRIES + 2 * capacity)
+    return [0.0] * (BLOCK_ENTRIES + capacity)
+
+
+MAX_SIZED_BLOCK_ENTRIES = 512
+"""Largest capacity a writer gives a chain's first block when it sizes it from the
+busiest other slot position of the series (``slots.first_block_capacity``)."""
+_DOUBLE = struct.Struct("<d")
+
+
+def stored_capacity(doubles: Doubles, block: int) -> int:
+    """Capacity of the bucket block whose payload is at float64 index ``block``, read
+    from its record header (the 8 bytes before the payload, as ``RECORD_HEADER``). For
+    a writer's own file only: readers take capacities from their own index."""
+    length: int = RECORD_HEADER.unpack(_DOUBLE.pack(doubles[block - 1]))[0]
+    return (length - RECORD_HEADER.size) // 8 - BLOCK_ENTRIES
+
+
+def header_slots(doubles: Doubles) -> int:
+    """The header's slots per windowed record (``HEADER``) of a writer's own file."""
+    return int(struct.unpack("<Q", _DOUBLE.pack(doubles[6]))[0])
 
 
 OUTCOME_LABELS = ("status", "failed")
@@ -373,7 +424,9 @@ def padded(n: int) -> int:
 
 
 def encode_key(kind: str, labels: Sequence[str]) -> bytes:
-    return json.dumps([kind, *labels], ensure_ascii=False).encode("utf-8", "surrogatepass")
+    # No spaces after the separators (format 4): a key is padded to 8 bytes, so the
+    # 4 to 6 spaces of a 4-label key often cost a whole 8 more per record.
+    return json.dumps([kind, *labels], ensure_ascii=False, separators=(",", ":")).encode("utf-8", "surrogatepass")
 
 
 def encode_record(key: bytes, payload: Sequence[float]) -> bytes:

@@ -24,7 +24,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .. import sketch
 from . import layout
 from .directory import is_worker_file
 from .layout import Doubles
@@ -325,9 +324,9 @@ def _index_records(cached: _Indexed, used: int, slots: int) -> None:
             or payload_start > pos + length
         ):
             raise _Skip("corrupt_record")
-        if key_len == 0:  # a bucket block: used, next, then (index, count) entries
-            entries, odd = divmod((length - layout.RECORD_HEADER.size) // 8 - layout.BLOCK_ENTRIES, 2)
-            if odd or not 1 <= entries <= sketch.BUCKET_COUNT:
+        if key_len == 0:  # a bucket block: used, next, then one float64 per entry
+            entries = (length - layout.RECORD_HEADER.size) // 8 - layout.BLOCK_ENTRIES
+            if not 1 <= entries <= layout.MAX_ARCHIVE_BLOCK_ENTRIES:
                 raise _Skip("corrupt_record")
             blocks[float(payload_start // 8)] = entries
             pos += length

@@ -2,9 +2,10 @@
 
 The byte format is in ``layout`` (bucket blocks). Everything here reads untrusted
 files: a chain is followed only through blocks the reader indexed (``WorkerView.blocks``),
-strictly forward and within the mapping, and an entry is taken only with a valid bucket
-index and a finite, non-negative count. A chain that breaks any of these makes the slot
-unusable (``None``), never an exception.
+strictly forward and within the mapping, and an entry (bucket index and count packed in
+one float64, ``layout``) is taken only with a valid bucket index and a finite,
+non-negative count. A chain that breaks any of these makes the slot unusable (``None``),
+never an exception.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from __future__ import annotations
 import math
 import struct
 from collections.abc import Mapping
+from itertools import repeat
+from operator import floordiv, mod
 from typing import Any
 
 from .. import sketch
@@ -21,7 +24,9 @@ from .layout import Doubles
 Entries = tuple[list[float], list[float]]
 """(bucket indexes, counts) of one slot, in the order they were touched."""
 
-_INDEX_LIMIT = float(sketch.BUCKET_COUNT)
+_UNIT = layout.ENTRY_UNIT
+_ENTRY_LIMIT = sketch.BUCKET_COUNT * _UNIT
+"""Entries are below this: a bucket index past the sketch is damage."""
 
 
 def slot_entries(doubles: Doubles, blocks: Mapping[float, int], first: float) -> Entries | None:
@@ -30,8 +35,7 @@ def slot_entries(doubles: Doubles, blocks: Mapping[float, int], first: float) ->
     ``blocks``: payload index -> capacity of every block the reader indexed. ``None``
     when the chain or an entry is damaged.
     """
-    indexes: list[float] = []
-    counts: list[float] = []
+    values: list[float] = []
     block = first
     previous = 0.0
     size = len(doubles)
@@ -45,27 +49,26 @@ def slot_entries(doubles: Doubles, blocks: Mapping[float, int], first: float) ->
         if not block > previous:
             return None  # chains only run forward: a loop is damage
         start = int(block)
-        if start + layout.BLOCK_ENTRIES + 2 * capacity > size:
+        if start + layout.BLOCK_ENTRIES + capacity > size:
             break  # indexed by a later read of the grown file: not in this mapping
         used = doubles[start + layout.BLOCK_USED]
         if not 0 <= used <= capacity or used != int(used):
             return None
-        values = doubles[start + layout.BLOCK_ENTRIES : start + layout.BLOCK_ENTRIES + 2 * int(used)].tolist()
-        indexes += values[0::2]
-        counts += values[1::2]
+        values += doubles[start + layout.BLOCK_ENTRIES : start + layout.BLOCK_ENTRIES + int(used)].tolist()
         previous = block
         block = doubles[start + layout.BLOCK_NEXT]
-    if indexes and not _valid(indexes, counts):
+    if not values:
+        return [], []
+    # Every entry finite (a NaN or an infinity makes the sum one; min and max are only
+    # reliable without NaN), >= 0, and its bucket index (the high part) a valid one; the
+    # count is the low part: finite, >= 0 and < 2**42 by construction. A fractional
+    # count is taken as it is, as format 3 did (no writer makes one; checking each entry
+    # for it would cost a quarter of this read).
+    if not (math.isfinite(sum(values)) and min(values) >= 0 and max(values) < _ENTRY_LIMIT):
         return None
-    return indexes, counts
-
-
-def _valid(indexes: list[float], counts: list[float]) -> bool:
-    """Bucket indexes integral and in range, counts finite and non-negative."""
-    if not (min(indexes) >= 0 and max(indexes) < _INDEX_LIMIT and all(map(float.is_integer, indexes))):
-        return False
-    # sum, not math.fsum: fsum raises OverflowError when a partial sum overflows.
-    return min(counts) >= 0 and math.isfinite(sum(counts))
+    # Both halves as C-level loops (operator functions: cheaper calls than float's slots).
+    n = len(values)
+    return list(map(floordiv, values, repeat(_UNIT, n))), list(map(mod, values, repeat(_UNIT, n)))
 
 
 def window_slots(doubles: Doubles, blocks: Mapping[float, int], offset: int, slots: int) -> list[Any]:
@@ -94,8 +97,8 @@ def window_slots(doubles: Doubles, blocks: Mapping[float, int], offset: int, slo
 def encode_window(slots_payload: list[Any], slots: int, first_block: int) -> tuple[list[float], list[bytes]]:
     """A compactor's sketch payload (``window_slots``) as (record payload, bucket block
     records) for a file whose next record after this payload's record has its payload
-    at float64 index ``first_block``: one block per slot with buckets, of exactly the
-    capacity it needs, entries in bucket order."""
+    at float64 index ``first_block``: one chain per slot with buckets, of exactly the
+    capacity it needs (``encode_blocks``), entries in bucket order."""
     stride = layout.slot_stride(True)
     payload: list[float] = []
     records: list[bytes] = []
@@ -103,16 +106,42 @@ def encode_window(slots_payload: list[Any], slots: int, first_block: int) -> tup
     for position in range(slots):
         base = position * stride
         payload += slots_payload[base : base + layout.SLOT_HEADER]
-        buckets: dict[int, float] = slots_payload[base + layout.SLOT_HEADER]
-        entries = [v for index in sorted(buckets) if buckets[index] for v in (float(index), buckets[index])]
-        if not entries:
-            payload.append(0.0)
-            continue
-        payload.append(float(at))
-        block = [float(len(entries) // 2), 0.0, *entries]
-        records.append(layout.RECORD_HEADER.pack(8 * len(block) + 8, 0) + struct.pack(f"<{len(block)}d", *block))
-        at += len(block) + 1
+        link, new = encode_blocks(slots_payload[base + layout.SLOT_HEADER], at)
+        payload.append(link)
+        records += new
+        at += sum(len(r) for r in new) // 8
     return payload, records
+
+
+def encode_blocks(buckets: Mapping[int, float], first_block: int) -> tuple[float, list[bytes]]:
+    """``buckets`` (sketch index -> count; zero counts left out) as a chain of bucket block
+    records whose first payload will be at float64 index ``first_block``, and that index
+    (0.0 and no records when empty). Entries go in bucket order; a count above
+    ``layout.MAX_ENTRY_COUNT`` takes several entries, a chain longer than
+    ``layout.MAX_ARCHIVE_BLOCK_ENTRIES`` several linked blocks (both only for absurd
+    totals, which the merge then judges)."""
+    entries: list[float] = []
+    for index in sorted(buckets):
+        count = float(buckets[index])
+        # Bounded by the input: a count is a sum of entries read (each < 2**42), so it
+        # never needs more entries here than were read for it (+1).
+        while count > layout.MAX_ENTRY_COUNT:
+            entries.append(layout.pack_entry(index, layout.MAX_ENTRY_COUNT))
+            count -= layout.MAX_ENTRY_COUNT
+        if count > 0:
+            entries.append(layout.pack_entry(index, count))
+    if not entries:
+        return 0.0, []
+    records: list[bytes] = []
+    at = first_block
+    step = layout.MAX_ARCHIVE_BLOCK_ENTRIES
+    for start in range(0, len(entries), step):
+        chunk = entries[start : start + step]
+        after = at + layout.BLOCK_ENTRIES + len(chunk) + 1  # the next block's payload
+        block = [float(len(chunk)), float(after) if start + step < len(entries) else 0.0, *chunk]
+        records.append(layout.RECORD_HEADER.pack(8 * len(block) + 8, 0) + struct.pack(f"<{len(block)}d", *block))
+        at = after
+    return float(first_block), records
 
 
 def chain_buckets(doubles: Doubles, blocks: Mapping[float, int], first: float) -> dict[int, float] | None:
@@ -132,12 +161,8 @@ def chain_buckets(doubles: Doubles, blocks: Mapping[float, int], first: float) -
 
 
 def encode_chain(buckets: Mapping[int, float], first_block: int) -> tuple[list[float], list[bytes]]:
-    """A native record's payload and its one bucket block (none when empty), for a file
+    """A native record's payload and its bucket blocks (none when empty), for a file
     whose next record after this one has its payload at float64 index ``first_block``
-    (the archive's form: exactly the capacity needed, entries in bucket order)."""
-    entries = [v for index in sorted(buckets) if buckets[index] for v in (float(index), float(buckets[index]))]
-    if not entries:
-        return [0.0], []
-    block = [float(len(entries) // 2), 0.0, *entries]
-    record = layout.RECORD_HEADER.pack(8 * len(block) + 8, 0) + struct.pack(f"<{len(block)}d", *block)
-    return [float(first_block)], [record]
+    (the archive's form: ``encode_blocks``)."""
+    link, records = encode_blocks(buckets, first_block)
+    return [link], records

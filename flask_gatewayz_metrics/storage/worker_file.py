@@ -24,8 +24,13 @@ from . import layout
 from .directory import open_directory
 
 INITIAL_SIZE = 16 * 1024
-"""Bytes reserved for a new file; it doubles as records are added. Small, because a
-process-per-request server (the dev server with ``processes=N``) makes one per request."""
+"""Bytes reserved for a new file; it doubles as records are added (up to
+``DOUBLING_LIMIT``). Small, because a process-per-request server (the dev server with
+``processes=N``) makes one per request."""
+DOUBLING_LIMIT = 256 * 1024
+"""Past this size a file grows in eighths of a power of two, not by doubling: its size
+(what ``ls`` and the disk see) stays within 1/8 of the bytes its records use, where
+doubling could leave up to half of it unused (``grown_size``)."""
 _OPEN_FLAGS = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
@@ -103,10 +108,7 @@ class WorkerFile:
         return (self._used - 8 * len(payload)) // 8
 
     def _grow(self, needed: int) -> None:
-        size = self._size
-        while size < needed:
-            size *= 2
-        self._reserve(size)
+        self._reserve(grown_size(self._size, needed))
         # Views of the old map stay valid for whoever still holds them; the map is
         # freed when the last one goes. Offsets are unchanged.
         self._map()
@@ -160,3 +162,17 @@ class WorkerFile:
             os.close(self._fd)
             self._fd = -1
             self._unmap()  # the map's own descriptor shares the parent's lock too
+
+
+def grown_size(size: int, needed: int) -> int:
+    """The size a file of ``size`` bytes grows to so as to hold ``needed`` bytes: doubling
+    up to ``DOUBLING_LIMIT``, then by steps of an eighth of the power of two below it
+    (256, 288, ... 480, 512, 576, ... 1024, 1152 KiB ...: every power of two is a step,
+    so a file is never larger than doubling would make it). Each growth re-maps the
+    file (in the writer, and in readers at their next read): 8 per doubling."""
+    while size < needed:
+        if size < DOUBLING_LIMIT:
+            size *= 2
+        else:
+            size += 1 << (size.bit_length() - 4)
+    return size
