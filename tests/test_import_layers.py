@@ -34,7 +34,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     ),
     # 5: Flask, WSGI and server integration, and the public test helpers.
     "integration": (
-        "extension", "_wsgi", "views", "dashboard", "metrics_port", "gunicorn", "gunicorn_conf", "testing",
+        "extension", "request_timing", "views", "dashboard", "metrics_port", "gunicorn", "gunicorn_conf", "testing",
         "__init__",
     ),
 }  # fmt: skip

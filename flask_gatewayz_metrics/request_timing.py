@@ -1,24 +1,37 @@
-"""The WSGI layer: one object per request that sees what the server and the client see.
+"""Request timing: everything that times a Flask request, from the moment the server
+hands it over to the moment its body is over.
 
-``Exchange`` is at once the request's ``RequestState`` (what ``label_request`` finds),
-the ``start_response`` handed to Flask (a bound method: it keeps the final status and
-reads the route while Flask's request context is still pushed) and, when the body is produced after
-the view returned, the iterable handed back to the server. The request is recorded
-exactly once, when the body is over: exhausted, failed, or closed by the server
-(PEP 3333 servers always call ``close()``), so no response shape (generator,
-``stream_with_context``, file pass-through, range, 304) can escape. A body that is
-already complete when Flask returns it (the common case) is recorded at once and
-handed to the server untouched: nothing is left to time, and the test client, which
-does not drain bodies, sees the count at once.
+``install`` wraps ``app.wsgi_app`` and ``app.process_response``. Per request, the
+wrapper allocates one object, ``Exchange``, which is at once the request's
+``RequestState`` (what ``label_request`` finds, see ``request_state``), the
+``start_response`` handed to Flask (a bound method: it keeps the final status and reads
+the route while Flask's request context is still pushed) and, when the body is produced
+after the view returned, the iterable handed back to the server. The request is recorded
+exactly once, when the body is over: exhausted, failed, or closed by the server (PEP 3333
+servers always call ``close()``), so no response shape (generator,
+``stream_with_context``, file pass-through, range, 304) can escape. The one check inside
+Flask, after its ``process_response`` (which runs the app's ``after_request`` hooks),
+only tells whether the body is complete when the view returns (the common case): then
+the request is recorded at once and the body handed to the server untouched, and the
+test client, which does not drain bodies, sees the count at once.
 
 While the server iterates a body, the ``ContextVar`` of the request is set again around
 each chunk, so ``label_request`` works inside generators and ``stream_with_context``.
+
+``OwnRoutes`` is the one rule for "a request to our own routes" (the URL prefix and
+everything under it; with prefix "/", the metrics blueprint's routes): such a request is
+neither recorded nor in flight (unless ``RECORD_OWN_ROUTES``), and it is what the
+metrics port serves.
+
+Everything here runs on every request, so it is written for the fewest Python calls and
+attribute writes (measured in instructions: ``benchmarks/bench_flask_instructions.py``).
 """
 
 from __future__ import annotations
 
+import re
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
@@ -27,26 +40,166 @@ from werkzeug.exceptions import MethodNotAllowed
 from werkzeug.wsgi import ClosingIterator
 
 from .labels import KNOWN_METHODS
+from .llm import trace_id_of
 from .request_state import RequestState, current_request
 from .tenants import tenant_from_headers
 from .tracing import MODULE as _OTEL_TRACE
 from .tracing import current_trace_id
+from .views import BLUEPRINT_NAME
 
 if TYPE_CHECKING:
-    from flask import Flask
+    from flask import Flask, Response
     from flask.ctx import RequestContext
     from werkzeug.routing import MapAdapter, Rule
 
     from .extension import AppMetrics
 
+WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+
 _set_current = current_request.set
 _reset_current = current_request.reset
+_get_current = current_request.get
 _current_flask_request = _cv_request.get
 _modules = sys.modules
+_STATUS_CODES: dict[str, int] = {}
+"""Status line -> code, for the lines this process has answered with (``int(line[:3])``
+costs several times a lookup); bounded by ``_MAX_STATUS_LINES``."""
+_MAX_STATUS_LINES = 512
+
+
+class OwnRoutes:
+    """The one rule for "a request to our own routes": its path is under the URL prefix,
+    or (prefix "/", which is every path) one of the metrics blueprint's routes. Used for
+    recording and in-flight alike (not with ``RECORD_OWN_ROUTES``) and by the metrics port.
+
+    As data, so the request path can inline it: ``root in path and
+    path.startswith(root) and (path in paths or path.startswith(children))``.
+    """
+
+    __slots__ = ("children", "paths", "root")
+
+    def __init__(self, app: Flask, url_prefix: str) -> None:
+        prefix = url_prefix.rstrip("/")
+        if prefix:
+            self.root = prefix
+            self.paths = frozenset({prefix, prefix + "/"})
+            self.children: tuple[str, ...] = (prefix + "/",)
+        else:
+            ours = [r.rule for r in app.url_map.iter_rules() if r.endpoint.startswith(BLUEPRINT_NAME + ".")]
+            # Static rules match exactly; a rule with a converter by its static head.
+            self.root = "/"
+            self.paths = frozenset(r for r in ours if "<" not in r)
+            self.children = tuple(r.split("<", 1)[0] for r in ours if "<" in r)
+
+    def __call__(self, path: str) -> bool:
+        """Whether ``path`` is one of our routes."""
+        return self.root in path and path.startswith(self.root) and (
+            path in self.paths or path.startswith(self.children)
+        )
+
+
+def install(app: Flask, metrics: AppMetrics, own_routes: OwnRoutes) -> None:
+    """Time every request of ``app`` (``metrics``: its state; ``own_routes`` left alone
+    unless ``RECORD_OWN_ROUTES``)."""
+    metrics.app = app
+    app.wsgi_app = timed(app.wsgi_app, metrics, own_routes)  # type: ignore[method-assign,assignment]
+    app.process_response = checked(app.process_response, metrics)  # type: ignore[method-assign,assignment]
+
+
+def timed(wsgi_app: WSGIApp, metrics: AppMetrics, own_routes: OwnRoutes) -> WSGIApp:
+    """``wsgi_app`` timed from the moment the server hands it the request."""
+    collector = metrics.collector
+    add_in_flight = collector.add_in_flight
+    settings = metrics.settings
+    tenant_headers = settings.tenant_headers
+    check_own = not settings.record_own_routes
+    own_root, own_paths, own_children = own_routes.root, own_routes.paths, own_routes.children
+    reset_path = settings.url_prefix.rstrip("/") + "/reset"
+    patterns = settings.excluded_paths
+    excluded = re.compile("|".join(f"(?:{p})" for p in patterns)).match if patterns else None
+
+    def timed_wsgi_app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "")
+        if excluded is not None and excluded(path):  # EXCLUDED_PATHS: not ours to record
+            return wsgi_app(environ, start_response)
+        # (``in`` first: an operator, so a third of the cost of the startswith call that
+        # rarely follows.)
+        if check_own and own_root in path and path.startswith(own_root) and (
+            path in own_paths or path.startswith(own_children)
+        ):
+            body = wsgi_app(environ, start_response)
+            if path == reset_path:
+                # A reset starts new files: write this process's live in-flight count
+                # into its new one now, not at its next request.
+                collector.add_in_flight(0)
+            return body
+        # The request's state, written here rather than in an __init__: a Python call
+        # less per request (RequestState documents the fields).
+        exchange = Exchange()
+        exchange.start = perf_counter()
+        exchange.collector = collector
+        exchange.metrics = metrics
+        exchange.environ = environ
+        exchange._start_response = start_response
+        exchange.endpoint = exchange.method = ""
+        exchange.provider = exchange.model = exchange.trace_id = exchange.status = exchange.headers = None
+        exchange.streamed = None
+        exchange.provider_recorded = exchange.finished = False
+        exchange.output_tokens = exchange.first_chunk = 0.0
+        # Read at the start, so tokens recorded by the view count for the tenant too.
+        exchange.tenant = tenant_from_headers(environ, settings, collector) if tenant_headers else None
+        traceparent = environ.get("HTTP_TRACEPARENT")
+        if traceparent:
+            exchange.trace_id = trace_id_of(traceparent)
+        token = _set_current(exchange)
+        add_in_flight(1)
+        try:
+            body = wsgi_app(environ, exchange.start_response)
+        except BaseException:
+            # The exception escapes Flask (PROPAGATE_EXCEPTIONS, testing, debug):
+            # the server answers 500.
+            exchange.finish(True, None)
+            raise
+        finally:
+            _reset_current(token)
+        # (mypy still sees the None written above; start_response and processed have run.)
+        if exchange.streamed is False and exchange.status is not None:  # type: ignore[unreachable]
+            exchange.finish(False, None)  # type: ignore[unreachable]  # complete already: nothing left to time
+            return body
+        return exchange.watch(body)  # type: ignore[no-any-return]
+
+    return timed_wsgi_app
+
+
+def checked(process_response: Callable[[Response], Response], metrics: AppMetrics) -> Callable[[Response], Response]:
+    """Flask's ``process_response`` (the app's ``after_request`` hooks, the session), then
+    a note on the response it returns: is the body complete now (recorded at once) or
+    still to come. Not an ``after_request`` hook: Flask passes each hook through
+    ``ensure_sync`` (an ``inspect.iscoroutinefunction`` check, five Python calls) on every
+    request, and this sees the final response, whatever hooks registered after the
+    extension return."""
+
+    def processed(response: Response) -> Response:
+        response = process_response(response)
+        state: Any = _get_current()
+        if type(state) is Exchange and state.metrics is metrics:
+            body = response.response
+            # A list is Flask's usual complete body: skip the is_streamed property call.
+            state.streamed = body.__class__ is not list and response.is_streamed and (
+                response.direct_passthrough
+                or response.content_length is None
+                # An HTTP error page is a finished WSGI response (force_type ran it);
+                # any other iterator is produced as the server reads it.
+                or body.__class__ is not ClosingIterator
+            )
+        return response
+
+    return processed
 
 
 class Exchange(RequestState):
-    """One request between the WSGI server and Flask (see the module docstring)."""
+    """One request between the WSGI server and Flask (see the module docstring); its
+    fields are set by ``timed_wsgi_app``."""
 
     __slots__ = (
         "_close",
@@ -60,36 +213,24 @@ class Exchange(RequestState):
         "streamed",
     )  # fmt: skip
 
-    def __init__(self, metrics: AppMetrics, environ: dict[str, Any], start_response: Callable[..., Any]) -> None:
-        # RequestState's fields are set here rather than through its __init__: this
-        # runs on every request and one call less is measurable (benchmarks/).
-        self.collector = metrics.collector
-        self.start = perf_counter()
-        self.endpoint = ""
-        self.method = ""
-        self.provider = None
-        self.model = None
-        self.provider_recorded = False
-        self.finished = False
-        self.trace_id = None
-        self.output_tokens = 0.0
-        # Read at the start, so tokens recorded by the view count for the tenant too.
-        settings = metrics.settings
-        self.tenant = tenant_from_headers(environ, settings, metrics.collector) if settings.tenant_headers else None
-        self.metrics = metrics
-        self.environ = environ
-        self._start_response = start_response
-        self.status: str | None = None
+    if TYPE_CHECKING:
+        metrics: AppMetrics
+        environ: dict[str, Any]
+        _start_response: Callable[..., Any]
+        status: str | None
         """The status line of the last ``start_response`` call: what the client gets."""
-        self.headers: list[tuple[str, str]] | None = None
-        self.streamed: bool | None = None
-        """Set after Flask's ``process_response`` (``AppMetrics.after_request``): False = the body is complete
-        when the view returns, True = produced afterwards (generator, file), None = the
-        hook did not run (an earlier hook raised): wait for the body to end."""
-        self.first_chunk = 0.0
+        headers: list[tuple[str, str]] | None
+        streamed: bool | None
+        """Set after Flask's ``process_response`` (``checked``): False = the body is
+        complete when the view returns, True = produced afterwards (generator, file),
+        None = the check did not run (an earlier hook raised): wait for the body to end."""
+        first_chunk: float
         """perf_counter() when the body yielded its first chunk (0.0 = not yet)."""
         # _next and _close are set by watch(), before anything can read them: a body
         # recorded at once (the common case) never needs them.
+
+    def __init__(self) -> None:  # fields: see timed_wsgi_app (no call of RequestState.__init__)
+        pass
 
     # ------------------------------------------------------------ start_response
     def start_response(self, status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
@@ -108,7 +249,8 @@ class Exchange(RequestState):
                 if trace_id is not None:
                     self.trace_id = trace_id
             ctx = _current_flask_request(None)
-            if ctx is None or ctx.app is not self.metrics.app:  # a middleware answered
+            metrics = self.metrics
+            if ctx is None or ctx.app is not metrics.app:  # a middleware answered
                 self._identify_from_environ()
             else:
                 try:
@@ -116,8 +258,8 @@ class Exchange(RequestState):
                     rule = request.url_rule
                     if rule is None:
                         rule = _allowed_rule(ctx)
-                    self.endpoint = self.metrics.unmatched if rule is None else rule.rule
-                    excluded = self.metrics.excluded_views
+                    self.endpoint = metrics.unmatched if rule is None else rule.rule
+                    excluded = metrics.excluded_views
                     if excluded and rule is not None and ctx.app.view_functions.get(rule.endpoint) in excluded:
                         # A view marked with GatewayzMetrics.exclude: never recorded, and
                         # out of the in-flight gauge as soon as its response starts.
@@ -220,10 +362,8 @@ class Exchange(RequestState):
         if failed and not self.first_chunk:
             status = 500
         else:
-            try:
-                status = int(self.status[:3])  # type: ignore[index]
-            except (TypeError, ValueError):  # never started (the server answers 500), or malformed
-                status = 500 if self.status is None else 0
+            code = _STATUS_CODES.get(self.status)  # type: ignore[arg-type]
+            status = _status_code(self.status) if code is None else code
         if self.provider_recorded:
             provider = model = None
         else:
@@ -250,8 +390,20 @@ class Exchange(RequestState):
             )  # fmt: skip
 
 
+def _status_code(status: str | None) -> int:
+    """The code of a status line (500: never started, the server answers 500; 0: malformed,
+    dropped as invalid by the collector), kept in ``_STATUS_CODES`` while it has room."""
+    try:
+        code = int(status[:3])  # type: ignore[index]
+    except (TypeError, ValueError):
+        return 500 if status is None else 0
+    if len(_STATUS_CODES) < _MAX_STATUS_LINES and status.__class__ is str:
+        _STATUS_CODES[status] = code
+    return code
+
+
 def _complete(body: object, headers: list[tuple[str, str]] | None) -> bool:
-    """Whether a body is complete already though our hook did not run (an earlier hook
+    """Whether a body is complete already though our check did not run (an earlier hook
     raised, or a middleware answered): a list or tuple, or a werkzeug ``ClosingIterator``
     with a Content-Length (Flask's error pages)."""
     if body.__class__ in (list, tuple):
