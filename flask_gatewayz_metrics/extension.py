@@ -51,6 +51,8 @@ class AppMetrics:
         self.app: Flask | None = None
         self.port: MetricsPort | None = None
         """The separate metrics port (``GATEWAYZ_METRICS_PORT``), if configured."""
+        self.own_routes: OwnRoutes | None = None
+        """The one rule for our own routes (``request_timing.OwnRoutes``), set by ``init_app``."""
 
 
 def app_metrics_source() -> Collector:
@@ -129,7 +131,7 @@ class GatewayzMetrics:
         state = AppMetrics(settings, collector, self._excluded_views)
         app.extensions[EXTENSION_KEY] = state
         app.register_blueprint(create_blueprint(state), url_prefix=settings.url_prefix)
-        own_routes = OwnRoutes(app, settings.url_prefix)
+        own_routes = state.own_routes = OwnRoutes(app, settings.url_prefix)
         install(app, state, own_routes)
         if settings.port is not None:
             port = MetricsPort(app, own_routes, settings.port_address, settings.port, collector.directory)

@@ -229,9 +229,6 @@ class Exchange(RequestState):
         # _next and _close are set by watch(), before anything can read them: a body
         # recorded at once (the common case) never needs them.
 
-    def __init__(self) -> None:  # fields: see timed_wsgi_app (no call of RequestState.__init__)
-        pass
-
     # ------------------------------------------------------------ start_response
     def start_response(self, status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
         """``start_response`` as Flask sees it: note the status, read the route and method
