@@ -1,30 +1,21 @@
 """Request timing: everything that times a Flask request, from the moment the server
-hands it over to the moment its body is over.
+hands it over to the moment its body is over (docs/DESIGN.md, "The request path").
 
-``install`` wraps ``app.wsgi_app`` and ``app.process_response``. Per request, the
-wrapper allocates one object, ``Exchange``, which is at once the request's
-``RequestState`` (what ``label_request`` finds, see ``request_state``), the
-``start_response`` handed to Flask (a bound method: it keeps the final status and reads
-the route while Flask's request context is still pushed) and, when the body is produced
-after the view returned, the iterable handed back to the server. The request is recorded
-exactly once, when the body is over: exhausted, failed, or closed by the server (PEP 3333
-servers always call ``close()``), so no response shape (generator,
-``stream_with_context``, file pass-through, range, 304) can escape. The one check inside
-Flask, after its ``process_response`` (which runs the app's ``after_request`` hooks),
-only tells whether the body is complete when the view returns (the common case): then
-the request is recorded at once and the body handed to the server untouched, and the
-test client, which does not drain bodies, sees the count at once.
+``install`` wraps ``app.wsgi_app`` (``timed``) and ``app.process_response`` (``checked``).
+Per request one object, ``Exchange``, is at once the request's ``RequestState`` (what
+``label_request`` finds through the ``ContextVar`` of ``request_state``, set again around
+each chunk of a streamed body), the ``start_response`` handed to Flask (it keeps the
+final status and reads the route while Flask's request context is still pushed) and,
+when the body is produced after the view returned, the iterable handed back to the
+server. The request is recorded exactly once, when the body is over: complete when the
+view returns (the common case: recorded at once, body handed over untouched), exhausted,
+failed, or closed by the server (PEP 3333 servers always call ``close()``).
 
-While the server iterates a body, the ``ContextVar`` of the request is set again around
-each chunk, so ``label_request`` works inside generators and ``stream_with_context``.
+``OwnRoutes`` is the one rule for "a request to our own routes": neither recorded nor in
+flight (unless ``RECORD_OWN_ROUTES``), and what the metrics port serves.
 
-``OwnRoutes`` is the one rule for "a request to our own routes" (the URL prefix and
-everything under it; with prefix "/", the metrics blueprint's routes): such a request is
-neither recorded nor in flight (unless ``RECORD_OWN_ROUTES``), and it is what the
-metrics port serves.
-
-Everything here runs on every request, so it is written for the fewest Python calls and
-attribute writes (measured in instructions: ``benchmarks/bench_flask_instructions.py``).
+This runs on every request: it is written for the fewest Python calls and attribute
+writes (measured in instructions, ``benchmarks/bench_flask_instructions.py``).
 """
 
 from __future__ import annotations
@@ -122,8 +113,7 @@ def timed(wsgi_app: WSGIApp, metrics: AppMetrics, own_routes: OwnRoutes) -> WSGI
         path = environ.get("PATH_INFO", "")
         if excluded is not None and excluded(path):  # EXCLUDED_PATHS: not ours to record
             return wsgi_app(environ, start_response)
-        # (``in`` first: an operator, so a third of the cost of the startswith call that
-        # rarely follows.)
+        # (``in`` first: an operator, a third of the cost of the call that rarely follows.)
         if check_own and own_root in path and path.startswith(own_root) and (
             path in own_paths or path.startswith(own_children)
         ):
@@ -173,11 +163,9 @@ def timed(wsgi_app: WSGIApp, metrics: AppMetrics, own_routes: OwnRoutes) -> WSGI
 
 def checked(process_response: Callable[[Response], Response], metrics: AppMetrics) -> Callable[[Response], Response]:
     """Flask's ``process_response`` (the app's ``after_request`` hooks, the session), then
-    a note on the response it returns: is the body complete now (recorded at once) or
-    still to come. Not an ``after_request`` hook: Flask passes each hook through
-    ``ensure_sync`` (an ``inspect.iscoroutinefunction`` check, five Python calls) on every
-    request, and this sees the final response, whatever hooks registered after the
-    extension return."""
+    a note on the response it returns: is the body complete now or still to come. (Not a
+    hook: Flask runs ``ensure_sync`` on each hook per request, and a hook registered
+    earlier runs after ours and could swap the body.)"""
 
     def processed(response: Response) -> Response:
         response = process_response(response)
@@ -201,33 +189,21 @@ class Exchange(RequestState):
     """One request between the WSGI server and Flask (see the module docstring); its
     fields are set by ``timed_wsgi_app``."""
 
-    __slots__ = (
-        "_close",
-        "_next",
-        "_start_response",
-        "environ",
-        "first_chunk",
-        "headers",
-        "metrics",
-        "status",
-        "streamed",
-    )  # fmt: skip
+    __slots__ = ("_close", "_next", "_start_response", "environ", "first_chunk", "headers", "metrics", "status",
+                 "streamed")  # fmt: skip
 
-    if TYPE_CHECKING:
-        metrics: AppMetrics
-        environ: dict[str, Any]
-        _start_response: Callable[..., Any]
-        status: str | None
-        """The status line of the last ``start_response`` call: what the client gets."""
-        headers: list[tuple[str, str]] | None
-        streamed: bool | None
-        """Set after Flask's ``process_response`` (``checked``): False = the body is
-        complete when the view returns, True = produced afterwards (generator, file),
-        None = the check did not run (an earlier hook raised): wait for the body to end."""
-        first_chunk: float
-        """perf_counter() when the body yielded its first chunk (0.0 = not yet)."""
-        # _next and _close are set by watch(), before anything can read them: a body
-        # recorded at once (the common case) never needs them.
+    metrics: AppMetrics
+    environ: dict[str, Any]
+    _start_response: Callable[..., Any]
+    status: str | None
+    """The status line of the last ``start_response`` call: what the client gets."""
+    headers: list[tuple[str, str]] | None
+    streamed: bool | None
+    """Set by ``checked``: False = the body is complete when the view returns, True =
+    produced afterwards, None = the check did not run (an earlier hook raised)."""
+    first_chunk: float
+    """perf_counter() when the body yielded its first chunk (0.0 = not yet)."""
+    # _next and _close are set by watch(): a body recorded at once never needs them.
 
     # ------------------------------------------------------------ start_response
     def start_response(self, status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:

@@ -24,8 +24,8 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "read model": ("custom_families", "snapshot", "default_registry", "otlp_status", "settings"),
     # 3: the recording API and its input policy.
     "recording": (
-        "collector", "request_path", "record_writer", "reading", "default_collector", "llm", "semconv",
-        "custom", "custom_handles", "tenants", "request_state", "tracking", "native_histograms",
+        "collector", "request_path", "label_resolution", "record_writer", "reading", "default_collector", "llm",
+        "semconv", "custom", "custom_handles", "tenants", "request_state", "tracking", "native_histograms",
     ),
     # 4: what leaves the process: exposition formats (every exposition* module), OTLP, health,
     # scrape credentials.
