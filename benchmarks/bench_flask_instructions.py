@@ -8,6 +8,14 @@ Flask; ratios compare ours with prometheus_flask_exporter. Instructions are not 
 (cache misses are not counted), but they are repeatable to the last digit.
 
     python benchmarks/bench_flask_instructions.py          # needs valgrind (Debian package)
+    python benchmarks/bench_flask_instructions.py --gunicorn [sync|gthread]
+
+``--gunicorn``: the same count in a real gunicorn worker (one worker, ``bench_wrk.py``'s app
+and request mix, over HTTP from this process): callgrind runs the server, a
+``post_request`` hook calls ``os.getsid`` after the warm-up and after the counted
+requests, and ``--dump-before=getsid`` makes callgrind dump its counters there, so the
+difference is exactly those requests in the worker (parsing, sockets and all), start-up
+and warm-up excluded. Cases: bare, pfe (multiprocess), ours, ours + ``label_request``.
 """
 
 from __future__ import annotations
@@ -57,10 +65,12 @@ def instructions(variant: str, requests: int) -> int:
     env = dict(os.environ)
     if variant == "pfe_multiprocess":
         env["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp()
+    # In an empty directory: ``python -c`` puts the working directory first on sys.path,
+    # and listing a busy one (/tmp) at each import moves the counts by thousands.
     out = subprocess.run(
         ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable, "-c", CHILD,
          variant, str(requests)],
-        env=env, capture_output=True, text=True, check=True,
+        env=env, capture_output=True, text=True, check=True, cwd=tempfile.mkdtemp(),
     )
     match = re.search(r"Collected\s*:\s*(\d+)", out.stderr)
     if match is None:
@@ -68,10 +78,119 @@ def instructions(variant: str, requests: int) -> int:
     return int(match.group(1))
 
 
+GUNICORN_WARMUP, GUNICORN_REQUESTS = 2000, 400
+GUNICORN_HOOK = """
+import os
+_served = [0]
+
+
+def post_request(worker, req, environ, resp):
+    _served[0] += 1
+    if _served[0] in ({warmup}, {end}):
+        os.getsid(0)  # callgrind dumps its counters here (--dump-before=getsid)
+"""
+
+
+def _bench_request(port: int, n: int) -> None:
+    """Request ``n`` of bench_wrk.py's Lua mix, on a new connection."""
+    import http.client
+    import json
+
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+    if n % 4 == 0:
+        conn.request("GET", f"/api/items/{n % 1000}")
+    else:
+        body = json.dumps({"model": f"model-{(n + n // 50) % 20:02d}"})
+        conn.request("POST", f"/v1/e{n % 50:02d}/chat", body=body, headers={"Content-Type": "application/json"})
+    response = conn.getresponse()
+    response.read()
+    conn.close()
+    if response.status != 200:
+        raise RuntimeError(f"status {response.status}")
+
+
+def gunicorn_instructions(case: str, worker_class: str) -> float:
+    """Instructions per request in one gunicorn worker (see the module docstring)."""
+    import glob
+    import signal
+    import socket
+    import time
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    tmp = tempfile.mkdtemp()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if k not in ("PROMETHEUS_MULTIPROC_DIR", "GATEWAYZ_METRICS_DIR")}
+    env.update(BENCH_WRK_CASE=case, PYTHONHASHSEED="0")
+    directory = os.path.join(tmp, "metrics")
+    os.makedirs(directory)
+    conf = os.path.join(tmp, "conf.py")
+    with open(conf, "w") as f:
+        if case == "pfe":
+            env["PROMETHEUS_MULTIPROC_DIR"] = directory
+        elif case.startswith("ours"):
+            env["GATEWAYZ_METRICS_DIR"] = directory
+            f.write("from flask_gatewayz_metrics.gunicorn_conf import *  # noqa: F403\n")
+        f.write(GUNICORN_HOOK.format(warmup=GUNICORN_WARMUP, end=GUNICORN_WARMUP + GUNICORN_REQUESTS))
+    args = ["valgrind", "--tool=callgrind", "--dump-before=getsid", f"--callgrind-out-file={tmp}/cg.%p",
+            sys.executable, "-m", "gunicorn", "-b", f"127.0.0.1:{port}", "--pythonpath", here, "-c", conf,
+            "--log-level", "warning", "--timeout", "600", "-w", "1", "-k", worker_class]
+    if worker_class == "gthread":
+        args += ["--threads", "4"]
+    args.append("bench_wrk:make_app()")
+    with open(os.path.join(tmp, "log"), "wb") as log:
+        server = subprocess.Popen(args, env=env, stdout=log, stderr=log, cwd=os.path.dirname(here))
+    try:
+        deadline = time.monotonic() + 300
+        served = 0
+        while not served:
+            try:
+                _bench_request(port, 1)
+                served = 1
+            except OSError:
+                if time.monotonic() > deadline or server.poll() is not None:
+                    raise
+                time.sleep(1)
+        for n in range(served, GUNICORN_WARMUP + GUNICORN_REQUESTS):
+            _bench_request(port, n)
+        time.sleep(2)
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(120)
+    for path in glob.glob(f"{tmp}/cg.*"):
+        with open(path) as f:
+            text = f.read()
+        part = re.search(r"^part: (\d+)", text, re.M)
+        total = re.search(r"^(?:totals|summary): (\d+)", text, re.M)
+        if part and total and int(part.group(1)) == 2:
+            return int(total.group(1)) / GUNICORN_REQUESTS
+    raise RuntimeError(f"no callgrind dump of the counted requests in {tmp}")
+
+
+def main_gunicorn(worker_class: str) -> int:
+    cases = ("bare", "pfe", "ours", "ours_labelled")
+    per_request = {case: gunicorn_instructions(case, worker_class) for case in cases}
+    bare = per_request["bare"]
+    print(f"## Instructions per request in one gunicorn {worker_class} worker (callgrind, "
+          f"{GUNICORN_REQUESTS} requests after {GUNICORN_WARMUP})\n")
+    print("| case | instructions/request | overhead over bare Flask | / pfe |")
+    print("|---|---|---|---|")
+    for case, count in per_request.items():
+        overhead = count - bare
+        ratio = overhead / (per_request["pfe"] - bare)
+        print(f"| {case} | {count:,.0f} | {'-' if case == 'bare' else f'{overhead:,.0f}'} | "
+              f"{'-' if case == 'bare' else f'{ratio:.2f}'} |")
+    return 0
+
+
 def main() -> int:
     if shutil.which("valgrind") is None:
         print("valgrind not installed (apt-get install valgrind)")
         return 1
+    if "--gunicorn" in sys.argv:
+        rest = sys.argv[sys.argv.index("--gunicorn") + 1 :]
+        return main_gunicorn(rest[0] if rest else "sync")
     per_request = {}
     for variant in VARIANTS:
         per_request[variant] = (instructions(variant, LONG) - instructions(variant, SHORT)) / (LONG - SHORT)

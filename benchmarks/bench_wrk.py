@@ -128,7 +128,10 @@ def make_app():  # type: ignore[no-untyped-def]
     elif case in ("ours", "ours_labelled"):
         from flask_gatewayz_metrics import GatewayzMetrics
 
-        GatewayzMetrics(app)
+        # BENCH_WRK_WINDOW_SECONDS: another window (bench_flask_instructions --gunicorn uses it
+        # to keep a slot rotation out of the few counted requests).
+        window = os.environ.get("BENCH_WRK_WINDOW_SECONDS")
+        GatewayzMetrics(app, **({"window_seconds": float(window)} if window else {}))
     elif case != "bare":
         raise ValueError(case)
     return app

@@ -41,7 +41,7 @@ from .llm import GatewayRecording
 from .native_histograms import NativeRecording, native_state
 from .reading import COMPACTION_BUDGET_SECONDS, COMPACTION_INTERVAL_SECONDS, Reading
 from .record_writer import _NO_FILE, DIRECTORY_CHECK_SECONDS, FOLD_AT_START_FILES, RecordWriter
-from .request_path import RequestPath
+from .request_path import RequestPath, union_positions
 from .request_state import current_request
 from .semconv import ConventionsRecording, latency_bucket_tables
 from .settings import Settings, check
@@ -136,6 +136,7 @@ class MetricsCollector(
             bounds
         )
         """The request path's one search (``semconv.latency_bucket_tables``)."""
+        self._union_position = union_positions(self._latency_union)
         self.location = location.resolve(directory, namespace)
         self.directory = self.location.path
         announce = not os.path.exists(os.path.join(self.directory, layout.CONTROL_NAME))
@@ -300,15 +301,19 @@ class MetricsCollector(
         The count lives in memory and its absolute value is written to the file, so a
         new file (after a reset) starts from the right number.
         """
+        lock = self._lock  # acquire / release: half the cost of ``with`` (once per request)
         try:
-            with self._lock:
+            lock.acquire()
+            try:
                 if self._file_epoch != self._epoch_words[_EPOCH_INDEX] or not self._armed[0]:
                     self._refresh_file()  # first, so a forked child starts from 0
                 self._in_flight += delta
                 o = self._in_flight_offset
                 if o < 0:
                     o = self._in_flight_offset = self._fixed("in_flight")
-                self._doubles[o] = float(self._in_flight)
+                self._doubles[o] = self._in_flight  # an int: stored as float64
+            finally:
+                lock.release()
         except StorageUnavailable:
             pass  # counted when requests are recorded; a gauge has nothing to drop
         except Exception as exc:

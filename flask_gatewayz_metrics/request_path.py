@@ -4,10 +4,10 @@ make it cheap.
 ``observe_request`` is one function on purpose: every Python call costs about as much
 as the additions it would wrap, so the window writes, the sketch bucket search and the
 cache lookups are inlined (``docs/DESIGN.md``, "The request path must stay cheap"). A
-label combination not seen lately is resolved once per part (route, provider, model) in
-``_resolve_parts`` and kept in the bounded caches of ``label_cache``; a sketch slot's
-first observation of a bucket goes through ``RecordWriter._append_bucket_entry``. The window slots' format
-operations live in ``storage.slots``.
+label combination not seen lately is resolved once per part (route, provider, model) by
+``label_resolution`` and kept in the bounded caches of ``label_cache``; a sketch slot's
+first observation of a bucket goes through ``RecordWriter._append_bucket_entry``. The
+window slots' format operations live in ``storage.slots``.
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 from . import sketch
 from .label_cache import FRONT_ADMIT_EVERY, BoundedCache
-from .labels import as_number, method_label
+from .label_resolution import LabelResolution
+from .labels import as_number
 from .record_writer import _InvalidLabel
 from .storage import StorageUnavailable, layout
 from .storage.layout import Doubles
@@ -32,7 +33,6 @@ if TYPE_CHECKING:
     import threading
 
     from .native_histograms import _NativeState
-    from .storage import Storage
 
 _MAX_SECONDS = layout.MAX_SECONDS
 _monotonic = time.monotonic
@@ -51,26 +51,35 @@ _SLOT_UPPER_BOUNDS = (math.nan,) * layout.SLOT_HEADER + sketch.UPPER_BOUNDS
 _log2 = math.log2
 _ceil = math.ceil
 _EPOCH_INDEX = layout.CONTROL_EPOCH_INDEX
-_WINDOW_ENTRIES = 3
-"""Where a sketch slot's mirror (``storage.slots.enter_slot``) keeps its entries and chain state."""
+# Payload fields (storage/layout.py names them; bound here, read as fast as a literal).
+_REQ_COUNT = layout.REQ_COUNT
+_REQ_SUM = layout.REQ_SUM
+_SLOT_SUM = layout.SLOT_SUM
+_SLOT_ERRORS = layout.SLOT_ERRORS
+_SLOT_MIN = layout.SLOT_MIN
+_SLOT_MAX = layout.SLOT_MAX
+# A sketch slot's mirror (``storage.slots.enter_slot``): slot id, min, max, then from
+# _WINDOW_ENTRIES its {bucket: count index} and chain state.
+_MIRROR_SLOT, _MIRROR_MIN, _MIRROR_MAX, _WINDOW_ENTRIES = range(4)
 
-_RequestTargets = tuple[int, int, int, int, int, int]
-"""Payload offsets one (endpoint, method, status, provider, model, failed) combination
-writes: request record, endpoint window, provider record and window, model record and
-window (-1 = none)."""
+def union_positions(union: tuple[float, ...]) -> tuple[int, ...]:
+    """For each index within a sketch slot (``SLOT_HEADER`` + sketch bucket index): how
+    many bounds of the sorted ``union`` lie below the bucket's upper bound.
 
-_NO_PART = (-1, -1)
-"""Offsets of a part a request does not have (e.g. no provider)."""
+    A latency in that bucket has ``bisect_left(union, latency)`` equal to this, less the
+    bounds at or above the latency (the request path steps down past them: one
+    comparison, as bounds are far wider apart than the ~2 % buckets). So the one search
+    of the latency histograms' bounds costs a tuple lookup on top of the sketch index."""
+    uppers = (*(-math.inf,) * layout.SLOT_HEADER, *sketch.UPPER_BOUNDS, math.inf)
+    return tuple(bisect_left(union, upper) for upper in uppers)
 
 
-class RequestPath:
+class RequestPath(LabelResolution):
     """The request path of ``MetricsCollector`` (which holds the state declared here)."""
 
     if TYPE_CHECKING:
-        strict: bool
         error_status: int
         _lock: threading.Lock
-        _storage: Storage
         _doubles: Doubles
         _file_epoch: int
         _epoch_words: memoryview
@@ -79,8 +88,8 @@ class RequestPath:
         _clock: Callable[[], float]
         _in_flight: int
         _in_flight_offset: int
-        _histogram_kinds: dict[str, tuple[str, tuple[str, ...]]]
         _latency_union: tuple[float, ...]
+        _union_position: tuple[int, ...]
         _request_bucket: tuple[int, ...]
         _http_bucket: tuple[int, ...]
         _gen_ai_bucket: tuple[int, ...]
@@ -93,9 +102,6 @@ class RequestPath:
         _slot_extremes: dict[int, list[Any]]
         _native_state: _NativeState | None
         _front_cache: BoundedCache
-        _route_cache: BoundedCache
-        _provider_cache: BoundedCache
-        _model_cache: BoundedCache
         _request_targets: dict[Hashable, tuple[int, ...]]
         _front_misses: int
         _route_get: Callable[[Hashable], tuple[int, ...] | None]
@@ -105,7 +111,6 @@ class RequestPath:
         def _writable(self) -> Doubles: ...
         def _fixed(self, kind: str, labels: tuple[str, ...] = ()) -> int: ...
         def _append_bucket_entry(self, mirror: list[Any], at: int, index: int) -> Doubles: ...
-        def _admit(self, name: str, raw: object) -> str: ...
         def _drop(self, reason: str, leaving: bool = False) -> None: ...
         def _internal_error(self, exc: Exception) -> None: ...
         def add_in_flight(self, delta: int) -> None: ...
@@ -137,8 +142,12 @@ class RequestPath:
         if status.__class__ is not int or not 100 <= status <= 599:
             return self._drop("invalid_status", leaving)
         now = self._clock()
+        # acquire / release rather than ``with``: half the cost (the ``with`` statement looks
+        # up and binds __enter__ and __exit__ on every request).
+        lock = self._lock
         try:
-            with self._lock:
+            lock.acquire()
+            try:
                 d = self._doubles
                 if (
                     self._file_epoch != self._epoch_words[_EPOCH_INDEX]
@@ -172,20 +181,35 @@ class RequestPath:
                     request, endpoint_window, provider_record, provider_window, model_record, model_window,
                     http_server, gen_ai_duration,
                 ) = targets  # fmt: skip
+                # The latency's sketch bucket (sketch.bucket_index, inlined; index within a slot).
+                if latency <= _SKETCH_LOWEST:
+                    index = _UNDERFLOW_SLOT
+                elif latency > _SKETCH_HIGHEST:
+                    index = _OVERFLOW_SLOT
+                else:
+                    index = _ceil(_log2(latency) * _SKETCH_SCALE) - _KEY_TO_SLOT
+                    if latency > _SLOT_UPPER_BOUNDS[index]:
+                        index += 1
+                    elif latency <= _SLOT_UPPER_BOUNDS[index - 1]:
+                        index -= 1
+                # Its position among the latency histograms' bounds, bisect_left(union, latency),
+                # from the sketch bucket: at most a bound or two lie inside one (union_positions).
+                union_index = self._union_position[index]
+                while union_index and latency <= self._latency_union[union_index - 1]:
+                    union_index -= 1
                 # Since start: count, latency sum, histogram bucket, per status; errors and
                 # per-endpoint/status totals are sums of these records at read time.
-                union_index = bisect_left(self._latency_union, latency)
                 bucket = self._request_bucket[union_index]
                 if request >= 0:
-                    d[request] += 1.0
-                    d[request + 1] += latency
+                    d[request + _REQ_COUNT] += 1.0
+                    d[request + _REQ_SUM] += latency
                     d[request + bucket] += 1.0
                 if provider_record >= 0:
-                    d[provider_record] += 1.0
-                    d[provider_record + 1] += latency
+                    d[provider_record + _REQ_COUNT] += 1.0
+                    d[provider_record + _REQ_SUM] += latency
                     d[provider_record + bucket] += 1.0
                 if model_record >= 0:
-                    d[model_record] += 1.0
+                    d[model_record] += 1.0  # its one value: the count
                 # Windows: the current clock-aligned slot of each windowed record.
                 if not self._slot_start <= now < self._slot_end:
                     self._slot_position(now)
@@ -193,79 +217,69 @@ class RequestPath:
                 shift = self._position * _SKETCH_STRIDE
                 extremes = self._slot_extremes
                 error = failed or status >= self.error_status
-                if latency <= _SKETCH_LOWEST:
-                    index = _UNDERFLOW_SLOT
-                elif latency > _SKETCH_HIGHEST:
-                    index = _OVERFLOW_SLOT
-                else:  # sketch.bucket_index, inlined (index within the slot)
-                    index = _ceil(_log2(latency) * _SKETCH_SCALE) - _KEY_TO_SLOT
-                    if latency > _SLOT_UPPER_BOUNDS[index]:
-                        index += 1
-                    elif latency <= _SLOT_UPPER_BOUNDS[index - 1]:
-                        index -= 1
-                # Each window slot: id, count (unused: the buckets hold it), sum, errors,
-                # min, max, first bucket block. Slot id, min and max of the current slot
-                # are mirrored in ``extremes`` (reading the mmap costs several times more),
-                # with a dict bucket -> index of its count in the slot's bucket blocks.
-                # The three copies below are deliberate: a helper call would cost more
-                # than the additions themselves.
+                # Each window slot (layout: SLOT_ID ... SLOT_MAX, SLOT_BLOCK): SLOT_COUNT stays
+                # unused (the buckets hold it). Slot id, min and max of the current slot are
+                # mirrored in ``extremes`` (reading the mmap costs several times more), with a
+                # dict bucket -> index of its count in the slot's bucket blocks. The three
+                # copies below are deliberate: a helper call would cost more than the
+                # additions themselves.
                 if endpoint_window >= 0:
                     try:
                         current = extremes[endpoint_window]
                     except KeyError:
                         current = _UNKNOWN_SLOT
                     o = endpoint_window + shift
-                    if current[0] != slot:
+                    if current[_MIRROR_SLOT] != slot:
                         current = extremes[endpoint_window] = _enter_slot(d, o, slot)
                     try:
-                        d[current[3][index]] += 1.0
+                        d[current[_WINDOW_ENTRIES][index]] += 1.0
                     except KeyError:  # first time in this slot: an entry in its bucket blocks
                         d = self._append_bucket_entry(current, _WINDOW_ENTRIES, index)
-                    d[o + 2] += latency
+                    d[o + _SLOT_SUM] += latency
                     if error:
-                        d[o + 3] += 1.0
-                    if latency < current[1]:
-                        d[o + 4] = current[1] = latency
-                    if latency > current[2]:
-                        d[o + 5] = current[2] = latency
+                        d[o + _SLOT_ERRORS] += 1.0
+                    if latency < current[_MIRROR_MIN]:
+                        d[o + _SLOT_MIN] = current[_MIRROR_MIN] = latency
+                    if latency > current[_MIRROR_MAX]:
+                        d[o + _SLOT_MAX] = current[_MIRROR_MAX] = latency
                 if provider_window >= 0:
                     try:
                         current = extremes[provider_window]
                     except KeyError:
                         current = _UNKNOWN_SLOT
                     o = provider_window + shift
-                    if current[0] != slot:
+                    if current[_MIRROR_SLOT] != slot:
                         current = extremes[provider_window] = _enter_slot(d, o, slot)
                     try:
-                        d[current[3][index]] += 1.0
+                        d[current[_WINDOW_ENTRIES][index]] += 1.0
                     except KeyError:  # first time in this slot: an entry in its bucket blocks
                         d = self._append_bucket_entry(current, _WINDOW_ENTRIES, index)
-                    d[o + 2] += latency
+                    d[o + _SLOT_SUM] += latency
                     if error:
-                        d[o + 3] += 1.0
-                    if latency < current[1]:
-                        d[o + 4] = current[1] = latency
-                    if latency > current[2]:
-                        d[o + 5] = current[2] = latency
+                        d[o + _SLOT_ERRORS] += 1.0
+                    if latency < current[_MIRROR_MIN]:
+                        d[o + _SLOT_MIN] = current[_MIRROR_MIN] = latency
+                    if latency > current[_MIRROR_MAX]:
+                        d[o + _SLOT_MAX] = current[_MIRROR_MAX] = latency
                 if model_window >= 0:
                     try:
                         current = extremes[model_window]
                     except KeyError:
                         current = _UNKNOWN_SLOT
                     o = model_window + shift
-                    if current[0] != slot:
+                    if current[_MIRROR_SLOT] != slot:
                         current = extremes[model_window] = _enter_slot(d, o, slot)
                     try:
-                        d[current[3][index]] += 1.0
+                        d[current[_WINDOW_ENTRIES][index]] += 1.0
                     except KeyError:  # first time in this slot: an entry in its bucket blocks
                         d = self._append_bucket_entry(current, _WINDOW_ENTRIES, index)
-                    d[o + 2] += latency
+                    d[o + _SLOT_SUM] += latency
                     if error:
-                        d[o + 3] += 1.0
-                    if latency < current[1]:
-                        d[o + 4] = current[1] = latency
-                    if latency > current[2]:
-                        d[o + 5] = current[2] = latency
+                        d[o + _SLOT_ERRORS] += 1.0
+                    if latency < current[_MIRROR_MIN]:
+                        d[o + _SLOT_MIN] = current[_MIRROR_MIN] = latency
+                    if latency > current[_MIRROR_MAX]:
+                        d[o + _SLOT_MAX] = current[_MIRROR_MAX] = latency
                 # The OpenTelemetry conventions' histograms (semconv.py), with their own
                 # bucket bounds: http.server.request.duration's buckets only (its count and
                 # sum are the request record's; its bucket follows from the request's own
@@ -274,7 +288,7 @@ class RequestPath:
                 if http_server >= 0:
                     d[http_server + self._http_bucket[union_index]] += 1.0
                 if gen_ai_duration >= 0:
-                    d[gen_ai_duration] += latency
+                    d[gen_ai_duration] += latency  # the payload starts with the sum
                     d[gen_ai_duration + self._gen_ai_bucket[union_index]] += 1.0
                 if self._native_state is not None:  # native histograms: native_histograms.py
                     self._native_add(request, provider_record, index)
@@ -283,8 +297,10 @@ class RequestPath:
                     o = self._in_flight_offset
                     if o < 0:
                         o = self._in_flight_offset = self._fixed("in_flight")
-                    self._doubles[o] = float(self._in_flight)
+                    self._doubles[o] = self._in_flight  # an int: the memoryview stores it as float64
                 return None
+            finally:
+                lock.release()
         except _InvalidLabel:
             return self._drop("invalid_label", leaving)
         except StorageUnavailable:
@@ -293,86 +309,6 @@ class RequestPath:
             if leaving:
                 self.add_in_flight(-1)
             return self._internal_error(exc)
-
-    def _resolve_parts(self, key: tuple[object, ...]) -> _RequestTargets:
-        """Validate a new label combination and find or allocate its records (slow path).
-
-        A label that cannot be one (empty, not a string, unhashable) drops only its own
-        part (the HTTP request, the provider or the model), counted as ``invalid_label``;
-        such parts and combinations are not cached, so each occurrence is counted. Strict
-        mode raises ``_InvalidLabel`` instead.
-        """
-        endpoint, method, status, provider, model, failed = key
-        invalid = 0
-        route = self._cached_part(self._route_cache, (endpoint, method, status, failed))
-        upstream = self._cached_part(self._provider_cache, (provider, status, failed))
-        used_model = self._cached_part(self._model_cache, (model, status, failed))
-        parts: list[int] = []
-        for part in (route, upstream, used_model):
-            invalid += part is None
-            parts.extend(_NO_PART if part is None else part)
-        request, endpoint_window, provider_off, provider_window, model_off, model_window = parts
-        targets = (request, endpoint_window, provider_off, provider_window, model_off, model_window)
-        if invalid:
-            if self.strict:
-                raise _InvalidLabel
-            self._doubles = self._storage.doubles
-            self._doubles[self._fixed("dropped", ("invalid_label",))] += float(invalid)
-        else:
-            self._front_cache.put(key, targets)
-        self._doubles = self._storage.doubles
-        return targets
-
-    def _cached_part(self, cache: BoundedCache, part: tuple[object, ...]) -> tuple[int, ...] | None:
-        """The offsets of one part of a request (None: its label is invalid), cached."""
-        try:
-            found = cache.entries.get(part)
-        except TypeError:  # an unhashable label value: resolved, not cached
-            return self._resolve_part(cache, part)
-        if found is None:
-            found = self._resolve_part(cache, part)
-            if found is not None:
-                cache.put(part, found)
-        return found
-
-    def _resolve_part(self, cache: BoundedCache, part: tuple[object, ...]) -> tuple[int, int] | None:
-        """Admit one part's label and find or allocate its record and window."""
-        storage = self._storage
-        if part[0] is None and (cache is not self._route_cache or part[1] is None):
-            return _NO_PART  # no provider, no model, or a provider call (no HTTP request)
-        outcome = (str(part[-2]), "1" if part[-1] else "0")
-        if cache is self._route_cache:
-            endpoint_label = self._admit_part("endpoint", part[0])
-            method_value = method_label(part[1])
-            if endpoint_label is None or method_value is None:
-                return None
-            kind, bounds = self._histogram_kinds["request"]
-            return (
-                storage.offset(kind, (*bounds, endpoint_label, method_value, *outcome)),
-                storage.offset("endpoint_window", (endpoint_label,)),
-            )
-        name = "provider" if cache is self._provider_cache else "model"
-        label = self._admit_part(name, part[0])
-        if label is None:
-            return None
-        if name == "provider":
-            kind, bounds = self._histogram_kinds["provider"]
-            record = storage.offset(kind, (*bounds, label, *outcome))
-        else:
-            record = storage.offset(name, (label, *outcome))
-        return record, storage.offset(f"{name}_window", (label,))
-
-    def _clear_label_caches(self) -> None:
-        """Forget every cached resolution (offsets change with a new file)."""
-        for cache in (self._front_cache, self._route_cache, self._provider_cache, self._model_cache):
-            cache.clear()
-
-    def _admit_part(self, name: str, raw: object) -> str | None:
-        """``_admit``, with None for a value that cannot be a label (call under the lock)."""
-        try:
-            return self._admit(name, raw)
-        except _InvalidLabel:
-            return None
 
     def _slot_position(self, now: float) -> tuple[int, int]:
         """The clock-aligned slot containing ``now`` and its position in a window record.

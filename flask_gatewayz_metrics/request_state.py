@@ -2,7 +2,9 @@
 
 Kept in a ``ContextVar`` so that code deep inside a view, a streamed body or the
 ``track_request`` decorator can attach labels to the current request without any
-Flask import, and so that nothing records the same request twice.
+Flask import, and so that nothing records the same request twice. This is the part of
+request timing the recording layer sees; the timing itself (WSGI wrapper, Flask hook,
+the per-request object) is ``request_timing``.
 """
 
 from __future__ import annotations
@@ -18,8 +20,8 @@ if TYPE_CHECKING:
 class RequestState:
     """Per-request bookkeeping of the Flask extension (one object per request).
 
-    A plain class with ``__slots__`` (not a dataclass) so that the WSGI layer can
-    extend it into the one object a request allocates (see ``_wsgi.Exchange``).
+    A plain class with ``__slots__`` (not a dataclass) so that request timing can
+    extend it into the one object a request allocates (``request_timing.Exchange``).
     """
 
     __slots__ = (
@@ -36,28 +38,29 @@ class RequestState:
         "trace_id",
     )  # fmt: skip
 
-    def __init__(self, collector: MetricsCollector, start: float) -> None:
-        self.collector = collector
-        self.start = start
-        self.endpoint = ""
-        """Route template of the request (or the unmatched label), known once it is routed."""
-        self.method = ""
-        self.provider: str | None = None
-        self.model: str | None = None
-        self.provider_recorded = False
-        """Set when the view recorded provider calls itself; the request then skips them."""
-        self.finished = False
-        """Set once the request is recorded (which also takes it out of the in-flight
-        gauge): nothing records it again."""
-        self.trace_id: str | None = None
-        """The active OpenTelemetry span's trace id, else an incoming W3C ``traceparent``'s:
-        becomes the latency bucket's exemplar."""
-        self.output_tokens = 0.0
-        """Output tokens the request's ``record_tokens`` calls reported (for
-        gen_ai.server.time_per_output_token)."""
-        """From an incoming W3C ``traceparent``: becomes the latency bucket's exemplar."""
-        self.tenant: Tenant | None = None
-        """Team, API key label (hashed) and user, from ``label_request`` (see ``tenants``)."""
+    # The fields, set for each request by ``request_timing.timed_wsgi_app`` (no __init__:
+    # a Python call less on every request).
+    collector: MetricsCollector
+    start: float
+    """perf_counter() when the server handed the request over."""
+    endpoint: str
+    """Route template of the request (or the unmatched label), known once it is routed."""
+    method: str
+    provider: str | None
+    model: str | None
+    provider_recorded: bool
+    """Set when the view recorded provider calls itself; the request then skips them."""
+    finished: bool
+    """Set once the request is recorded (which also takes it out of the in-flight
+    gauge): nothing records it again."""
+    trace_id: str | None
+    """The active OpenTelemetry span's trace id, else an incoming W3C ``traceparent``'s:
+    becomes the latency bucket's exemplar."""
+    output_tokens: float
+    """Output tokens the request's ``record_tokens`` calls reported (for
+    gen_ai.server.time_per_output_token)."""
+    tenant: Tenant | None
+    """Team, API key label (hashed) and user, from ``label_request`` (see ``tenants``)."""
 
 
 current_request: ContextVar[RequestState | None] = ContextVar(

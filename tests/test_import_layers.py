@@ -27,8 +27,8 @@ LAYERS: dict[str, tuple[str, ...]] = {
     ),
     # 3: the recording API and its input policy.
     "recording": (
-        "collector", "request_path", "record_writer", "reading", "default_collector", "llm", "semconv",
-        "custom", "custom_handles", "tenants", "request_state", "tracking", "native_histograms",
+        "collector", "request_path", "label_resolution", "record_writer", "reading", "default_collector", "llm",
+        "semconv", "custom", "custom_handles", "tenants", "request_state", "tracking", "native_histograms",
         "record_primitives",
     ),
     # 4: what leaves the process: exposition formats (every exposition* module), OTLP, health,
@@ -38,7 +38,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     ),
     # 5: Flask, WSGI and server integration, and the public test helpers.
     "integration": (
-        "extension", "_wsgi", "views", "dashboard", "metrics_port", "gunicorn", "gunicorn_conf", "testing",
+        "extension", "request_timing", "views", "dashboard", "metrics_port", "gunicorn", "gunicorn_conf", "testing",
         "__init__",
     ),
 }  # fmt: skip

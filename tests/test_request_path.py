@@ -8,6 +8,7 @@ from collections.abc import Iterator
 
 from flask import Flask, Response, request
 from prometheus_client.parser import text_string_to_metric_families
+from servers import free_port
 
 from flask_gatewayz_metrics import GatewayzMetrics, MetricsCollector, label_request
 from flask_gatewayz_metrics.exposition import PrometheusExporter
@@ -109,3 +110,95 @@ def test_labelled_flask_request_fills_every_histogram_once(metrics_dir: str) -> 
     assert _value(text, "http_server_request_duration_seconds_count", http_route="/v1/chat/completions") == 1.0
     assert _value(text, "gen_ai_server_request_duration_seconds_count", gen_ai_provider_name="openai") == 1.0
     assert _value(text, "gen_ai_server_request_duration_seconds_bucket", le="+Inf") == 1.0
+
+
+def test_bucket_position_from_the_sketch_index_equals_a_search() -> None:
+    """``union_positions`` plus the step down gives ``bisect_left`` of the bounds for any
+    latency, also with several configured bounds inside one sketch bucket."""
+    import math
+    import random
+    from bisect import bisect_left
+
+    from flask_gatewayz_metrics import sketch
+    from flask_gatewayz_metrics.request_path import union_positions
+
+    rng = random.Random(12)
+    for union in (
+        tuple(sorted({*layout.HISTOGRAM_BOUNDS, *layout.HTTP_SERVER_BOUNDS, *layout.GEN_AI_DURATION_BOUNDS})),
+        (1e-7, 0.1, 0.1001, 0.1002, 0.5, 3600.0 * 10),
+    ):
+        positions = union_positions(union)
+        assert len(positions) == layout.SLOT_HEADER + sketch.BUCKET_COUNT
+        latencies = [0.0, sketch.LOWEST, sketch.HIGHEST, sketch.HIGHEST * 2, layout.MAX_SECONDS]
+        latencies += [x for b in union for x in (b, math.nextafter(b, 0.0), math.nextafter(b, math.inf))]
+        latencies += [rng.random() * 10 ** rng.uniform(-7, 5) for _ in range(20_000)]
+        for latency in latencies:
+            position = positions[layout.SLOT_HEADER + sketch.bucket_index(latency)]
+            while position and latency <= union[position - 1]:
+                position -= 1
+            assert position == bisect_left(union, latency), latency
+
+
+def test_close_configured_bounds_get_the_searched_bucket(metrics_dir: str) -> None:
+    """Configured bounds closer than a sketch bucket: each latency still lands where a
+    search of the bounds puts it."""
+    from bisect import bisect_left
+
+    bounds = (0.1, 0.1001, 0.1002, 0.5)
+    collector = MetricsCollector(metrics_dir, buckets=bounds)
+    latencies = [0.0999, 0.1, 0.10005, 0.1001, 0.10015, 0.1002, 0.10025, 0.3, 0.5, 0.7]
+    try:
+        for latency in latencies:
+            collector.observe_request("/chat", "POST", latency, 200)
+        snap = collector.snapshot()
+    finally:
+        collector.close()
+    record = snap.merged.total("request", ("/chat", "POST", "200", "0"))  # the merge keeps its own bounds
+    assert record is not None
+    expected = [0.0] * (len(bounds) + 1)
+    for latency in latencies:
+        expected[bisect_left(bounds, latency)] += 1.0
+    assert record[layout.REQ_BUCKETS :] == expected
+
+
+def test_own_routes_one_rule_for_recording_and_the_port(metrics_dir: str) -> None:
+    """``OwnRoutes`` takes the URL prefix and everything under it (prefix "/": the metrics
+    blueprint's routes), and the metrics port serves what the same object accepts."""
+    from flask_gatewayz_metrics.request_timing import OwnRoutes
+
+    app = Flask("own")
+    app.config.update(GATEWAYZ_METRICS_DIR=metrics_dir, GATEWAYZ_METRICS_URL_PREFIX="/metrics")
+    GatewayzMetrics(app)
+    own = GatewayzMetrics.of(app).own_routes
+    assert isinstance(own, OwnRoutes)
+    assert [own(p) for p in ("/metrics", "/metrics/", "/metrics/json", "/metrics/a/b")] == [True] * 4
+    assert [own(p) for p in ("/metricsx", "/api/metrics", "/", "", "/metric")] == [False] * 5
+
+    root = Flask("own_root")
+    root.config.update(GATEWAYZ_METRICS_DIR=metrics_dir + "/root", GATEWAYZ_METRICS_URL_PREFIX="/")
+    GatewayzMetrics(root)
+    own = GatewayzMetrics.of(root).own_routes
+    assert own is not None
+    assert own("/") and own("/json") and own("/health")
+    assert not own("/api/chat") and not own("/jsonx")
+
+    ported = Flask("ported")
+    ported.config.update(GATEWAYZ_METRICS_DIR=metrics_dir + "/port", GATEWAYZ_METRICS_PORT=free_port())
+    GatewayzMetrics(ported)
+    state = GatewayzMetrics.of(ported)
+    try:
+        assert state.port is not None and state.port.is_metrics_path is state.own_routes
+    finally:
+        if state.port is not None:
+            state.port.close()
+
+
+def test_status_line_cache_parses_like_int() -> None:
+    """The status-line cache gives ``int(line[:3])``; None (never started) 500, malformed 0."""
+    from flask_gatewayz_metrics import request_timing
+
+    assert request_timing._status_code("201 Created") == 201
+    assert request_timing._STATUS_CODES["201 Created"] == 201
+    assert request_timing._status_code(None) == 500
+    assert request_timing._status_code("abc") == 0
+    assert "abc" not in request_timing._STATUS_CODES

@@ -1,0 +1,420 @@
+"""Request timing: everything that times a Flask request, from the moment the server
+hands it over to the moment its body is over (docs/DESIGN.md, "The request path").
+
+``install`` wraps ``app.wsgi_app`` (``timed``) and ``app.process_response`` (``checked``).
+Per request one object, ``Exchange``, is at once the request's ``RequestState`` (what
+``label_request`` finds through the ``ContextVar`` of ``request_state``, set again around
+each chunk of a streamed body), the ``start_response`` handed to Flask (it keeps the
+final status and reads the route while Flask's request context is still pushed) and,
+when the body is produced after the view returned, the iterable handed back to the
+server. The request is recorded exactly once, when the body is over: complete when the
+view returns (the common case: recorded at once, body handed over untouched), exhausted,
+failed, or closed by the server (PEP 3333 servers always call ``close()``).
+
+``OwnRoutes`` is the one rule for "a request to our own routes": neither recorded nor in
+flight (unless ``RECORD_OWN_ROUTES``), and what the metrics port serves.
+
+This runs on every request: it is written for the fewest Python calls and attribute
+writes (measured in instructions, ``benchmarks/bench_flask_instructions.py``).
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from collections.abc import Callable, Iterable, Iterator
+from time import perf_counter
+from typing import TYPE_CHECKING, Any
+
+from flask.globals import _cv_request
+from werkzeug.exceptions import MethodNotAllowed
+from werkzeug.wsgi import ClosingIterator
+
+from .labels import KNOWN_METHODS
+from .llm import trace_id_of
+from .request_state import RequestState, current_request
+from .tenants import tenant_from_headers
+from .tracing import MODULE as _OTEL_TRACE
+from .tracing import current_trace_id
+from .views import BLUEPRINT_NAME
+
+if TYPE_CHECKING:
+    from flask import Flask, Response
+    from flask.ctx import RequestContext
+    from werkzeug.routing import MapAdapter, Rule
+
+    from .extension import AppMetrics
+
+WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+
+_set_current = current_request.set
+_reset_current = current_request.reset
+_get_current = current_request.get
+_current_flask_request = _cv_request.get
+_modules = sys.modules
+_STATUS_CODES: dict[str, int] = {}
+"""Status line -> code, for the lines this process has answered with (``int(line[:3])``
+costs several times a lookup); bounded by ``_MAX_STATUS_LINES``."""
+_MAX_STATUS_LINES = 512
+
+
+class OwnRoutes:
+    """The one rule for "a request to our own routes": its path is under the URL prefix,
+    or (prefix "/", which is every path) one of the metrics blueprint's routes. Used for
+    recording and in-flight alike (not with ``RECORD_OWN_ROUTES``) and by the metrics port.
+
+    As data, so the request path can inline it: ``root in path and
+    path.startswith(root) and (path in paths or path.startswith(children))``.
+    """
+
+    __slots__ = ("children", "paths", "root")
+
+    def __init__(self, app: Flask, url_prefix: str) -> None:
+        prefix = url_prefix.rstrip("/")
+        if prefix:
+            self.root = prefix
+            self.paths = frozenset({prefix, prefix + "/"})
+            self.children: tuple[str, ...] = (prefix + "/",)
+        else:
+            ours = [r.rule for r in app.url_map.iter_rules() if r.endpoint.startswith(BLUEPRINT_NAME + ".")]
+            # Static rules match exactly; a rule with a converter by its static head.
+            self.root = "/"
+            self.paths = frozenset(r for r in ours if "<" not in r)
+            self.children = tuple(r.split("<", 1)[0] for r in ours if "<" in r)
+
+    def __call__(self, path: str) -> bool:
+        """Whether ``path`` is one of our routes."""
+        return self.root in path and path.startswith(self.root) and (
+            path in self.paths or path.startswith(self.children)
+        )
+
+
+def install(app: Flask, metrics: AppMetrics, own_routes: OwnRoutes) -> None:
+    """Time every request of ``app`` (``metrics``: its state; ``own_routes`` left alone
+    unless ``RECORD_OWN_ROUTES``)."""
+    metrics.app = app
+    app.wsgi_app = timed(app.wsgi_app, metrics, own_routes)  # type: ignore[method-assign,assignment]
+    app.process_response = checked(app.process_response, metrics)  # type: ignore[method-assign,assignment]
+
+
+def timed(wsgi_app: WSGIApp, metrics: AppMetrics, own_routes: OwnRoutes) -> WSGIApp:
+    """``wsgi_app`` timed from the moment the server hands it the request."""
+    collector = metrics.collector
+    add_in_flight = collector.add_in_flight
+    settings = metrics.settings
+    tenant_headers = settings.tenant_headers
+    check_own = not settings.record_own_routes
+    own_root, own_paths, own_children = own_routes.root, own_routes.paths, own_routes.children
+    reset_path = settings.url_prefix.rstrip("/") + "/reset"
+    patterns = settings.excluded_paths
+    excluded = re.compile("|".join(f"(?:{p})" for p in patterns)).match if patterns else None
+
+    def timed_wsgi_app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "")
+        if excluded is not None and excluded(path):  # EXCLUDED_PATHS: not ours to record
+            return wsgi_app(environ, start_response)
+        # (``in`` first: an operator, a third of the cost of the call that rarely follows.)
+        if check_own and own_root in path and path.startswith(own_root) and (
+            path in own_paths or path.startswith(own_children)
+        ):
+            body = wsgi_app(environ, start_response)
+            if path == reset_path:
+                # A reset starts new files: write this process's live in-flight count
+                # into its new one now, not at its next request.
+                collector.add_in_flight(0)
+            return body
+        # The request's state, written here rather than in an __init__: a Python call
+        # less per request (RequestState documents the fields).
+        exchange = Exchange()
+        exchange.start = perf_counter()
+        exchange.collector = collector
+        exchange.metrics = metrics
+        exchange.environ = environ
+        exchange._start_response = start_response
+        exchange.endpoint = exchange.method = ""
+        exchange.provider = exchange.model = exchange.trace_id = exchange.status = exchange.headers = None
+        exchange.streamed = None
+        exchange.provider_recorded = exchange.finished = False
+        exchange.output_tokens = exchange.first_chunk = 0.0
+        # Read at the start, so tokens recorded by the view count for the tenant too.
+        exchange.tenant = tenant_from_headers(environ, settings, collector) if tenant_headers else None
+        traceparent = environ.get("HTTP_TRACEPARENT")
+        if traceparent:
+            exchange.trace_id = trace_id_of(traceparent)
+        token = _set_current(exchange)
+        add_in_flight(1)
+        try:
+            body = wsgi_app(environ, exchange.start_response)
+        except BaseException:
+            # The exception escapes Flask (PROPAGATE_EXCEPTIONS, testing, debug):
+            # the server answers 500.
+            exchange.finish(True, None)
+            raise
+        finally:
+            _reset_current(token)
+        # (mypy still sees the None written above; start_response and processed have run.)
+        if exchange.streamed is False and exchange.status is not None:  # type: ignore[unreachable]
+            exchange.finish(False, None)  # type: ignore[unreachable]  # complete already: nothing left to time
+            return body
+        return exchange.watch(body)  # type: ignore[no-any-return]
+
+    return timed_wsgi_app
+
+
+def checked(process_response: Callable[[Response], Response], metrics: AppMetrics) -> Callable[[Response], Response]:
+    """Flask's ``process_response`` (the app's ``after_request`` hooks, the session), then
+    a note on the response it returns: is the body complete now or still to come. (Not a
+    hook: Flask runs ``ensure_sync`` on each hook per request, and a hook registered
+    earlier runs after ours and could swap the body.)"""
+
+    def processed(response: Response) -> Response:
+        response = process_response(response)
+        state: Any = _get_current()
+        if type(state) is Exchange and state.metrics is metrics:
+            body = response.response
+            # A list is Flask's usual complete body: skip the is_streamed property call.
+            state.streamed = body.__class__ is not list and response.is_streamed and (
+                response.direct_passthrough
+                or response.content_length is None
+                # An HTTP error page is a finished WSGI response (force_type ran it);
+                # any other iterator is produced as the server reads it.
+                or body.__class__ is not ClosingIterator
+            )
+        return response
+
+    return processed
+
+
+class Exchange(RequestState):
+    """One request between the WSGI server and Flask (see the module docstring); its
+    fields are set by ``timed_wsgi_app``."""
+
+    __slots__ = ("_close", "_next", "_start_response", "environ", "first_chunk", "headers", "metrics", "status",
+                 "streamed")  # fmt: skip
+
+    metrics: AppMetrics
+    environ: dict[str, Any]
+    _start_response: Callable[..., Any]
+    status: str | None
+    """The status line of the last ``start_response`` call: what the client gets."""
+    headers: list[tuple[str, str]] | None
+    streamed: bool | None
+    """Set by ``checked``: False = the body is complete when the view returns, True =
+    produced afterwards, None = the check did not run (an earlier hook raised)."""
+    first_chunk: float
+    """perf_counter() when the body yielded its first chunk (0.0 = not yet)."""
+    # _next and _close are set by watch(): a body recorded at once never needs them.
+
+    # ------------------------------------------------------------ start_response
+    def start_response(self, status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+        """``start_response`` as Flask sees it: note the status, read the route and method
+        from Flask's request context (still pushed when Flask starts the response; else
+        matched again from the environ), and pass on."""
+        self.status = status
+        self.headers = headers
+        if not self.endpoint:
+            # An OpenTelemetry span active now (the request's, e.g. FlaskInstrumentor's, still
+            # open while Flask starts the response) gives the exemplar's trace id; an
+            # incoming traceparent header's stays the fallback.
+            # (A dict lookup first: most apps do not trace, and a call costs more.)
+            if _OTEL_TRACE in _modules:
+                trace_id = current_trace_id()
+                if trace_id is not None:
+                    self.trace_id = trace_id
+            ctx = _current_flask_request(None)
+            metrics = self.metrics
+            if ctx is None or ctx.app is not metrics.app:  # a middleware answered
+                self._identify_from_environ()
+            else:
+                try:
+                    request = ctx.request
+                    rule = request.url_rule
+                    if rule is None:
+                        rule = _allowed_rule(ctx)
+                    self.endpoint = metrics.unmatched if rule is None else rule.rule
+                    excluded = metrics.excluded_views
+                    if excluded and rule is not None and ctx.app.view_functions.get(rule.endpoint) in excluded:
+                        # A view marked with GatewayzMetrics.exclude: never recorded, and
+                        # out of the in-flight gauge as soon as its response starts.
+                        self.finished = True
+                        self.collector.add_in_flight(-1)
+                    method = request.method
+                    self.method = method if method in KNOWN_METHODS else "OTHER"
+                except Exception:  # metrics never break the response
+                    self._identify_from_environ()
+        if exc_info is None:
+            return self._start_response(status, headers)
+        return self._start_response(status, headers, exc_info)
+
+    def _identify_from_environ(self) -> None:
+        """The route Flask would match, found again from the environ (slow; error path only:
+        the exception escaped Flask, which has dropped its request context by now)."""
+        app = self.metrics.app
+        rule = None if app is None else _rule_from_environ(app, self.environ)
+        self.endpoint = self.metrics.unmatched if rule is None else rule.rule
+        method = str(self.environ.get("REQUEST_METHOD", "GET")).upper()
+        self.method = method if method in KNOWN_METHODS else "OTHER"
+
+    # ------------------------------------------------------------------- body
+    def watch(self, body: Any) -> Any:
+        """What to hand the server for a ``body`` still to be produced: this object,
+        or the server's own file wrapper (kept, so that it can still use sendfile)
+        with its ``close`` chained to ours."""
+        if self.streamed is None and self.status is not None and _complete(body, self.headers):
+            self.finish(False, None)
+            return body
+        self._close: Callable[[], object] | None = getattr(body, "close", None)
+        self._next: Callable[[], bytes] | None = None
+        file_wrapper = self.environ.get("wsgi.file_wrapper")
+        if file_wrapper is not None and body.__class__ is file_wrapper:
+            try:
+                body.close = self.close
+            except Exception:  # a wrapper that takes no attributes: iterate it ourselves
+                pass
+            else:
+                return body
+        self._next = iter(body).__next__
+        return self
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self
+
+    def __next__(self) -> bytes:
+        next_chunk = self._next
+        if next_chunk is None:  # over, or closed
+            raise StopIteration
+        token = _set_current(self)
+        try:
+            chunk = next_chunk()
+        except StopIteration:
+            self._end("completed")
+            raise
+        except BaseException:
+            self._next = None
+            self.finish(True, "error")
+            raise
+        finally:
+            _reset_current(token)
+        if not self.first_chunk:
+            self.first_chunk = perf_counter()
+        return chunk
+
+    def close(self) -> None:
+        """Called by the server when it is done with the body: ``client_disconnect`` if
+        the body was not over yet (a server file wrapper we do not iterate: ``completed``)."""
+        token = _set_current(self)
+        try:
+            self._end("client_disconnect" if self._next is not None else "completed")
+        finally:
+            _reset_current(token)
+
+    def _end(self, outcome: str) -> None:
+        """Close the body once (its ``close`` runs Flask's ``call_on_close`` functions and
+        the ``stream_with_context`` teardown, so labels set there count), then record."""
+        close, self._close, self._next = self._close, None, None
+        try:
+            if close is not None:
+                close()
+        except BaseException:
+            self.finish(True, "error")
+            raise
+        self.finish(False, outcome)
+
+    # -------------------------------------------------------------- recording
+    def finish(self, failed: bool, outcome: str | None) -> None:
+        """Record the request once, and take it out of the in-flight gauge (one locked
+        write). ``outcome``: how a streamed body ended (also recorded as the stream's,
+        when the request is labelled). A body that failed before its first chunk left
+        the server nothing sent, so the client got the server's 500."""
+        if self.finished:
+            return
+        self.finished = True
+        latency = perf_counter() - self.start
+        if not self.endpoint:
+            self._identify_from_environ()
+        if failed and not self.first_chunk:
+            status = 500
+        else:
+            code = _STATUS_CODES.get(self.status)  # type: ignore[arg-type]
+            status = _status_code(self.status) if code is None else code
+        if self.provider_recorded:
+            provider = model = None
+        else:
+            provider, model = self.provider, self.model
+        collector = self.collector
+        collector.observe_request(self.endpoint, self.method, latency, status, provider, model, failed, True)
+        if self.trace_id:
+            collector.record_exemplar(self.endpoint, self.method, latency, self.trace_id)
+        if self.tenant is not None:
+            collector.record_tenant_request(self.tenant, status, failed)
+        if outcome is not None and self.streamed and (self.provider or self.model):
+            first_chunk = self.first_chunk
+            collector.record_stream(
+                self.provider or "unknown", self.model or "unknown", outcome, latency,
+                first_chunk - self.start if first_chunk else None,
+            )  # fmt: skip
+        if self.provider_recorded or (self.streamed and outcome == "completed" and self.first_chunk):
+            # The OpenTelemetry GenAI server histograms (semconv.py) that observe_request
+            # cannot record: the labelled request's duration when the view recorded its
+            # provider calls itself, a completed stream's time to first token / per token.
+            collector._record_model_response(
+                self.endpoint, self.provider, self.model, status, failed, latency, self.provider_recorded,
+                self.first_chunk - self.start if self.first_chunk else None, self.output_tokens,
+            )  # fmt: skip
+
+
+def _status_code(status: str | None) -> int:
+    """The code of a status line (500: never started, the server answers 500; 0: malformed,
+    dropped as invalid by the collector), kept in ``_STATUS_CODES`` while it has room."""
+    try:
+        code = int(status[:3])  # type: ignore[index]
+    except (TypeError, ValueError):
+        return 500 if status is None else 0
+    if len(_STATUS_CODES) < _MAX_STATUS_LINES and status.__class__ is str:
+        _STATUS_CODES[status] = code
+    return code
+
+
+def _complete(body: object, headers: list[tuple[str, str]] | None) -> bool:
+    """Whether a body is complete already though our check did not run (an earlier hook
+    raised, or a middleware answered): a list or tuple, or a werkzeug ``ClosingIterator``
+    with a Content-Length (Flask's error pages)."""
+    if body.__class__ in (list, tuple):
+        return True
+    return (
+        body.__class__ is ClosingIterator
+        and headers is not None
+        and any(name.lower() == "content-length" for name, _ in headers)
+    )
+
+
+def _allowed_rule(ctx: RequestContext) -> Rule | None:
+    """For a 405 on a real route: that route, matched again with a method it allows."""
+    exc = ctx.request.routing_exception
+    if isinstance(exc, MethodNotAllowed) and exc.valid_methods and ctx.url_adapter is not None:
+        return _match(ctx.url_adapter, next(iter(exc.valid_methods)))
+    return None
+
+
+def _rule_from_environ(app: Flask, environ: dict[str, Any]) -> Rule | None:
+    """The rule Flask matches for ``environ``, bound as Flask binds it (server name,
+    subdomain, host matching); a 405 gives the route it was refused on."""
+    try:
+        adapter = app.create_url_adapter(app.request_class(environ))
+        if adapter is None:
+            return None
+        try:
+            rule, _ = adapter.match(return_rule=True)
+        except MethodNotAllowed as exc:
+            return _match(adapter, next(iter(exc.valid_methods))) if exc.valid_methods else None
+        return rule
+    except Exception:  # no match, redirect, bad host: unmatched
+        return None
+
+
+def _match(adapter: MapAdapter, method: str) -> Rule | None:
+    try:
+        rule, _ = adapter.match(method=method, return_rule=True)
+    except Exception:
+        return None
+    return rule
