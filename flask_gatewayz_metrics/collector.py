@@ -262,7 +262,7 @@ class MetricsCollector(
                 slot, position = self._slot_position(now)
                 counts, window = self._fixed("cache"), self._fixed("cache_window") + position * _PLAIN_STRIDE
                 d = self._doubles
-                d[counts + (0 if hit else 1)] += 1.0
+                d[counts + (layout.CACHE_HITS if hit else layout.CACHE_MISSES)] += 1.0
                 _plain_window_add(d, window, slot, 0.0, not hit)
         except StorageUnavailable:
             self._drop("storage_unavailable")
@@ -281,8 +281,8 @@ class MetricsCollector(
                 slot, position = self._slot_position(now)
                 o, window = self._fixed("db"), self._fixed("db_window") + position * _PLAIN_STRIDE
                 d = self._doubles
-                d[o] += 1.0
-                d[o + 1] += latency
+                d[o + layout.DB_QUERIES] += 1.0
+                d[o + layout.DB_LATENCY_SUM] += latency
                 _plain_window_add(d, window, slot, latency, False)
         except StorageUnavailable:
             self._drop("storage_unavailable")
@@ -292,7 +292,8 @@ class MetricsCollector(
 
     def record_external_api_call(self, service: str, error: bool = False) -> None:
         """Count one call to an external service (stripe, sendgrid, ...)."""
-        self._add("external", (("service", service),), ((0, 1.0), (1, 1.0 if error else 0.0)))
+        increments = ((layout.EXTERNAL_CALLS, 1.0), (layout.EXTERNAL_ERRORS, 1.0 if error else 0.0))
+        self._add("external", (("service", service),), increments)
 
     # ---------------------------------------------------------------- in flight
     def add_in_flight(self, delta: int) -> None:

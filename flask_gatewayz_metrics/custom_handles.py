@@ -255,11 +255,11 @@ def _gauge(metric: _Metric, series: _Series | None, number: object, relative: bo
                 raise _Invalid
             series.value = new
             d = collector._doubles
-            d[o] = new
+            d[o + layout.VALUE] = new
             if mode in ("max", "min"):
-                d[o + 1] = 1.0  # set flag, after the value: a reader never sees it unset-but-used
+                d[o + layout.GAUGE_SET] = 1.0  # set flag, after the value: a reader never sees it unset-but-used
             elif mode == "latest":
-                d[o + 1] = collector._clock()
+                d[o + layout.GAUGE_SET] = collector._clock()
     except _Invalid:
         metric._dropped("invalid_value")
     except StorageUnavailable:

@@ -94,11 +94,11 @@ class GatewayRecording(RecordPrimitives):
         for direction, count in zip(TOKEN_DIRECTIONS, counts, strict=True):
             if direction == "cached_input" and count == 0:
                 continue
-            bucket = 1 + bisect_left(layout.TOKEN_BOUNDS, count)
+            bucket = layout.TOKENS_BUCKETS + bisect_left(layout.TOKEN_BOUNDS, count)
             labels = (("provider", provider), ("model", model), ("direction", direction))
-            self._add("tokens", labels, ((0, count), (bucket, 1.0)))
+            self._add("tokens", labels, ((layout.TOKENS_SUM, count), (bucket, 1.0)))
         if cost is not None:
-            self._add("cost", (("provider", provider), ("model", model)), ((0, cost),))
+            self._add("cost", (("provider", provider), ("model", model)), ((layout.VALUE, cost),))
         state = current_request.get()
         if state is not None and state.tenant is not None and state.collector is self:
             self.record_tenant_usage(state.tenant, counts, cost)
@@ -123,11 +123,11 @@ class GatewayRecording(RecordPrimitives):
         failures that never produced a status (time-outs, refused connections).
         """
         kind = error_type_of(status_code if isinstance(status_code, int) else 0, error_type)
-        self._add("provider_error_type", (("provider", provider), ("error_type", kind)), ((0, 1.0),))
+        self._add("provider_error_type", (("provider", provider), ("error_type", kind)), ((layout.VALUE, 1.0),))
 
     def record_fallback(self, from_provider: str, to_provider: str) -> None:
         """Count a request that moved from one provider to another."""
-        self._add("fallback", (("provider", from_provider), ("provider", to_provider)), ((0, 1.0),))
+        self._add("fallback", (("provider", from_provider), ("provider", to_provider)), ((layout.VALUE, 1.0),))
 
     def set_rate_limit_remaining(self, provider: str, limit: str, remaining: float) -> None:
         """Report the latest remaining rate limit (``limit``: requests or tokens); 0 is a value."""
@@ -168,7 +168,7 @@ class GatewayRecording(RecordPrimitives):
         ):
             return self._drop("invalid_value")
         labels = (("provider", provider), ("model", model))
-        self._add("stream", (*labels, ("outcome", outcome)), ((0, 1.0),))
+        self._add("stream", (*labels, ("outcome", outcome)), ((layout.VALUE, 1.0),))
         self._add_latency_histogram("stream_duration", labels, duration)
         self._record_native("stream_duration_native", labels, duration)
         if first is not None:

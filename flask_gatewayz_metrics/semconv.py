@@ -347,5 +347,5 @@ class ConventionsRecording:
 
 def _observe(d: Doubles, offset: int, bounds: tuple[float, ...], value: float) -> None:
     """One observation into a sum-then-buckets payload."""
-    d[offset] += value
-    d[offset + 1 + bisect_left(bounds, value)] += 1.0
+    d[offset + layout.HISTOGRAM_SUM] += value
+    d[offset + layout.HISTOGRAM_BUCKETS + bisect_left(bounds, value)] += 1.0

@@ -42,9 +42,8 @@ BUCKET_COUNT = OVERFLOW_INDEX + 1
 LOWEST = 2.0**MIN_KEY_EXPONENT
 """Values up to this (included) fall into the underflow bucket."""
 HIGHEST = 2.0**MAX_KEY_EXPONENT
-"""Values above this fall into the overflow bucket."""
-UPPER_LIMIT = HIGHEST
-"""Largest value the sketch resolves (answers past it come from the exact max)."""
+"""Values above this fall into the overflow bucket: the largest value the sketch resolves
+(answers past it come from the exact max)."""
 UPPER_BOUNDS: tuple[float, ...] = tuple(2.0 ** (key / SCALE) for key in range(MIN_KEY, MAX_KEY + 1))
 """Float upper bound of the bucket at each array index (index 0: the underflow bucket).
 

@@ -27,6 +27,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from .record_primitives import RecordPrimitives
+from .storage import layout
 
 if TYPE_CHECKING:
     from .collector import MetricsCollector
@@ -185,16 +186,17 @@ class TenantRecording(RecordPrimitives):
         if status.__class__ is not int or not 100 <= status <= 599:
             return self._drop("invalid_status")
         error = 1.0 if failed or status >= self.error_status else 0.0
-        self._add_tenant("tenant_request", tenant, (f"{status // 100}xx",), ((0, 1.0), (1, error)))
+        increments = ((layout.TENANT_REQUESTS, 1.0), (layout.TENANT_ERRORS, error))
+        self._add_tenant("tenant_request", tenant, (f"{status // 100}xx",), increments)
         return None
 
     def record_tenant_usage(self, tenant: Tenant, counts: list[float], cost: float | None) -> None:
         """Add one LLM call's tokens (input, output, cached input) and cost to ``tenant``."""
         for direction, count in zip(("input", "output", "cached_input"), counts, strict=True):
             if count:
-                self._add_tenant("tenant_tokens", tenant, (direction,), ((0, count),))
+                self._add_tenant("tenant_tokens", tenant, (direction,), ((layout.VALUE, count),))
         if cost:
-            self._add_tenant("tenant_cost", tenant, (), ((0, cost),))
+            self._add_tenant("tenant_cost", tenant, (), ((layout.VALUE, cost),))
 
     def set_budget_remaining(self, team: str, remaining_usd: float) -> None:
         """Report the budget ``team`` has left in US dollars (``llm_budget_remaining_usd``;

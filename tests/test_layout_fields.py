@@ -86,6 +86,46 @@ def test_no_module_above_storage_reads_a_payload_by_number() -> None:
     assert offenders == []
 
 
+def numbered_payload_writes(source: str) -> list[int]:
+    """Lines where a record is written by number: ``d[o + 1]`` (a file's doubles indexed by an
+    offset plus an int literal) or ``(0, value)`` increments given to ``_add`` / ``_add_tenant``."""
+    lines = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Subscript) and isinstance(node.value, ast.Name) and node.value.id in ("d", "doubles"):
+            index = node.slice
+            if isinstance(index, ast.BinOp) and (_is_number(index.left) or _is_number(index.right)):
+                lines.append(node.lineno)
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in WRITERS:
+            for argument in node.args:
+                if isinstance(argument, ast.Tuple) and any(
+                    isinstance(item, ast.Tuple) and item.elts and _is_number(item.elts[0]) for item in argument.elts
+                ):
+                    lines.append(node.lineno)
+    return lines
+
+
+WRITERS = ("_add", "_add_tenant", "_write_record")
+
+
+def test_no_module_above_storage_writes_a_record_by_number() -> None:
+    """The write side (collector, request path, LLM, tenants, custom metrics, conventions) names each field."""
+    offenders = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if path.relative_to(PACKAGE).parts[0] == "storage":
+            continue
+        offenders += [f"{path.name}:{line}" for line in numbered_payload_writes(path.read_text(encoding="utf-8"))]
+    assert offenders == []
+
+
+def test_the_checker_sees_numbered_writes() -> None:
+    """``numbered_payload_writes`` finds ``d[o + 1]``, ``d[2 + o]`` and ``_add(kind, labels, ((0, 1.0),))``."""
+    source = (
+        "d[o + 1] += 1.0\nd[2 + o] = x\nself._add('cost', labels, ((0, cost),))\n"
+        "d[o + layout.SLOT_SUM] += x\nself._add('cost', labels, ((layout.VALUE, cost),))\nd[o] = 1.0\n"
+    )
+    assert numbered_payload_writes(source) == [1, 2, 3]
+
+
 def test_the_checker_sees_numbered_reads() -> None:
     """``numbered_payload_reads`` finds ``payload[0]``, ``p[-1]``, ``payload[1:]`` and ``x.total(k)[0]``."""
     source = "a = payload[0]\nb = p[-1]\nc = payload[1:]\nd = snap.total('db')[0]\ne = payload[layout.VALUE]\n"

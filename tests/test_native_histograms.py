@@ -31,6 +31,7 @@ from flask_gatewayz_metrics.native_histograms import ZERO_THRESHOLD, NativeIndex
 from flask_gatewayz_metrics.storage import layout
 from flask_gatewayz_metrics.storage.reader import DirectoryReader
 from flask_gatewayz_metrics.storage.sparse import chain_buckets
+from flask_gatewayz_metrics.testing import worker_file
 
 PROTOBUF = exposition_protobuf.CONTENT_TYPE
 
@@ -265,7 +266,7 @@ def test_live_and_dead_workers_merge_and_the_archive_carries_them_until_a_reset(
     result = live.compact()
     assert result.absorbed == 3
     views = DirectoryReader(metrics_dir).read()[0]
-    assert [v.name for v in views if not v.is_archive] == [os.path.basename(live._storage.own_file or "")]
+    assert [v.name for v in views if not v.is_archive] == [os.path.basename(worker_file(live) or "")]
     archive = next(v for v in views if v.is_archive)
     assert {r.kind for r in archive.records} >= set(layout.NATIVE_KINDS)
     assert _native(live) == before  # carried exactly
@@ -314,7 +315,7 @@ def _native_chain(metrics_dir: str, distinct: int) -> tuple[bytes, int]:
     collector = MetricsCollector(metrics_dir, auto_compact=False, native_histograms=True)
     for k in range(distinct):
         collector.record_request("/x", "GET", 0.01 * 1.1**k, 200)
-    path = collector._storage.own_file or ""
+    path = worker_file(collector) or ""
     view = next(v for v in DirectoryReader(metrics_dir).read()[0] if v.path == path)
     (record,) = [r for r in view.records if r.kind == "request_native"]
     collector.close()

@@ -19,19 +19,20 @@ from test_hostile_disk import fill_file_system
 
 from flask_gatewayz_metrics import MetricsCollector, PrometheusExporter, sketch
 from flask_gatewayz_metrics.storage import layout, store
-from flask_gatewayz_metrics.storage.merge import WindowStats
 from flask_gatewayz_metrics.storage.reader import DirectoryReader, WorkerView
+from flask_gatewayz_metrics.storage.window_stats import WindowStats
+from flask_gatewayz_metrics.testing import worker_file
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root (CI runs as root)")
 
 
 def _own_view(directory: str, collector: MetricsCollector) -> WorkerView:
-    name = os.path.basename(collector._storage.own_file or "")
+    name = os.path.basename(worker_file(collector) or "")
     return next(v for v in DirectoryReader(directory).read()[0] if v.name == name)
 
 
 def _used(collector: MetricsCollector) -> int:
-    with open(collector._storage.own_file or "", "rb") as f:
+    with open(worker_file(collector) or "", "rb") as f:
         return int(struct.unpack_from("<Q", f.read(16), 8)[0])
 
 
@@ -80,7 +81,7 @@ def test_worker_file_at_200x20x100_with_every_slot_filled_is_at_most_1_mib(metri
             )
         clock.advance(60)
     assert all(s.count > 0 for s in _window_stats(worker, "endpoint_window")) and _used(worker) > 0
-    assert os.path.getsize(worker._storage.own_file or "") <= 1024 * 1024
+    assert os.path.getsize(worker_file(worker) or "") <= 1024 * 1024
     worker.close()
 
 
@@ -110,7 +111,7 @@ def _steady_worker(metrics_dir: str, per_slot: int) -> tuple[int, int]:
     history = [p for p in worker.history().to_dict()["requests"] if p["requests"]]
     assert len(history) == 5 and all(p["requests"] >= per_slot // 2 for p in history)  # every slot filled
     assert not worker.snapshot().dropped()
-    used, size = _used(worker), os.path.getsize(worker._storage.own_file or "")
+    used, size = _used(worker), os.path.getsize(worker_file(worker) or "")
     worker.close()
     return used, size
 
@@ -290,7 +291,7 @@ def _chain_file(metrics_dir: str, clock: FakeClock) -> tuple[MetricsCollector, b
     view = _own_view(metrics_dir, c)
     (record,) = [r for r in view.records if r.kind == "endpoint_window"]
     slot = record.offset + (int(clock.now // c._slot_seconds) % c._slots) * layout.slot_stride(True)
-    path = c._storage.own_file or ""
+    path = worker_file(c) or ""
     c.close()
     with open(path, "rb") as f:
         data = f.read()
@@ -361,7 +362,7 @@ def test_damaged_bucket_blocks_are_never_believed(metrics_dir: str, clock: FakeC
         assert all(c >= 0 and math.isfinite(c) for c in stats.buckets)
         assert sum(stats.buckets) == stats.count
     p99 = stats.quantile(0.99)
-    assert p99 is None or 0 <= p99 <= sketch.UPPER_LIMIT
+    assert p99 is None or 0 <= p99 <= sketch.HIGHEST
     if how in ENTRY_DAMAGES or how.startswith("used_"):
         assert stats.count == 0  # the slot's entries are not believed, not even the good ones
     if how.startswith("block_"):
@@ -418,7 +419,7 @@ def test_a_file_of_another_format_version_is_skipped_and_quarantined(metrics_dir
     """A format-3 worker file is never read as format 4: skipped as wrong_version, then quarantined and counted."""
     old = MetricsCollector(metrics_dir, clock=clock, auto_compact=False)
     old.record_request("/old", "GET", 0.1, 200)
-    path = old._storage.own_file or ""
+    path = worker_file(old) or ""
     old.close()
     with open(path, "r+b") as f:
         f.seek(4)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from ..errors import StorageUnavailable
 from .compaction import CompactionResult, compact
-from .merge import Merged, WindowStats, merge
+from .merge import Merged, merge
 from .reader import StorageProblem, WorkerView
 from .store import Storage
+from .window_stats import WindowStats
 
 __all__ = [
     "CompactionResult",

@@ -12,8 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from . import layout
-from .merge import WindowStats, oldest_slot_in_window
+from .merge import oldest_slot_in_window
 from .reader import WorkerView
+from .window_stats import WindowStats
 
 Labels = tuple[str, ...]
 HISTORY_KINDS = ("endpoint_window", "provider_window")

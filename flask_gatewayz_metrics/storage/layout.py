@@ -361,6 +361,7 @@ EXTERNAL_CALLS, EXTERNAL_ERRORS = range(2)
 TENANT_REQUESTS, TENANT_ERRORS = range(2)
 RATE_LIMIT_REMAINING, RATE_LIMIT_SET = range(2)
 BUDGET_REMAINING, BUDGET_SET = range(2)
+GAUGE_VALUE, GAUGE_SET = range(2)  # custom gauges kept by "max" / "min" / "latest"
 TOKENS_SUM, TOKENS_BUCKETS = range(2)  # then the buckets of TOKEN_BOUNDS, +Inf last
 EXEMPLAR_TRACE_PARTS, EXEMPLAR_VALUE, EXEMPLAR_SET = 4, 4, 5  # trace id as four 32-bit parts, value, time
 HISTOGRAM_SUM, HISTOGRAM_BUCKETS = range(2)
