@@ -97,6 +97,16 @@ class GatewayzMetrics:
             self.init_app(app)
 
     def init_app(self, app: Flask) -> None:
+        """Install the metrics on ``app`` (the Flask application-factory pattern).
+
+        Resolves the settings (app config, then this object's keyword arguments, then the
+        environment), opens the app's collector, times every request, registers the
+        metrics routes under the URL prefix and starts what the settings ask for (OTLP
+        export, the separate metrics port). Raises ``RuntimeError`` if ``app`` already has
+        one; a bad setting raises ``TypeError`` / ``ValueError`` naming it.
+
+        .. versionadded:: 0.1.0
+        """
         if EXTENSION_KEY in app.extensions:
             raise RuntimeError(
                 "GatewayzMetrics is already initialised on this app; call init_app once per "
