@@ -287,7 +287,9 @@ def test_waitress(launch: object) -> None:
     Tally().rounds(server.url)
     assert_shared_automatic(server)
     server.process.send_signal(signal.SIGINT)
-    server.process.wait(timeout=20)
+    # A bound, not a timing check: on a loaded 2-core machine waitress has taken over 20 s
+    # to wind down its threads after SIGINT (seen twice in full suites beside other jobs).
+    server.process.wait(timeout=90)
     assert server.metrics_dirs() == []
 
 
@@ -311,8 +313,8 @@ def test_dev_server_process_per_request(launch: object) -> None:
     [directory] = server.metrics_dirs()
     files = list(directory.glob("*.gwzm"))
     assert len(files) <= 64 + 4
-    # Each file holds one request: the records it needs (windowed series keep dense
-    # sketch slots, ~45 KiB each, until storage turns sparse), rounded up to a power of 2.
+    # Each file holds one request: the records it needs, in a file that starts at 16 KiB
+    # and doubles (far below this bound since the sketch buckets are stored sparsely).
     assert max(f.stat().st_size for f in files) <= 256 * 1024
     assert sum(f.stat().st_size for f in files) <= (64 + 4) * 256 * 1024
     tally.check(server.url)
