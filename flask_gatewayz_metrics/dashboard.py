@@ -35,6 +35,7 @@ class DashboardFiles:
         self._files = {name: folder.joinpath(name).read_bytes() for name in (PAGE, *ASSETS)}
 
     def page(self) -> Response:
+        """The dashboard's HTML page (revalidated on every load: ``no-cache``)."""
         return self._response(self._files[PAGE], "text/html; charset=utf-8", "no-cache")
 
     def asset(self, name: str) -> Response | None:

@@ -84,6 +84,7 @@ def multi_process_reason(views: Sequence[WorkerView], previous: str | None) -> s
 
 
 def is_per_process(name: str) -> bool:
+    """Whether family ``name`` describes one process only (``PER_PROCESS_PREFIXES``)."""
     return name.startswith(PER_PROCESS_PREFIXES)
 
 

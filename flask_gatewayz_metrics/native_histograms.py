@@ -79,6 +79,7 @@ class NativeIndex(Mapping[tuple[str, tuple[tuple[str, str], ...]], NativeBuckets
 
     @classmethod
     def of(cls, totals: NativeTotals) -> NativeIndex:
+        """The index of merged native ``totals``, by family name and label values."""
         index = cls()
         for kind, series in totals.items():
             family = layout.NATIVE_KINDS[kind]

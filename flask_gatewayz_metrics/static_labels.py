@@ -109,6 +109,7 @@ class StaticLabels(Collector):
         self._warned: set[str] = set()
 
     def collect(self) -> Iterator[Metric]:
+        """The source's families with the static labels added to every sample."""
         names = set(self.labels)
         for family in self.source.collect():
             if family.name not in self._warned and not names.isdisjoint(label_names(family)):

@@ -54,6 +54,8 @@ class ArchiveBuilder:
     """Wall time of the compaction (writers stamp slots with wall time too)."""
 
     def add(self, view: WorkerView, skip_absorbed: bool = False) -> None:
+        """Merge every record of ``view`` (a dead worker's file or the old archive) into the
+        archive being built; ``skip_absorbed`` leaves out its list of absorbed files."""
         same_geometry = view.slot_seconds == self.slot_seconds and view.slots == self.slots
         lost = lost_native = 0
         for record in view.records:
@@ -136,9 +138,11 @@ class ArchiveBuilder:
         return (slot_id + 1) * slot_seconds > oldest * self.slot_seconds
 
     def absorb(self, name: str) -> None:
+        """Remember that worker file ``name`` is folded into this archive."""
         self.payloads[("absorbed", (name,))] = []
 
     def count_error(self, reason: str, count: int = 1) -> None:
+        """Add ``count`` to the archive's ``storage_errors`` record of ``reason``."""
         key = ("storage_errors", (reason,))
         self.payloads[key] = [self.payloads.get(key, [0.0])[0] + count]
 

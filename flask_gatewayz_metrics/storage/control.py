@@ -52,10 +52,12 @@ class ControlFile:
 
     @property
     def epoch(self) -> int:
+        """The reset epoch: data of files with another epoch is not counted."""
         return int(self.words[layout.CONTROL_EPOCH_INDEX])
 
     @property
     def start_time(self) -> float:
+        """When the server (the directory's first process) started, Unix seconds."""
         return float(self._doubles[layout.CONTROL_START_INDEX])
 
     def bump_epoch(self) -> int:

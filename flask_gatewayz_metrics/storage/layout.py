@@ -248,6 +248,7 @@ class Kind:
     chain whose entries add, see ``NATIVE_KINDS``)."""
 
     def payload_size(self, slots: int) -> int:
+        """float64 values of this kind's payload in a file with ``slots`` window slots."""
         if not self.windowed:
             return self.size
         return slots * slot_stride(self.with_sketch)
@@ -425,6 +426,7 @@ def padded(n: int) -> int:
 
 
 def encode_key(kind: str, labels: Sequence[str]) -> bytes:
+    """A record's key: the UTF-8 JSON array ``[kind, label values...]``."""
     # No spaces after the separators (format 4): a key is padded to 8 bytes, so the
     # 4 to 6 spaces of a 4-label key often cost a whole 8 more per record.
     return json.dumps([kind, *labels], ensure_ascii=False, separators=(",", ":")).encode("utf-8", "surrogatepass")

@@ -30,9 +30,11 @@ class Merged:
     bounds than the reader's (``select_bounds``)."""
 
     def total(self, kind: str, labels: Labels = ()) -> list[float] | None:
+        """The merged payload of a fixed-size series, or None when no file has it."""
         return self.totals.get(kind, {}).get(labels)
 
     def window(self, kind: str, labels: Labels = ()) -> WindowStats:
+        """The merged window of a windowed series (empty when no file has it)."""
         return self.windows.get(kind, {}).get(labels) or WindowStats()
 
 

@@ -38,6 +38,8 @@ _TITLE = re.compile(rb"^([^\s:]+): (?:master|worker) \[")
 
 @dataclass(frozen=True)
 class ProcessInfo:
+    """What ``/proc/<pid>`` says about a process (to tell a live writer from a reused pid)."""
+
     pid: int
     ppid: int
     uid: int
@@ -47,9 +49,11 @@ class ProcessInfo:
 
     @property
     def key(self) -> str:
+        """``pid-start``: unique for a process over the life of the machine."""
         return f"{self.pid}-{self.start}"
 
     def same_program(self, other: ProcessInfo) -> bool:
+        """Whether both run the same command line (gunicorn's changing titles aside)."""
         return _TITLE.sub(rb"\1: [", self.cmdline) == _TITLE.sub(rb"\1: [", other.cmdline)
 
 
@@ -167,10 +171,12 @@ class ForkSentinel:
         """``word[0]``: 1 in the arming process (when supported), else 0."""
 
     def arm(self) -> None:
+        """Set the word to 1 where supported; a process forked afterwards reads 0."""
         if self.supported:
             self.word[0] = 1
 
     def disarm(self) -> None:
+        """Set the word back to 0."""
         self.word[0] = 0
 
 

@@ -53,6 +53,8 @@ def trusted_uids(extra: Iterable[int] | None = None) -> frozenset[int]:
 
 @dataclass
 class Record:
+    """One record of a file, as indexed by the reader."""
+
     kind: str
     labels: tuple[str, ...]
     offset: int
@@ -82,10 +84,12 @@ class WorkerView:
 
     @property
     def name(self) -> str:
+        """The file's name in the directory."""
         return os.path.basename(self.path)
 
     @property
     def is_archive(self) -> bool:
+        """Whether this is the archive (``archive.gwza``) rather than a worker file."""
         return self.name == layout.ARCHIVE_NAME
 
     @property
@@ -103,6 +107,8 @@ class WorkerView:
 
 @dataclass
 class StorageProblem:
+    """A file the reader skipped, and why (counted as a storage error)."""
+
     path: str
     reason: str
 

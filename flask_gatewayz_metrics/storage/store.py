@@ -28,6 +28,9 @@ RETRY_SECONDS = 5.0
 
 
 class Storage:
+    """One process's access to a metrics directory: its own worker file (created on the
+    first write, replaced after a reset or a fork), the control file, and the reader."""
+
     def __init__(
         self, directory: str, slot_seconds: float, slots: int, trusted: Iterable[int] | None = None
     ) -> None:
@@ -206,6 +209,7 @@ class Storage:
         return self.control.bump_epoch()
 
     def read(self) -> tuple[list[WorkerView], list[StorageProblem]]:
+        """Every readable file of the directory, and the problems of those skipped."""
         return self.reader.read()
 
     @property
@@ -215,9 +219,11 @@ class Storage:
 
     @property
     def own_file(self) -> str | None:
+        """The path of this process's worker file (None before its first write)."""
         return self._file.path if self._file is not None else None
 
     def close(self) -> None:
+        """Close (and unlock) this process's worker file; the next write opens a new one."""
         if self._file is not None:
             self._file.close()
             self._file = None

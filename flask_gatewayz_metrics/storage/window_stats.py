@@ -76,10 +76,12 @@ class WindowStats:
 
     @property
     def average(self) -> float | None:
+        """Mean value in the window (None without observations)."""
         return self.total / self.count if self.count > 0 else None
 
     @property
     def error_rate(self) -> float | None:
+        """Share of the window's observations that were errors (None without any)."""
         return self.errors / self.count if self.count > 0 else None
 
     @property
