@@ -69,17 +69,11 @@ eighth of the power of two below its size (``worker_file.grown_size``), space re
 with ``posix_fallocate`` first; so its size stays within 1/8 of its ``used`` bytes.
 
 Configurable latency buckets (``GATEWAYZ_METRICS_BUCKETS``): the since-start latency
-histograms ("request", "provider", "first_chunk", "stream_duration") use
-``HISTOGRAM_BOUNDS`` by default, stored under those kind names as always. A collector
-configured with other bounds writes them as the kinds ``<kind>_le<n>`` (``n`` finite
-bounds, payload count, sum, ``n + 1`` buckets) whose first label, ``bounds``, is
-``bounds_fingerprint`` of its bound set. So records of different bound sets never share
-a series, in a worker file or in the archive (compaction merges them as distinct
-kinds), and the merge (``merge.select_bounds``) takes only the records of the reading
-collector's own bound set; the others (workers still running an older configuration,
-or the archive's data from before a change) are skipped and counted
-(``Merged.bounds_mismatched``, shown by ``/metrics/health``), never read under the
-wrong bounds. The header's reserved word stays unused.
+histograms (``BOUNDED_KINDS``) with the default ``HISTOGRAM_BOUNDS`` are stored under
+their kind names; other bounds as the kinds ``<kind>_le<n>`` (``n`` finite bounds:
+count, sum, ``n + 1`` buckets) whose first label, ``bounds``, is ``bounds_fingerprint``
+of the bound set, so two bound sets never share a series (a reader keeps its own:
+``merge.select_bounds``). The header's reserved word stays unused.
 
 Native histograms (since start, for the protobuf exposition, see ``native_histograms``)
 are records of the kinds ``request_native`` {endpoint, method}, ``provider_native``
@@ -89,12 +83,10 @@ the index of the payload of the record's first bucket block (0 = none yet). The
 blocks are the bucket blocks above, with the same publication rules, but a native
 chain is never emptied (only a reset, which starts a new file, clears it): its
 entries are the sketch bucket indexes (``sketch.bucket_index``) the series has seen
-since start, each with its count. Sketch index ``i >= 1`` is the Prometheus native
-bucket ``i + sketch.MIN_KEY`` of schema 5; index 0 (values up to ``sketch.LOWEST``) is
-the zero bucket, threshold ``sketch.LOWEST``; the overflow index (values above
-``sketch.HIGHEST``, 9.1 hours) is the native bucket just above it. The archive
-writes one block per native series, of exactly the capacity it needs. Readers take a
-chain only under the same checks as a slot's; a damaged one drops the series.
+since start, each with its count (``native_histograms`` maps them to schema-5
+buckets). The archive writes one block per native series, of exactly the capacity it
+needs. Readers take a chain only under the same checks as a slot's; a damaged one
+drops the series.
 
 Control file (``control.gwzc``), shared by all processes::
 
@@ -225,6 +217,7 @@ same bucket, which readers add)."""
 def pack_entry(index: int, count: float) -> float:
     """One block entry: sketch bucket ``index`` with ``count`` (integral, 0 .. MAX_ENTRY_COUNT)."""
     return index * ENTRY_UNIT + count
+
 
 # Payload of "request" and "provider" records: count, latency sum, histogram buckets.
 REQ_COUNT, REQ_SUM, REQ_BUCKETS = range(3)
