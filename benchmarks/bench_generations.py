@@ -66,6 +66,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from _common import Peer, PeerRecorder, median, peer_scrape, serve_peer, spread, table, unrecorded
 
+from flask_gatewayz_metrics.storage import kinds
+
 LIVE_WORKERS = 4
 CHECKPOINTS = (4, 50, 200)
 REQUESTS_PER_GENERATION = 2_000
@@ -141,7 +143,7 @@ def record_all(collector, requests: list[Request]) -> None:  # type: ignore[no-u
 def main() -> None:
     from flask_gatewayz_metrics import MetricsCollector
     from flask_gatewayz_metrics.exposition import PrometheusExporter
-    from flask_gatewayz_metrics.storage import compact, layout
+    from flask_gatewayz_metrics.storage import compact
 
     quick = "--quick" in sys.argv
     repeats = 5 if quick else 9
@@ -150,7 +152,7 @@ def main() -> None:
     dirs = {"compacted": os.path.join(tmp, "compacted"), "plain": os.path.join(tmp, "plain")}
     prom_dir = os.path.join(tmp, "prom")
     os.makedirs(prom_dir)
-    bounds = list(layout.HISTOGRAM_BOUNDS)
+    bounds = list(kinds.HISTOGRAM_BOUNDS)
     peer = Peer(__file__, {"PROMETHEUS_MULTIPROC_DIR": prom_dir})
     rows: list[tuple[object, ...]] = []
     detail_rows: list[tuple[object, ...]] = []

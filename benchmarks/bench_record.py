@@ -49,6 +49,8 @@ from _common import (
     unrecorded,
 )
 
+from flask_gatewayz_metrics.storage import kinds
+
 REFERENCE_COUNTER_INC_US = 0.9
 """prometheus_client Counter.inc on the reference machine (from the brief)."""
 
@@ -148,7 +150,6 @@ def time_ours(record, kind: str, n: int) -> float:  # type: ignore[no-untyped-de
 
 def part_hot_path(quick: bool) -> None:
     from flask_gatewayz_metrics import MetricsCollector
-    from flask_gatewayz_metrics.storage import layout
 
     n = 20_000 if quick else 50_000
     repeats = 5 if quick else 9
@@ -165,7 +166,7 @@ def part_hot_path(quick: bool) -> None:
         assert peers["mp"].info["multiprocess"] is True, peers["mp"].info
         assert peers["sp"].info["multiprocess"] is False, peers["sp"].info
         for peer in peers.values():
-            peer.ask(case="setup", bounds=list(layout.HISTOGRAM_BOUNDS))
+            peer.ask(case="setup", bounds=list(kinds.HISTOGRAM_BOUNDS))
         # (label, side, kind)
         cases = [
             ("ours: record_request + provider + model", "ours", "full"),

@@ -47,6 +47,8 @@ from _common import (
     unrecorded,
 )
 
+from flask_gatewayz_metrics.storage import kinds
+
 WORKERS = 4
 
 
@@ -85,7 +87,6 @@ def run_peer() -> None:
 def main() -> None:
     from flask_gatewayz_metrics import MetricsCollector
     from flask_gatewayz_metrics.exposition import PrometheusExporter
-    from flask_gatewayz_metrics.storage import layout
 
     quick = "--quick" in sys.argv
     repeats = 5 if quick else 9
@@ -99,7 +100,7 @@ def main() -> None:
     try:
         assert peer.info["multiprocess"] is True, peer.info
         t0 = time.perf_counter()
-        populated = peer.ask(case="populate", bounds=list(layout.HISTOGRAM_BOUNDS), requests=requests)
+        populated = peer.ask(case="populate", bounds=list(kinds.HISTOGRAM_BOUNDS), requests=requests)
         peer_fill = time.perf_counter() - t0
 
         lats = latencies()

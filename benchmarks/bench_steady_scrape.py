@@ -80,6 +80,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from _common import Peer, PeerRecorder, median, peer_scrape, serve_peer, spread, table, unrecorded
 
+from flask_gatewayz_metrics.storage import kinds
+
 WORKERS = 4
 WINDOW_SECONDS = 300.0
 SLOTS = 5
@@ -170,7 +172,6 @@ class SamePeerRecorder(PeerRecorder):
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
         from flask_gatewayz_metrics import exposition
-        from flask_gatewayz_metrics.storage import layout
 
         reg = CollectorRegistry()
         WINDOW_GAUGES = exposition.WINDOW_LATENCY_GAUGES
@@ -209,13 +210,13 @@ class SamePeerRecorder(PeerRecorder):
             self.http_server = Histogram(
                 "http_server_request_duration_seconds", "h",
                 ["http_route", "http_request_method", "http_response_status_code", "error_type"],
-                buckets=[*layout.HTTP_SERVER_BOUNDS, float("inf")], registry=reg,
+                buckets=[*kinds.HTTP_SERVER_BOUNDS, float("inf")], registry=reg,
             )  # fmt: skip
             self.gen_ai_server = Histogram(
                 "gen_ai_server_request_duration_seconds", "g",
                 ["gen_ai_operation_name", "gen_ai_provider_name", "gen_ai_request_model", "gen_ai_response_model",
                  "error_type"],
-                buckets=[*layout.GEN_AI_DURATION_BOUNDS, float("inf")], registry=reg,
+                buckets=[*kinds.GEN_AI_DURATION_BOUNDS, float("inf")], registry=reg,
             )  # fmt: skip
 
     def record(
@@ -260,10 +261,9 @@ def run_prometheus_side(multiprocess: bool) -> None:
     (``BENCH_CONVENTIONS=1``: the conventions' too)."""
     from prometheus_client import CollectorRegistry, generate_latest, values
 
-    from flask_gatewayz_metrics.storage import layout
 
     conventions = os.environ.get("BENCH_CONVENTIONS") == "1"
-    buckets = [*layout.HISTOGRAM_BOUNDS, float("inf")]
+    buckets = [*kinds.HISTOGRAM_BOUNDS, float("inf")]
     recorders: dict[int, SamePeerRecorder] = {}
     floor_registry = CollectorRegistry()
     if not multiprocess:

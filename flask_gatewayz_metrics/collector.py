@@ -45,7 +45,7 @@ from .request_path import RequestPath, union_positions
 from .request_state import current_request
 from .semconv import ConventionsRecording, latency_bucket_tables
 from .settings import Settings, check
-from .storage import Storage, StorageUnavailable, layout, location
+from .storage import Storage, StorageUnavailable, kinds, layout, location
 from .storage.layout import Doubles
 from .storage.merge import MergeCache
 from .storage.process import ForkSentinel
@@ -100,7 +100,7 @@ class MetricsCollector(
     user are ignored and reported unless their uid is in ``trusted_uids`` (or
     ``$GATEWAYZ_METRICS_TRUSTED_UIDS``, comma-separated), e.g. a Celery worker that
     records as another user. ``buckets``: the finite upper bounds of the since-start
-    latency histograms (default ``layout.HISTOGRAM_BOUNDS``; see ``layout`` for how
+    latency histograms (default ``kinds.HISTOGRAM_BOUNDS``; see ``layout`` for how
     records of different bound sets are kept apart). ``native_histograms``: also record the
     latency histograms' native buckets for protobuf scrapes (None:
     ``$GATEWAYZ_METRICS_NATIVE_HISTOGRAMS``, else off; see ``native_histograms``).
@@ -127,11 +127,11 @@ class MetricsCollector(
         window_seconds = check("window_seconds", window_seconds, "MetricsCollector(window_seconds=...)")
         window_slots = check("window_slots", window_slots, "MetricsCollector(window_slots=...)")
         error_status = check("error_status", error_status, "MetricsCollector(error_status=...)")
-        bounds = check("buckets", buckets, "MetricsCollector(buckets=...)") or layout.HISTOGRAM_BOUNDS
+        bounds = check("buckets", buckets, "MetricsCollector(buckets=...)") or kinds.HISTOGRAM_BOUNDS
         self.histogram_bounds: tuple[float, ...] = bounds
         """Finite upper bounds of the since-start latency histograms."""
-        self._histogram_kinds = {kind: layout.histogram_kind(kind, bounds) for kind in layout.BOUNDED_KINDS}
-        """Kind name and leading label values each of ``layout.BOUNDED_KINDS`` is stored as."""
+        self._histogram_kinds = {kind: kinds.histogram_kind(kind, bounds) for kind in kinds.BOUNDED_KINDS}
+        """Kind name and leading label values each of ``kinds.BOUNDED_KINDS`` is stored as."""
         self._latency_union, self._request_bucket, self._http_bucket, self._gen_ai_bucket = latency_bucket_tables(
             bounds
         )
@@ -262,7 +262,7 @@ class MetricsCollector(
                 slot, position = self._slot_position(now)
                 counts, window = self._fixed("cache"), self._fixed("cache_window") + position * _PLAIN_STRIDE
                 d = self._doubles
-                d[counts + (layout.CACHE_HITS if hit else layout.CACHE_MISSES)] += 1.0
+                d[counts + (kinds.CACHE_HITS if hit else kinds.CACHE_MISSES)] += 1.0
                 _plain_window_add(d, window, slot, 0.0, not hit)
         except StorageUnavailable:
             self._drop("storage_unavailable")
@@ -281,8 +281,8 @@ class MetricsCollector(
                 slot, position = self._slot_position(now)
                 o, window = self._fixed("db"), self._fixed("db_window") + position * _PLAIN_STRIDE
                 d = self._doubles
-                d[o + layout.DB_QUERIES] += 1.0
-                d[o + layout.DB_LATENCY_SUM] += latency
+                d[o + kinds.DB_QUERIES] += 1.0
+                d[o + kinds.DB_LATENCY_SUM] += latency
                 _plain_window_add(d, window, slot, latency, False)
         except StorageUnavailable:
             self._drop("storage_unavailable")
@@ -292,7 +292,7 @@ class MetricsCollector(
 
     def record_external_api_call(self, service: str, error: bool = False) -> None:
         """Count one call to an external service (stripe, sendgrid, ...)."""
-        increments = ((layout.EXTERNAL_CALLS, 1.0), (layout.EXTERNAL_ERRORS, 1.0 if error else 0.0))
+        increments = ((kinds.EXTERNAL_CALLS, 1.0), (kinds.EXTERNAL_ERRORS, 1.0 if error else 0.0))
         self._add("external", (("service", service),), increments)
 
     # ---------------------------------------------------------------- in flight

@@ -61,7 +61,7 @@ from .custom_handles import (
     _Metric,
 )
 from .exposition import our_sample_names
-from .storage import layout
+from .storage import kinds, layout
 
 if TYPE_CHECKING:
     from .collector import MetricsCollector
@@ -134,7 +134,7 @@ class CustomMetrics:
         max_label_values: int = DEFAULT_MAX_LABEL_VALUES,
     ) -> Histogram:
         """Define a histogram with these finite, increasing bucket upper bounds (+Inf is
-        added; at most ``storage.layout.MAX_CUSTOM_BUCKETS``)."""
+        added; at most ``storage.kinds.MAX_CUSTOM_BUCKETS``)."""
         bounds = _bounds(name, buckets)
         if "le" in labelnames:
             raise ValueError(f"histogram {name!r}: 'le' is reserved for the bucket label")
@@ -209,8 +209,8 @@ def _bounds(name: str, buckets: Iterable[float]) -> tuple[float, ...]:
         raise ValueError(f"histogram {name!r}: buckets must be numbers") from None
     if bounds and bounds[-1] == math.inf:
         bounds.pop()  # +Inf is always there
-    if not 1 <= len(bounds) <= layout.MAX_CUSTOM_BUCKETS:
-        raise ValueError(f"histogram {name!r}: give 1 to {layout.MAX_CUSTOM_BUCKETS} finite bucket bounds")
+    if not 1 <= len(bounds) <= kinds.MAX_CUSTOM_BUCKETS:
+        raise ValueError(f"histogram {name!r}: give 1 to {kinds.MAX_CUSTOM_BUCKETS} finite bucket bounds")
     if not all(math.isfinite(b) for b in bounds) or any(a >= b for a, b in pairwise(bounds)):
         raise ValueError(f"histogram {name!r}: bucket bounds must be finite and strictly increasing")
     return tuple(bounds)

@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from itertools import pairwise
 
-from .storage import Merged, layout
+from .storage import Merged, kinds
 
 METRIC_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*\Z")
 """Prometheus metric names, without colons (reserved for recording rules)."""
@@ -34,16 +34,16 @@ META_KIND = "custom_meta"
 
 def histogram_kind(bucket_count: int) -> str:
     """The storage kind of a custom histogram's series with ``bucket_count`` finite bounds."""
-    return f"{layout.CUSTOM_HISTOGRAM_PREFIX}{bucket_count}"
+    return f"{kinds.CUSTOM_HISTOGRAM_PREFIX}{bucket_count}"
 
 
 def type_of_kind(kind: str) -> str | None:
     """"counter", "gauge" or "histogram" for a custom series kind, else None."""
     if kind == COUNTER_KIND:
         return "counter"
-    if kind.startswith(GAUGE_KIND_PREFIX) and kind in layout.KINDS:
+    if kind.startswith(GAUGE_KIND_PREFIX) and kind in kinds.KINDS:
         return "gauge"
-    if kind.startswith(layout.CUSTOM_HISTOGRAM_PREFIX) and kind in layout.KINDS:
+    if kind.startswith(kinds.CUSTOM_HISTOGRAM_PREFIX) and kind in kinds.KINDS:
         return "histogram"
     return None
 
@@ -167,9 +167,9 @@ def custom_families(merged: Merged, local: Iterable[Definition]) -> list[CustomF
         definition = Definition.from_meta(labels)
         if definition is None or definition.name in local_names:
             continue
-        if definition.name not in defined_at or payload[layout.SET] > defined_at[definition.name]:
+        if definition.name not in defined_at or payload[kinds.SET] > defined_at[definition.name]:
             chosen[definition.name] = definition
-            defined_at[definition.name] = payload[layout.SET]
+            defined_at[definition.name] = payload[kinds.SET]
     series: dict[str, list[CustomSeries]] = {name: [] for name in chosen}
     for kind, payloads in merged.totals.items():
         if type_of_kind(kind) is None:
@@ -193,7 +193,7 @@ def custom_families(merged: Merged, local: Iterable[Definition]) -> list[CustomF
 
 def _accepts(definition: Definition, kind: str) -> bool:
     if definition.type == "histogram":
-        return kind.startswith(layout.CUSTOM_HISTOGRAM_PREFIX)
+        return kind.startswith(kinds.CUSTOM_HISTOGRAM_PREFIX)
     return kind == definition.kind
 
 
@@ -210,10 +210,10 @@ def _series(definition: Definition, kind: str, labels: tuple[str, ...], payload:
     ):
         return None
     if definition.type != "histogram":
-        if definition.mode in ("max", "min", "latest") and not payload[layout.SET]:
+        if definition.mode in ("max", "min", "latest") and not payload[kinds.SET]:
             return None  # allocated but never set
-        return CustomSeries(tuple(values), payload[layout.VALUE])
-    bounds = parse_bounds(labels[1], layout.KINDS[kind].size - 2)
+        return CustomSeries(tuple(values), payload[kinds.VALUE])
+    bounds = parse_bounds(labels[1], kinds.KINDS[kind].size - 2)
     if bounds is None:
         return None
-    return CustomSeries(tuple(values), payload[layout.HISTOGRAM_SUM], bounds, payload[layout.HISTOGRAM_BUCKETS :])
+    return CustomSeries(tuple(values), payload[kinds.HISTOGRAM_SUM], bounds, payload[kinds.HISTOGRAM_BUCKETS :])

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 from .custom_families import META_KIND, Definition, bounds_label
 from .labels import LabelGuard, as_number
-from .storage import StorageUnavailable, layout
+from .storage import StorageUnavailable, kinds, layout
 
 if TYPE_CHECKING:
     from .collector import MetricsCollector
@@ -255,11 +255,11 @@ def _gauge(metric: _Metric, series: _Series | None, number: object, relative: bo
                 raise _Invalid
             series.value = new
             d = collector._doubles
-            d[o + layout.VALUE] = new
+            d[o + kinds.VALUE] = new
             if mode in ("max", "min"):
-                d[o + layout.GAUGE_SET] = 1.0  # set flag, after the value: a reader never sees it unset-but-used
+                d[o + kinds.GAUGE_SET] = 1.0  # set flag, after the value: a reader never sees it unset-but-used
             elif mode == "latest":
-                d[o + layout.GAUGE_SET] = collector._clock()
+                d[o + kinds.GAUGE_SET] = collector._clock()
     except _Invalid:
         metric._dropped("invalid_value")
     except StorageUnavailable:

@@ -20,7 +20,7 @@ from prometheus_client.samples import Exemplar
 from prometheus_client.utils import floatToGoString
 
 from .snapshot import Snapshot, Totals
-from .storage import WindowStats, layout
+from .storage import WindowStats, kinds
 
 WINDOW = "over the sliding window"
 """How every windowed gauge's HELP says what it covers."""
@@ -56,9 +56,9 @@ def add_windowed(family: GaugeMetricFamily, labels: list[str], value: float | No
 
 
 def fill(family: CounterMetricFamily | GaugeMetricFamily, snap: Snapshot, kind: str) -> None:
-    """One sample per series of ``kind``: its labels and its value (``layout.VALUE``)."""
+    """One sample per series of ``kind``: its labels and its value (``kinds.VALUE``)."""
     for key, payload in snap.series(kind):
-        family.add_metric(list(key), payload[layout.VALUE])
+        family.add_metric(list(key), payload[kinds.VALUE])
 
 
 def latency_gauges(prefix: str, label: str, words: dict[str, str]) -> dict[str, GaugeMetricFamily]:
@@ -87,7 +87,7 @@ def latency_histogram(
     labels: list[str],
     totals: Totals,
     exemplars: dict[int, Exemplar] | None = None,
-    bounds: tuple[float, ...] = layout.HISTOGRAM_BOUNDS,
+    bounds: tuple[float, ...] = kinds.HISTOGRAM_BOUNDS,
 ) -> None:
     """Add one series of since-start latency ``totals``, with the exemplars whose value lies
     in their bucket (one recorded under other bounds may not)."""

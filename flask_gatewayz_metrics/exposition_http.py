@@ -9,7 +9,7 @@ from prometheus_client.samples import Exemplar
 from .exposition_common import ENDPOINT_QUANTILES, WINDOW, add_windowed, gauge, latency_histogram
 from .exposition_text import SeriesHistogram
 from .snapshot import Snapshot
-from .storage import layout
+from .storage import kinds
 
 
 def http_families(snap: Snapshot) -> list[Metric]:
@@ -59,7 +59,7 @@ def _exemplars(snap: Snapshot) -> dict[tuple[str, str], dict[int, Exemplar]]:
     """Latest trace id per (endpoint, method) and latency bucket (shown by OpenMetrics only)."""
     out: dict[tuple[str, str], dict[int, Exemplar]] = {}
     for (endpoint, method, bucket), payload in snap.series("exemplar"):
-        trace_id = "".join(f"{int(part):08x}" for part in payload[: layout.EXEMPLAR_TRACE_PARTS])
-        exemplar = Exemplar({"trace_id": trace_id}, payload[layout.EXEMPLAR_VALUE], payload[layout.EXEMPLAR_SET])
+        trace_id = "".join(f"{int(part):08x}" for part in payload[: kinds.EXEMPLAR_TRACE_PARTS])
+        exemplar = Exemplar({"trace_id": trace_id}, payload[kinds.EXEMPLAR_VALUE], payload[kinds.EXEMPLAR_SET])
         out.setdefault((endpoint, method), {})[int(bucket)] = exemplar
     return out

@@ -7,20 +7,20 @@ from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamil
 
 from .exposition_common import add_windowed
 from .snapshot import Snapshot
-from .storage import layout
+from .storage import kinds
 
 
 def cache_db_families(snap: Snapshot) -> list[Metric]:
     """Cache hits, misses and the window's hit rate; database queries and the window's latency."""
     cache = snap.total("cache")
     hits = CounterMetricFamily("cache_hits_total", "Cache lookups that found their entry.")
-    hits.add_metric([], cache[layout.CACHE_HITS])
+    hits.add_metric([], cache[kinds.CACHE_HITS])
     misses = CounterMetricFamily("cache_misses_total", "Cache lookups that did not find their entry.")
-    misses.add_metric([], cache[layout.CACHE_MISSES])
+    misses.add_metric([], cache[kinds.CACHE_MISSES])
     hit_rate = GaugeMetricFamily("cache_hit_rate", "Share of cache lookups that hit over the sliding window (0-1).")
     add_windowed(hit_rate, [], snap.cache_hit_rate())
     queries = CounterMetricFamily("db_queries_total", "Database queries.")
-    queries.add_metric([], snap.total("db")[layout.DB_QUERIES])
+    queries.add_metric([], snap.total("db")[kinds.DB_QUERIES])
     db_avg = GaugeMetricFamily(
         "db_query_latency_avg_seconds", "Average database query latency over the sliding window."
     )

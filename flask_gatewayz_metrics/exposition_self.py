@@ -10,7 +10,7 @@ from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamil
 from ._version import VERSION
 from .exposition_common import fill
 from .snapshot import Snapshot
-from .storage import layout
+from .storage import kinds
 
 DROP_REASONS = (
     "invalid_latency", "invalid_status", "invalid_label", "invalid_value", "storage_unavailable", "internal_error",
@@ -66,7 +66,7 @@ def self_families(snap: Snapshot) -> list[Metric]:
         labels=["reason"],
     )
     errors = dict.fromkeys(STORAGE_ERROR_REASONS, 0.0)
-    errors.update({str(labels[0]): payload[layout.VALUE] for labels, payload in snap.series("storage_errors")})
+    errors.update({str(labels[0]): payload[kinds.VALUE] for labels, payload in snap.series("storage_errors")})
     for error_reason, count in sorted(errors.items()):
         storage_errors.add_metric([error_reason], count)
     files = GaugeMetricFamily(

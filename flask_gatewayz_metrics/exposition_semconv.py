@@ -21,7 +21,7 @@ from .exposition_common import cumulative
 from .exposition_text import SeriesHistogram
 from .semconv import DEFAULT_OPERATION, OTHER, http_error_type
 from .snapshot import Snapshot
-from .storage import layout
+from .storage import kinds
 
 GEN_AI = ("gen_ai.operation.name", "gen_ai.provider.name", "gen_ai.request.model", "gen_ai.response.model")
 TOKEN_TYPES = ("input", "output")
@@ -61,30 +61,30 @@ class Convention:
 
 HTTP_SERVER_DURATION = Convention(
     "http.server.request.duration", "s", "Duration of HTTP server requests.", "stable",
-    "http_server_buckets", layout.HTTP_SERVER_BOUNDS,
+    "http_server_buckets", kinds.HTTP_SERVER_BOUNDS,
     ("http.route", "http.request.method", "http.response.status_code", "error.type"),
     frozenset({"http.response.status_code"}),
 )  # fmt: skip
 TOKEN_USAGE = Convention(
     "gen_ai.client.token.usage", "{token}", "Number of input and output tokens used.", "development",
-    "tokens", layout.TOKEN_BOUNDS, (*GEN_AI, "gen_ai.token.type"),
+    "tokens", kinds.TOKEN_BOUNDS, (*GEN_AI, "gen_ai.token.type"),
 )  # fmt: skip
 CLIENT_DURATION = Convention(
     "gen_ai.client.operation.duration", "s", "GenAI operation duration (upstream calls).", "development",
-    "gen_ai_client_duration", layout.GEN_AI_DURATION_BOUNDS, (*GEN_AI, "error.type"),
+    "gen_ai_client_duration", kinds.GEN_AI_DURATION_BOUNDS, (*GEN_AI, "error.type"),
 )  # fmt: skip
 SERVER_DURATION = Convention(
     "gen_ai.server.request.duration", "s", "Generative AI server request duration (the gateway's responses).",
-    "development", "gen_ai_server_duration", layout.GEN_AI_DURATION_BOUNDS, (*GEN_AI, "error.type"),
+    "development", "gen_ai_server_duration", kinds.GEN_AI_DURATION_BOUNDS, (*GEN_AI, "error.type"),
 )  # fmt: skip
 TIME_TO_FIRST_TOKEN = Convention(
     "gen_ai.server.time_to_first_token", "s", "Time to generate first token for successful responses.",
-    "development", "gen_ai_first_token", layout.GEN_AI_FIRST_TOKEN_BOUNDS, GEN_AI,
+    "development", "gen_ai_first_token", kinds.GEN_AI_FIRST_TOKEN_BOUNDS, GEN_AI,
 )  # fmt: skip
 TIME_PER_OUTPUT_TOKEN = Convention(
     "gen_ai.server.time_per_output_token", "s",
     "Time per output token generated after the first token for successful responses.",
-    "development", "gen_ai_per_output_token", layout.GEN_AI_PER_TOKEN_BOUNDS, GEN_AI,
+    "development", "gen_ai_per_output_token", kinds.GEN_AI_PER_TOKEN_BOUNDS, GEN_AI,
 )  # fmt: skip
 
 CONVENTIONS: dict[str, Convention] = {
@@ -117,8 +117,8 @@ def semconv_families(snap: Snapshot) -> list[Metric]:
                 if values is not None:
                     family.add_metric(
                         values,
-                        cumulative(convention.bounds, payload[layout.HISTOGRAM_BUCKETS :]),
-                        payload[layout.HISTOGRAM_SUM],
+                        cumulative(convention.bounds, payload[kinds.HISTOGRAM_BUCKETS :]),
+                        payload[kinds.HISTOGRAM_SUM],
                     )
         out.append(family)
     return out
@@ -135,7 +135,7 @@ def _http_server_series(snap: Snapshot) -> dict[tuple[str, ...], tuple[list[floa
             continue
         endpoint, method, status, failed = key[:4]
         request = snap.merged.total("request", tuple(key))
-        total = request[layout.REQ_SUM] if request is not None else 0.0
+        total = request[kinds.REQ_SUM] if request is not None else 0.0
         labels = (endpoint, OTHER if method == "OTHER" else method, status, http_error_type(int(status), failed == "1"))
         previous = out.get(labels)
         counts = payload if previous is None else [a + b for a, b in zip(previous[0], payload, strict=False)]

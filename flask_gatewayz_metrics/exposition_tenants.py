@@ -7,7 +7,7 @@ from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamil
 
 from .exposition_common import fill
 from .snapshot import Snapshot
-from .storage import layout
+from .storage import kinds
 
 TENANT = ["team", "api_key", "user"]
 """The labels of a tenant (``tenants.Tenant``), before each family's own."""
@@ -30,8 +30,8 @@ def tenant_families(snap: Snapshot, empty_too: bool = False) -> list[Metric]:
     )
     per_tenant: dict[tuple[str, ...], float] = {}
     for key, payload in snap.series("tenant_request"):
-        requests.add_metric(list(key), payload[layout.TENANT_REQUESTS])
-        per_tenant[key[:3]] = per_tenant.get(key[:3], 0.0) + payload[layout.TENANT_ERRORS]
+        requests.add_metric(list(key), payload[kinds.TENANT_REQUESTS])
+        per_tenant[key[:3]] = per_tenant.get(key[:3], 0.0) + payload[kinds.TENANT_ERRORS]
     for tenant, count in sorted(per_tenant.items()):
         errors.add_metric(list(tenant), count)
     tokens = CounterMetricFamily(
@@ -44,5 +44,5 @@ def tenant_families(snap: Snapshot, empty_too: bool = False) -> list[Metric]:
         "llm_budget_remaining_usd", "Budget a team has left in US dollars (latest value set).", labels=["team"]
     )
     for key, payload in snap.series("budget"):
-        budget.add_metric(list(key), payload[layout.BUDGET_REMAINING])
+        budget.add_metric(list(key), payload[kinds.BUDGET_REMAINING])
     return [family for family in (requests, errors, tokens, cost, budget) if empty_too or family.samples]

@@ -18,7 +18,7 @@ from .exposition_common import (
 )
 from .exposition_text import SeriesHistogram
 from .snapshot import Snapshot
-from .storage import layout
+from .storage import kinds
 
 
 def provider_families(snap: Snapshot) -> list[Metric]:
@@ -60,8 +60,8 @@ def external_api_families(snap: Snapshot) -> list[Metric]:
     calls = CounterMetricFamily("external_api_calls_total", "Calls to external APIs.", labels=["service"])
     failures = CounterMetricFamily("external_api_errors_total", "Failed calls to external APIs.", labels=["service"])
     for (service,), payload in snap.series("external"):
-        calls.add_metric([str(service)], payload[layout.EXTERNAL_CALLS])
-        failures.add_metric([str(service)], payload[layout.EXTERNAL_ERRORS])
+        calls.add_metric([str(service)], payload[kinds.EXTERNAL_CALLS])
+        failures.add_metric([str(service)], payload[kinds.EXTERNAL_ERRORS])
     return [calls, failures]
 
 
@@ -76,9 +76,9 @@ def token_families(snap: Snapshot) -> list[Metric]:
     )
     for key, payload in snap.series("tokens"):
         labels = list(key)
-        tokens.add_metric(labels, payload[layout.TOKENS_SUM])
+        tokens.add_metric(labels, payload[kinds.TOKENS_SUM])
         per_call.add_metric(
-            labels, cumulative(layout.TOKEN_BOUNDS, payload[layout.TOKENS_BUCKETS :]), payload[layout.TOKENS_SUM]
+            labels, cumulative(kinds.TOKEN_BOUNDS, payload[kinds.TOKENS_BUCKETS :]), payload[kinds.TOKENS_SUM]
         )
     cost = CounterMetricFamily("llm_cost_usd_total", "Cost of LLM calls in US dollars.", labels=["provider", "model"])
     fill(cost, snap, "cost")
@@ -105,7 +105,7 @@ def upstream_error_families(snap: Snapshot) -> list[Metric]:
         labels=["provider", "limit"],
     )
     for key, payload in snap.series("rate_limit"):
-        remaining.add_metric(list(key), payload[layout.RATE_LIMIT_REMAINING])
+        remaining.add_metric(list(key), payload[kinds.RATE_LIMIT_REMAINING])
     return [by_type, fallbacks, remaining]
 
 
@@ -125,7 +125,7 @@ def stream_families(snap: Snapshot) -> list[Metric]:
         family = SeriesHistogram(name, doc, labels=["provider", "model"])
         for key, payload in snap.series(kind):
             family.add_metric(
-                list(key), cumulative(snap.histogram_bounds, payload[layout.REQ_BUCKETS :]), payload[layout.REQ_SUM]
+                list(key), cumulative(snap.histogram_bounds, payload[kinds.REQ_BUCKETS :]), payload[kinds.REQ_SUM]
             )
         out.append(family)
     return out

@@ -25,7 +25,7 @@ from .default_registry import withheld_reason
 from .otlp_status import health_reasons
 from .settings import Settings
 from .snapshot import Snapshot
-from .storage import layout
+from .storage import kinds
 
 _UNTRUSTED = ("untrusted_owner", "not_regular_file", "symlink")
 
@@ -82,7 +82,7 @@ def health_report(snap: Snapshot, settings: Settings, extra: Sequence[str] = ())
         "dropped": {reason: int(n) for reason, n in sorted(snap.dropped().items())},
         # Counted by compactions: files quarantined, window slots of another geometry lost.
         "storage_errors": {
-            str(labels[0]): int(payload[layout.VALUE]) for labels, payload in snap.series("storage_errors")
+            str(labels[0]): int(payload[kinds.VALUE]) for labels, payload in snap.series("storage_errors")
         },
         "metrics_directory": snap.location,
         "histogram_bounds_mismatched_series": snap.merged.bounds_mismatched,

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, TypedDict, cast
 
 from .custom_families import CustomSeries
-from .storage import WindowStats, layout
+from .storage import WindowStats, kinds
 
 if TYPE_CHECKING:
     from .snapshot import Labels, Snapshot
@@ -214,19 +214,19 @@ def document(snap: Snapshot) -> Document:
         }
     cache = snap.total("cache")
     cache_entry: Cache = {
-        "hits": int(cache[layout.CACHE_HITS]),
-        "misses": int(cache[layout.CACHE_MISSES]),
+        "hits": int(cache[kinds.CACHE_HITS]),
+        "misses": int(cache[kinds.CACHE_MISSES]),
         "hit_rate": snap.cache_hit_rate(),
     }
     db_window = snap.window("db_window")
     database: Database = {
-        "queries": int(snap.total("db")[layout.DB_QUERIES]),
+        "queries": int(snap.total("db")[kinds.DB_QUERIES]),
         "latency_avg_seconds": db_window.average,
         "latency_min_seconds": db_window.minimum,
         "latency_max_seconds": db_window.maximum,
     }
     external: dict[str, ExternalApi] = {
-        str(service): {"calls": int(payload[layout.EXTERNAL_CALLS]), "errors": int(payload[layout.EXTERNAL_ERRORS])}
+        str(service): {"calls": int(payload[kinds.EXTERNAL_CALLS]), "errors": int(payload[kinds.EXTERNAL_ERRORS])}
         for (service,), payload in snap.series("external")
     }
     storage: Storage = {
@@ -236,7 +236,7 @@ def document(snap: Snapshot) -> Document:
         "problems": [{"file": problem.path, "reason": problem.reason} for problem in snap.problems],
         "error": snap.storage_error,
         "compaction_error": snap.compaction_error,
-        "errors": {str(labels[0]): int(payload[layout.VALUE]) for labels, payload in snap.series("storage_errors")},
+        "errors": {str(labels[0]): int(payload[kinds.VALUE]) for labels, payload in snap.series("storage_errors")},
     }
     # A dict literal rather than a Document one: the optional "otlp" key sits between
     # required ones in the served key order.
@@ -264,7 +264,7 @@ def _llm(snap: Snapshot) -> Llm:
     streams: dict[str, Any] = _nested(snap.series("stream"))
     for (provider, model), payload in snap.series("first_chunk"):
         entry = streams.setdefault(provider, {}).setdefault(model, {})
-        entry["first_chunk_avg_seconds"] = payload[layout.REQ_SUM] / payload[layout.REQ_COUNT]
+        entry["first_chunk_avg_seconds"] = payload[kinds.REQ_SUM] / payload[kinds.REQ_COUNT]
     return {
         "tokens": _nested(snap.series("tokens")),
         "cost_usd": _nested(snap.series("cost")),
@@ -316,7 +316,7 @@ def _nested(rows: Iterator[tuple[Labels, list[float]]]) -> dict[str, Any]:
         node = out
         for label in labels[:-1]:
             node = node.setdefault(label, {})
-        node[labels[-1]] = payload[layout.VALUE]
+        node[labels[-1]] = payload[kinds.VALUE]
     return out
 
 

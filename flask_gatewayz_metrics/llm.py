@@ -17,7 +17,7 @@ from .labels import as_number
 from .prices import PriceTable, load_prices
 from .record_primitives import RecordPrimitives
 from .request_state import current_request
-from .storage import layout
+from .storage import kinds, layout
 
 ERROR_TYPES = frozenset({"timeout", "rate_limited", "4xx", "5xx", "connection", "other"})
 RATE_LIMITS = frozenset({"requests", "tokens"})
@@ -50,7 +50,7 @@ class GatewayRecording(RecordPrimitives):
 
     def _add_latency_histogram(self, kind: str, labels: tuple[tuple[str, object], ...], seconds: float) -> None:
         """Add one observation to ``kind``'s latency histogram (count, sum, buckets of the
-        collector's bounds; stored as ``layout.histogram_kind`` says)."""
+        collector's bounds; stored as ``kinds.histogram_kind`` says)."""
         increments = _histogram_increments(seconds, self.histogram_bounds)
         stored, prefix = self._histogram_kinds[kind]
         if not prefix:
@@ -94,11 +94,11 @@ class GatewayRecording(RecordPrimitives):
         for direction, count in zip(TOKEN_DIRECTIONS, counts, strict=True):
             if direction == "cached_input" and count == 0:
                 continue
-            bucket = layout.TOKENS_BUCKETS + bisect_left(layout.TOKEN_BOUNDS, count)
+            bucket = kinds.TOKENS_BUCKETS + bisect_left(kinds.TOKEN_BOUNDS, count)
             labels = (("provider", provider), ("model", model), ("direction", direction))
-            self._add("tokens", labels, ((layout.TOKENS_SUM, count), (bucket, 1.0)))
+            self._add("tokens", labels, ((kinds.TOKENS_SUM, count), (bucket, 1.0)))
         if cost is not None:
-            self._add("cost", (("provider", provider), ("model", model)), ((layout.VALUE, cost),))
+            self._add("cost", (("provider", provider), ("model", model)), ((kinds.VALUE, cost),))
         state = current_request.get()
         if state is not None and state.tenant is not None and state.collector is self:
             self.record_tenant_usage(state.tenant, counts, cost)
@@ -123,11 +123,11 @@ class GatewayRecording(RecordPrimitives):
         failures that never produced a status (time-outs, refused connections).
         """
         kind = error_type_of(status_code if isinstance(status_code, int) else 0, error_type)
-        self._add("provider_error_type", (("provider", provider), ("error_type", kind)), ((layout.VALUE, 1.0),))
+        self._add("provider_error_type", (("provider", provider), ("error_type", kind)), ((kinds.VALUE, 1.0),))
 
     def record_fallback(self, from_provider: str, to_provider: str) -> None:
         """Count a request that moved from one provider to another."""
-        self._add("fallback", (("provider", from_provider), ("provider", to_provider)), ((layout.VALUE, 1.0),))
+        self._add("fallback", (("provider", from_provider), ("provider", to_provider)), ((kinds.VALUE, 1.0),))
 
     def set_rate_limit_remaining(self, provider: str, limit: str, remaining: float) -> None:
         """Report the latest remaining rate limit (``limit``: requests or tokens); 0 is a value."""
@@ -168,7 +168,7 @@ class GatewayRecording(RecordPrimitives):
         ):
             return self._drop("invalid_value")
         labels = (("provider", provider), ("model", model))
-        self._add("stream", (*labels, ("outcome", outcome)), ((layout.VALUE, 1.0),))
+        self._add("stream", (*labels, ("outcome", outcome)), ((kinds.VALUE, 1.0),))
         self._add_latency_histogram("stream_duration", labels, duration)
         self._record_native("stream_duration_native", labels, duration)
         if first is not None:
@@ -194,7 +194,7 @@ def trace_id_of(traceparent: str | None) -> str | None:
 def _histogram_increments(seconds: float, bounds: tuple[float, ...]) -> tuple[tuple[int, float], ...]:
     """Increments of a count / sum / latency-buckets payload for one observation."""
     return (
-        (layout.REQ_COUNT, 1.0),
-        (layout.REQ_SUM, seconds),
-        (layout.REQ_BUCKETS + bisect_left(bounds, seconds), 1.0),
+        (kinds.REQ_COUNT, 1.0),
+        (kinds.REQ_SUM, seconds),
+        (kinds.REQ_BUCKETS + bisect_left(bounds, seconds), 1.0),
     )

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from . import sketch
-from .storage import StorageUnavailable, layout
+from .storage import StorageUnavailable, kinds, layout
 from .storage.layout import Doubles
 from .storage.native import NativeBuckets, NativeTotals, merge_native
 
@@ -82,9 +82,9 @@ class NativeIndex(Mapping[tuple[str, tuple[tuple[str, str], ...]], NativeBuckets
         """The index of merged native ``totals``, by family name and label values."""
         index = cls()
         for kind, series in totals.items():
-            family = layout.NATIVE_KINDS[kind]
+            family = kinds.NATIVE_KINDS[kind]
             index.families[family] = (
-                layout.KINDS[kind].labels,
+                kinds.KINDS[kind].labels,
                 {labels: native_buckets(buckets) for labels, buckets in series.items()},
             )
         return index
@@ -216,7 +216,7 @@ class NativeRecording:
         storage = self._storage
         stored, prefix = self._histogram_kinds[classic]  # configured buckets: "<kind>_le<n>"
         labels = _labels_at(storage, stored, record)[len(prefix) :]
-        offset = storage.offset(kind, labels[: len(layout.KINDS[kind].labels)])
+        offset = storage.offset(kind, labels[: len(kinds.KINDS[kind].labels)])
         self._doubles = storage.doubles
         mirror = state.mirrors.get(offset) or self._native_chain(state, offset)
         state.requests[record] = mirror
@@ -226,7 +226,7 @@ class NativeRecording:
         """A mirror of the native record at ``offset``: the entries its chain already holds
         (a file this process opened has only its own), new ones going after them."""
         d = self._doubles
-        link = offset + layout.NATIVE_FIRST
+        link = offset + kinds.NATIVE_FIRST
         first = int(d[link])
         entries: dict[int, int] = {}
         block = first

@@ -23,7 +23,7 @@ from .label_cache import FRONT_ADMIT_EVERY, BoundedCache
 from .label_resolution import LabelResolution
 from .labels import as_number
 from .record_writer import _InvalidLabel
-from .storage import StorageUnavailable, layout
+from .storage import StorageUnavailable, kinds, layout
 from .storage.layout import Doubles
 from .storage.slots import UNKNOWN_SLOT as _UNKNOWN_SLOT
 from .storage.slots import enter_slot as _enter_slot
@@ -52,8 +52,8 @@ _log2 = math.log2
 _ceil = math.ceil
 _EPOCH_INDEX = layout.CONTROL_EPOCH_INDEX
 # Payload fields (storage/layout.py names them; bound here, read as fast as a literal).
-_REQ_COUNT = layout.REQ_COUNT
-_REQ_SUM = layout.REQ_SUM
+_REQ_COUNT = kinds.REQ_COUNT
+_REQ_SUM = kinds.REQ_SUM
 _SLOT_SUM = layout.SLOT_SUM
 _SLOT_ERRORS = layout.SLOT_ERRORS
 _SLOT_MIN = layout.SLOT_MIN

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING
 
 from .labels import as_number, method_label
 from .llm import ERROR_TYPES
-from .storage import StorageUnavailable, layout
+from .storage import StorageUnavailable, kinds
 
 if TYPE_CHECKING:
     import threading
@@ -68,11 +68,11 @@ def _http_bucket_tables() -> tuple[tuple[int, ...], tuple[float, ...]]:
     one if it exceeds the one conventions' bound strictly inside that bucket (at most one
     there, checked below). Indexed like the request payload (``REQ_BUCKETS + j``).
     """
-    seed, http = layout.HISTOGRAM_BOUNDS, layout.HTTP_SERVER_BOUNDS
+    seed, http = kinds.HISTOGRAM_BOUNDS, kinds.HTTP_SERVER_BOUNDS
     lows = (-math.inf, *seed)
     highs = (*seed, math.inf)
-    base: list[int] = [0] * layout.REQ_BUCKETS
-    split: list[float] = [math.inf] * layout.REQ_BUCKETS
+    base: list[int] = [0] * kinds.REQ_BUCKETS
+    split: list[float] = [math.inf] * kinds.REQ_BUCKETS
     for low, high in zip(lows, highs, strict=True):
         inside = [b for b in http if low < b < high]
         assert len(inside) <= 1, "a request bucket holds two conventions' bounds"
@@ -84,9 +84,9 @@ def _http_bucket_tables() -> tuple[tuple[int, ...], tuple[float, ...]]:
 HTTP_BUCKET_BASE, HTTP_BUCKET_SPLIT = _http_bucket_tables()
 """``http_server_buckets`` index of a latency whose request-record payload index is ``i``:
 ``HTTP_BUCKET_BASE[i] + (latency > HTTP_BUCKET_SPLIT[i])``."""
-_FIRST_TOKEN_BOUNDS = layout.GEN_AI_FIRST_TOKEN_BOUNDS
-_PER_TOKEN_BOUNDS = layout.GEN_AI_PER_TOKEN_BOUNDS
-_DURATION_BOUNDS = layout.GEN_AI_DURATION_BOUNDS
+_FIRST_TOKEN_BOUNDS = kinds.GEN_AI_FIRST_TOKEN_BOUNDS
+_PER_TOKEN_BOUNDS = kinds.GEN_AI_PER_TOKEN_BOUNDS
+_DURATION_BOUNDS = kinds.GEN_AI_DURATION_BOUNDS
 
 
 LatencyTables = tuple[tuple[float, ...], tuple[int, ...], tuple[int, ...], tuple[int, ...]]
@@ -101,10 +101,10 @@ def latency_bucket_tables(bounds: tuple[float, ...]) -> LatencyTables:
     ``gen_ai_*_duration`` payload index (1 + the conventions' bounds below it). Exact
     for any bound sets: the latency lies in ``(U[u-1], U[u]]``, and the bounds of each
     set below it are those among ``U[:u]``."""
-    union = tuple(sorted({*bounds, *layout.HTTP_SERVER_BOUNDS, *_DURATION_BOUNDS}))
+    union = tuple(sorted({*bounds, *kinds.HTTP_SERVER_BOUNDS, *_DURATION_BOUNDS}))
     highs = (*union, math.inf)
-    request = tuple(layout.REQ_BUCKETS + sum(1 for b in bounds if b < high) for high in highs)
-    http = tuple(sum(1 for b in layout.HTTP_SERVER_BOUNDS if b < high) for high in highs)
+    request = tuple(kinds.REQ_BUCKETS + sum(1 for b in bounds if b < high) for high in highs)
+    http = tuple(sum(1 for b in kinds.HTTP_SERVER_BOUNDS if b < high) for high in highs)
     gen_ai = tuple(1 + sum(1 for b in _DURATION_BOUNDS if b < high) for high in highs)
     return union, request, http, gen_ai
 
@@ -347,5 +347,5 @@ class ConventionsRecording:
 
 def _observe(d: Doubles, offset: int, bounds: tuple[float, ...], value: float) -> None:
     """One observation into a sum-then-buckets payload."""
-    d[offset + layout.HISTOGRAM_SUM] += value
-    d[offset + layout.HISTOGRAM_BUCKETS + bisect_left(bounds, value)] += 1.0
+    d[offset + kinds.HISTOGRAM_SUM] += value
+    d[offset + kinds.HISTOGRAM_BUCKETS + bisect_left(bounds, value)] += 1.0

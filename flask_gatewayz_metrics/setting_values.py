@@ -17,7 +17,7 @@ from typing import Any
 
 from .prices import PriceTable, load_prices
 from .static_labels import parse_static_labels
-from .storage.layout import MAX_HISTOGRAM_BUCKETS
+from .storage.kinds import MAX_HISTOGRAM_BUCKETS
 
 SEMCONV_CHOICES = ("both", "metrics", "otlp", "off")
 """Where the OpenTelemetry semantic conventions' families are served (as ``exposition``)."""

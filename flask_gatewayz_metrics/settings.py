@@ -27,7 +27,8 @@ from typing import Any
 from . import setting_values
 from .prices import PriceTable
 from .setting_values import SEMCONV_CHOICES
-from .storage.layout import DEFAULT_WINDOW_SECONDS, DEFAULT_WINDOW_SLOTS, MAX_HISTOGRAM_BUCKETS
+from .storage.kinds import MAX_HISTOGRAM_BUCKETS
+from .storage.layout import DEFAULT_WINDOW_SECONDS, DEFAULT_WINDOW_SLOTS
 
 PREFIX = "GATEWAYZ_METRICS_"
 STORAGE_KEYS = (
@@ -91,7 +92,7 @@ class Settings:
     port_address: str = "127.0.0.1"
     semconv: str = "both"
     buckets: tuple[float, ...] | None = None
-    """Finite upper bounds of the since-start latency histograms (None: ``layout.HISTOGRAM_BOUNDS``)."""
+    """Finite upper bounds of the since-start latency histograms (None: ``kinds.HISTOGRAM_BOUNDS``)."""
     native_histograms: bool | None = None
     """Record native-histogram buckets for protobuf scrapes (None: the environment
     variable GATEWAYZ_METRICS_NATIVE_HISTOGRAMS, else off)."""

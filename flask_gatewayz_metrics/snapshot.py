@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 from .custom_families import CustomFamily, Definition, custom_families
 from .json_document import Document, document
-from .storage import Merged, StorageProblem, WindowStats, layout
+from .storage import Merged, StorageProblem, WindowStats, kinds
 
 Labels = tuple[str, ...]
 K = TypeVar("K")
@@ -33,16 +33,16 @@ class Totals:
     count: float = 0.0
     errors: float = 0.0
     latency_sum: float = 0.0
-    buckets: list[float] = field(default_factory=lambda: [0.0] * (len(layout.HISTOGRAM_BOUNDS) + 1))
+    buckets: list[float] = field(default_factory=lambda: [0.0] * (len(kinds.HISTOGRAM_BOUNDS) + 1))
 
     def add(self, payload: list[float], error: bool) -> None:
         """Add a request/provider record's payload (count, latency sum, buckets)."""
-        count = payload[layout.REQ_COUNT]
+        count = payload[kinds.REQ_COUNT]
         self.count += count
         if error:
             self.errors += count
-        self.latency_sum += payload[layout.REQ_SUM]
-        buckets = payload[layout.REQ_BUCKETS :]
+        self.latency_sum += payload[kinds.REQ_SUM]
+        buckets = payload[kinds.REQ_BUCKETS :]
         if len(buckets) != len(self.buckets):  # configured bounds (all records have the same)
             self.buckets = [0.0] * len(buckets)
         self.buckets = list(map(add, self.buckets, buckets))
@@ -89,7 +89,7 @@ class Snapshot:
     multi_process: str | None = None
     """Why the server is known to run several processes (None: no sign of it), see
     ``default_registry``."""
-    histogram_bounds: tuple[float, ...] = layout.HISTOGRAM_BOUNDS
+    histogram_bounds: tuple[float, ...] = kinds.HISTOGRAM_BOUNDS
     """Finite upper bounds of the since-start latency histograms (the collector's)."""
     otlp: dict[str, Any] | None = None
     """The OTLP export's report when export is configured (see ``otlp``)."""
@@ -115,14 +115,14 @@ class Snapshot:
             error = self._is_error(status, failed)
             _group(out.by_endpoint_method, (endpoint, method)).add(payload, error)
             key = (endpoint, status)
-            out.by_endpoint_status[key] = out.by_endpoint_status.get(key, 0.0) + payload[layout.REQ_COUNT]
+            out.by_endpoint_status[key] = out.by_endpoint_status.get(key, 0.0) + payload[kinds.REQ_COUNT]
         for (provider, status, failed), payload in totals.get("provider", {}).items():
             _group(out.by_provider, provider).add(payload, self._is_error(status, failed))
         for (model, status, failed), payload in totals.get("model", {}).items():
             group = _group(out.by_model, model)
-            group.count += payload[layout.VALUE]
+            group.count += payload[kinds.VALUE]
             if self._is_error(status, failed):
-                group.errors += payload[layout.VALUE]
+                group.errors += payload[kinds.VALUE]
         return out
 
     def _is_error(self, status: str, failed: str) -> bool:
@@ -139,11 +139,11 @@ class Snapshot:
     def total(self, kind: str, labels: Labels = ()) -> list[float]:
         """Since-start payload of one series of ``kind`` (zeros when it has none)."""
         found = self.merged.total(kind, labels)
-        return found if found is not None else [0.0] * layout.KINDS[kind].size
+        return found if found is not None else [0.0] * kinds.KINDS[kind].size
 
     def dropped(self) -> dict[str, float]:
         """Dropped inputs by reason: the files' counts and this process's unwritten ones."""
-        counts = {str(labels[0]): payload[layout.VALUE] for labels, payload in self.series("dropped")}
+        counts = {str(labels[0]): payload[kinds.VALUE] for labels, payload in self.series("dropped")}
         for reason, count in self.unrecorded.items():
             counts[reason] = counts.get(reason, 0.0) + count
         return counts
@@ -174,7 +174,7 @@ class Snapshot:
     @property
     def in_flight(self) -> float:
         """Requests being served by live workers (never negative, even mid-reset)."""
-        return max(0.0, self.total("in_flight")[layout.VALUE])
+        return max(0.0, self.total("in_flight")[kinds.VALUE])
 
     def cache_hit_rate(self) -> float | None:
         """Hits / lookups in the window (the cache window counts misses as its errors)."""

@@ -27,7 +27,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from .record_primitives import RecordPrimitives
-from .storage import layout
+from .storage import kinds
 
 if TYPE_CHECKING:
     from .collector import MetricsCollector
@@ -186,7 +186,7 @@ class TenantRecording(RecordPrimitives):
         if status.__class__ is not int or not 100 <= status <= 599:
             return self._drop("invalid_status")
         error = 1.0 if failed or status >= self.error_status else 0.0
-        increments = ((layout.TENANT_REQUESTS, 1.0), (layout.TENANT_ERRORS, error))
+        increments = ((kinds.TENANT_REQUESTS, 1.0), (kinds.TENANT_ERRORS, error))
         self._add_tenant("tenant_request", tenant, (f"{status // 100}xx",), increments)
         return None
 
@@ -194,9 +194,9 @@ class TenantRecording(RecordPrimitives):
         """Add one LLM call's tokens (input, output, cached input) and cost to ``tenant``."""
         for direction, count in zip(("input", "output", "cached_input"), counts, strict=True):
             if count:
-                self._add_tenant("tenant_tokens", tenant, (direction,), ((layout.VALUE, count),))
+                self._add_tenant("tenant_tokens", tenant, (direction,), ((kinds.VALUE, count),))
         if cost:
-            self._add_tenant("tenant_cost", tenant, (), ((layout.VALUE, cost),))
+            self._add_tenant("tenant_cost", tenant, (), ((kinds.VALUE, cost),))
 
     def set_budget_remaining(self, team: str, remaining_usd: float) -> None:
         """Report the budget ``team`` has left in US dollars (``llm_budget_remaining_usd``;

@@ -22,7 +22,7 @@ from flask_gatewayz_metrics.exposition import PrometheusExporter
 from flask_gatewayz_metrics.health import health_report
 from flask_gatewayz_metrics.semconv import latency_bucket_tables
 from flask_gatewayz_metrics.settings import Settings, collector_options_from_env
-from flask_gatewayz_metrics.storage import layout
+from flask_gatewayz_metrics.storage import kinds
 
 BOUNDS = (0.05, 0.5, 2.0)
 
@@ -65,28 +65,28 @@ def test_configured_bounds_exact_counts(metrics_dir: str) -> None:
     # The conventions' http.server.request.duration keeps its own bounds, exactly.
     http_server = _buckets(body, "http_server_request_duration_seconds", http_route="/chat")
     assert http_server["0.01"] == 1.0 and http_server["0.05"] == 2.0 and http_server["2.5"] == 4.0
-    assert http_server["+Inf"] == 6.0 and len(http_server) == len(layout.HTTP_SERVER_BOUNDS) + 1
+    assert http_server["+Inf"] == 6.0 and len(http_server) == len(kinds.HTTP_SERVER_BOUNDS) + 1
 
 
 def test_bucket_tables_match_a_search() -> None:
     """The request path's single search gives the same buckets as searching each bound set."""
     from bisect import bisect_left
 
-    for bounds in (layout.HISTOGRAM_BOUNDS, BOUNDS, (1.0,), tuple(0.001 * 1.5**i for i in range(64))):
+    for bounds in (kinds.HISTOGRAM_BOUNDS, BOUNDS, (1.0,), tuple(0.001 * 1.5**i for i in range(64))):
         union, request, http_index, gen_ai = latency_bucket_tables(bounds)
         for latency in (0.0, 0.001, 0.005, 0.0050001, 0.01, 0.02, 0.05, 0.07, 1.0, 2.0, 7.5, 9.9, 10.0, 81.92, 82, 1e6):
             u = bisect_left(union, latency)
-            assert request[u] == layout.REQ_BUCKETS + bisect_left(bounds, latency)
-            assert http_index[u] == bisect_left(layout.HTTP_SERVER_BOUNDS, latency)
-            assert gen_ai[u] == 1 + bisect_left(layout.GEN_AI_DURATION_BOUNDS, latency)
+            assert request[u] == kinds.REQ_BUCKETS + bisect_left(bounds, latency)
+            assert http_index[u] == bisect_left(kinds.HTTP_SERVER_BOUNDS, latency)
+            assert gen_ai[u] == 1 + bisect_left(kinds.GEN_AI_DURATION_BOUNDS, latency)
 
 
 def test_default_bounds_keep_the_default_kinds(metrics_dir: str) -> None:
     """Buckets equal to the defaults are stored as before (kind "request", no bounds label)."""
-    collector = MetricsCollector(metrics_dir, buckets=[*layout.HISTOGRAM_BOUNDS, float("inf")])
+    collector = MetricsCollector(metrics_dir, buckets=[*kinds.HISTOGRAM_BOUNDS, float("inf")])
     try:
         collector.record_request("/x", "GET", 0.1, 200)
-        assert layout.histogram_kind("request", collector.histogram_bounds) == ("request", ())
+        assert kinds.histogram_kind("request", collector.histogram_bounds) == ("request", ())
         assert collector.snapshot().merged.total("request", ("/x", "GET", "200", "0")) is not None
     finally:
         collector.close()
@@ -169,7 +169,7 @@ def test_promtool_accepts_configured_buckets(metrics_dir: str) -> None:
         if os.environ.get("CI", "").lower() == "true":
             pytest.fail("promtool missing and CI=true")
         pytest.skip("promtool not installed")
-    bounds = [round(0.001 * 1.2**i, 6) for i in range(layout.MAX_HISTOGRAM_BUCKETS)]
+    bounds = [round(0.001 * 1.2**i, 6) for i in range(kinds.MAX_HISTOGRAM_BUCKETS)]
     collector = MetricsCollector(metrics_dir, buckets=bounds)
     try:
         for latency in (0.0005, 0.01, 0.3, 5.0, 1e4):

@@ -11,7 +11,7 @@ import pytest
 from conftest import FakeClock
 
 from flask_gatewayz_metrics import Counter, Gauge, Histogram, InvalidMetric, MetricsCollector
-from flask_gatewayz_metrics.storage import layout
+from flask_gatewayz_metrics.storage import kinds
 from flask_gatewayz_metrics.testing import Samples, scrape_samples
 
 
@@ -190,7 +190,7 @@ def test_definitions_are_validated_at_once(collector: MetricsCollector) -> None:
         lambda: collector.histogram("ok", "x", buckets=[]),
         lambda: collector.histogram("ok", "x", buckets=[2, 1]),
         lambda: collector.histogram("ok", "x", buckets=[1, math.nan]),
-        lambda: collector.histogram("ok", "x", buckets=range(layout.MAX_CUSTOM_BUCKETS + 1)),
+        lambda: collector.histogram("ok", "x", buckets=range(kinds.MAX_CUSTOM_BUCKETS + 1)),
         lambda: collector.counter("ok", "x", max_label_values=0),
     ]
     for define in bad:
@@ -202,7 +202,7 @@ def test_definitions_are_validated_at_once(collector: MetricsCollector) -> None:
         collector.gauge("app_things", "Things.")
     with pytest.raises(ValueError, match="already defined"):
         collector.counter("app_things", "Things.", ["other"])
-    assert collector.histogram("app_wide", "x", buckets=range(1, layout.MAX_CUSTOM_BUCKETS + 1)) is not None
+    assert collector.histogram("app_wide", "x", buckets=range(1, kinds.MAX_CUSTOM_BUCKETS + 1)) is not None
 
 
 def test_bad_input_is_dropped_and_counted(collector: MetricsCollector) -> None:

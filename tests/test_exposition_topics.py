@@ -16,7 +16,7 @@ from flask_gatewayz_metrics.exposition_resources import cache_db_families, in_fl
 from flask_gatewayz_metrics.exposition_self import DROP_REASONS, STORAGE_ERROR_REASONS, self_families
 from flask_gatewayz_metrics.exposition_upstream import external_api_families, token_families
 from flask_gatewayz_metrics.snapshot import Snapshot
-from flask_gatewayz_metrics.storage import Merged, layout
+from flask_gatewayz_metrics.storage import Merged, kinds
 
 GOLDEN = pathlib.Path(__file__).parent
 
@@ -47,9 +47,9 @@ def test_cumulative_buckets_have_one_home() -> None:
 def test_resources_read_cache_and_db_by_field_name() -> None:
     """Cache hits / misses and database queries come from their named payload fields."""
     cache = [0.0, 0.0]
-    cache[layout.CACHE_HITS], cache[layout.CACHE_MISSES] = 7.0, 3.0
+    cache[kinds.CACHE_HITS], cache[kinds.CACHE_MISSES] = 7.0, 3.0
     db = [0.0, 0.0]
-    db[layout.DB_QUERIES], db[layout.DB_LATENCY_SUM] = 5.0, 1.25
+    db[kinds.DB_QUERIES], db[kinds.DB_LATENCY_SUM] = 5.0, 1.25
     found = samples(cache_db_families(snapshot_of({"cache": {(): cache}, "db": {(): db}})))
     assert found[("cache_hits_total", ())] == 7.0
     assert found[("cache_misses_total", ())] == 3.0
@@ -62,10 +62,10 @@ def test_resources_read_cache_and_db_by_field_name() -> None:
 def test_upstream_reads_external_calls_and_tokens_by_field_name() -> None:
     """External calls / errors, token sums and per-call buckets come from their named fields."""
     external = [0.0, 0.0]
-    external[layout.EXTERNAL_CALLS], external[layout.EXTERNAL_ERRORS] = 9.0, 2.0
-    tokens = [0.0] * layout.TOKENS_SIZE
-    tokens[layout.TOKENS_SUM] = 120.0
-    tokens[layout.TOKENS_BUCKETS + 4] = 1.0  # one call of 65..256 tokens
+    external[kinds.EXTERNAL_CALLS], external[kinds.EXTERNAL_ERRORS] = 9.0, 2.0
+    tokens = [0.0] * kinds.TOKENS_SIZE
+    tokens[kinds.TOKENS_SUM] = 120.0
+    tokens[kinds.TOKENS_BUCKETS + 4] = 1.0  # one call of 65..256 tokens
     snap = snapshot_of({"external": {("search",): external}, "tokens": {("p", "m", "input"): tokens}})
     found = samples([*external_api_families(snap), *token_families(snap)])
     assert found[("external_api_calls_total", (("service", "search"),))] == 9.0
@@ -90,12 +90,12 @@ def test_self_serves_every_reason_from_the_start() -> None:
 
 def test_http_exemplar_fields_are_named() -> None:
     """An exemplar record's trace id parts, value and time are read through the named fields."""
-    exemplar = [0.0] * layout.KINDS["exemplar"].size
+    exemplar = [0.0] * kinds.KINDS["exemplar"].size
     parts = (0x0AF76519, 0x16CD43DD, 0x8448EB21, 0x1C80319C)
-    exemplar[: layout.EXEMPLAR_TRACE_PARTS] = [float(part) for part in parts]
-    exemplar[layout.EXEMPLAR_VALUE], exemplar[layout.EXEMPLAR_SET] = 0.02, 1234.0
-    request = [0.0] * layout.REQUEST_SIZE
-    request[layout.REQ_COUNT], request[layout.REQ_SUM], request[layout.REQ_BUCKETS + 2] = 1.0, 0.02, 1.0
+    exemplar[: kinds.EXEMPLAR_TRACE_PARTS] = [float(part) for part in parts]
+    exemplar[kinds.EXEMPLAR_VALUE], exemplar[kinds.EXEMPLAR_SET] = 0.02, 1234.0
+    request = [0.0] * kinds.REQUEST_SIZE
+    request[kinds.REQ_COUNT], request[kinds.REQ_SUM], request[kinds.REQ_BUCKETS + 2] = 1.0, 0.02, 1.0
     snap = snapshot_of({"exemplar": {("/a", "GET", "2"): exemplar}, "request": {("/a", "GET", "200", "0"): request}})
     bucket = next(
         s for f in http_families(snap) for s in f.samples if s.name.endswith("_bucket") and s.labels["le"] == "0.025"

@@ -40,7 +40,7 @@ import yaml
 from servers import Server, free_port, http, start_gateway, stop
 from test_prometheus import CONF, JOB, Deadline, PromAPI, load_yaml, require_binary, wait_for
 
-from flask_gatewayz_metrics.storage.layout import HISTOGRAM_BOUNDS
+from flask_gatewayz_metrics.storage.kinds import HISTOGRAM_BOUNDS
 
 pytestmark = [pytest.mark.prometheus, pytest.mark.slow]
 

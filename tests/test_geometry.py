@@ -10,7 +10,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from flask_gatewayz_metrics import MetricsCollector, PrometheusExporter
 from flask_gatewayz_metrics.health import health_report
 from flask_gatewayz_metrics.settings import Settings
-from flask_gatewayz_metrics.storage import compact, layout
+from flask_gatewayz_metrics.storage import compact, kinds, layout
 from flask_gatewayz_metrics.storage.archive import WINDOW_GEOMETRY_REASON, ArchiveBuilder
 from flask_gatewayz_metrics.storage.reader import DirectoryReader
 
@@ -37,7 +37,7 @@ def _used_slots(directory: str, name: str) -> int:
     view = next(v for v in DirectoryReader(directory).read()[0] if v.name == name)
     used = 0
     for record in view.records:
-        kind = layout.KINDS[record.kind]
+        kind = kinds.KINDS[record.kind]
         if kind.windowed and record.kind != "cache_window":
             stride = layout.slot_stride(kind.with_sketch)
             for position in range(view.slots):
@@ -201,4 +201,4 @@ def test_unplaceable_slots_outside_the_window_are_not_a_loss(metrics_dir: str) -
     later = ArchiveBuilder(0, 30.0, 3, now=soon.now + 3600)
     later.add(view)
     assert ("storage_errors", (WINDOW_GEOMETRY_REASON,)) not in later.payloads
-    assert later.payloads[("request", ("/chat", "POST", "200", "0"))][layout.REQ_COUNT] == len(VALUES)
+    assert later.payloads[("request", ("/chat", "POST", "200", "0"))][kinds.REQ_COUNT] == len(VALUES)

@@ -33,7 +33,7 @@ from flask_gatewayz_metrics import GatewayzMetrics, MetricsCollector, Prometheus
 from flask_gatewayz_metrics.health import health_report
 from flask_gatewayz_metrics.settings import Settings
 from flask_gatewayz_metrics.snapshot import Snapshot
-from flask_gatewayz_metrics.storage import compact, layout
+from flask_gatewayz_metrics.storage import compact, kinds, layout
 from flask_gatewayz_metrics.storage.directory import MetricsDirectoryError
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="useradd, chown and mount need root (CI runs as root)")
@@ -466,9 +466,9 @@ def test_archive_honours_label_limits_across_generations(metrics_dir: str) -> No
     records = 2 * (layout.RECORD_HEADER.size + 32) + layout.RECORD_HEADER.size + 64
     block = layout.RECORD_HEADER.size + 8 * len(layout.block_payload(1))
     payloads = 8 * (
-        layout.KINDS["model_window"].payload_size(5)
-        + layout.KINDS["model"].size
-        + layout.KINDS["gen_ai_server_duration"].size
+        kinds.KINDS["model_window"].payload_size(5)
+        + kinds.KINDS["model"].size
+        + kinds.KINDS["gen_ai_server_duration"].size
     )
     model_series = 201 * (payloads + records + block)
     assert max(sizes[1:]) < model_series * 1.2

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from flask_gatewayz_metrics import MetricsCollector, label_cache
 from flask_gatewayz_metrics.label_cache import BoundedCache, part_entry_cost
-from flask_gatewayz_metrics.storage import layout
+from flask_gatewayz_metrics.storage import kinds
 
 MEMORY_LIMIT = 8 * 1024 * 1024
 """What the project allows the label caches of one worker (issue 12)."""
@@ -32,7 +32,7 @@ def records(c: MetricsCollector) -> dict[tuple[str, tuple[str, ...]], list[float
     d = storage.doubles
     out = {}
     for (kind, labels), offset in storage._offsets.items():
-        size = layout.KINDS[kind].payload_size(storage.slots)
+        size = kinds.KINDS[kind].payload_size(storage.slots)
         out[(kind, labels)] = list(d[offset : offset + size])
     return out
 

@@ -7,22 +7,22 @@ import ast
 import pathlib
 
 import flask_gatewayz_metrics
-from flask_gatewayz_metrics.storage import layout
+from flask_gatewayz_metrics.storage import kinds
 
 PACKAGE = pathlib.Path(flask_gatewayz_metrics.__file__).parent
 
 FIELDS: dict[str, tuple[int, ...]] = {
-    "cache": (layout.CACHE_HITS, layout.CACHE_MISSES),
-    "db": (layout.DB_QUERIES, layout.DB_LATENCY_SUM),
-    "external": (layout.EXTERNAL_CALLS, layout.EXTERNAL_ERRORS),
-    "tenant_request": (layout.TENANT_REQUESTS, layout.TENANT_ERRORS),
-    "rate_limit": (layout.RATE_LIMIT_REMAINING, layout.RATE_LIMIT_SET),
-    "budget": (layout.BUDGET_REMAINING, layout.BUDGET_SET),
-    "tokens": (layout.TOKENS_SUM, layout.TOKENS_BUCKETS),
-    "exemplar": (*range(layout.EXEMPLAR_TRACE_PARTS), layout.EXEMPLAR_VALUE, layout.EXEMPLAR_SET),
-    "gen_ai_client_duration": (layout.HISTOGRAM_SUM, layout.HISTOGRAM_BUCKETS),
-    "custom_histogram_3": (layout.HISTOGRAM_SUM, layout.HISTOGRAM_BUCKETS),
-    "request": (layout.REQ_COUNT, layout.REQ_SUM, layout.REQ_BUCKETS),
+    "cache": (kinds.CACHE_HITS, kinds.CACHE_MISSES),
+    "db": (kinds.DB_QUERIES, kinds.DB_LATENCY_SUM),
+    "external": (kinds.EXTERNAL_CALLS, kinds.EXTERNAL_ERRORS),
+    "tenant_request": (kinds.TENANT_REQUESTS, kinds.TENANT_ERRORS),
+    "rate_limit": (kinds.RATE_LIMIT_REMAINING, kinds.RATE_LIMIT_SET),
+    "budget": (kinds.BUDGET_REMAINING, kinds.BUDGET_SET),
+    "tokens": (kinds.TOKENS_SUM, kinds.TOKENS_BUCKETS),
+    "exemplar": (*range(kinds.EXEMPLAR_TRACE_PARTS), kinds.EXEMPLAR_VALUE, kinds.EXEMPLAR_SET),
+    "gen_ai_client_duration": (kinds.HISTOGRAM_SUM, kinds.HISTOGRAM_BUCKETS),
+    "custom_histogram_3": (kinds.HISTOGRAM_SUM, kinds.HISTOGRAM_BUCKETS),
+    "request": (kinds.REQ_COUNT, kinds.REQ_SUM, kinds.REQ_BUCKETS),
 }
 """Kind -> its named fields, in payload order (the last may start a run of buckets)."""
 PAYLOAD_NAMES = frozenset({"payload", "p"})
@@ -32,22 +32,22 @@ PAYLOAD_NAMES = frozenset({"payload", "p"})
 def test_named_fields_lie_inside_their_kind_in_order() -> None:
     """Each kind's named fields are distinct, increasing positions inside its payload."""
     for kind, fields in FIELDS.items():
-        size = layout.KINDS[kind].size
+        size = kinds.KINDS[kind].size
         assert list(fields) == sorted(set(fields)), kind
         assert fields[0] >= 0 and fields[-1] < size, kind
 
 
 def test_latest_kinds_end_with_their_set_field() -> None:
     """``SET`` (the last value) is the time set of "latest" kinds and the set flag of max / min."""
-    assert layout.SET == -1
-    for kind, set_field in (("rate_limit", layout.RATE_LIMIT_SET), ("budget", layout.BUDGET_SET),
-                            ("exemplar", layout.EXEMPLAR_SET)):  # fmt: skip
-        assert layout.KINDS[kind].merge == "latest"
-        assert set_field == layout.KINDS[kind].size + layout.SET
+    assert kinds.SET == -1
+    for kind, set_field in (("rate_limit", kinds.RATE_LIMIT_SET), ("budget", kinds.BUDGET_SET),
+                            ("exemplar", kinds.EXEMPLAR_SET)):  # fmt: skip
+        assert kinds.KINDS[kind].merge == "latest"
+        assert set_field == kinds.KINDS[kind].size + kinds.SET
     for kind in ("custom_gauge_max", "custom_gauge_min", "custom_gauge_latest", "custom_meta"):
-        assert layout.KINDS[kind].merge in ("max", "min", "latest")
-    assert layout.VALUE == 0
-    assert layout.TOKENS_BUCKETS + len(layout.TOKEN_BOUNDS) + 1 == layout.TOKENS_SIZE
+        assert kinds.KINDS[kind].merge in ("max", "min", "latest")
+    assert kinds.VALUE == 0
+    assert kinds.TOKENS_BUCKETS + len(kinds.TOKEN_BOUNDS) + 1 == kinds.TOKENS_SIZE
 
 
 def _is_number(node: ast.expr | None) -> bool:
@@ -121,12 +121,12 @@ def test_the_checker_sees_numbered_writes() -> None:
     """``numbered_payload_writes`` finds ``d[o + 1]``, ``d[2 + o]`` and ``_add(kind, labels, ((0, 1.0),))``."""
     source = (
         "d[o + 1] += 1.0\nd[2 + o] = x\nself._add('cost', labels, ((0, cost),))\n"
-        "d[o + layout.SLOT_SUM] += x\nself._add('cost', labels, ((layout.VALUE, cost),))\nd[o] = 1.0\n"
+        "d[o + layout.SLOT_SUM] += x\nself._add('cost', labels, ((kinds.VALUE, cost),))\nd[o] = 1.0\n"
     )
     assert numbered_payload_writes(source) == [1, 2, 3]
 
 
 def test_the_checker_sees_numbered_reads() -> None:
     """``numbered_payload_reads`` finds ``payload[0]``, ``p[-1]``, ``payload[1:]`` and ``x.total(k)[0]``."""
-    source = "a = payload[0]\nb = p[-1]\nc = payload[1:]\nd = snap.total('db')[0]\ne = payload[layout.VALUE]\n"
+    source = "a = payload[0]\nb = p[-1]\nc = payload[1:]\nd = snap.total('db')[0]\ne = payload[kinds.VALUE]\n"
     assert numbered_payload_reads(source) == [1, 2, 3, 4]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from conftest import FakeClock
 
-from flask_gatewayz_metrics.storage import compact, layout
+from flask_gatewayz_metrics.storage import compact, kinds
 from flask_gatewayz_metrics.storage.merge import MergeCache, Merged, combine, merge
 from flask_gatewayz_metrics.storage.reader import DirectoryReader
 from flask_gatewayz_metrics.testing import collectors_on_one_directory
@@ -122,5 +122,5 @@ def test_combine_follows_the_kinds_rule(
     kind: str, current: list[float], incoming: list[float], expected: list[float]
 ) -> None:
     """combine adds "sum" payloads, keeps the newest "latest" one and the max / min of set gauges."""
-    assert combine(layout.KINDS[kind], current, incoming) == expected
-    assert combine(layout.KINDS[kind], None, incoming) == incoming
+    assert combine(kinds.KINDS[kind], current, incoming) == expected
+    assert combine(kinds.KINDS[kind], None, incoming) == incoming

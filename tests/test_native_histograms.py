@@ -28,7 +28,7 @@ from hypothesis import strategies as st
 
 from flask_gatewayz_metrics import MetricsCollector, PrometheusExporter, exposition_protobuf, sketch
 from flask_gatewayz_metrics.native_histograms import ZERO_THRESHOLD, NativeIndex, native_index
-from flask_gatewayz_metrics.storage import layout
+from flask_gatewayz_metrics.storage import kinds, layout
 from flask_gatewayz_metrics.storage.reader import DirectoryReader
 from flask_gatewayz_metrics.storage.sparse import chain_buckets
 from flask_gatewayz_metrics.testing import worker_file
@@ -213,7 +213,7 @@ def test_disabled_native_recording_serves_classic_histograms_only(metrics_dir: s
     histograms = decoded_histograms(PrometheusExporter(collector).render(PROTOBUF)[0])
     assert histograms and all(not h.HasField("schema") and h.sample_count == 1 for h in histograms.values())
     (view,) = DirectoryReader(metrics_dir).read()[0]
-    assert not [r for r in view.records if r.kind in layout.NATIVE_KINDS]
+    assert not [r for r in view.records if r.kind in kinds.NATIVE_KINDS]
     collector.close()
 
 
@@ -268,7 +268,7 @@ def test_live_and_dead_workers_merge_and_the_archive_carries_them_until_a_reset(
     views = DirectoryReader(metrics_dir).read()[0]
     assert [v.name for v in views if not v.is_archive] == [os.path.basename(worker_file(live) or "")]
     archive = next(v for v in views if v.is_archive)
-    assert {r.kind for r in archive.records} >= set(layout.NATIVE_KINDS)
+    assert {r.kind for r in archive.records} >= set(kinds.NATIVE_KINDS)
     assert _native(live) == before  # carried exactly
     live.record_request("/chat", "POST", 0.5, 200)
     assert sum(_native(live)[http].values()) == len(everything) + 1
@@ -335,7 +335,7 @@ def _read_chain(data: bytes, offset: int) -> dict[int, float] | None:
         if key_length == 0:
             blocks[float((position + 8) // 8)] = (length - 8) // 8 - layout.BLOCK_ENTRIES
         position += length
-    return chain_buckets(doubles, blocks, doubles[offset + layout.NATIVE_FIRST])
+    return chain_buckets(doubles, blocks, doubles[offset + kinds.NATIVE_FIRST])
 
 
 def test_a_half_written_entry_or_block_is_invisible(metrics_dir: str) -> None:

@@ -12,7 +12,7 @@ from servers import free_port
 
 from flask_gatewayz_metrics import GatewayzMetrics, MetricsCollector, label_request
 from flask_gatewayz_metrics.exposition import PrometheusExporter
-from flask_gatewayz_metrics.storage import layout
+from flask_gatewayz_metrics.storage import kinds, layout
 
 
 def _value(body: str, name: str, **labels: str) -> float | None:
@@ -65,7 +65,7 @@ def test_every_latency_histogram_gets_the_searched_bucket(metrics_dir: str) -> N
     collector = MetricsCollector(metrics_dir)
     latencies = sorted({
         value
-        for bound in (*layout.HISTOGRAM_BOUNDS, *layout.HTTP_SERVER_BOUNDS, *layout.GEN_AI_DURATION_BOUNDS)
+        for bound in (*kinds.HISTOGRAM_BOUNDS, *kinds.HTTP_SERVER_BOUNDS, *kinds.GEN_AI_DURATION_BOUNDS)
         for value in (bound, bound * 0.999, bound * 1.001)
     })
     try:
@@ -86,10 +86,10 @@ def test_every_latency_histogram_gets_the_searched_bucket(metrics_dir: str) -> N
             counts[bisect_left(bounds, latency)] += 1.0
         return counts
 
-    assert request[layout.REQ_BUCKETS :] == expected(layout.HISTOGRAM_BOUNDS)
-    assert provider[layout.REQ_BUCKETS :] == expected(layout.HISTOGRAM_BOUNDS)
-    assert http_server == expected(layout.HTTP_SERVER_BOUNDS)
-    assert gen_ai[1:] == expected(layout.GEN_AI_DURATION_BOUNDS)
+    assert request[kinds.REQ_BUCKETS :] == expected(kinds.HISTOGRAM_BOUNDS)
+    assert provider[kinds.REQ_BUCKETS :] == expected(kinds.HISTOGRAM_BOUNDS)
+    assert http_server == expected(kinds.HTTP_SERVER_BOUNDS)
+    assert gen_ai[1:] == expected(kinds.GEN_AI_DURATION_BOUNDS)
 
 
 def test_labelled_flask_request_fills_every_histogram_once(metrics_dir: str) -> None:
@@ -124,7 +124,7 @@ def test_bucket_position_from_the_sketch_index_equals_a_search() -> None:
 
     rng = random.Random(12)
     for union in (
-        tuple(sorted({*layout.HISTOGRAM_BOUNDS, *layout.HTTP_SERVER_BOUNDS, *layout.GEN_AI_DURATION_BOUNDS})),
+        tuple(sorted({*kinds.HISTOGRAM_BOUNDS, *kinds.HTTP_SERVER_BOUNDS, *kinds.GEN_AI_DURATION_BOUNDS})),
         (1e-7, 0.1, 0.1001, 0.1002, 0.5, 3600.0 * 10),
     ):
         positions = union_positions(union)
@@ -158,7 +158,7 @@ def test_close_configured_bounds_get_the_searched_bucket(metrics_dir: str) -> No
     expected = [0.0] * (len(bounds) + 1)
     for latency in latencies:
         expected[bisect_left(bounds, latency)] += 1.0
-    assert record[layout.REQ_BUCKETS :] == expected
+    assert record[kinds.REQ_BUCKETS :] == expected
 
 
 def test_own_routes_one_rule_for_recording_and_the_port(metrics_dir: str) -> None:

@@ -26,7 +26,7 @@ from test_fork import fork_children, wait_all
 from flask_gatewayz_metrics import GatewayzMetrics, MetricsCollector, PrometheusExporter, label_request
 from flask_gatewayz_metrics.otlp import OtlpConfig, OtlpExporter, families_of
 from flask_gatewayz_metrics.semconv import operation_name
-from flask_gatewayz_metrics.storage import layout
+from flask_gatewayz_metrics.storage import kinds
 from flask_gatewayz_metrics.testing import Samples, parse_samples, sample_key, scrape_samples, series
 
 HTTP = "http_server_request_duration_seconds"
@@ -70,7 +70,7 @@ def test_http_server_request_duration_buckets_and_attributes(collector: MetricsC
     s = scrape(collector)
     ok = {"http_route": "/api/chat", "http_request_method": "POST", "http_response_status_code": "200"}
     assert buckets(s, HTTP, **ok, error_type="") == le(
-        layout.HTTP_SERVER_BOUNDS, {0.005: 1, 0.075: 1, 0.1: 1, float("inf"): 1}
+        kinds.HTTP_SERVER_BOUNDS, {0.005: 1, 0.075: 1, 0.1: 1, float("inf"): 1}
     )
     assert s[key(HTTP + "_count", **ok, error_type="")] == 4
     assert s[key(HTTP + "_sum", **ok, error_type="")] == pytest.approx(12.1541)
@@ -93,7 +93,7 @@ def test_gen_ai_server_and_client_durations(collector: MetricsCollector) -> None
     collector.record_provider_call("openai", "gpt-4o", 0.2, 429, error_type="rate_limited")
     s = scrape(collector)
     server = {**GEN_AI, "gen_ai_response_model": "gpt-4o"}
-    bounds = layout.GEN_AI_DURATION_BOUNDS
+    bounds = kinds.GEN_AI_DURATION_BOUNDS
     assert buckets(s, SERVER, **server, error_type="") == le(bounds, {0.32: 1})
     assert buckets(s, SERVER, **server, error_type="502") == le(bounds, {float("inf"): 1})
     embeddings = {**server, "gen_ai_operation_name": "embeddings", "error_type": ""}
@@ -112,9 +112,9 @@ def test_token_usage_from_record_tokens(collector: MetricsCollector) -> None:
     collector.record_tokens("openai", "gpt-4o", 1, 70_000)
     s = scrape(collector)
     labels = {**GEN_AI, "gen_ai_response_model": "gpt-4o"}
-    assert buckets(s, TOKENS, **labels, gen_ai_token_type="input") == le(layout.TOKEN_BOUNDS, {1.0: 1, 16.0: 1})
+    assert buckets(s, TOKENS, **labels, gen_ai_token_type="input") == le(kinds.TOKEN_BOUNDS, {1.0: 1, 16.0: 1})
     assert buckets(s, TOKENS, **labels, gen_ai_token_type="output") == le(
-        layout.TOKEN_BOUNDS, {1024.0: 1, 262144.0: 1}
+        kinds.TOKEN_BOUNDS, {1024.0: 1, 262144.0: 1}
     )
     assert s[key(TOKENS + "_sum", **labels, gen_ai_token_type="output")] == 70_300
     assert {dict(lab)["gen_ai_token_type"] for lab in series(s, TOKENS + "_count")} == {"input", "output"}
@@ -128,12 +128,12 @@ def test_http_bucket_from_the_request_bucket_equals_a_search() -> None:
     from flask_gatewayz_metrics.semconv import HTTP_BUCKET_BASE, HTTP_BUCKET_SPLIT
 
     rng = Random(7)
-    values = [0.0, 1e-9, 1e6, *layout.HISTOGRAM_BOUNDS, *layout.HTTP_SERVER_BOUNDS]
+    values = [0.0, 1e-9, 1e6, *kinds.HISTOGRAM_BOUNDS, *kinds.HTTP_SERVER_BOUNDS]
     values += [math.nextafter(v, math.inf) for v in list(values)] + [rng.lognormvariate(-1, 2) for _ in range(20_000)]
     for latency in values:
-        request_bucket = layout.REQ_BUCKETS + bisect_left(layout.HISTOGRAM_BOUNDS, latency)
+        request_bucket = kinds.REQ_BUCKETS + bisect_left(kinds.HISTOGRAM_BOUNDS, latency)
         found = HTTP_BUCKET_BASE[request_bucket] + (latency > HTTP_BUCKET_SPLIT[request_bucket])
-        assert found == bisect_left(layout.HTTP_SERVER_BOUNDS, latency), latency
+        assert found == bisect_left(kinds.HTTP_SERVER_BOUNDS, latency), latency
 
 
 def test_operation_name_from_route() -> None:
@@ -257,7 +257,7 @@ def test_forked_processes_add_up_exactly(metrics_dir: str) -> None:
     chat = {"http_route": "/v1/chat/completions", "http_request_method": "POST", "http_response_status_code": "200"}
     # 0.0 (84 per child), 0.05 and 0.1 (83 each): le 0.005 / 0.05 / 0.1 (0.05 * 2 is 0.1 exactly)
     assert buckets(s, HTTP, **chat, error_type="") == le(
-        layout.HTTP_SERVER_BOUNDS, {0.005: 4 * 84, 0.05: 4 * 83, 0.1: 4 * 83}
+        kinds.HTTP_SERVER_BOUNDS, {0.005: 4 * 84, 0.05: 4 * 83, 0.1: 4 * 83}
     )
     assert s[key(SERVER + "_count", **labels, error_type="")] == 1000
     assert s[key(CLIENT + "_count", **labels, error_type="")] == 800
@@ -367,7 +367,7 @@ def test_otlp_sends_conventions_under_their_names_and_attributes(collector: Metr
         "http.route": "/v1/chat/completions", "http.request.method": "POST", "http.response.status_code": 200,
     }  # no error.type on a success
     assert attributes(by_status[500])["error.type"] == "500"
-    assert list(by_status[200].explicit_bounds) == list(layout.HTTP_SERVER_BOUNDS)
+    assert list(by_status[200].explicit_bounds) == list(kinds.HTTP_SERVER_BOUNDS)
     assert by_status[200].count == 1 and list(by_status[200].bucket_counts)[7] == 1  # 0.3 in (0.25, 0.5]
     tokens = {attributes(p)["gen_ai.token.type"]: p for p in metrics["gen_ai.client.token.usage"].histogram.data_points}
     assert attributes(tokens["output"]) == {
@@ -375,14 +375,14 @@ def test_otlp_sends_conventions_under_their_names_and_attributes(collector: Metr
         "gen_ai.response.model": "gpt-4o", "gen_ai.token.type": "output",
     }  # fmt: skip
     assert (tokens["input"].sum, tokens["output"].sum, tokens["output"].count) == (10, 20, 1)
-    assert list(tokens["input"].explicit_bounds) == list(layout.TOKEN_BOUNDS)
+    assert list(tokens["input"].explicit_bounds) == list(kinds.TOKEN_BOUNDS)
     client = metrics["gen_ai.client.operation.duration"].histogram.data_points
     assert sorted(attributes(p).get("error.type", "") for p in client) == ["", "timeout"]
-    assert list(client[0].explicit_bounds) == list(layout.GEN_AI_DURATION_BOUNDS)
+    assert list(client[0].explicit_bounds) == list(kinds.GEN_AI_DURATION_BOUNDS)
     (per_token,) = metrics["gen_ai.server.time_per_output_token"].histogram.data_points
     assert per_token.sum == pytest.approx(0.05) and per_token.count == 1  # (2.0 - 0.5) / 30
     (first,) = metrics["gen_ai.server.time_to_first_token"].histogram.data_points
-    assert list(first.explicit_bounds) == list(layout.GEN_AI_FIRST_TOKEN_BOUNDS) and first.sum == 0.5
+    assert list(first.explicit_bounds) == list(kinds.GEN_AI_FIRST_TOKEN_BOUNDS) and first.sum == 0.5
 
 
 # ----------------------------------------------------------------------------- tracing

@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import layout
+from . import kinds, layout
 from .directory import is_worker_file
 from .merge import combine
 from .reader import WorkerView, is_locked
@@ -27,7 +27,7 @@ DEFAULT_SLOT_SECONDS = layout.DEFAULT_WINDOW_SECONDS / DEFAULT_SLOTS
 """Archive geometry when no file tells it (only bad files to count): the defaults."""
 
 NATIVE_CHAIN_REASON = "corrupt_record"
-"""Storage error reason of a native histogram's chain (``layout.NATIVE_KINDS``) that could
+"""Storage error reason of a native histogram's chain (``kinds.NATIVE_KINDS``) that could
 not be read while folding a file (dropped, not guessed): the record is corrupt."""
 WINDOW_GEOMETRY_REASON = "window_geometry"
 """Storage error reason: windowed slots of another geometry that could not be re-bucketed
@@ -59,7 +59,7 @@ class ArchiveBuilder:
         same_geometry = view.slot_seconds == self.slot_seconds and view.slots == self.slots
         lost = lost_native = 0
         for record in view.records:
-            kind = layout.KINDS[record.kind]
+            kind = kinds.KINDS[record.kind]
             if (
                 (skip_absorbed and record.kind == "absorbed")
                 or kind.merge == "live"  # only live workers count (requests in flight)
@@ -84,7 +84,7 @@ class ArchiveBuilder:
                     merge_slots(current, incoming, self.slots, stride)
                 continue
             if kind.merge == "native":  # a chain: carried as a dict bucket -> count
-                buckets = chain_buckets(view.doubles, view.blocks, view.doubles[record.offset + layout.NATIVE_FIRST])
+                buckets = chain_buckets(view.doubles, view.blocks, view.doubles[record.offset + kinds.NATIVE_FIRST])
                 if buckets is None:
                     lost_native += 1
                     continue
@@ -160,11 +160,11 @@ class ArchiveBuilder:
         next_block = records_end // 8 + 1  # payload index of the next block (after its 8-byte header)
         for key, ((kind, _), payload) in zip(keys, items, strict=True):
             written = payload
-            if layout.KINDS[kind].with_sketch:
+            if kinds.KINDS[kind].with_sketch:
                 written, new_blocks = encode_window(payload, self.slots, next_block)
                 next_block += sum(len(b) for b in new_blocks) // 8
                 blocks += new_blocks
-            elif layout.KINDS[kind].merge == "native":
+            elif kinds.KINDS[kind].merge == "native":
                 written, new_blocks = encode_chain(payload[0], next_block)
                 next_block += sum(len(b) for b in new_blocks) // 8
                 blocks += new_blocks

@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from ..labels import DEFAULT_LIMITS, OVERFLOW_VALUE
-from . import layout
+from . import kinds, layout
 from .archive_builder import ArchiveBuilder, combine_native, merge_slots, newest_geometry
 from .directory import is_data_file, open_directory
 from .merge import combine
@@ -199,7 +199,7 @@ def _label_values(view: WorkerView) -> set[tuple[str, str]]:
     """(label name, value) pairs present in ``view``: the archive's, kept first when limiting."""
     out: set[tuple[str, str]] = set()
     for record in view.records:
-        kind = layout.KINDS.get(record.kind)
+        kind = kinds.KINDS.get(record.kind)
         if kind is not None:
             out.update(zip(kind.labels, record.labels, strict=False))
     return out
@@ -215,7 +215,7 @@ def limit_labels(builder: ArchiveBuilder, limits: Mapping[str, int], kept: set[t
     """
     values: dict[str, set[str]] = {}
     for kind_name, labels in builder.payloads:
-        kind = layout.KINDS[kind_name]
+        kind = kinds.KINDS[kind_name]
         for name, value in zip(kind.labels, labels, strict=False):
             if name in limits and value != OVERFLOW_VALUE:
                 values.setdefault(name, set()).add(value)
@@ -228,7 +228,7 @@ def limit_labels(builder: ArchiveBuilder, limits: Mapping[str, int], kept: set[t
         return
     payloads: dict[tuple[str, tuple[str, ...]], list[float]] = {}
     for (kind_name, labels), payload in builder.payloads.items():
-        kind = layout.KINDS[kind_name]
+        kind = kinds.KINDS[kind_name]
         folded = tuple(
             OVERFLOW_VALUE if name in allowed and value not in allowed[name] else value
             for name, value in zip(kind.labels, labels, strict=False)

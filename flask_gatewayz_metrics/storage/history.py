@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from . import layout
+from . import kinds, layout
 from .merge import oldest_slot_in_window
 from .reader import WorkerView
 from .window_stats import WindowStats
@@ -72,7 +72,7 @@ def slot_history(views: list[WorkerView], epoch: int, now: float, slot_seconds: 
         for record in view.records:
             if record.kind not in HISTORY_KINDS:
                 continue
-            kind = layout.KINDS[record.kind]
+            kind = kinds.KINDS[record.kind]
             stride = layout.slot_stride(kind.with_sketch)
             if record.kind == "endpoint_window":
                 by_slot = history.overall  # all endpoints together

@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass, field
 from operator import add
 
-from . import layout
+from . import kinds, layout
 from .reader import Record, WorkerView
 from .window_stats import WindowStats
 
@@ -66,7 +66,7 @@ def merge(
     now: float,
     cache: MergeCache | None = None,
     leave_out: frozenset[str] = frozenset(),
-    bounds: tuple[float, ...] = layout.HISTOGRAM_BOUNDS,
+    bounds: tuple[float, ...] = kinds.HISTOGRAM_BOUNDS,
 ) -> Merged:
     """Combine ``views`` (files of older reset epochs are ignored) as seen at ``now``;
     the latency histograms are those recorded with bucket ``bounds`` (``select_bounds``).
@@ -99,15 +99,15 @@ def merge(
 
 _BOUNDED_BASE = {
     name: base
-    for base in layout.BOUNDED_KINDS
-    for name in layout.KINDS
+    for base in kinds.BOUNDED_KINDS
+    for name in kinds.KINDS
     if name == base or (name.startswith(f"{base}_le") and name[len(base) + 3 :].isdigit())
 }
-"""Every kind of ``layout.BOUNDED_KINDS``, under any bound count -> the kind."""
+"""Every kind of ``kinds.BOUNDED_KINDS``, under any bound count -> the kind."""
 
 
 def select_bounds(merged: Merged, bounds: tuple[float, ...]) -> None:
-    """Keep, of the latency histograms (``layout.BOUNDED_KINDS``), only the series
+    """Keep, of the latency histograms (``kinds.BOUNDED_KINDS``), only the series
     recorded with ``bounds``, under the kind's own name and labels; the others (another
     bound set: a worker of an older configuration, the archive's data from before a
     change) are removed and counted in ``merged.bounds_mismatched``. Never reads one
@@ -116,7 +116,7 @@ def select_bounds(merged: Merged, bounds: tuple[float, ...]) -> None:
     skipped = 0
     for name in [name for name in merged.totals if name in _BOUNDED_BASE]:
         base = _BOUNDED_BASE[name]
-        own, prefix = layout.histogram_kind(base, bounds)
+        own, prefix = kinds.histogram_kind(base, bounds)
         if name == own and not prefix:
             continue  # the default bounds: stored under the kind's own name
         series = merged.totals.pop(name)
@@ -165,7 +165,7 @@ def _merge_sealed(views: list[WorkerView], epoch: int, now: float) -> Merged:
             continue
         if not view.live:  # dead workers have no requests in flight ("live" kinds)
             for record in view.records:
-                kind = layout.KINDS[record.kind]
+                kind = kinds.KINDS[record.kind]
                 if not kind.windowed and kind.merge != "live":
                     _add_total(merged, view, record)
         _add_windows(merged, view, oldest_slot_in_window(view, now), _seal_limit(view, now), None)
@@ -190,7 +190,7 @@ def _merge_live(
             # count; everything else in the file was reset.
             if view.live and not view.is_archive and view.writer_pid not in moved:
                 for record in view.records:
-                    if layout.KINDS[record.kind].merge == "live" and record.kind not in leave_out:
+                    if kinds.KINDS[record.kind].merge == "live" and record.kind not in leave_out:
                         _add_total(merged, view, record)
             continue
         if not view.live:
@@ -212,7 +212,7 @@ def _add_windows(
     """
     doubles = view.doubles
     for record in view.records:
-        kind = layout.KINDS[record.kind]
+        kind = kinds.KINDS[record.kind]
         if not kind.windowed or record.kind in leave_out:
             continue
         series = merged.windows.setdefault(record.kind, {})
@@ -238,11 +238,11 @@ _COMBINED = frozenset({"latest", "max", "min"})
 def _add_totals(merged: Merged, view: WorkerView, leave_out: frozenset[str]) -> None:
     """``_add_total`` of every fixed-size record of ``view`` (the live part's hot loop:
     the same combination, with the per-record lookups hoisted)."""
-    kinds = layout.KINDS
+    kind_table = kinds.KINDS
     totals = merged.totals
     doubles = view.doubles
     for record in view.records:
-        kind = kinds[record.kind]
+        kind = kind_table[record.kind]
         size = kind.size
         if kind.windowed or not size or record.kind in leave_out:
             continue
@@ -263,7 +263,7 @@ def _add_totals(merged: Merged, view: WorkerView, leave_out: frozenset[str]) -> 
 def _add_total(merged: Merged, view: WorkerView, record: Record) -> None:
     """Combine a fixed-size record of ``view`` into the merged totals (``absorbed``
     markers carry no values and are skipped)."""
-    kind = layout.KINDS[record.kind]
+    kind = kinds.KINDS[record.kind]
     if kind.windowed or not kind.size or kind.merge == "native":  # natives: ``storage.native``
         return
     series = merged.totals.setdefault(record.kind, {})
@@ -304,7 +304,7 @@ def _drop_impossible(merged: Merged) -> None:
             del windows[labels]
 
 
-def combine(kind: layout.Kind, current: list[float] | None, incoming: list[float]) -> list[float]:
+def combine(kind: kinds.Kind, current: list[float] | None, incoming: list[float]) -> list[float]:
     """Two workers' payloads of one fixed-size series, combined as ``kind`` says."""
     if current is None:
         return incoming

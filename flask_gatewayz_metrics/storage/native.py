@@ -1,4 +1,4 @@
-"""Merging the native-histogram records (``layout.NATIVE_KINDS``) of every file.
+"""Merging the native-histogram records (``kinds.NATIVE_KINDS``) of every file.
 
 Read only for a protobuf scrape, apart from the snapshot's merge (which skips these
 records), so the text scrape never pays for them. Every file of the current reset
@@ -14,7 +14,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from . import layout
+from . import kinds
 from .reader import WorkerView
 from .sparse import chain_buckets
 
@@ -34,9 +34,9 @@ def merge_native(views: list[WorkerView], epoch: int) -> NativeTotals:
             continue
         doubles = view.doubles
         for record in view.records:
-            if record.kind not in layout.NATIVE_KINDS or record.offset >= len(doubles):
+            if record.kind not in kinds.NATIVE_KINDS or record.offset >= len(doubles):
                 continue
-            buckets = chain_buckets(doubles, view.blocks, doubles[record.offset + layout.NATIVE_FIRST])
+            buckets = chain_buckets(doubles, view.blocks, doubles[record.offset + kinds.NATIVE_FIRST])
             if not buckets:
                 continue
             series = out.setdefault(record.kind, {})

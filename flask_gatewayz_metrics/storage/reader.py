@@ -24,7 +24,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import layout
+from . import kinds, layout
 from .directory import is_worker_file
 from .layout import Doubles
 
@@ -339,7 +339,7 @@ def _index_records(cached: _Indexed, used: int, slots: int) -> None:
             continue
         try:
             key = json.loads(bytes(mm[key_start : key_start + key_len]).decode("utf-8"))
-            kind = layout.KINDS[key[0]]
+            kind = kinds.KINDS[key[0]]
             labels = tuple(key[1:])
         except (ValueError, KeyError, TypeError, IndexError, RecursionError):
             raise _Skip("corrupt_record") from None

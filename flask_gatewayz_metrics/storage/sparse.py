@@ -145,7 +145,7 @@ def encode_blocks(buckets: Mapping[int, float], first_block: int) -> tuple[float
 
 
 def chain_buckets(doubles: Doubles, blocks: Mapping[float, int], first: float) -> dict[int, float] | None:
-    """A native record's chain (``layout.NATIVE_KINDS``) as bucket index -> count, read
+    """A native record's chain (``kinds.NATIVE_KINDS``) as bucket index -> count, read
     under ``slot_entries``'s checks (``None``: damaged). A bucket may appear in several
     entries only in a hostile file; its counts add."""
     entries = slot_entries(doubles, blocks, first)

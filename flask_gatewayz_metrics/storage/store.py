@@ -16,7 +16,7 @@ import time
 from collections.abc import Iterable
 
 from ..errors import StorageUnavailable  # re-exported: its old home
-from . import layout
+from . import kinds, layout
 from .control import ControlFile
 from .directory import ensure_directory
 from .layout import Doubles
@@ -74,7 +74,7 @@ class Storage:
         if found is not None:
             return found
         assert self._file is not None
-        payload = layout.empty_payload(layout.KINDS[kind], self.slots)
+        payload = kinds.empty_payload(kinds.KINDS[kind], self.slots)
         try:
             found = self._file.allocate(layout.encode_key(kind, labels), payload)
         except OSError as exc:
@@ -143,7 +143,7 @@ class Storage:
         assert self._file is not None
         d = self._file.doubles
         try:
-            return float(sum(d[o] for (kind, _), o in self._offsets.items() if kind in layout.REQUEST_KINDS))
+            return float(sum(d[o] for (kind, _), o in self._offsets.items() if kind in kinds.REQUEST_KINDS))
         except (ValueError, IndexError):
             return 0.0
 
