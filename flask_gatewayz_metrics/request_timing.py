@@ -27,12 +27,12 @@ from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
 from flask.globals import _cv_request
-from werkzeug.exceptions import MethodNotAllowed
 from werkzeug.wsgi import ClosingIterator
 
 from .labels import KNOWN_METHODS
 from .llm import trace_id_of
 from .request_state import RequestState, current_request
+from .route_rules import allowed_rule, rule_from_environ
 from .tenants import tenant_from_headers
 from .tracing import MODULE as _OTEL_TRACE
 from .tracing import current_trace_id
@@ -40,8 +40,6 @@ from .views import BLUEPRINT_NAME
 
 if TYPE_CHECKING:
     from flask import Flask, Response
-    from flask.ctx import RequestContext
-    from werkzeug.routing import MapAdapter, Rule
 
     from .extension import AppMetrics
 
@@ -230,7 +228,7 @@ class Exchange(RequestState):
                     request = ctx.request
                     rule = request.url_rule
                     if rule is None:
-                        rule = _allowed_rule(ctx)
+                        rule = allowed_rule(ctx)
                     self.endpoint = metrics.unmatched if rule is None else rule.rule
                     excluded = metrics.excluded_views
                     if excluded and rule is not None and ctx.app.view_functions.get(rule.endpoint) in excluded:
@@ -250,7 +248,7 @@ class Exchange(RequestState):
         """The route Flask would match, found again from the environ (slow; error path only:
         the exception escaped Flask, which has dropped its request context by now)."""
         app = self.metrics.app
-        rule = None if app is None else _rule_from_environ(app, self.environ)
+        rule = None if app is None else rule_from_environ(app, self.environ)
         self.endpoint = self.metrics.unmatched if rule is None else rule.rule
         method = str(self.environ.get("REQUEST_METHOD", "GET")).upper()
         self.method = method if method in KNOWN_METHODS else "OTHER"
@@ -386,35 +384,3 @@ def _complete(body: object, headers: list[tuple[str, str]] | None) -> bool:
         and headers is not None
         and any(name.lower() == "content-length" for name, _ in headers)
     )
-
-
-def _allowed_rule(ctx: RequestContext) -> Rule | None:
-    """For a 405 on a real route: that route, matched again with a method it allows."""
-    exc = ctx.request.routing_exception
-    if isinstance(exc, MethodNotAllowed) and exc.valid_methods and ctx.url_adapter is not None:
-        return _match(ctx.url_adapter, next(iter(exc.valid_methods)))
-    return None
-
-
-def _rule_from_environ(app: Flask, environ: dict[str, Any]) -> Rule | None:
-    """The rule Flask matches for ``environ``, bound as Flask binds it (server name,
-    subdomain, host matching); a 405 gives the route it was refused on."""
-    try:
-        adapter = app.create_url_adapter(app.request_class(environ))
-        if adapter is None:
-            return None
-        try:
-            rule, _ = adapter.match(return_rule=True)
-        except MethodNotAllowed as exc:
-            return _match(adapter, next(iter(exc.valid_methods))) if exc.valid_methods else None
-        return rule
-    except Exception:  # no match, redirect, bad host: unmatched
-        return None
-
-
-def _match(adapter: MapAdapter, method: str) -> Rule | None:
-    try:
-        rule, _ = adapter.match(method=method, return_rule=True)
-    except Exception:
-        return None
-    return rule

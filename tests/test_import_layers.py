@@ -38,8 +38,8 @@ LAYERS: dict[str, tuple[str, ...]] = {
     ),
     # 5: Flask, WSGI and server integration, and the public test helpers.
     "integration": (
-        "extension", "request_timing", "views", "dashboard", "metrics_port", "gunicorn", "gunicorn_conf", "testing",
-        "__init__",
+        "extension", "request_timing", "route_rules", "views", "dashboard", "metrics_port", "gunicorn",
+        "gunicorn_conf", "testing", "__init__",
     ),
 }  # fmt: skip
 
