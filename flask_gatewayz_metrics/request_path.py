@@ -51,7 +51,7 @@ _SLOT_UPPER_BOUNDS = (math.nan,) * layout.SLOT_HEADER + sketch.UPPER_BOUNDS
 _log2 = math.log2
 _ceil = math.ceil
 _EPOCH_INDEX = layout.CONTROL_EPOCH_INDEX
-# Payload fields (storage/layout.py names them; bound here, read as fast as a literal).
+# Payload fields (storage/kinds.py and layout.py name them; bound here, read as fast as a literal).
 _REQ_COUNT = kinds.REQ_COUNT
 _REQ_SUM = kinds.REQ_SUM
 _SLOT_SUM = layout.SLOT_SUM
