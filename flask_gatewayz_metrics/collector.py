@@ -45,7 +45,7 @@ from .request_path import RequestPath, union_positions
 from .request_state import current_request
 from .semconv import ConventionsRecording, latency_bucket_tables
 from .settings import Settings, check
-from .storage import Storage, StorageUnavailable, kinds, layout, location
+from .storage import DirectoryAccess, StorageUnavailable, kinds, layout, location
 from .storage.layout import Doubles
 from .storage.merge import MergeCache
 from .storage.process import ForkSentinel
@@ -151,7 +151,7 @@ class MetricsCollector(
         self._in_flight = 0
         self._in_flight_offset = -1
         self._clock = clock
-        self._storage = Storage(self.directory, self._slot_seconds, slots, trusted_uids)
+        self._storage = DirectoryAccess(self.directory, self._slot_seconds, slots, trusted_uids)
         self._lock = threading.Lock()
         self._read_lock = threading.Lock()
         self._generation = -1

@@ -34,7 +34,7 @@ class InvalidMetric(ValueError):
 class StorageUnavailable(Exception):
     """The worker file cannot be created or grown right now (disk full, gone, read-only).
 
-    Raised by ``storage.Storage`` to the recording code, which drops the value and counts
+    Raised by ``storage.DirectoryAccess`` to the recording code, which drops the value and counts
     it (``reason="storage_unavailable"``); it never reaches a request.
 
     .. versionadded:: 0.1.0

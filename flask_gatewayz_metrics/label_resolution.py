@@ -13,7 +13,7 @@ from .labels import method_label
 from .record_writer import _InvalidLabel
 
 if TYPE_CHECKING:
-    from .storage import Storage
+    from .storage import DirectoryAccess
     from .storage.layout import Doubles
 
 _RequestTargets = tuple[int, int, int, int, int, int]
@@ -30,7 +30,7 @@ class LabelResolution:
 
     if TYPE_CHECKING:
         strict: bool
-        _storage: Storage
+        _storage: DirectoryAccess
         _doubles: Doubles
         _histogram_kinds: dict[str, tuple[str, tuple[str, ...]]]
         _front_cache: BoundedCache

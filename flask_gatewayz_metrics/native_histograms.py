@@ -35,7 +35,7 @@ from .storage.native import NativeBuckets, NativeTotals, merge_native
 if TYPE_CHECKING:
     import threading
 
-    from .storage import Storage
+    from .storage import DirectoryAccess
 
 SCHEMA = sketch.SCHEMA
 ZERO_THRESHOLD = sketch.LOWEST
@@ -136,7 +136,7 @@ class NativeRecording:
     """None: native histograms are not recorded (``native_histograms=False``)."""
 
     if TYPE_CHECKING:
-        _storage: Storage
+        _storage: DirectoryAccess
         _lock: threading.Lock
         _read_lock: threading.Lock
         _doubles: Doubles
@@ -253,7 +253,7 @@ class NativeRecording:
             return NativeIndex()
 
 
-def _labels_at(storage: Storage, kind: str, offset: int) -> tuple[str, ...]:
+def _labels_at(storage: DirectoryAccess, kind: str, offset: int) -> tuple[str, ...]:
     """The labels of this process's ``kind`` record at ``offset`` (once per record and file)."""
     for (found, labels), at in storage._offsets.items():  # the storage's own index
         if at == offset and found == kind:

@@ -17,14 +17,15 @@ from typing import TYPE_CHECKING
 from .default_registry import multi_process_reason
 from .otlp_status import otlp_report
 from .snapshot import Snapshot
-from .storage import CompactionResult, compact, merge
+from .storage import CompactionResult, compact
 from .storage.history import SlotHistory, slot_history
+from .storage.merge import merge
 
 if TYPE_CHECKING:
     from .custom_families import Definition
     from .json_document import Document
     from .labels import LabelGuard
-    from .storage import Storage, location
+    from .storage import DirectoryAccess, location
     from .storage.merge import MergeCache
 
 COMPACTION_INTERVAL_SECONDS = 10.0
@@ -47,7 +48,7 @@ class Reading:
         _guard: LabelGuard
         _lock: threading.Lock
         _read_lock: threading.Lock
-        _storage: Storage
+        _storage: DirectoryAccess
         _clock: Callable[[], float]
         _slot_seconds: float
         _slots: int

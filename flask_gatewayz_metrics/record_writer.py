@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from collections import Counter
 
     from .labels import LabelGuard
-    from .storage import Storage
+    from .storage import DirectoryAccess
     from .storage.process import ForkSentinel
 
 DIRECTORY_CHECK_SECONDS = 1.0
@@ -64,7 +64,7 @@ class RecordWriter:
         _guard: LabelGuard
         _lock: threading.Lock
         _read_lock: threading.Lock
-        _storage: Storage
+        _storage: DirectoryAccess
         _doubles: Doubles
         _generation: int
         _file_epoch: int

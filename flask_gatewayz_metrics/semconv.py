@@ -39,7 +39,7 @@ from .storage import StorageUnavailable, kinds
 if TYPE_CHECKING:
     import threading
 
-    from .storage import Storage
+    from .storage import DirectoryAccess
     from .storage.layout import Doubles
 
 DEFAULT_OPERATION = "chat"
@@ -147,7 +147,7 @@ class ConventionsRecording:
 
     # Provided by MetricsCollector.
     _lock: threading.Lock
-    _storage: Storage
+    _storage: DirectoryAccess
     _doubles: Doubles
     _generation: int
     error_status: int

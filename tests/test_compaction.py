@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from flask_gatewayz_metrics import MetricsCollector, PrometheusExporter, record_writer
-from flask_gatewayz_metrics.storage import compact, layout, store, worker_file
+from flask_gatewayz_metrics.storage import access, compact, layout, worker_file
 from flask_gatewayz_metrics.storage.archive import QUARANTINE_KEEP
 from flask_gatewayz_metrics.testing import worker_file as file_of
 from flask_gatewayz_metrics.testing import worker_files
@@ -303,7 +303,7 @@ def test_directory_re_created_by_a_newcomer_is_noticed_by_old_writers(
 
 def test_unusable_directory_keeps_the_app_running(metrics_dir: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """A path that cannot hold the directory: writes never raise, drops are counted, recording resumes."""
-    monkeypatch.setattr(store, "RETRY_SECONDS", 0.0)
+    monkeypatch.setattr(access, "RETRY_SECONDS", 0.0)
     c = MetricsCollector(metrics_dir)
     c.record_request("/a", "GET", 0.1, 200)
     c.close()

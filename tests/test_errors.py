@@ -9,7 +9,7 @@ import pytest
 
 import flask_gatewayz_metrics
 from flask_gatewayz_metrics import collector, errors, storage
-from flask_gatewayz_metrics.storage import directory, store
+from flask_gatewayz_metrics.storage import access, directory
 
 PACKAGE = pathlib.Path(flask_gatewayz_metrics.__file__).parent
 
@@ -30,7 +30,7 @@ def test_every_public_exception_is_defined_in_errors() -> None:
     ("name", "old_home"),
     [
         ("InvalidMetric", collector),
-        ("StorageUnavailable", store),
+        ("StorageUnavailable", access),
         ("StorageUnavailable", storage),
         ("MetricsDirectoryError", directory),
     ],

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from flask_gatewayz_metrics import MetricsCollector
-from flask_gatewayz_metrics.storage import compact, layout, store
+from flask_gatewayz_metrics.storage import access, compact, layout
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root (CI runs as root)")
 
@@ -38,7 +38,7 @@ def fill_file_system(path: str) -> None:
 
 
 def _record_and_exit(directory: str, requests: int) -> None:
-    store.RETRY_SECONDS = 0.0  # try to create the file on every request
+    access.RETRY_SECONDS = 0.0  # try to create the file on every request
     c = MetricsCollector(directory, auto_compact=False)
     for _ in range(requests):
         c.record_request("/full", "GET", 0.1, 200)

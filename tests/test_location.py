@@ -23,7 +23,7 @@ from flask import Flask
 from flask_gatewayz_metrics import GatewayzMetrics, MetricsCollector, default_collector, get_metrics_collector
 from flask_gatewayz_metrics import collector as collector_module
 from flask_gatewayz_metrics.storage import layout, location, process
-from flask_gatewayz_metrics.storage.store import Storage
+from flask_gatewayz_metrics.storage.access import DirectoryAccess
 from flask_gatewayz_metrics.storage.worker_file import INITIAL_SIZE
 from flask_gatewayz_metrics.testing import worker_file
 
@@ -249,7 +249,7 @@ def test_storage_writable_checks_its_pid(tmp_path: Path) -> None:
     """Storage.writable() in a C-forked child drops the inherited file and makes its own."""
     directory = str(tmp_path / "m")
     os.makedirs(directory, mode=0o700)
-    storage = Storage(directory, 60.0, 5)
+    storage = DirectoryAccess(directory, 60.0, 5)
     storage.writable()
     parent_file = storage.own_file
     pid = c_fork()

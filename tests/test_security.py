@@ -297,9 +297,9 @@ def test_oversize_body_is_rejected_not_buffered(gateway: Flask) -> None:
 # ----------------------------------------------------------------- degraded storage
 def test_storage_problems_logged_at_most_once_a_minute(metrics_dir: str, caplog: Any, monkeypatch: Any) -> None:
     """A thousand failing writes produce one warning, not a thousand."""
-    from flask_gatewayz_metrics.storage import store
+    from flask_gatewayz_metrics.storage import access
 
-    monkeypatch.setattr(store, "RETRY_SECONDS", 0.0)
+    monkeypatch.setattr(access, "RETRY_SECONDS", 0.0)
     c = MetricsCollector(metrics_dir)
     c.record_cache_hit()
     c.close()

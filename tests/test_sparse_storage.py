@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from test_hostile_disk import fill_file_system
 
 from flask_gatewayz_metrics import MetricsCollector, PrometheusExporter, sketch
-from flask_gatewayz_metrics.storage import layout, store
+from flask_gatewayz_metrics.storage import access, layout
 from flask_gatewayz_metrics.storage.reader import DirectoryReader, WorkerView
 from flask_gatewayz_metrics.storage.window_stats import WindowStats
 from flask_gatewayz_metrics.testing import worker_file
@@ -245,7 +245,7 @@ def test_readers_never_see_a_half_written_block(metrics_dir: str, clock: FakeClo
 
 
 def _new_buckets_on_a_full_disk(directory: str, mount: str) -> None:
-    store.RETRY_SECONDS = 0.0
+    access.RETRY_SECONDS = 0.0
     c = MetricsCollector(directory, auto_compact=False)
     for k in range(50):  # every series exists before the disk fills: only blocks need room
         c.record_request(f"/full{k}", "GET", 0.1, 200)

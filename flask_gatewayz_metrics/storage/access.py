@@ -27,7 +27,7 @@ RETRY_SECONDS = 5.0
 """How long a write path that failed to create its file waits before trying again."""
 
 
-class Storage:
+class DirectoryAccess:
     """One process's access to a metrics directory: its own worker file (created on the
     first write, replaced after a reset or a fork), the control file, and the reader."""
 
