@@ -94,7 +94,7 @@ class MetricsCollector(
     cover the last ``window_seconds`` (0 = since start), kept as ``window_slots``
     clock-aligned slots. A status code ``>= error_status`` counts as an error.
     With ``auto_compact`` a snapshot that finds dead workers' files folds them into the
-    archive afterwards (see ``storage.archive``). ``label_limits`` (per label name:
+    archive afterwards (see ``storage.compaction``). ``label_limits`` (per label name:
     endpoint, provider, model, service) and ``allowed_labels`` (allowlists) bound the
     distinct values recorded; see ``labels``. Files in the directory owned by another
     user are ignored and reported unless their uid is in ``trusted_uids`` (or

@@ -109,7 +109,7 @@ class Reading:
         )
 
     def compact(self) -> CompactionResult:
-        """Fold dead workers' files into the archive now (see ``storage.archive``)."""
+        """Fold dead workers' files into the archive now (see ``storage.compaction``)."""
         result = compact(
             self.directory,
             budget_seconds=COMPACTION_BUDGET_SECONDS,

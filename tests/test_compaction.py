@@ -16,7 +16,7 @@ import pytest
 
 from flask_gatewayz_metrics import MetricsCollector, PrometheusExporter, record_writer
 from flask_gatewayz_metrics.storage import access, compact, layout, worker_file
-from flask_gatewayz_metrics.storage.archive import QUARANTINE_KEEP
+from flask_gatewayz_metrics.storage.compaction import QUARANTINE_KEEP
 from flask_gatewayz_metrics.testing import worker_file as file_of
 from flask_gatewayz_metrics.testing import worker_files
 

@@ -11,7 +11,7 @@ from flask_gatewayz_metrics import MetricsCollector, PrometheusExporter
 from flask_gatewayz_metrics.health import health_report
 from flask_gatewayz_metrics.settings import Settings
 from flask_gatewayz_metrics.storage import compact, kinds, layout
-from flask_gatewayz_metrics.storage.archive import WINDOW_GEOMETRY_REASON, ArchiveBuilder
+from flask_gatewayz_metrics.storage.archive_builder import WINDOW_GEOMETRY_REASON, ArchiveBuilder
 from flask_gatewayz_metrics.storage.reader import DirectoryReader
 
 # Collectors here use the wall clock (their default): the compactor judges whether a
