@@ -18,6 +18,7 @@ from .prices import PriceTable, load_prices
 from .record_primitives import RecordPrimitives
 from .request_state import current_request
 from .storage import kinds, layout
+from .tracing import trace_id_of
 
 ERROR_TYPES = frozenset({"timeout", "rate_limited", "4xx", "5xx", "connection", "other"})
 RATE_LIMITS = frozenset({"requests", "tokens"})
@@ -175,20 +176,6 @@ class GatewayRecording(RecordPrimitives):
             self._add_latency_histogram("first_chunk", labels, first)
             self._record_native("first_chunk_native", labels, first)
         return None
-
-
-def trace_id_of(traceparent: str | None) -> str | None:
-    """The trace id of a W3C ``traceparent`` header (``00-<32 hex>-<16 hex>-<2 hex>``)."""
-    if not traceparent or len(traceparent) < 55:
-        return None
-    parts = traceparent.strip().split("-")
-    if len(parts) < 4 or len(parts[1]) != 32 or parts[1] == "0" * 32:
-        return None
-    try:
-        int(parts[1], 16)
-    except ValueError:
-        return None
-    return parts[1].lower()
 
 
 def _histogram_increments(seconds: float, bounds: tuple[float, ...]) -> tuple[tuple[int, float], ...]:

@@ -30,12 +30,11 @@ from flask.globals import _cv_request
 from werkzeug.wsgi import ClosingIterator
 
 from .labels import KNOWN_METHODS
-from .llm import trace_id_of
 from .request_state import RequestState, current_request
 from .route_rules import allowed_rule, rule_from_environ
 from .tenants import tenant_from_headers
 from .tracing import MODULE as _OTEL_TRACE
-from .tracing import current_trace_id
+from .tracing import current_trace_id, trace_id_of
 from .views import BLUEPRINT_NAME
 
 if TYPE_CHECKING:

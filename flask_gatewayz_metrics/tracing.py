@@ -1,4 +1,5 @@
-"""The trace id of the OpenTelemetry span active right now, if the application traces.
+"""Trace ids: of the OpenTelemetry span active right now, if the application traces, and
+of a W3C ``traceparent`` header (``trace_id_of``).
 
 OpenTelemetry is optional: this module never imports it. When the application has
 loaded ``opentelemetry.trace`` (it traces), the current span's context is read through
@@ -33,3 +34,17 @@ def current_trace_id() -> str | None:
         return f"{trace_id:032x}"
     except Exception:  # a broken or foreign tracer: no exemplar from it
         return None
+
+
+def trace_id_of(traceparent: str | None) -> str | None:
+    """The trace id of a W3C ``traceparent`` header (``00-<32 hex>-<16 hex>-<2 hex>``)."""
+    if not traceparent or len(traceparent) < 55:
+        return None
+    parts = traceparent.strip().split("-")
+    if len(parts) < 4 or len(parts[1]) != 32 or parts[1] == "0" * 32:
+        return None
+    try:
+        int(parts[1], 16)
+    except ValueError:
+        return None
+    return parts[1].lower()
