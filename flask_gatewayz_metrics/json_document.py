@@ -13,14 +13,14 @@ nothing. Labelled values of the ``llm`` object are nested by label, in label ord
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any, TypedDict, cast
 
 from .custom_families import CustomSeries
 from .storage import WindowStats, kinds
 
 if TYPE_CHECKING:
-    from .snapshot import Labels, Snapshot
+    from .snapshot import Labels, Snapshot, Totals
 
 INF = float("inf")
 
@@ -194,24 +194,8 @@ def document(snap: Snapshot) -> Document:
         entry["methods"][method] = {"requests": int(totals.count), "errors": int(totals.errors)}
     for (endpoint, status), count in sorted(requests.by_endpoint_status.items()):
         endpoints[endpoint]["status"][status] = int(count)
-    providers: dict[str, Upstream] = {}
-    for provider, totals in sorted(requests.by_provider.items()):
-        stats = snap.window("provider_window", (provider,))
-        providers[provider] = {
-            "requests": int(totals.count),
-            "errors": int(totals.errors),
-            "error_rate": stats.error_rate,
-            "latency_seconds": _latency(stats),
-        }
-    models: dict[str, Upstream] = {}
-    for model, totals in sorted(requests.by_model.items()):
-        stats = snap.window("model_window", (model,))
-        models[model] = {
-            "requests": int(totals.count),
-            "errors": int(totals.errors),
-            "error_rate": stats.error_rate,
-            "latency_seconds": _latency(stats),
-        }
+    providers = _upstreams(snap, "provider_window", requests.by_provider)
+    models = _upstreams(snap, "model_window", requests.by_model)
     cache = snap.total("cache")
     cache_entry: Cache = {
         "hits": int(cache[kinds.CACHE_HITS]),
@@ -329,6 +313,21 @@ def _endpoint_entry(stats: WindowStats) -> Endpoint:
         "latency_seconds": _latency(stats),
         "window": {"requests": int(stats.count), "errors": int(stats.errors), "error_rate": stats.error_rate},
     }
+
+
+def _upstreams(snap: Snapshot, window: str, totals_by_name: Mapping[str, Totals]) -> dict[str, Upstream]:
+    """Providers or models (``window``: their windowed kind), by name: since-start counts
+    and the window's error rate and latency."""
+    upstreams: dict[str, Upstream] = {}
+    for name, totals in sorted(totals_by_name.items()):
+        stats = snap.window(window, (name,))
+        upstreams[name] = {
+            "requests": int(totals.count),
+            "errors": int(totals.errors),
+            "error_rate": stats.error_rate,
+            "latency_seconds": _latency(stats),
+        }
+    return upstreams
 
 
 def _latency(stats: WindowStats) -> Latency:
