@@ -39,11 +39,10 @@ dead ones first (a process-per-request server leaves one file per request)."""
 _MAX_VALUE = layout.MAX_VALUE
 _monotonic = time.monotonic
 _EPOCH_INDEX = layout.CONTROL_EPOCH_INDEX
-_NO_FILE: Doubles = memoryview(b"").cast("d")
 _SLOT_HEADER = layout.SLOT_HEADER
-_ENTRY_UNIT = layout.ENTRY_UNIT
 _BLOCK_NEXT = layout.BLOCK_NEXT
 _BLOCK_ENTRIES = layout.BLOCK_ENTRIES
+_NO_FILE: Doubles = memoryview(b"").cast("d")
 """Stand-in until the first write opens this process's file (the epoch check forces that)."""
 
 class _TooLarge(Exception):
@@ -175,9 +174,9 @@ class RecordWriter:
         d = self._doubles
         entries = mirror[at]
         block = mirror[at + 1]
-        # One float64 per entry, bucket and count packed (``layout.pack_entry``): the
-        # request path's ``d[entries[index]] += 1.0`` adds one to the count.
-        packed = (index - _SLOT_HEADER) * _ENTRY_UNIT + 1.0
+        # One float64 per entry, bucket and count packed: the request path's
+        # ``d[entries[index]] += 1.0`` adds one to the count.
+        packed = layout.pack_entry(index - _SLOT_HEADER, 1.0)
         while block:
             used = int(d[block])
             if used < mirror[at + 2]:
