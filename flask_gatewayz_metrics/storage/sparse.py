@@ -146,14 +146,15 @@ def encode_blocks(buckets: Mapping[int, float], first_block: int) -> tuple[float
 
 def chain_buckets(doubles: Doubles, blocks: Mapping[float, int], first: float) -> dict[int, float] | None:
     """A native record's chain (``kinds.NATIVE_KINDS``) as bucket index -> count, read
-    under ``slot_entries``'s checks (``None``: damaged). A bucket may appear in several
-    entries only in a hostile file; its counts add."""
+    under ``slot_entries``'s checks (``None``: damaged). A bucket appears in several
+    entries when the archive split a count past ``layout.MAX_ENTRY_COUNT``, or in a
+    hostile file; its counts add."""
     entries = slot_entries(doubles, blocks, first)
     if entries is None:
         return None
     indexes, counts = entries
     buckets = dict(zip(map(int, indexes), counts, strict=True))
-    if len(buckets) != len(indexes):  # a bucket in several entries (hostile): add them up
+    if len(buckets) != len(indexes):  # a bucket in several entries: add them up
         buckets = {}
         for index, count in zip(indexes, counts, strict=True):
             buckets[int(index)] = buckets.get(int(index), 0.0) + count
