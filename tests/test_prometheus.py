@@ -556,6 +556,9 @@ class PromAPI:
     def get(self, path: str, **params: str) -> Any:
         query = f"?{urllib.parse.urlencode(params)}" if params else ""
         status, body = http("GET", f"{self.url}/api/v1/{path}{query}")
+        # A starting Prometheus answers 503 "Service Unavailable" in plain text: an
+        # AssertionError (which the polling loops retry), not a JSONDecodeError.
+        assert status == 200, (status, path, params, body[:200])
         document = json.loads(body)
         assert document["status"] == "success", (status, path, params, document)
         return document["data"]
