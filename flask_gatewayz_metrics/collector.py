@@ -132,9 +132,7 @@ class MetricsCollector(
         """Finite upper bounds of the since-start latency histograms."""
         self._histogram_kinds = {kind: kinds.histogram_kind(kind, bounds) for kind in kinds.BOUNDED_KINDS}
         """Kind name and leading label values each of ``kinds.BOUNDED_KINDS`` is stored as."""
-        self._latency_union, self._request_bucket, self._http_bucket, self._gen_ai_bucket = latency_bucket_tables(
-            bounds
-        )
+        self._latency_union, self._request_bucket, self._gen_ai_bucket = latency_bucket_tables(bounds)
         """The request path's one search (``semconv.latency_bucket_tables``)."""
         self._union_position = union_positions(self._latency_union)
         self.location = location.resolve(directory, namespace)

@@ -61,7 +61,7 @@ class Convention:
 
 HTTP_SERVER_DURATION = Convention(
     "http.server.request.duration", "s", "Duration of HTTP server requests.", "stable",
-    "http_server_buckets", kinds.HTTP_SERVER_BOUNDS,
+    kinds.HTTP_SERVER_BUCKETS, kinds.HTTP_SERVER_BOUNDS,
     ("http.route", "http.request.method", "http.response.status_code", "error.type"),
     frozenset({"http.response.status_code"}),
 )  # fmt: skip
@@ -126,11 +126,11 @@ def semconv_families(snap: Snapshot) -> list[Metric]:
 
 def _http_server_series(snap: Snapshot) -> dict[tuple[str, ...], tuple[list[float], float]]:
     """http.server.request.duration per (route, method, status code, error.type): the
-    buckets of the ``http_server_buckets`` records, the sum of their ``request`` records
+    buckets of the ``kinds.HTTP_SERVER_BUCKETS`` series, the sum of their ``request`` records
     (same labels: endpoint, method, status, failed). A status stored both with and
     without a failure has one error.type: their series are added up."""
     out: dict[tuple[str, ...], tuple[list[float], float]] = {}
-    for key, payload in snap.series("http_server_buckets"):
+    for key, payload in snap.series(kinds.HTTP_SERVER_BUCKETS):
         if len(key) < 4 or not key[2].isdigit():
             continue
         endpoint, method, status, failed = key[:4]

@@ -52,7 +52,7 @@ class GatewayRecording(RecordPrimitives):
     def _add_latency_histogram(self, kind: str, labels: tuple[tuple[str, object], ...], seconds: float) -> None:
         """Add one observation to ``kind``'s latency histogram (count, sum, buckets of the
         collector's bounds; stored as ``kinds.histogram_kind`` says)."""
-        increments = _histogram_increments(seconds, self.histogram_bounds)
+        increments = _histogram_increments(seconds, kinds.stored_bounds(kind, self.histogram_bounds))
         stored, prefix = self._histogram_kinds[kind]
         if not prefix:
             self._add(kind, labels, increments)

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from .storage import StorageUnavailable, layout, location
+from .storage import StorageUnavailable, layout, location, slots
 from .storage.layout import Doubles
 from .tenants import TENANT_LABELS, Tenant
 
@@ -42,6 +42,8 @@ _EPOCH_INDEX = layout.CONTROL_EPOCH_INDEX
 _SLOT_HEADER = layout.SLOT_HEADER
 _BLOCK_NEXT = layout.BLOCK_NEXT
 _BLOCK_ENTRIES = layout.BLOCK_ENTRIES
+_SKETCH_MIRROR_STATE = 3
+"""Where a sketch slot's mirror (``slots.enter_slot``) keeps its chain state; its slot id is at 0."""
 _NO_FILE: Doubles = memoryview(b"").cast("d")
 """Stand-in until the first write opens this process's file (the epoch check forces that)."""
 
@@ -73,6 +75,7 @@ class RecordWriter:
         _owner_pid: int
         _directory_check_at: float
         _clock: Callable[[], float]
+        _slot_seconds: float
         _in_flight: int
         _in_flight_offset: int
         _slot_extremes: dict[int, list[Any]]
@@ -190,7 +193,14 @@ class RecordWriter:
             mirror[at + 3] = block + _BLOCK_NEXT
             mirror[at + 4] += 1
             block = mirror[at + 1] = int(d[mirror[at + 3]])
-            mirror[at + 2] = layout.stored_capacity(d, block) if block else layout.block_capacity(mirror[at + 4])
+            if block:
+                mirror[at + 2] = layout.stored_capacity(d, block)
+            elif at == _SKETCH_MIRROR_STATE:  # a window slot's chain: sized by the interval's pace
+                mirror[at + 2] = slots.paced_block_capacity(
+                    mirror[0], self._slot_seconds, self._clock(), len(entries), mirror[at + 4]
+                )
+            else:  # a native chain (since start): doubling
+                mirror[at + 2] = layout.block_capacity(mirror[at + 4])
         payload = layout.block_payload(mirror[at + 2])
         payload[layout.BLOCK_USED] = 1.0
         payload[_BLOCK_ENTRIES] = packed

@@ -91,7 +91,6 @@ class RequestPath(LabelResolution):
         _latency_union: tuple[float, ...]
         _union_position: tuple[int, ...]
         _request_bucket: tuple[int, ...]
-        _http_bucket: tuple[int, ...]
         _gen_ai_bucket: tuple[int, ...]
         _slot_seconds: float
         _slots: int
@@ -179,7 +178,7 @@ class RequestPath(LabelResolution):
                     d = self._doubles  # resolving may have grown (re-mapped) the file
                 (
                     request, endpoint_window, provider_record, provider_window, model_record, model_window,
-                    http_server, gen_ai_duration,
+                    gen_ai_duration,
                 ) = targets  # fmt: skip
                 # The latency's sketch bucket (sketch.bucket_index, inlined; index within a slot).
                 if latency <= _SKETCH_LOWEST:
@@ -198,7 +197,8 @@ class RequestPath(LabelResolution):
                 while union_index and latency <= self._latency_union[union_index - 1]:
                     union_index -= 1
                 # Since start: count, latency sum, histogram bucket, per status; errors and
-                # per-endpoint/status totals are sums of these records at read time.
+                # per-endpoint/status totals are sums of these records at read time, and so
+                # are http.server.request.duration's buckets (kinds.SERVER_KINDS).
                 bucket = self._request_bucket[union_index]
                 if request >= 0:
                     d[request + _REQ_COUNT] += 1.0
@@ -280,13 +280,9 @@ class RequestPath(LabelResolution):
                         d[o + _SLOT_MIN] = current[_MIRROR_MIN] = latency
                     if latency > current[_MIRROR_MAX]:
                         d[o + _SLOT_MAX] = current[_MIRROR_MAX] = latency
-                # The OpenTelemetry conventions' histograms (semconv.py), with their own
-                # bucket bounds: http.server.request.duration's buckets only (its count and
-                # sum are the request record's; its bucket follows from the request's own
-                # without a search); gen_ai.server.request.duration (a labelled request) or
+                # The OpenTelemetry conventions' GenAI histograms (semconv.py), with their
+                # own bucket bounds: gen_ai.server.request.duration (a labelled request) or
                 # gen_ai.client.operation.duration (a successful provider call): sum, bucket.
-                if http_server >= 0:
-                    d[http_server + self._http_bucket[union_index]] += 1.0
                 if gen_ai_duration >= 0:
                     d[gen_ai_duration] += latency  # the payload starts with the sum
                     d[gen_ai_duration + self._gen_ai_bucket[union_index]] += 1.0

@@ -59,55 +59,30 @@ _ROUTE_OPERATIONS = (
 """Route endings (lower case) of well-known LLM APIs and their gen_ai.operation.name."""
 
 
-def _http_bucket_tables() -> tuple[tuple[int, ...], tuple[float, ...]]:
-    """The http.server.request.duration bucket of a latency from the request record's own
-    bucket (which the request path computes anyway), without a second search.
-
-    For a latency in the request record's bucket ``(B[j-1], B[j]]`` the conventions'
-    bucket is the number of conventions' bounds below it: those up to ``B[j-1]``, plus
-    one if it exceeds the one conventions' bound strictly inside that bucket (at most one
-    there, checked below). Indexed like the request payload (``REQ_BUCKETS + j``).
-    """
-    seed, http = kinds.HISTOGRAM_BOUNDS, kinds.HTTP_SERVER_BOUNDS
-    lows = (-math.inf, *seed)
-    highs = (*seed, math.inf)
-    base: list[int] = [0] * kinds.REQ_BUCKETS
-    split: list[float] = [math.inf] * kinds.REQ_BUCKETS
-    for low, high in zip(lows, highs, strict=True):
-        inside = [b for b in http if low < b < high]
-        assert len(inside) <= 1, "a request bucket holds two conventions' bounds"
-        base.append(sum(1 for b in http if b <= low))
-        split.append(inside[0] if inside else math.inf)
-    return tuple(base), tuple(split)
-
-
-HTTP_BUCKET_BASE, HTTP_BUCKET_SPLIT = _http_bucket_tables()
-"""``http_server_buckets`` index of a latency whose request-record payload index is ``i``:
-``HTTP_BUCKET_BASE[i] + (latency > HTTP_BUCKET_SPLIT[i])``."""
 _FIRST_TOKEN_BOUNDS = kinds.GEN_AI_FIRST_TOKEN_BOUNDS
 _PER_TOKEN_BOUNDS = kinds.GEN_AI_PER_TOKEN_BOUNDS
 _DURATION_BOUNDS = kinds.GEN_AI_DURATION_BOUNDS
 
 
-LatencyTables = tuple[tuple[float, ...], tuple[int, ...], tuple[int, ...], tuple[int, ...]]
+LatencyTables = tuple[tuple[float, ...], tuple[int, ...], tuple[int, ...]]
 
 
 def latency_bucket_tables(bounds: tuple[float, ...]) -> LatencyTables:
     """One search for every latency histogram of a request: the union ``U`` of ``bounds``
-    (the request record's, possibly configured) and the conventions' bounds of
+    (the latency histograms', possibly configured) and the conventions' bounds of
     http.server.request.duration and gen_ai.*.duration, and for
-    ``u = bisect_left(U, latency)``: the request payload index of the latency's bucket
-    (``REQ_BUCKETS`` + bounds below it), its ``http_server_buckets`` index and its
+    ``u = bisect_left(U, latency)``: the payload index of the latency's bucket in a
+    "request" or "provider" record (``REQ_BUCKETS`` + the ``kinds.stored_bounds`` below
+    it: http.server.request.duration's bounds are among them) and its
     ``gen_ai_*_duration`` payload index (1 + the conventions' bounds below it). Exact
     for any bound sets: the latency lies in ``(U[u-1], U[u]]``, and the bounds of each
     set below it are those among ``U[:u]``."""
     union = tuple(sorted({*bounds, *kinds.HTTP_SERVER_BOUNDS, *_DURATION_BOUNDS}))
     highs = (*union, math.inf)
-    request = tuple(kinds.REQ_BUCKETS + sum(1 for b in bounds if b < high) for high in highs)
-    http = tuple(sum(1 for b in kinds.HTTP_SERVER_BOUNDS if b < high) for high in highs)
+    stored = kinds.stored_bounds("request", bounds)
+    request = tuple(kinds.REQ_BUCKETS + sum(1 for b in stored if b < high) for high in highs)
     gen_ai = tuple(1 + sum(1 for b in _DURATION_BOUNDS if b < high) for high in highs)
-    return union, request, http, gen_ai
-
+    return union, request, gen_ai
 
 
 
@@ -181,26 +156,23 @@ class ConventionsRecording:
     def _with_conventions(self, key: tuple[object, ...], targets: tuple[int, ...]) -> tuple[int, ...]:
         """``targets`` of one ``observe_request`` label combination (just resolved) followed
         by the offsets of its conventions' records (-1 = none), replacing the cached entry,
-        so that the request path finds them with its own: ``http_server_buckets``, then
-        ``gen_ai_server_duration`` for a labelled request or ``gen_ai_client_duration``
-        for a successful provider call (a failed one is recorded by
-        ``_record_client_operation``, which knows its error type). Call under the lock,
+        so that the request path finds them with its own: ``gen_ai_server_duration`` for
+        a labelled request or ``gen_ai_client_duration`` for a successful provider call
+        (a failed one is recorded by ``_record_client_operation``, which knows its error
+        type); http.server.request.duration needs none (``kinds.SERVER_KINDS``). Call under the lock,
         after the request's own records were resolved: the labels were admitted and
         counted already, and unusable parts are -1 in ``targets``.
         """
         endpoint, method, status, provider, model, failed = key
-        http_server = gen_ai_duration = -1
+        gen_ai_duration = -1
         request, provider_record, model_record = targets[0], targets[2], targets[4]
         given = (provider is not None, model is not None)
         gen_ai_usable = any(given) and given == (provider_record >= 0, model_record >= 0)
         try:
-            if request >= 0 and isinstance(status, int):
+            if request >= 0 and isinstance(status, int) and gen_ai_usable:
                 route = self._admit_part("endpoint", endpoint)
-                method_value = method_label(method)
-                if route is not None and method_value is not None:
-                    outcome = (route, method_value, str(status), "1" if failed else "0")
-                    http_server = self._storage.offset("http_server_buckets", outcome)
-                    gen_ai = self._gen_ai_labels(route, provider, model) if gen_ai_usable else None
+                if route is not None and method_label(method) is not None:
+                    gen_ai = self._gen_ai_labels(route, provider, model)
                     if gen_ai is not None:
                         error = gen_ai_error_type(status, bool(failed), self.error_status)
                         gen_ai_duration = self._storage.offset("gen_ai_server_duration", (*gen_ai, error))
@@ -215,10 +187,10 @@ class ConventionsRecording:
                 self._request_targets.pop(key, None)
             except TypeError:
                 pass
-            return (*targets, -1, -1)
+            return (*targets, -1)
         finally:
             self._doubles = self._storage.doubles
-        extended = (*targets, http_server, gen_ai_duration)
+        extended = (*targets, gen_ai_duration)
         try:
             if key in self._request_targets:  # cached by _resolve_request: all labels usable
                 self._request_targets[key] = extended

@@ -139,7 +139,13 @@ class Snapshot:
     def total(self, kind: str, labels: Labels = ()) -> list[float]:
         """Since-start payload of one series of ``kind`` (zeros when it has none)."""
         found = self.merged.total(kind, labels)
-        return found if found is not None else [0.0] * kinds.KINDS[kind].size
+        if found is not None:
+            return found
+        if kind == kinds.HTTP_SERVER_BUCKETS:
+            return [0.0] * (len(kinds.HTTP_SERVER_BOUNDS) + 1)
+        if kind in kinds.BOUNDED_KINDS:  # as merged: over the reader's bounds
+            return [0.0] * (kinds.REQ_BUCKETS + len(self.histogram_bounds) + 1)
+        return [0.0] * kinds.KINDS[kind].size
 
     def dropped(self) -> dict[str, float]:
         """Dropped inputs by reason: the files' counts and this process's unwritten ones."""

@@ -7,6 +7,7 @@ import math
 import os
 import shutil
 import subprocess
+import tempfile
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -120,20 +121,35 @@ def test_token_usage_from_record_tokens(collector: MetricsCollector) -> None:
     assert {dict(lab)["gen_ai_token_type"] for lab in series(s, TOKENS + "_count")} == {"input", "output"}
 
 
-def test_http_bucket_from_the_request_bucket_equals_a_search() -> None:
-    """The request path's table lookup gives the same bucket as searching the conventions' bounds."""
+def test_http_buckets_are_sums_of_the_request_records() -> None:
+    """http.server.request.duration's buckets, derived from the "request" records' stored
+    buckets, equal a search of the conventions' bounds; the request histogram's equal a
+    search of the latency bounds (default and configured), for the same observations."""
     from bisect import bisect_left
     from random import Random
 
-    from flask_gatewayz_metrics.semconv import HTTP_BUCKET_BASE, HTTP_BUCKET_SPLIT
-
     rng = Random(7)
     values = [0.0, 1e-9, 1e6, *kinds.HISTOGRAM_BOUNDS, *kinds.HTTP_SERVER_BOUNDS]
-    values += [math.nextafter(v, math.inf) for v in list(values)] + [rng.lognormvariate(-1, 2) for _ in range(20_000)]
-    for latency in values:
-        request_bucket = kinds.REQ_BUCKETS + bisect_left(kinds.HISTOGRAM_BOUNDS, latency)
-        found = HTTP_BUCKET_BASE[request_bucket] + (latency > HTTP_BUCKET_SPLIT[request_bucket])
-        assert found == bisect_left(kinds.HTTP_SERVER_BOUNDS, latency), latency
+    values += [math.nextafter(v, math.inf) for v in list(values)] + [rng.lognormvariate(-1, 2) for _ in range(3_000)]
+    values = [v for v in values if v <= 3600.0]
+    for bounds in (None, (0.1, 0.3, 0.75, 2.0)):
+        with tempfile.TemporaryDirectory() as directory:
+            collector = MetricsCollector(directory, buckets=bounds)
+            for latency in values:
+                collector.record_request("/r", "GET", latency, 200)
+            snap = collector.snapshot()
+            own = collector.histogram_bounds
+            request = snap.total("request", ("/r", "GET", "200", "0"))
+            http = snap.total(kinds.HTTP_SERVER_BUCKETS, ("/r", "GET", "200", "0"))
+            expected_request = [0.0] * (len(own) + 1)
+            expected_http = [0.0] * (len(kinds.HTTP_SERVER_BOUNDS) + 1)
+            for latency in values:
+                expected_request[bisect_left(own, latency)] += 1
+                expected_http[bisect_left(kinds.HTTP_SERVER_BOUNDS, latency)] += 1
+            assert request[kinds.REQ_BUCKETS :] == expected_request
+            assert request[kinds.REQ_COUNT] == len(values)
+            assert http == expected_http
+            collector.close()
 
 
 def test_operation_name_from_route() -> None:

@@ -50,9 +50,36 @@ GEN_AI_PER_TOKEN_BOUNDS: tuple[float, ...] = (
 )
 """gen_ai.server.time_per_output_token."""
 
-# Payload of "request" and "provider" records: count, latency sum, histogram buckets.
+# Payload of the request-like records: count, latency sum, histogram buckets.
 REQ_COUNT, REQ_SUM, REQ_BUCKETS = range(3)
 REQUEST_SIZE = REQ_BUCKETS + len(HISTOGRAM_BOUNDS) + 1
+"""Payload size of a request-like series with the default bounds, as readers see it
+(after ``merge.select_bounds``; "request" and "provider" records store more buckets:
+``stored_bounds``)."""
+
+SERVER_KINDS: tuple[str, ...] = ("request", "provider")
+"""Request-like kinds whose records keep their buckets over the union of the latency
+bounds and ``HTTP_SERVER_BOUNDS`` (``stored_bounds``): the request path finds one bucket
+for both, and http.server.request.duration's buckets are sums of the "request"
+record's (no record of its own: one key, header and page fewer per label set).
+``merge.select_bounds`` hands readers the payload over the latency bounds, and the
+conventions' buckets as the series of ``HTTP_SERVER_BUCKETS``."""
+HTTP_SERVER_BUCKETS = "http_server_buckets"
+"""The merged series of http.server.request.duration's bucket counts (labels of a
+"request" record; counts only, from index 0), derived from the "request" records."""
+
+
+def stored_bounds(kind: str, bounds: Sequence[float]) -> tuple[float, ...]:
+    """The bucket bounds a ``kind`` record (one of ``BOUNDED_KINDS``) of a collector with
+    latency ``bounds`` stores its counts over: with ``HTTP_SERVER_BOUNDS`` for
+    ``SERVER_KINDS``, else ``bounds`` themselves."""
+    if kind in SERVER_KINDS:
+        return tuple(sorted({*map(float, bounds), *HTTP_SERVER_BOUNDS}))
+    return tuple(bounds)
+
+
+def _stored_size(kind: str) -> int:
+    return REQ_BUCKETS + len(stored_bounds(kind, HISTOGRAM_BOUNDS)) + 1
 
 
 @dataclass(frozen=True)
@@ -84,8 +111,8 @@ raised): error counts (status >= threshold or failed) and per-status totals are 
 of these records at read time, so recording never decides what an error is."""
 
 KINDS: dict[str, Kind] = {
-    "request": Kind(("endpoint", "method", *OUTCOME_LABELS), REQUEST_SIZE),
-    "provider": Kind(("provider", *OUTCOME_LABELS), REQUEST_SIZE),
+    "request": Kind(("endpoint", "method", *OUTCOME_LABELS), _stored_size("request")),
+    "provider": Kind(("provider", *OUTCOME_LABELS), _stored_size("provider")),
     "model": Kind(("model", *OUTCOME_LABELS), 1),
     "endpoint_window": Kind(("endpoint",), windowed=True, with_sketch=True),
     "provider_window": Kind(("provider",), windowed=True, with_sketch=True),
@@ -110,8 +137,7 @@ KINDS: dict[str, Kind] = {
     # Latest trace id seen per latency bucket: four 32-bit parts, value, time set.
     "exemplar": Kind(("endpoint", "method", "bucket"), 6, merge="latest"),
     # OpenTelemetry semantic conventions' histograms (``semconv``): sum, then buckets.
-    # Buckets only, one record per "request" record (same labels), which has count and sum.
-    "http_server_buckets": Kind(("endpoint", "method", *OUTCOME_LABELS), len(HTTP_SERVER_BOUNDS) + 1),
+    # (http.server.request.duration has no kind: its buckets are in "request" records.)
     "gen_ai_client_duration": Kind(("operation", "provider", "model", "error_type"), len(GEN_AI_DURATION_BOUNDS) + 2),
     "gen_ai_server_duration": Kind(("operation", "provider", "model", "error_type"), len(GEN_AI_DURATION_BOUNDS) + 2),
     "gen_ai_first_token": Kind(("operation", "provider", "model"), len(GEN_AI_FIRST_TOKEN_BOUNDS) + 2),
@@ -157,7 +183,7 @@ TOKENS_SUM, TOKENS_BUCKETS = range(2)  # then the buckets of TOKEN_BOUNDS, +Inf 
 EXEMPLAR_TRACE_PARTS, EXEMPLAR_VALUE, EXEMPLAR_SET = 4, 4, 5  # trace id as four 32-bit parts, value, time
 HISTOGRAM_SUM, HISTOGRAM_BUCKETS = range(2)
 """gen_ai_* and custom histograms: value sum, then one count per bucket (+Inf last);
-``http_server_buckets`` holds the counts only, from index 0."""
+``HTTP_SERVER_BUCKETS`` series hold the counts only, from index 0."""
 NATIVE_FIRST = 0
 """Payload index of a native record's first block pointer."""
 NATIVE_KINDS: dict[str, str] = {
@@ -172,13 +198,13 @@ MAX_HISTOGRAM_BUCKETS = 64
 """Most finite bounds ``GATEWAYZ_METRICS_BUCKETS`` may give."""
 BOUNDED_KINDS: tuple[str, ...] = ("request", "provider", "first_chunk", "stream_duration")
 """Kinds whose payload is count, sum and the latency buckets of ``HISTOGRAM_BOUNDS`` (or
-of the configured bounds: ``histogram_kind``)."""
-# "<kind>_le<n>": the same payload with n configured finite bounds, labels prefixed by
-# "bounds" (the bound set's fingerprint).
+of the configured bounds: ``histogram_kind``), stored over ``stored_bounds``."""
+# "<kind>_le<n>": the same payload over n stored finite bounds, labels prefixed by
+# "bounds" (the configured bound set's fingerprint).
 KINDS.update({
     f"{name}_le{n}": Kind(("bounds", *KINDS[name].labels), REQ_BUCKETS + n + 1)
     for name in BOUNDED_KINDS
-    for n in range(1, MAX_HISTOGRAM_BUCKETS + 1)
+    for n in range(1, MAX_HISTOGRAM_BUCKETS + (len(HTTP_SERVER_BOUNDS) if name in SERVER_KINDS else 0) + 1)
 })
 REQUEST_KINDS = frozenset(kind for kind in KINDS if kind == "request" or kind.startswith("request_le"))
 """The kinds holding HTTP requests, whatever their bucket bounds."""
@@ -195,7 +221,7 @@ def histogram_kind(kind: str, bounds: Sequence[float]) -> tuple[str, tuple[str, 
     ``BOUNDED_KINDS``) as, and the label values that go before the kind's own."""
     if tuple(bounds) == HISTOGRAM_BOUNDS:
         return kind, ()
-    return f"{kind}_le{len(bounds)}", (bounds_fingerprint(bounds),)
+    return f"{kind}_le{len(stored_bounds(kind, bounds))}", (bounds_fingerprint(bounds),)
 
 
 MAX_CUSTOM_BUCKETS = 64

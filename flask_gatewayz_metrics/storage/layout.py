@@ -70,10 +70,13 @@ with ``posix_fallocate`` first; so its size stays within 1/8 of its ``used`` byt
 
 Configurable latency buckets (``GATEWAYZ_METRICS_BUCKETS``): the since-start latency
 histograms (``kinds.BOUNDED_KINDS``) with the default ``kinds.HISTOGRAM_BOUNDS`` are stored under
-their kind names; other bounds as the kinds ``<kind>_le<n>`` (``n`` finite bounds:
+their kind names; other bounds as the kinds ``<kind>_le<n>`` (``n`` stored finite bounds:
 count, sum, ``n + 1`` buckets) whose first label, ``bounds``, is ``kinds.bounds_fingerprint``
-of the bound set, so two bound sets never share a series (a reader keeps its own:
-``merge.select_bounds``). The header's reserved word stays unused.
+of the configured bound set, so two bound sets never share a series (a reader keeps its own:
+``merge.select_bounds``). "request" and "provider" records (``kinds.SERVER_KINDS``, format
+5) store their buckets over the configured bounds and http.server.request.duration's
+together (``kinds.stored_bounds``); readers sum them into either set. The header's
+reserved word stays unused.
 
 Native histograms (since start, for the protobuf exposition, see ``native_histograms``)
 are records of the kinds ``request_native`` {endpoint, method}, ``provider_native``
@@ -108,10 +111,11 @@ else:
     Doubles = memoryview
 """A file (or part of one) viewed as float64 values."""
 
-VERSION = 4
+VERSION = 5
 """Bumped when record payloads change (2: wider sketch, model sketch, min / max in every
 slot; 3: sparse sketch buckets in bucket blocks; 4: one float64 per block entry, and the
-native kinds). Readers skip a file of any other version (``wrong_version``)."""
+native kinds; 5: "request" and "provider" buckets over ``kinds.stored_bounds``, no
+"http_server_buckets" records). Readers skip a file of any other version (``wrong_version``)."""
 WORKER_MAGIC = b"GWZW"
 CONTROL_MAGIC = b"GWZC"
 WORKER_SUFFIX = ".gwzm"

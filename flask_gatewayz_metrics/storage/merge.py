@@ -93,7 +93,7 @@ def merge(
             cache.rebuilt += 1
     merged = _merge_live(entry[1], views, epoch, now, leave_out)
     _drop_impossible(merged)
-    select_bounds(merged, bounds)
+    select_bounds(merged, bounds, leave_out)
     return merged
 
 
@@ -106,13 +106,14 @@ _BOUNDED_BASE = {
 """Every kind of ``kinds.BOUNDED_KINDS``, under any bound count -> the kind."""
 
 
-def select_bounds(merged: Merged, bounds: tuple[float, ...]) -> None:
+def select_bounds(merged: Merged, bounds: tuple[float, ...], leave_out: frozenset[str] = frozenset()) -> None:
     """Keep, of the latency histograms (``kinds.BOUNDED_KINDS``), only the series
     recorded with ``bounds``, under the kind's own name and labels; the others (another
     bound set: a worker of an older configuration, the archive's data from before a
     change) are removed and counted in ``merged.bounds_mismatched``. Never reads one
-    bound set's counts under another's bounds. Replaces the kinds' series dicts, never
-    changes them (they may be shared with the merge cache)."""
+    bound set's counts under another's bounds. Then ``_unfold_server_kinds`` (the
+    ``kinds.HTTP_SERVER_BUCKETS`` series unless ``leave_out`` holds them). Replaces the
+    kinds' series dicts, never changes them (they may be shared with the merge cache)."""
     skipped = 0
     for name in [name for name in merged.totals if name in _BOUNDED_BASE]:
         base = _BOUNDED_BASE[name]
@@ -127,6 +128,45 @@ def select_bounds(merged: Merged, bounds: tuple[float, ...]) -> None:
         skipped += len(series) - len(kept)
         merged.totals[base] = kept
     merged.bounds_mismatched = skipped
+    _unfold_server_kinds(merged, bounds, kinds.HTTP_SERVER_BUCKETS not in leave_out)
+
+
+def _unfold_server_kinds(merged: Merged, bounds: tuple[float, ...], with_http: bool) -> None:
+    """Turn the ``kinds.SERVER_KINDS`` series, whose buckets are over
+    ``kinds.stored_bounds``, into count, sum and buckets over ``bounds``, and derive
+    from the "request" series the ``kinds.HTTP_SERVER_BUCKETS`` series (bucket counts
+    over ``HTTP_SERVER_BOUNDS``; ``with_http``, and only when there are requests).
+    Exact: both bound sets are among the stored ones, so each stored bucket lies inside
+    one bucket of each. New dicts and lists: the series may be shared with the merge
+    cache."""
+    stored = kinds.stored_bounds("request", bounds)
+    to_latency = _bucket_groups(stored, bounds)
+    to_http = _bucket_groups(stored, kinds.HTTP_SERVER_BOUNDS)
+    requests = merged.totals.get("request")
+    if requests and with_http:
+        merged.totals[kinds.HTTP_SERVER_BUCKETS] = {
+            labels: _regroup(payload, to_http) for labels, payload in requests.items()
+        }
+    for kind in kinds.SERVER_KINDS:
+        series = merged.totals.get(kind)
+        if series:
+            merged.totals[kind] = {
+                labels: [payload[kinds.REQ_COUNT], payload[kinds.REQ_SUM], *_regroup(payload, to_latency)]
+                for labels, payload in series.items()
+            }
+
+
+def _bucket_groups(stored: tuple[float, ...], bounds: tuple[float, ...]) -> tuple[tuple[int, int], ...]:
+    """For each bucket of ``bounds`` (a subset of ``stored``; +Inf last): the payload
+    slice of the stored buckets it sums."""
+    ends = [kinds.REQ_BUCKETS + stored.index(bound) + 1 for bound in bounds]
+    ends.append(kinds.REQ_BUCKETS + len(stored) + 1)
+    return tuple(zip([kinds.REQ_BUCKETS, *ends[:-1]], ends, strict=True))
+
+
+def _regroup(payload: list[float], groups: tuple[tuple[int, int], ...]) -> list[float]:
+    """The bucket counts of a stored payload summed into ``groups`` (``_bucket_groups``)."""
+    return [payload[start] if end - start == 1 else sum(payload[start:end]) for start, end in groups]
 
 
 def _seal_limit(view: WorkerView, now: float) -> float:
