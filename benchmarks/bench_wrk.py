@@ -30,9 +30,10 @@ once (idle ones cost next to nothing) so the measurements can be interleaved.
 ``GET /api/items/<n % 1000>`` when ``n % 4 == 0``, else ``POST /v1/e<n % 50>/chat`` with
 model ``(n + n // 50) % 20`` (50 endpoints x 10 providers x 20 models).
 
-* **CPU per request**: ``utime + stime + cutime + cstime`` of the master and every worker
-  (``/proc/<pid>/stat``, clock ticks) before and after a wrk run without any scraper,
-  divided by the requests wrk completed. Overhead = case - bare Flask of the same worker
+* **CPU per request**: the run time of every thread of the master and of every worker
+  (``/proc/<pid>/task/<tid>/schedstat``, nanoseconds; user and system time: earlier runs
+  summed ``/proc/<pid>/stat``'s clock ticks, 10 ms each) before and after a wrk run
+  without any scraper, divided by the requests wrk completed. Overhead = case - bare Flask of the same worker
   class and round; the ratio ours / pfe compares overheads. Rounds interleave every case
   (the order reverses every round); medians over rounds.
 * **/metrics during load**: a separate, longer wrk run per case (6 s; 4 s with ``--quick``)
@@ -228,19 +229,28 @@ def worker_pids(master: int) -> list[int]:
     return pids
 
 
-def cpu_ticks(pid: int) -> int:
-    """utime + stime + cutime + cstime of ``pid`` (0 if it is gone)."""
+def cpu_ns(pid: int) -> int:
+    """CPU time of every thread of ``pid`` in nanoseconds: the first field of each
+    ``/proc/<pid>/task/<tid>/schedstat`` (the scheduler's run time, user and system; 0
+    for a process that is gone). ``/proc/<pid>/stat``'s utime and stime count clock ticks
+    (10 ms): over a 3 s run at ~4,000 requests/s, ±1 tick on each of 5 processes is ±4 µs
+    a request, as much as the overheads compared."""
+    total = 0
     try:
-        with open(f"/proc/{pid}/stat") as f:
-            stat = f.read()
+        tasks = os.listdir(f"/proc/{pid}/task")
     except OSError:
         return 0
-    fields = stat[stat.rindex(")") + 2 :].split()  # fields[0] is field 3 (state)
-    return sum(int(x) for x in fields[11:15])
+    for task in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{task}/schedstat") as f:
+                total += int(f.read().split()[0])
+        except (OSError, ValueError, IndexError):
+            pass  # a thread that just ended
+    return total
 
 
-def tree_ticks(master: int) -> int:
-    return cpu_ticks(master) + sum(cpu_ticks(p) for p in worker_pids(master))
+def tree_ns(master: int) -> int:
+    return cpu_ns(master) + sum(cpu_ns(p) for p in worker_pids(master))
 
 
 # ----------------------------------------------------------------- wrk
@@ -263,14 +273,14 @@ def run_wrk(port: int, seconds: int, script: str) -> tuple[int, float, str]:
 def measure_cpu(server: Server, seconds: int, script: str) -> float:
     """Server CPU µs per completed request over one wrk run (no scraper)."""
     assert server.proc is not None
-    before = tree_ticks(server.proc.pid)
+    before = tree_ns(server.proc.pid)
     done, rps, _ = run_wrk(server.port, seconds, script)
     time.sleep(0.3)  # let the last in-flight requests finish
-    after = tree_ticks(server.proc.pid)
+    after = tree_ns(server.proc.pid)
     server.completed += done
     server.runs += 1
     server.rps.append(rps)
-    return (after - before) / os.sysconf("SC_CLK_TCK") / done * 1e6
+    return (after - before) / 1e3 / done
 
 
 def measure_scrapes(server: Server, seconds: int, script: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,13 @@ from servers import Server, running_simulator, start_gateway, stop
 
 from flask_gatewayz_metrics import GatewayzMetrics, MetricsCollector
 from flask_gatewayz_metrics.testing import ManualClock
+
+# A suite started in the background by a non-interactive shell (``pytest ... &``) inherits
+# SIGINT ignored, and Python keeps an ignored SIGINT ignored: the servers the tests stop
+# with SIGINT (waitress) would inherit it too and never exit. A handled signal starts
+# with its default action in a child.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 FakeClock = ManualClock
 """Wall clock the test moves by hand, so windows can be tested without sleeping (the
