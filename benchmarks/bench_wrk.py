@@ -26,7 +26,7 @@ files a scrape merges in ``bench_steady_scrape.py``) and with gthread workers (2
 4 threads: one process per core, 8 threads for wrk's 8 connections). All 8 servers run at
 once (idle ones cost next to nothing) so the measurements can be interleaved.
 
-``wrk -t1 -c8 -d3s`` (5 rounds; 2 with ``--quick``) with a Lua script: request ``n`` of a connection thread is
+``wrk -t1 -c8 -d3s`` (7 rounds; 2 with ``--quick``) with a Lua script: request ``n`` of a connection thread is
 ``GET /api/items/<n % 1000>`` when ``n % 4 == 0``, else ``POST /v1/e<n % 50>/chat`` with
 model ``(n + n // 50) % 20`` (50 endpoints x 10 providers x 20 models).
 
@@ -353,7 +353,7 @@ def main() -> None:
     quick = "--quick" in sys.argv
     seconds = 3
     scrape_seconds = 4 if quick else 6
-    rounds = 2 if quick else 5
+    rounds = 2 if quick else 7
     tmp = tempfile.mkdtemp(prefix="bench-wrk-")
     script = os.path.join(tmp, "mix.lua")
     with open(script, "w") as f:
@@ -395,7 +395,7 @@ def report(servers: list[Server], seconds: int, rounds: int, load_before: tuple[
           f"{' '.join(f'{x:.2f}' for x in load_before)}, after "
           f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}; {took:.0f} s\n")
     print(f"## Server CPU time per request under gunicorn, wrk -t1 -c{CONNECTIONS} -d{seconds}s "
-          f"(median of {rounds} interleaved rounds; µs of master + workers utime+stime per completed request)\n")
+          f"(median of {rounds} interleaved rounds; µs of master + workers run time, schedstat, per completed request)\n")
     by = {(s.case, s.worker_class): s for s in servers}
     rows = []
     ratio_rows = []
