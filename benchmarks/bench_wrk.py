@@ -395,7 +395,7 @@ def report(servers: list[Server], seconds: int, rounds: int, load_before: tuple[
           f"{' '.join(f'{x:.2f}' for x in load_before)}, after "
           f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}; {took:.0f} s\n")
     print(f"## Server CPU time per request under gunicorn, wrk -t1 -c{CONNECTIONS} -d{seconds}s "
-          f"(median of {rounds} interleaved rounds; µs of master + workers run time, schedstat, per completed request)\n")
+          f"(median of {rounds} interleaved rounds; master + workers run time (schedstat), µs per request)\n")
     by = {(s.case, s.worker_class): s for s in servers}
     rows = []
     ratio_rows = []

@@ -52,8 +52,9 @@ store, so readers see a shorter chain or fewer entries, never a half-written one
 writer's chain for one slot starts with a block of ``FIRST_BLOCK_ENTRIES`` for a new
 series, or, for a slot position the series has not used yet, of the entries of its
 busiest other position plus 2 (``slots.first_block_capacity``: intervals of a series
-touch similar numbers of buckets); further blocks double from 8 up to
-``MAX_BLOCK_ENTRIES``. When the slot position moves to a new interval its blocks are
+touch similar numbers of buckets); a further block holds what the rest of the interval
+is likely to touch at the pace so far (``slots.paced_block_capacity``, format 5), up to
+``MAX_BLOCK_ENTRIES``; a native chain's double from 8. When the slot position moves to a new interval its blocks are
 kept and emptied (``BLOCK_USED`` = 0), so a file stops growing once each slot
 position has held its busiest interval. The archive writes one block per non-empty
 slot, of exactly the capacity it needs (a count above ``MAX_ENTRY_COUNT`` takes several
@@ -195,7 +196,8 @@ def slot_stride(with_sketch: bool) -> int:
 
 
 def block_capacity(position: int) -> int:
-    """Entries of the ``position``-th block (0 = first) of a writer's chain."""
+    """Entries of the ``position``-th block (0 = first) of a writer's chain when no pace
+    sizes it (a native chain, a window of one slot since start: ``slots.paced_block_capacity``)."""
     return min(FIRST_BLOCK_ENTRIES << min(position, 16), MAX_BLOCK_ENTRIES)
 
 
