@@ -42,8 +42,6 @@ _EPOCH_INDEX = layout.CONTROL_EPOCH_INDEX
 _SLOT_HEADER = layout.SLOT_HEADER
 _BLOCK_NEXT = layout.BLOCK_NEXT
 _BLOCK_ENTRIES = layout.BLOCK_ENTRIES
-_SKETCH_MIRROR_STATE = 3
-"""Where a sketch slot's mirror (``slots.enter_slot``) keeps its chain state; its slot id is at 0."""
 _NO_FILE: Doubles = memoryview(b"").cast("d")
 """Stand-in until the first write opens this process's file (the epoch check forces that)."""
 
@@ -171,7 +169,7 @@ class RecordWriter:
         ``mirror[at:at + 5]`` is the chain's writer state: {bucket: entry index}, the block
         entries go to, its capacity, where a next block is linked, and its place in the
         chain (kept so that this costs the same however long the chain). A sketch slot's
-        mirror has it from position 3, a native chain's from 0. Publication follows
+        mirror has it from ``slots.MIRROR_CHAIN``, a native chain's from 0. Publication follows
         ``layout``: an entry is filled before ``BLOCK_USED`` publishes it, a block is
         complete before it is linked, each by one aligned 8-byte store."""
         d = self._doubles
@@ -195,9 +193,9 @@ class RecordWriter:
             block = mirror[at + 1] = int(d[mirror[at + 3]])
             if block:
                 mirror[at + 2] = layout.stored_capacity(d, block)
-            elif at == _SKETCH_MIRROR_STATE:  # a window slot's chain: sized by the interval's pace
+            elif at == slots.MIRROR_CHAIN:  # a window slot's chain: sized by the interval's pace
                 mirror[at + 2] = slots.paced_block_capacity(
-                    mirror[0], self._slot_seconds, self._clock(), len(entries), mirror[at + 4]
+                    mirror[slots.MIRROR_SLOT], self._slot_seconds, self._clock(), len(entries), mirror[at + 4]
                 )
             else:  # a native chain (since start): doubling
                 mirror[at + 2] = layout.block_capacity(mirror[at + 4])

@@ -23,7 +23,7 @@ from .label_cache import FRONT_ADMIT_EVERY, BoundedCache
 from .label_resolution import LabelResolution
 from .labels import as_number
 from .record_writer import _InvalidLabel
-from .storage import StorageUnavailable, kinds, layout
+from .storage import StorageUnavailable, kinds, layout, slots
 from .storage.layout import Doubles
 from .storage.slots import UNKNOWN_SLOT as _UNKNOWN_SLOT
 from .storage.slots import enter_slot as _enter_slot
@@ -58,9 +58,9 @@ _SLOT_SUM = layout.SLOT_SUM
 _SLOT_ERRORS = layout.SLOT_ERRORS
 _SLOT_MIN = layout.SLOT_MIN
 _SLOT_MAX = layout.SLOT_MAX
-# A sketch slot's mirror (``storage.slots.enter_slot``): slot id, min, max, then from
-# _WINDOW_ENTRIES its {bucket: count index} and chain state.
-_MIRROR_SLOT, _MIRROR_MIN, _MIRROR_MAX, _WINDOW_ENTRIES = range(4)
+# A sketch slot's mirror (storage/slots.py names its fields; bound here like the others).
+_MIRROR_SLOT, _MIRROR_MIN, _MIRROR_MAX = slots.MIRROR_SLOT, slots.MIRROR_MIN, slots.MIRROR_MAX
+_WINDOW_ENTRIES = slots.MIRROR_CHAIN
 
 def union_positions(union: tuple[float, ...]) -> tuple[int, ...]:
     """For each index within a sketch slot (``SLOT_HEADER`` + sketch bucket index): how

@@ -27,6 +27,9 @@ _STRIDE = layout.slot_stride(True)
 
 UNKNOWN_SLOT: list[Any] = [math.nan]
 """Stands in for a window whose current slot is not mirrored yet (NaN equals no slot id)."""
+MIRROR_SLOT, MIRROR_MIN, MIRROR_MAX, MIRROR_CHAIN = range(4)
+"""A sketch slot's mirror (``enter_slot``): slot id, min, max, then from ``MIRROR_CHAIN``
+its {bucket: entry index} and chain state (``RecordWriter._append_bucket_entry``)."""
 
 
 def slot_bounds(now: float, slot_seconds: float, slots: int) -> tuple[int, int, float, float]:
