@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import pathlib
+from collections.abc import Callable
 
 import flask_gatewayz_metrics
 from flask_gatewayz_metrics.storage import kinds
@@ -76,14 +77,19 @@ def numbered_payload_reads(source: str) -> list[int]:
     return lines
 
 
-def test_no_module_above_storage_reads_a_payload_by_number() -> None:
-    """The read side (snapshot, JSON document, exposition, health, custom metrics) names each field."""
+def offenders_above_storage(check: Callable[[str], list[int]]) -> list[str]:
+    """``file:line`` of every line ``check`` finds in the package's modules outside ``storage/``."""
     offenders = []
     for path in sorted(PACKAGE.rglob("*.py")):
         if path.relative_to(PACKAGE).parts[0] == "storage":
             continue
-        offenders += [f"{path.name}:{line}" for line in numbered_payload_reads(path.read_text(encoding="utf-8"))]
-    assert offenders == []
+        offenders += [f"{path.name}:{line}" for line in check(path.read_text(encoding="utf-8"))]
+    return offenders
+
+
+def test_no_module_above_storage_reads_a_payload_by_number() -> None:
+    """The read side (snapshot, JSON document, exposition, health, custom metrics) names each field."""
+    assert offenders_above_storage(numbered_payload_reads) == []
 
 
 def numbered_payload_writes(source: str) -> list[int]:
@@ -109,12 +115,7 @@ WRITERS = ("_add", "_add_tenant", "_write_record")
 
 def test_no_module_above_storage_writes_a_record_by_number() -> None:
     """The write side (collector, request path, LLM, tenants, custom metrics, conventions) names each field."""
-    offenders = []
-    for path in sorted(PACKAGE.rglob("*.py")):
-        if path.relative_to(PACKAGE).parts[0] == "storage":
-            continue
-        offenders += [f"{path.name}:{line}" for line in numbered_payload_writes(path.read_text(encoding="utf-8"))]
-    assert offenders == []
+    assert offenders_above_storage(numbered_payload_writes) == []
 
 
 def test_the_checker_sees_numbered_writes() -> None:
