@@ -40,13 +40,12 @@ from .labels import LabelGuard, as_number
 from .llm import GatewayRecording
 from .native_histograms import NativeRecording, native_state
 from .reading import COMPACTION_BUDGET_SECONDS, COMPACTION_INTERVAL_SECONDS, Reading
-from .record_writer import _NO_FILE, DIRECTORY_CHECK_SECONDS, FOLD_AT_START_FILES, RecordWriter
+from .record_writer import DIRECTORY_CHECK_SECONDS, FOLD_AT_START_FILES, RecordWriter
 from .request_path import RequestPath, union_positions
 from .request_state import current_request
 from .semconv import ConventionsRecording, latency_bucket_tables
 from .settings import Settings, check
 from .storage import DirectoryAccess, StorageUnavailable, kinds, layout, location
-from .storage.layout import Doubles
 from .storage.merge import MergeCache
 from .storage.process import ForkSentinel
 from .storage.slots import plain_window_add as _plain_window_add
@@ -153,8 +152,7 @@ class MetricsCollector(
         self._lock = threading.Lock()
         self._read_lock = threading.Lock()
         self._generation = -1
-        self._doubles: Doubles = _NO_FILE
-        self._file_epoch = -1
+        self._forget_views()
         self._epoch_words = self._storage.control.words
         self._directory_check_at = _monotonic() + record_writer.DIRECTORY_CHECK_SECONDS
         self._current_slot = self._position = 0
@@ -362,6 +360,5 @@ class MetricsCollector(
         """Release this process's file (it stays readable until compacted)."""
         with self._lock:
             self._storage.close()
-            self._doubles = _NO_FILE
-            self._file_epoch = -1
+            self._forget_views()
 

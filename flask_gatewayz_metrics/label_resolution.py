@@ -40,6 +40,7 @@ class LabelResolution:
         _request_targets: dict[Hashable, tuple[int, ...]]
 
         def _fixed(self, kind: str, labels: tuple[str, ...] = ()) -> int: ...
+        def _map_file(self) -> Doubles: ...
         def _admit(self, name: str, raw: object) -> str: ...
 
     def _resolve_parts(self, key: tuple[object, ...]) -> _RequestTargets:
@@ -64,11 +65,11 @@ class LabelResolution:
         if invalid:
             if self.strict:
                 raise _InvalidLabel
-            self._doubles = self._storage.doubles
+            self._map_file()
             self._doubles[self._fixed("dropped", ("invalid_label",))] += float(invalid)
         else:
             self._front_cache.put(key, targets)
-        self._doubles = self._storage.doubles
+        self._map_file()
         return targets
 
     def _cached_part(self, cache: BoundedCache, part: tuple[object, ...]) -> tuple[int, ...] | None:

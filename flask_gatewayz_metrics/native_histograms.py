@@ -28,8 +28,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from . import sketch
-from .storage import StorageUnavailable, kinds, layout
-from .storage.layout import Doubles
+from .storage import StorageUnavailable, kinds, layout, slots
+from .storage.layout import Doubles, EntryWords
 from .storage.native import NativeBuckets, NativeTotals, merge_native
 
 if TYPE_CHECKING:
@@ -40,12 +40,7 @@ if TYPE_CHECKING:
 SCHEMA = sketch.SCHEMA
 ZERO_THRESHOLD = sketch.LOWEST
 """The zero bucket's threshold: the sketch's underflow bucket holds values up to it."""
-_SLOT_HEADER = layout.SLOT_HEADER
-_BLOCK_ENTRIES = layout.BLOCK_ENTRIES
-_ENTRY_UNIT = layout.ENTRY_UNIT
-_BLOCK_NEXT = layout.BLOCK_NEXT
-_MAX_CHAIN_ENTRIES = sketch.BUCKET_COUNT
-"""A chain of our own never holds more entries (so more blocks) than there are buckets."""
+_ENTRY_ONE = layout.ENTRY_ONE
 
 
 def native_index(index: int) -> int:
@@ -140,9 +135,11 @@ class NativeRecording:
         _lock: threading.Lock
         _read_lock: threading.Lock
         _doubles: Doubles
+        _entry_words: EntryWords
         _histogram_kinds: dict[str, tuple[str, tuple[str, ...]]]
 
         def _writable(self) -> Doubles: ...
+        def _map_file(self) -> Doubles: ...
         def _admit_part(self, name: str, raw: object) -> str | None: ...
         def _append_bucket_entry(self, mirror: list[Any], at: int, index: int) -> Doubles: ...
         def _internal_error(self, exc: Exception) -> None: ...
@@ -157,26 +154,25 @@ class NativeRecording:
         try:
             if state.generation != self._storage.generation:
                 state = self._native_state = _NativeState(self._storage.generation)
-            d = self._doubles
+            # An entry's count, as the request path's windows add it (a KeyError: the
+            # bucket's first count; a ValueError: its entry is full, see layout).
             if request >= 0:
                 try:
                     mirror = state.requests[request]
                 except KeyError:
                     mirror = self._native_mirror(state, request, "request", "request_native")
-                    d = self._doubles
                 try:
-                    d[mirror[0][index]] += 1.0
-                except KeyError:
-                    d = self._append_bucket_entry(mirror, 0, index)
+                    self._entry_words[mirror[0][index]] += _ENTRY_ONE
+                except (KeyError, ValueError):
+                    self._append_bucket_entry(mirror, 0, index)
             if provider >= 0:
                 try:
                     mirror = state.requests[provider]
                 except KeyError:
                     mirror = self._native_mirror(state, provider, "provider", "provider_native")
-                    d = self._doubles
                 try:
-                    d[mirror[0][index]] += 1.0
-                except KeyError:
+                    self._entry_words[mirror[0][index]] += _ENTRY_ONE
+                except (KeyError, ValueError):
                     self._append_bucket_entry(mirror, 0, index)
         except StorageUnavailable:
             pass  # the classic histogram has the request; only its native bucket is lost
@@ -198,12 +194,12 @@ class NativeRecording:
                 if state.generation != self._storage.generation:
                     state = self._native_state = _NativeState(self._storage.generation)
                 offset = self._storage.offset(kind, values)  # type: ignore[arg-type]
-                self._doubles = self._storage.doubles
+                self._map_file()
                 mirror = state.mirrors.get(offset) or self._native_chain(state, offset)
-                index = _SLOT_HEADER + sketch.bucket_index(value)
+                index = layout.SLOT_HEADER + sketch.bucket_index(value)
                 try:
-                    self._doubles[mirror[0][index]] += 1.0
-                except KeyError:
+                    self._entry_words[mirror[0][index]] += _ENTRY_ONE
+                except (KeyError, ValueError):  # the bucket's first count, or its entry is full
                     self._append_bucket_entry(mirror, 0, index)
         except StorageUnavailable:
             pass
@@ -217,7 +213,7 @@ class NativeRecording:
         stored, prefix = self._histogram_kinds[classic]  # configured buckets: "<kind>_le<n>"
         labels = _labels_at(storage, stored, record)[len(prefix) :]
         offset = storage.offset(kind, labels[: len(kinds.KINDS[kind].labels)])
-        self._doubles = storage.doubles
+        self._map_file()
         mirror = state.mirrors.get(offset) or self._native_chain(state, offset)
         state.requests[record] = mirror
         return mirror
@@ -225,17 +221,9 @@ class NativeRecording:
     def _native_chain(self, state: _NativeState, offset: int) -> list[Any]:
         """A mirror of the native record at ``offset``: the entries its chain already holds
         (a file this process opened has only its own), new ones going after them."""
-        d = self._doubles
         link = offset + kinds.NATIVE_FIRST
-        first = int(d[link])
-        entries: dict[int, int] = {}
-        block = first
-        for _ in range(_MAX_CHAIN_ENTRIES):  # bounded, though only this process writes the file
-            if not block:
-                break
-            for entry in range(block + _BLOCK_ENTRIES, block + _BLOCK_ENTRIES + int(d[block])):
-                entries[int(d[entry] // _ENTRY_UNIT) + _SLOT_HEADER] = entry  # packed: layout.pack_entry
-            block = int(d[block + _BLOCK_NEXT])
+        first = int(self._doubles[link])
+        entries = slots.chain_entries(self._doubles, self._entry_words, first)
         mirror = state.mirrors[offset] = [entries, first, layout.block_capacity(0), link, 0]
         return mirror
 

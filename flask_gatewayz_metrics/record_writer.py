@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .storage import StorageUnavailable, layout, location, slots
-from .storage.layout import Doubles
+from .storage.layout import Doubles, EntryWords
 from .tenants import TENANT_LABELS, Tenant
 
 if TYPE_CHECKING:
@@ -41,9 +41,11 @@ _monotonic = time.monotonic
 _EPOCH_INDEX = layout.CONTROL_EPOCH_INDEX
 _SLOT_HEADER = layout.SLOT_HEADER
 _BLOCK_NEXT = layout.BLOCK_NEXT
-_BLOCK_ENTRIES = layout.BLOCK_ENTRIES
 _NO_FILE: Doubles = memoryview(b"").cast("d")
 """Stand-in until the first write opens this process's file (the epoch check forces that)."""
+_NO_ENTRY_WORDS: EntryWords = memoryview(b"").cast("I")
+"""``_NO_FILE`` as u32 values."""
+_first_entry = layout.first_entry
 
 class _TooLarge(Exception):
     """A write would carry a stored value past ``layout.MAX_VALUE`` (the input is dropped)."""
@@ -65,6 +67,7 @@ class RecordWriter:
         _read_lock: threading.Lock
         _storage: DirectoryAccess
         _doubles: Doubles
+        _entry_words: EntryWords
         _generation: int
         _file_epoch: int
         _epoch_words: memoryview
@@ -175,14 +178,14 @@ class RecordWriter:
         d = self._doubles
         entries = mirror[at]
         block = mirror[at + 1]
-        # One float64 per entry, bucket and count packed: the request path's
-        # ``d[entries[index]] += 1.0`` adds one to the count.
-        packed = layout.pack_entry(index - _SLOT_HEADER, 1.0)
+        # One u32 per entry, count and bucket packed: the request path's
+        # ``words[entries[index]] += ENTRY_ONE`` adds one to the count.
+        packed = layout.pack_entry(index - _SLOT_HEADER, 1)
         while block:
             used = int(d[block])
             if used < mirror[at + 2]:
-                entry = block + _BLOCK_ENTRIES + used
-                d[entry] = packed
+                entry = _first_entry(block) + used
+                self._entry_words[entry] = packed
                 d[block] = used + 1.0  # publishes the entry
                 entries[index] = entry
                 return d
@@ -199,14 +202,30 @@ class RecordWriter:
                 )
             else:  # a native chain (since start): doubling
                 mirror[at + 2] = layout.block_capacity(mirror[at + 4])
-        payload = layout.block_payload(mirror[at + 2])
-        payload[layout.BLOCK_USED] = 1.0
-        payload[_BLOCK_ENTRIES] = packed
-        block = self._storage.append_block(payload)
-        d = self._doubles = self._storage.doubles
+        # Appended empty (readers reach a block only through its link), then its first
+        # entry and BLOCK_USED, then linked.
+        block = self._storage.append_block(layout.block_payload(mirror[at + 2]))
+        d = self._map_file()
+        entry = _first_entry(block)
+        self._entry_words[entry] = packed
+        d[block + layout.BLOCK_USED] = 1.0
         d[mirror[at + 3]] = float(block)  # links the complete block
         mirror[at + 1] = block
-        entries[index] = block + _BLOCK_ENTRIES
+        entries[index] = entry
+        return d
+
+    def _forget_views(self) -> None:
+        """Hold no view of a file: the next write's epoch check opens one (``_refresh_file``)."""
+        self._doubles = _NO_FILE
+        self._entry_words = _NO_ENTRY_WORDS
+        self._file_epoch = -1
+
+    def _map_file(self) -> Doubles:
+        """Take this process's file's current mapping (after a write that may have grown
+        it): both views the writes use, kept together."""
+        storage = self._storage
+        self._entry_words = storage.entry_words
+        d = self._doubles = storage.doubles
         return d
 
     # ------------------------------------------------------- this process's file
@@ -227,10 +246,9 @@ class RecordWriter:
             # Forked without our at-fork hook (uWSGI forks from C): the parent's file is
             # still mapped here and must never be written. The lock is held, so keep it.
             self._forget_parent_process()
-        self._doubles = _NO_FILE
-        self._file_epoch = -1
+        self._forget_views()
         self._slot_extremes.clear()
-        d = self._storage.writable()
+        self._storage.writable()
         self._epoch_words = self._storage.control.words  # re-created if the directory was
         if self._storage.generation != self._generation:
             self._clear_label_caches()
@@ -238,7 +256,7 @@ class RecordWriter:
             self._generation = self._storage.generation
             if self.auto_compact:
                 self._fold_if_crowded()
-        self._doubles = d
+        d = self._map_file()
         self._file_epoch = self._storage.file_epoch
         self._sentinel.arm()
         return d
@@ -251,7 +269,7 @@ class RecordWriter:
     def _fixed(self, kind: str, labels: tuple[str, ...] = ()) -> int:
         """Offset of a record outside the request path (allocating it may re-map the file)."""
         offset = self._storage.offset(kind, labels)
-        self._doubles = self._storage.doubles
+        self._map_file()
         return offset
 
 
@@ -265,8 +283,7 @@ class RecordWriter:
         self._owner_pid = os.getpid()
         self._sentinel.disarm()
         self._storage.after_fork_in_child()
-        self._doubles = _NO_FILE
-        self._file_epoch = -1
+        self._forget_views()
         self._clear_label_caches()
         self._slot_extremes.clear()
         self._unrecorded.clear()

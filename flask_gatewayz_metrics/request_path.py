@@ -24,7 +24,7 @@ from .label_resolution import LabelResolution
 from .labels import as_number
 from .record_writer import _InvalidLabel
 from .storage import StorageUnavailable, kinds, layout, slots
-from .storage.layout import Doubles
+from .storage.layout import Doubles, EntryWords
 from .storage.slots import UNKNOWN_SLOT as _UNKNOWN_SLOT
 from .storage.slots import enter_slot as _enter_slot
 from .storage.slots import slot_bounds
@@ -61,6 +61,7 @@ _SLOT_MAX = layout.SLOT_MAX
 # A sketch slot's mirror (storage/slots.py names its fields; bound here like the others).
 _MIRROR_SLOT, _MIRROR_MIN, _MIRROR_MAX = slots.MIRROR_SLOT, slots.MIRROR_MIN, slots.MIRROR_MAX
 _WINDOW_ENTRIES = slots.MIRROR_CHAIN
+_ENTRY_ONE = layout.ENTRY_ONE
 
 def union_positions(union: tuple[float, ...]) -> tuple[int, ...]:
     """For each index within a sketch slot (``SLOT_HEADER`` + sketch bucket index): how
@@ -81,6 +82,7 @@ class RequestPath(LabelResolution):
         error_status: int
         _lock: threading.Lock
         _doubles: Doubles
+        _entry_words: EntryWords
         _file_epoch: int
         _epoch_words: memoryview
         _armed: memoryview
@@ -108,6 +110,7 @@ class RequestPath(LabelResolution):
         _model_get: Callable[[Hashable], tuple[int, ...] | None]
 
         def _writable(self) -> Doubles: ...
+        def _map_file(self) -> Doubles: ...
         def _fixed(self, kind: str, labels: tuple[str, ...] = ()) -> int: ...
         def _append_bucket_entry(self, mirror: list[Any], at: int, index: int) -> Doubles: ...
         def _drop(self, reason: str, leaving: bool = False) -> None: ...
@@ -216,11 +219,13 @@ class RequestPath(LabelResolution):
                 slot = self._current_slot
                 shift = self._position * _SKETCH_STRIDE
                 extremes = self._slot_extremes
+                words = self._entry_words
                 error = failed or status >= self.error_status
                 # Each window slot (layout: SLOT_ID ... SLOT_MAX, SLOT_BLOCK): SLOT_COUNT stays
                 # unused (the buckets hold it). Slot id, min and max of the current slot are
                 # mirrored in ``extremes`` (reading the mmap costs several times more), with a
-                # dict bucket -> index of its count in the slot's bucket blocks. The three
+                # dict bucket -> index of its entry in the slot's bucket blocks (in ``words``,
+                # the file as u32: ``layout``, bucket blocks). The three
                 # copies below are deliberate: a helper call would cost more than the
                 # additions themselves.
                 if endpoint_window >= 0:
@@ -230,11 +235,12 @@ class RequestPath(LabelResolution):
                         current = _UNKNOWN_SLOT
                     o = endpoint_window + shift
                     if current[_MIRROR_SLOT] != slot:
-                        current = extremes[endpoint_window] = _enter_slot(d, o, slot)
+                        current = extremes[endpoint_window] = _enter_slot(d, words, o, slot)
                     try:
-                        d[current[_WINDOW_ENTRIES][index]] += 1.0
-                    except KeyError:  # first time in this slot: an entry in its bucket blocks
+                        words[current[_WINDOW_ENTRIES][index]] += _ENTRY_ONE
+                    except (KeyError, ValueError):  # the bucket's first count in this slot, or its entry is full
                         d = self._append_bucket_entry(current, _WINDOW_ENTRIES, index)
+                        words = self._entry_words
                     d[o + _SLOT_SUM] += latency
                     if error:
                         d[o + _SLOT_ERRORS] += 1.0
@@ -249,11 +255,12 @@ class RequestPath(LabelResolution):
                         current = _UNKNOWN_SLOT
                     o = provider_window + shift
                     if current[_MIRROR_SLOT] != slot:
-                        current = extremes[provider_window] = _enter_slot(d, o, slot)
+                        current = extremes[provider_window] = _enter_slot(d, words, o, slot)
                     try:
-                        d[current[_WINDOW_ENTRIES][index]] += 1.0
-                    except KeyError:  # first time in this slot: an entry in its bucket blocks
+                        words[current[_WINDOW_ENTRIES][index]] += _ENTRY_ONE
+                    except (KeyError, ValueError):  # the bucket's first count in this slot, or its entry is full
                         d = self._append_bucket_entry(current, _WINDOW_ENTRIES, index)
+                        words = self._entry_words
                     d[o + _SLOT_SUM] += latency
                     if error:
                         d[o + _SLOT_ERRORS] += 1.0
@@ -268,11 +275,12 @@ class RequestPath(LabelResolution):
                         current = _UNKNOWN_SLOT
                     o = model_window + shift
                     if current[_MIRROR_SLOT] != slot:
-                        current = extremes[model_window] = _enter_slot(d, o, slot)
+                        current = extremes[model_window] = _enter_slot(d, words, o, slot)
                     try:
-                        d[current[_WINDOW_ENTRIES][index]] += 1.0
-                    except KeyError:  # first time in this slot: an entry in its bucket blocks
+                        words[current[_WINDOW_ENTRIES][index]] += _ENTRY_ONE
+                    except (KeyError, ValueError):  # the bucket's first count in this slot, or its entry is full
                         d = self._append_bucket_entry(current, _WINDOW_ENTRIES, index)
+                        words = self._entry_words
                     d[o + _SLOT_SUM] += latency
                     if error:
                         d[o + _SLOT_ERRORS] += 1.0

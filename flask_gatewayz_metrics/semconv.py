@@ -130,6 +130,7 @@ class ConventionsRecording:
     if TYPE_CHECKING:
 
         def _writable(self) -> Doubles: ...
+        def _map_file(self) -> Doubles: ...
         def _admit_part(self, name: str, raw: object) -> str | None: ...
         def _internal_error(self, exc: Exception) -> None: ...
 
@@ -189,7 +190,7 @@ class ConventionsRecording:
                 pass
             return (*targets, -1)
         finally:
-            self._doubles = self._storage.doubles
+            self._map_file()
         extended = (*targets, gen_ai_duration)
         try:
             if key in self._request_targets:  # cached by _resolve_request: all labels usable
@@ -230,7 +231,7 @@ class ConventionsRecording:
         if labels is None:
             return -1
         offset = self._storage.offset(kind, labels if error is None else (*labels, error))
-        self._doubles = self._storage.doubles  # allocating may have re-mapped the file
+        self._map_file()  # allocating may have re-mapped the file
         self._cache_conventions(key, (offset, -1))
         return offset
 

@@ -464,7 +464,7 @@ def test_archive_honours_label_limits_across_generations(metrics_dir: str) -> No
     # 64 bytes: operation, provider, model, error type) and, in the sparse format, one
     # one-entry bucket block.
     records = 2 * (layout.RECORD_HEADER.size + 32) + layout.RECORD_HEADER.size + 64
-    block = layout.RECORD_HEADER.size + 8 * len(layout.block_payload(1))
+    block = layout.RECORD_HEADER.size + 8 * len(layout.block_payload(layout.even_capacity(1)))
     payloads = 8 * (
         kinds.KINDS["model_window"].payload_size(5)
         + kinds.KINDS["model"].size

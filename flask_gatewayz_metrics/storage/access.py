@@ -19,7 +19,7 @@ from ..errors import StorageUnavailable  # re-exported: its old home
 from . import kinds, layout
 from .control import ControlFile
 from .directory import ensure_directory
-from .layout import Doubles
+from .layout import Doubles, EntryWords
 from .reader import DirectoryReader, StorageProblem, WorkerView, trusted_uids
 from .worker_file import WorkerFile
 
@@ -105,6 +105,12 @@ class DirectoryAccess:
         """The current mapping of this process's file (call after ``writable()``)."""
         assert self._file is not None
         return self._file.doubles
+
+    @property
+    def entry_words(self) -> EntryWords:
+        """The same mapping as ``doubles``, viewed as u32 (bucket block entries)."""
+        assert self._file is not None
+        return self._file.entry_words
 
     def _open_new_file(self) -> WorkerFile:
         if time.monotonic() < self._retry_at:

@@ -38,17 +38,22 @@ touches a bucket and its blocks are full. A block's payload::
     BLOCK_USED  entries published (float64 integer, 0 .. capacity)
     BLOCK_NEXT  float64 index of the next block's payload of the same slot (0 = none);
                 always larger than this block's own index (blocks are appended)
-    capacity x  entry: one float64, bucket index * ENTRY_UNIT (2**42) + count (format 4;
-                format 3 had two float64 per entry); the bucket index is 0 ..
-                sketch.BUCKET_COUNT - 1 (< 2**11, see ``sketch``), the count 0 ..
-                2**42 - 1, so an entry is an integer below 2**53: adding 1.0 to it adds
-                one to its count, exactly (the request path's only write to a known bucket)
+    capacity x  entry: one u32, count * ENTRY_ONE (2**11) + bucket index (format 6;
+                format 4 and 5 had one float64, format 3 two, per entry); the bucket
+                index is 0 .. sketch.BUCKET_COUNT - 1 (< 2**11, see ``sketch``), the
+                count 0 .. 2**21 - 1. Adding ENTRY_ONE to an entry adds one to its
+                count (the request path's only write to a known bucket, through a u32
+                view of the file: ``WorkerFile.entry_words``); a count at its maximum
+                cannot carry into the index: the u32 store refuses the value, and the
+                writer starts another entry of the same bucket, which readers add.
+                A block holds an even number of entries (the record stays 8-byte aligned).
 
-The capacity follows from the record length (1 .. ``MAX_ARCHIVE_BLOCK_ENTRIES``). The
+The capacity follows from the record length (2 .. ``MAX_ARCHIVE_BLOCK_ENTRIES``). The
 writer fills an entry (its bucket, count 1) before it raises ``BLOCK_USED`` past it, and
 writes a new block completely (``used`` moved past it) before it links it from
 ``SLOT_BLOCK`` or ``BLOCK_NEXT``: every store that publishes is one aligned 8-byte
-store, so readers see a shorter chain or fewer entries, never a half-written one. A
+store, and every count a reader sees one aligned 4-byte store, so readers see a shorter
+chain or fewer entries, never a half-written one. A
 writer's chain for one slot starts with a block of ``FIRST_BLOCK_ENTRIES`` for a new
 series, or, for a slot position the series has not used yet, of the entries of its
 busiest other position plus 2 (``slots.first_block_capacity``: intervals of a series
@@ -61,9 +66,8 @@ slot, of exactly the capacity it needs (a count above ``MAX_ENTRY_COUNT`` takes 
 entries of its bucket, which readers add; more than ``MAX_ARCHIVE_BLOCK_ENTRIES``
 entries take several linked blocks). Readers follow a chain only through blocks they
 indexed, strictly forward, within the mapping, and take a slot's entries only when
-every one is finite and >= 0 with a valid bucket index (so its count is finite, >= 0
-and below 2**42; a fractional count, which no writer makes, is taken as it is, as in
-format 3); anything else makes the slot unusable.
+every one has a valid bucket index (its count is an integer below 2**21 by
+construction); anything else makes the slot unusable.
 
 Growth: a worker file starts at 16 KiB and doubles up to 256 KiB, then grows by an
 eighth of the power of two below its size (``worker_file.grown_size``), space reserved
@@ -108,15 +112,17 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     Doubles = memoryview[float]
+    EntryWords = memoryview[int]
 else:
-    Doubles = memoryview
-"""A file (or part of one) viewed as float64 values."""
+    Doubles = EntryWords = memoryview
+"""A file (or part of one) viewed as float64 values; ``EntryWords``: as u32 values."""
 
-VERSION = 5
+VERSION = 6
 """Bumped when record payloads change (2: wider sketch, model sketch, min / max in every
 slot; 3: sparse sketch buckets in bucket blocks; 4: one float64 per block entry, and the
 native kinds; 5: "request" and "provider" buckets over ``kinds.stored_bounds``, no
-"http_server_buckets" records). Readers skip a file of any other version (``wrong_version``)."""
+"http_server_buckets" records; 6: one u32 per block entry). Readers skip a file of any
+other version (``wrong_version``)."""
 WORKER_MAGIC = b"GWZW"
 CONTROL_MAGIC = b"GWZC"
 WORKER_SUFFIX = ".gwzm"
@@ -175,19 +181,28 @@ MAX_ARCHIVE_BLOCK_ENTRIES = 2048
 """Largest capacity of any block a reader accepts (not below ``sketch.BUCKET_COUNT``: an
 archive block holds a whole slot or chain, one entry per bucket; a chain needing more
 entries, for counts split over several, gets several blocks)."""
-ENTRY_UNIT = 2.0**42
-"""A block entry is one float64, ``bucket index * ENTRY_UNIT + count`` (format 4): the
-index (below ``sketch.BUCKET_COUNT`` < 2**11) in the high bits, the count below
-``ENTRY_UNIT``; the whole stays an integer below 2**53, so adding 1.0 to an entry adds
-one to its count, exactly."""
-MAX_ENTRY_COUNT = ENTRY_UNIT - 1.0
-"""Largest count one entry holds (a larger one is written as several entries of the
-same bucket, which readers add)."""
+ENTRY_INDEX_BITS = 11
+"""A block entry is one u32, ``count << ENTRY_INDEX_BITS | bucket index`` (format 6): the
+index (below ``sketch.BUCKET_COUNT`` < 2**11) in the low bits, the count above it."""
+ENTRY_ONE = 1 << ENTRY_INDEX_BITS
+"""What adding one to an entry's count adds to the entry."""
+ENTRY_INDEX_MASK = ENTRY_ONE - 1
+MAX_ENTRY_COUNT = (1 << (32 - ENTRY_INDEX_BITS)) - 1
+"""Largest count one entry holds (2,097,151; a larger one is written as several entries
+of the same bucket, which readers add)."""
+ENTRIES_PER_DOUBLE = 2
+"""Block entries per float64 of a block's payload (u32 entries)."""
 
 
-def pack_entry(index: int, count: float) -> float:
-    """One block entry: sketch bucket ``index`` with ``count`` (integral, 0 .. MAX_ENTRY_COUNT)."""
-    return index * ENTRY_UNIT + count
+def pack_entry(index: int, count: int) -> int:
+    """One block entry: sketch bucket ``index`` with ``count`` (0 .. MAX_ENTRY_COUNT)."""
+    return count << ENTRY_INDEX_BITS | index
+
+
+def first_entry(block: int) -> int:
+    """Index, in the file viewed as u32 (``WorkerFile.entry_words``), of the first entry
+    of the bucket block whose payload is at float64 index ``block``."""
+    return ENTRIES_PER_DOUBLE * (block + BLOCK_ENTRIES)
 
 
 def slot_stride(with_sketch: bool) -> int:
@@ -201,9 +216,15 @@ def block_capacity(position: int) -> int:
     return min(FIRST_BLOCK_ENTRIES << min(position, 16), MAX_BLOCK_ENTRIES)
 
 
+def even_capacity(entries: int) -> int:
+    """``entries`` rounded up to a block's capacity (an even number: u32 entries fill
+    whole float64 words)."""
+    return entries + (entries & 1)
+
+
 def block_payload(capacity: int) -> list[float]:
-    """An empty bucket block of ``capacity`` entries."""
-    return [0.0] * (BLOCK_ENTRIES + capacity)
+    """An empty bucket block of ``capacity`` entries (rounded up: ``even_capacity``)."""
+    return [0.0] * (BLOCK_ENTRIES + (capacity + 1) // ENTRIES_PER_DOUBLE)
 
 
 MAX_SIZED_BLOCK_ENTRIES = 512
@@ -217,7 +238,12 @@ def stored_capacity(doubles: Doubles, block: int) -> int:
     from its record header (the 8 bytes before the payload, as ``RECORD_HEADER``). For
     a writer's own file only: readers take capacities from their own index."""
     length: int = RECORD_HEADER.unpack(_DOUBLE.pack(doubles[block - 1]))[0]
-    return (length - RECORD_HEADER.size) // 8 - BLOCK_ENTRIES
+    return block_capacity_of_length(length)
+
+
+def block_capacity_of_length(length: int) -> int:
+    """Entries a bucket block record of ``length`` bytes holds (0 or less: not a block)."""
+    return ((length - RECORD_HEADER.size) // 8 - BLOCK_ENTRIES) * ENTRIES_PER_DOUBLE
 
 
 def header_slots(doubles: Doubles) -> int:

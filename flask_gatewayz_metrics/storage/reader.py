@@ -330,8 +330,8 @@ def _index_records(cached: _Indexed, used: int, slots: int) -> None:
             or payload_start > pos + length
         ):
             raise _Skip("corrupt_record")
-        if key_len == 0:  # a bucket block: used, next, then one float64 per entry
-            entries = (length - layout.RECORD_HEADER.size) // 8 - layout.BLOCK_ENTRIES
+        if key_len == 0:  # a bucket block: used, next, then one u32 per entry
+            entries = layout.block_capacity_of_length(length)
             if not 1 <= entries <= layout.MAX_ARCHIVE_BLOCK_ENTRIES:
                 raise _Skip("corrupt_record")
             blocks[float(payload_start // 8)] = entries

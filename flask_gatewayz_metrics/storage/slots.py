@@ -14,15 +14,14 @@ import struct
 from typing import Any
 
 from . import layout
-from .layout import Doubles
+from .layout import Doubles, EntryWords
 
 _INF = math.inf
 _SLOT_HEADER = layout.SLOT_HEADER
 _EMPTY_SLOT_TAIL = memoryview(struct.pack(f"<{_SLOT_HEADER - 1}d", *layout.EMPTY_SLOT[1:])).cast("d")
 _SLOT_BLOCK = layout.SLOT_BLOCK
 _BLOCK_NEXT = layout.BLOCK_NEXT
-_BLOCK_ENTRIES = layout.BLOCK_ENTRIES
-_ENTRY_UNIT = layout.ENTRY_UNIT
+_INDEX_MASK = layout.ENTRY_INDEX_MASK
 _STRIDE = layout.slot_stride(True)
 
 UNKNOWN_SLOT: list[Any] = [math.nan]
@@ -56,7 +55,7 @@ def plain_window_add(d: Doubles, base: int, slot: int, value: float, error: bool
         d[base + 5] = value
 
 
-def enter_slot(d: Doubles, base: int, slot: int) -> list[Any]:
+def enter_slot(d: Doubles, words: EntryWords, base: int, slot: int) -> list[Any]:
     """Make the sketch slot at ``base`` hold ``slot`` (emptying it if it held an older
     interval); its mirror for the hot path: [slot id, min, max, {bucket: entry index},
     then where new entries go (see ``record_writer.RecordWriter._append_bucket_entry``)]."""
@@ -68,13 +67,22 @@ def enter_slot(d: Doubles, base: int, slot: int) -> list[Any]:
         return [float(slot), d[base + 4], d[base + 5], {}, *start]
     # The slot is current but not mirrored (the mirror was cleared): find its entries;
     # new ones go after them (from the first block: it skips full ones).
+    return [float(slot), d[base + 4], d[base + 5], chain_entries(d, words, first), *start]
+
+
+def chain_entries(d: Doubles, words: EntryWords, first: int) -> dict[int, int]:
+    """The entries of the chain starting at block ``first`` of a writer's own file, as
+    {slot index (``SLOT_HEADER`` + bucket index): entry's index in ``words``}; for a
+    bucket in several entries (a count past ``layout.MAX_ENTRY_COUNT``), its last."""
     entries = {}
     block = first
     while block:
-        for entry in range(block + _BLOCK_ENTRIES, block + _BLOCK_ENTRIES + int(d[block])):
-            entries[int(d[entry] // _ENTRY_UNIT) + _SLOT_HEADER] = entry
-        block = int(d[block + _BLOCK_NEXT])
-    return [float(slot), d[base + 4], d[base + 5], entries, *start]
+        at = layout.first_entry(block)
+        for entry in range(at, at + int(d[block])):
+            entries[(words[entry] & _INDEX_MASK) + _SLOT_HEADER] = entry
+        following = int(d[block + _BLOCK_NEXT])
+        block = following if following > block else 0  # chains run forward: always ends
+    return entries
 
 
 def first_block_capacity(d: Doubles, base: int, slot: int) -> int:
@@ -103,7 +111,7 @@ def first_block_capacity(d: Doubles, base: int, slot: int) -> int:
         busiest = max(busiest, entries)
     if not busiest:
         return layout.FIRST_BLOCK_ENTRIES
-    return min(busiest + 2, layout.MAX_SIZED_BLOCK_ENTRIES)
+    return layout.even_capacity(min(busiest + 2, layout.MAX_SIZED_BLOCK_ENTRIES))
 
 
 def rotate(d: Doubles, base: int, slot: int, with_sketch: bool) -> None:
@@ -140,4 +148,4 @@ def paced_block_capacity(slot: float, slot_seconds: float, now: float, touched: 
     if slot_seconds <= 0 or not 0.0 < elapsed < slot_seconds:
         return layout.block_capacity(position)
     rest = touched * (slot_seconds - elapsed) / elapsed
-    return max(layout.FIRST_BLOCK_ENTRIES, min(layout.MAX_BLOCK_ENTRIES, math.ceil(rest) + 2))
+    return layout.even_capacity(max(layout.FIRST_BLOCK_ENTRIES, min(layout.MAX_BLOCK_ENTRIES, math.ceil(rest) + 2)))

@@ -3,30 +3,29 @@
 The byte format is in ``layout`` (bucket blocks). Everything here reads untrusted
 files: a chain is followed only through blocks the reader indexed (``WorkerView.blocks``),
 strictly forward and within the mapping, and an entry (bucket index and count packed in
-one float64, ``layout``) is taken only with a valid bucket index and a finite,
-non-negative count. A chain that breaks any of these makes the slot unusable (``None``),
-never an exception.
+one u32, ``layout``) is taken only with a valid bucket index (its count is a u32's
+high bits: an integer, >= 0, below 2**21). A chain that breaks any of these makes the
+slot unusable (``None``), never an exception.
 """
 
 from __future__ import annotations
 
-import math
 import struct
 from collections.abc import Mapping
 from itertools import repeat
-from operator import floordiv, mod
+from operator import and_, rshift
 from typing import Any
 
 from .. import sketch
 from . import layout
 from .layout import Doubles
 
-Entries = tuple[list[float], list[float]]
+Entries = tuple[list[int], list[int]]
 """(bucket indexes, counts) of one slot, in the order they were touched."""
 
-_UNIT = layout.ENTRY_UNIT
-_ENTRY_LIMIT = sketch.BUCKET_COUNT * _UNIT
-"""Entries are below this: a bucket index past the sketch is damage."""
+_INDEX_MASK = layout.ENTRY_INDEX_MASK
+_INDEX_BITS = layout.ENTRY_INDEX_BITS
+_PER_DOUBLE = layout.ENTRIES_PER_DOUBLE
 
 
 def slot_entries(doubles: Doubles, blocks: Mapping[float, int], first: float) -> Entries | None:
@@ -35,7 +34,7 @@ def slot_entries(doubles: Doubles, blocks: Mapping[float, int], first: float) ->
     ``blocks``: payload index -> capacity of every block the reader indexed. ``None``
     when the chain or an entry is damaged.
     """
-    values: list[float] = []
+    values: list[int] = []
     block = first
     previous = 0.0
     size = len(doubles)
@@ -49,26 +48,27 @@ def slot_entries(doubles: Doubles, blocks: Mapping[float, int], first: float) ->
         if not block > previous:
             return None  # chains only run forward: a loop is damage
         start = int(block)
-        if start + layout.BLOCK_ENTRIES + capacity > size:
+        if start + layout.BLOCK_ENTRIES + capacity // _PER_DOUBLE > size:
             break  # indexed by a later read of the grown file: not in this mapping
         used = doubles[start + layout.BLOCK_USED]
         if not 0 <= used <= capacity or used != int(used):
             return None
-        values += doubles[start + layout.BLOCK_ENTRIES : start + layout.BLOCK_ENTRIES + int(used)].tolist()
+        count = int(used)
+        if count:
+            begin = start + layout.BLOCK_ENTRIES
+            words = doubles[begin : begin + (count + 1) // _PER_DOUBLE].cast("B").cast("I")
+            values += words[:count].tolist()
         previous = block
         block = doubles[start + layout.BLOCK_NEXT]
     if not values:
         return [], []
-    # Every entry finite (a NaN or an infinity makes the sum one; min and max are only
-    # reliable without NaN), >= 0, and its bucket index (the high part) a valid one; the
-    # count is the low part: finite, >= 0 and < 2**42 by construction. A fractional
-    # count is taken as it is, as format 3 did (no writer makes one; checking each entry
-    # for it would cost a quarter of this read).
-    if not (math.isfinite(sum(values)) and min(values) >= 0 and max(values) < _ENTRY_LIMIT):
-        return None
-    # Both halves as C-level loops (operator functions: cheaper calls than float's slots).
+    # Both halves as C-level loops (operator functions: cheaper calls than int's slots);
+    # every count is valid by construction, only an index past the sketch is damage.
     n = len(values)
-    return list(map(floordiv, values, repeat(_UNIT, n))), list(map(mod, values, repeat(_UNIT, n)))
+    indexes = list(map(and_, values, repeat(_INDEX_MASK, n)))
+    if max(indexes) >= sketch.BUCKET_COUNT:
+        return None
+    return indexes, list(map(rshift, values, repeat(_INDEX_BITS, n)))
 
 
 def window_slots(doubles: Doubles, blocks: Mapping[float, int], offset: int, slots: int) -> list[Any]:
@@ -88,7 +88,7 @@ def window_slots(doubles: Doubles, blocks: Mapping[float, int], offset: int, slo
             header[layout.SLOT_ID] = -1.0
         else:
             for index, count in zip(*entries, strict=True):
-                buckets[int(index)] = buckets.get(int(index), 0.0) + count
+                buckets[index] = buckets.get(index, 0.0) + count
         out += header
         out.append(buckets)
     return out
@@ -120,10 +120,10 @@ def encode_blocks(buckets: Mapping[int, float], first_block: int) -> tuple[float
     ``layout.MAX_ENTRY_COUNT`` takes several entries, a chain longer than
     ``layout.MAX_ARCHIVE_BLOCK_ENTRIES`` several linked blocks (both only for absurd
     totals, which the merge then judges)."""
-    entries: list[float] = []
+    entries: list[int] = []
     for index in sorted(buckets):
-        count = float(buckets[index])
-        # Bounded by the input: a count is a sum of entries read (each < 2**42), so it
+        count = int(buckets[index])
+        # Bounded by the input: a count is a sum of entries read (each < 2**21), so it
         # never needs more entries here than were read for it (+1).
         while count > layout.MAX_ENTRY_COUNT:
             entries.append(layout.pack_entry(index, layout.MAX_ENTRY_COUNT))
@@ -137,9 +137,14 @@ def encode_blocks(buckets: Mapping[int, float], first_block: int) -> tuple[float
     step = layout.MAX_ARCHIVE_BLOCK_ENTRIES
     for start in range(0, len(entries), step):
         chunk = entries[start : start + step]
-        after = at + layout.BLOCK_ENTRIES + len(chunk) + 1  # the next block's payload
-        block = [float(len(chunk)), float(after) if start + step < len(entries) else 0.0, *chunk]
-        records.append(layout.RECORD_HEADER.pack(8 * len(block) + 8, 0) + struct.pack(f"<{len(block)}d", *block))
+        capacity = layout.even_capacity(len(chunk))
+        after = at + layout.BLOCK_ENTRIES + capacity // _PER_DOUBLE + 1  # the next block's payload
+        head = (float(len(chunk)), float(after) if start + step < len(entries) else 0.0)
+        length = layout.RECORD_HEADER.size + 8 * layout.BLOCK_ENTRIES + 4 * capacity
+        records.append(
+            layout.RECORD_HEADER.pack(length, 0)
+            + struct.pack(f"<{layout.BLOCK_ENTRIES}d{capacity}I", *head, *chunk, *(0,) * (capacity - len(chunk)))
+        )
         at = after
     return float(first_block), records
 
@@ -153,11 +158,11 @@ def chain_buckets(doubles: Doubles, blocks: Mapping[float, int], first: float) -
     if entries is None:
         return None
     indexes, counts = entries
-    buckets = dict(zip(map(int, indexes), counts, strict=True))
+    buckets: dict[int, float] = dict(zip(indexes, map(float, counts), strict=True))
     if len(buckets) != len(indexes):  # a bucket in several entries: add them up
         buckets = {}
         for index, count in zip(indexes, counts, strict=True):
-            buckets[int(index)] = buckets.get(int(index), 0.0) + count
+            buckets[index] = buckets.get(index, 0.0) + count
     return buckets
 
 

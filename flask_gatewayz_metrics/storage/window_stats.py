@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from itertools import accumulate
 from operator import add
@@ -53,7 +54,7 @@ class WindowStats:
             return
         self.add_buckets(indexes, counts)
 
-    def add_buckets(self, indexes: list[float], counts: list[float]) -> None:
+    def add_buckets(self, indexes: Sequence[float], counts: Sequence[float]) -> None:
         """Add sketch counts (validated: integral indexes in range, finite counts >= 0)."""
         self.count += math.fsum(counts)
         self._ranks = None

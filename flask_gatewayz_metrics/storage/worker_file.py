@@ -88,6 +88,8 @@ class WorkerFile:
         self._mmap = mmap.mmap(self._fd, self._size)
         self.doubles = memoryview(self._mmap).cast("d")
         """The whole file as float64 values; payload offsets index into it."""
+        self.entry_words = memoryview(self._mmap).cast("I")
+        """The whole file as u32 values: bucket block entries index into it (``layout.first_entry``)."""
         self._words = memoryview(self._mmap).cast("Q")
 
     def allocate(self, key: bytes, payload: list[float]) -> int:
@@ -133,6 +135,7 @@ class WorkerFile:
         duplicate of the descriptor, and with it the flock."""
         try:
             self.doubles.release()
+            self.entry_words.release()
             self._words.release()
             self._mmap.close()
         except BufferError:  # someone still reads it: freed (and unlocked) with the last view
