@@ -25,7 +25,6 @@ from .labels import as_number
 from .record_writer import _InvalidLabel
 from .storage import StorageUnavailable, kinds, layout, slots
 from .storage.layout import Doubles, EntryWords
-from .storage.slots import UNKNOWN_SLOT as _UNKNOWN_SLOT
 from .storage.slots import enter_slot as _enter_slot
 from .storage.slots import slot_bounds
 
@@ -52,14 +51,15 @@ _log2 = math.log2
 _ceil = math.ceil
 _EPOCH_INDEX = layout.CONTROL_EPOCH_INDEX
 # Payload fields (storage/kinds.py and layout.py name them; bound here, read as fast as a literal).
-_REQ_COUNT = kinds.REQ_COUNT
 _REQ_SUM = kinds.REQ_SUM
+if kinds.REQ_COUNT != 0:  # the request path adds the count at a record's offset itself
+    raise ImportError("request_path expects REQ_COUNT at payload index 0")
 _SLOT_SUM = layout.SLOT_SUM
 _SLOT_ERRORS = layout.SLOT_ERRORS
 _SLOT_MIN = layout.SLOT_MIN
 _SLOT_MAX = layout.SLOT_MAX
 # A sketch slot's mirror (storage/slots.py names its fields; bound here like the others).
-_MIRROR_SLOT, _MIRROR_MIN, _MIRROR_MAX = slots.MIRROR_SLOT, slots.MIRROR_MIN, slots.MIRROR_MAX
+_MIRROR_MIN, _MIRROR_MAX = slots.MIRROR_MIN, slots.MIRROR_MAX
 _WINDOW_ENTRIES = slots.MIRROR_CHAIN
 _ENTRY_ONE = layout.ENTRY_ONE
 
@@ -204,11 +204,11 @@ class RequestPath(LabelResolution):
                 # are http.server.request.duration's buckets (kinds.SERVER_KINDS).
                 bucket = self._request_bucket[union_index]
                 if request >= 0:
-                    d[request + _REQ_COUNT] += 1.0
+                    d[request] += 1.0  # the count: REQ_COUNT is 0 (checked at import)
                     d[request + _REQ_SUM] += latency
                     d[request + bucket] += 1.0
                 if provider_record >= 0:
-                    d[provider_record + _REQ_COUNT] += 1.0
+                    d[provider_record] += 1.0
                     d[provider_record + _REQ_SUM] += latency
                     d[provider_record + bucket] += 1.0
                 if model_record >= 0:
@@ -223,18 +223,17 @@ class RequestPath(LabelResolution):
                 error = failed or status >= self.error_status
                 # Each window slot (layout: SLOT_ID ... SLOT_MAX, SLOT_BLOCK): SLOT_COUNT stays
                 # unused (the buckets hold it). Slot id, min and max of the current slot are
-                # mirrored in ``extremes`` (reading the mmap costs several times more), with a
-                # dict bucket -> index of its entry in the slot's bucket blocks (in ``words``,
-                # the file as u32: ``layout``, bucket blocks). The three
+                # mirrored in ``extremes`` (reading the mmap costs several times more; emptied
+                # when the slot changes, ``_slot_position``), with a dict bucket -> index of
+                # its entry in the slot's bucket blocks (in ``words``, the file as u32:
+                # ``layout``, bucket blocks). The three
                 # copies below are deliberate: a helper call would cost more than the
                 # additions themselves.
                 if endpoint_window >= 0:
+                    o = endpoint_window + shift
                     try:
                         current = extremes[endpoint_window]
-                    except KeyError:
-                        current = _UNKNOWN_SLOT
-                    o = endpoint_window + shift
-                    if current[_MIRROR_SLOT] != slot:
+                    except KeyError:  # the slot's first request here (extremes hold the current slot's)
                         current = extremes[endpoint_window] = _enter_slot(d, words, o, slot)
                     try:
                         words[current[_WINDOW_ENTRIES][index]] += _ENTRY_ONE
@@ -249,12 +248,10 @@ class RequestPath(LabelResolution):
                     if latency > current[_MIRROR_MAX]:
                         d[o + _SLOT_MAX] = current[_MIRROR_MAX] = latency
                 if provider_window >= 0:
+                    o = provider_window + shift
                     try:
                         current = extremes[provider_window]
-                    except KeyError:
-                        current = _UNKNOWN_SLOT
-                    o = provider_window + shift
-                    if current[_MIRROR_SLOT] != slot:
+                    except KeyError:  # the slot's first request here (extremes hold the current slot's)
                         current = extremes[provider_window] = _enter_slot(d, words, o, slot)
                     try:
                         words[current[_WINDOW_ENTRIES][index]] += _ENTRY_ONE
@@ -269,12 +266,10 @@ class RequestPath(LabelResolution):
                     if latency > current[_MIRROR_MAX]:
                         d[o + _SLOT_MAX] = current[_MIRROR_MAX] = latency
                 if model_window >= 0:
+                    o = model_window + shift
                     try:
                         current = extremes[model_window]
-                    except KeyError:
-                        current = _UNKNOWN_SLOT
-                    o = model_window + shift
-                    if current[_MIRROR_SLOT] != slot:
+                    except KeyError:  # the slot's first request here (extremes hold the current slot's)
                         current = extremes[model_window] = _enter_slot(d, words, o, slot)
                     try:
                         words[current[_WINDOW_ENTRIES][index]] += _ENTRY_ONE
@@ -318,11 +313,14 @@ class RequestPath(LabelResolution):
         """The clock-aligned slot containing ``now`` and its position in a window record.
 
         Cached with the slot's time bounds, so most calls compare two floats instead of
-        dividing; the request hot path inlines the same check.
+        dividing; the request hot path inlines the same check. A new slot empties the
+        sketch slots' mirrors (``_slot_extremes``): each holds the current slot only, so
+        the request path finds a mirror or enters the slot, without comparing slot ids.
         """
         if not self._slot_start <= now < self._slot_end:
             self._current_slot, self._position, self._slot_start, self._slot_end = slot_bounds(
                 now, self._slot_seconds, self._slots
             )
+            self._slot_extremes.clear()
         return self._current_slot, self._position
 

@@ -24,8 +24,6 @@ _BLOCK_NEXT = layout.BLOCK_NEXT
 _INDEX_MASK = layout.ENTRY_INDEX_MASK
 _STRIDE = layout.slot_stride(True)
 
-UNKNOWN_SLOT: list[Any] = [math.nan]
-"""Stands in for a window whose current slot is not mirrored yet (NaN equals no slot id)."""
 MIRROR_SLOT, MIRROR_MIN, MIRROR_MAX, MIRROR_CHAIN = range(4)
 """A sketch slot's mirror (``enter_slot``): slot id, min, max, then from ``MIRROR_CHAIN``
 its {bucket: entry index} and chain state (``RecordWriter._append_bucket_entry``)."""
