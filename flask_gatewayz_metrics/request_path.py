@@ -54,12 +54,12 @@ _EPOCH_INDEX = layout.CONTROL_EPOCH_INDEX
 _REQ_SUM = kinds.REQ_SUM
 if kinds.REQ_COUNT != 0:  # the request path adds the count at a record's offset itself
     raise ImportError("request_path expects REQ_COUNT at payload index 0")
-_SLOT_SUM = layout.SLOT_SUM
-_SLOT_ERRORS = layout.SLOT_ERRORS
-_SLOT_MIN = layout.SLOT_MIN
-_SLOT_MAX = layout.SLOT_MAX
+# A sketch slot's fields, from its SLOT_SUM (whose file index its mirror keeps: MIRROR_SUM).
+_ERRORS_FROM_SUM = layout.SLOT_ERRORS - layout.SLOT_SUM
+_MIN_FROM_SUM = layout.SLOT_MIN - layout.SLOT_SUM
+_MAX_FROM_SUM = layout.SLOT_MAX - layout.SLOT_SUM
 # A sketch slot's mirror (storage/slots.py names its fields; bound here like the others).
-_MIRROR_MIN, _MIRROR_MAX = slots.MIRROR_MIN, slots.MIRROR_MAX
+_MIRROR_MIN, _MIRROR_MAX, _MIRROR_SUM = slots.MIRROR_MIN, slots.MIRROR_MAX, slots.MIRROR_SUM
 _WINDOW_ENTRIES = slots.MIRROR_CHAIN
 _ENTRY_ONE = layout.ENTRY_ONE
 
@@ -230,59 +230,56 @@ class RequestPath(LabelResolution):
                 # copies below are deliberate: a helper call would cost more than the
                 # additions themselves.
                 if endpoint_window >= 0:
-                    o = endpoint_window + shift
                     try:
                         current = extremes[endpoint_window]
                     except KeyError:  # the slot's first request here (extremes hold the current slot's)
-                        current = extremes[endpoint_window] = _enter_slot(d, words, o, slot)
+                        current = extremes[endpoint_window] = _enter_slot(d, words, endpoint_window + shift, slot)
                     try:
                         words[current[_WINDOW_ENTRIES][index]] += _ENTRY_ONE
                     except (KeyError, ValueError):  # the bucket's first count in this slot, or its entry is full
                         d = self._append_bucket_entry(current, _WINDOW_ENTRIES, index)
                         words = self._entry_words
-                    d[o + _SLOT_SUM] += latency
+                    d[current[_MIRROR_SUM]] += latency
                     if error:
-                        d[o + _SLOT_ERRORS] += 1.0
+                        d[current[_MIRROR_SUM] + _ERRORS_FROM_SUM] += 1.0
                     if latency < current[_MIRROR_MIN]:
-                        d[o + _SLOT_MIN] = current[_MIRROR_MIN] = latency
+                        d[current[_MIRROR_SUM] + _MIN_FROM_SUM] = current[_MIRROR_MIN] = latency
                     if latency > current[_MIRROR_MAX]:
-                        d[o + _SLOT_MAX] = current[_MIRROR_MAX] = latency
+                        d[current[_MIRROR_SUM] + _MAX_FROM_SUM] = current[_MIRROR_MAX] = latency
                 if provider_window >= 0:
-                    o = provider_window + shift
                     try:
                         current = extremes[provider_window]
                     except KeyError:  # the slot's first request here (extremes hold the current slot's)
-                        current = extremes[provider_window] = _enter_slot(d, words, o, slot)
+                        current = extremes[provider_window] = _enter_slot(d, words, provider_window + shift, slot)
                     try:
                         words[current[_WINDOW_ENTRIES][index]] += _ENTRY_ONE
                     except (KeyError, ValueError):  # the bucket's first count in this slot, or its entry is full
                         d = self._append_bucket_entry(current, _WINDOW_ENTRIES, index)
                         words = self._entry_words
-                    d[o + _SLOT_SUM] += latency
+                    d[current[_MIRROR_SUM]] += latency
                     if error:
-                        d[o + _SLOT_ERRORS] += 1.0
+                        d[current[_MIRROR_SUM] + _ERRORS_FROM_SUM] += 1.0
                     if latency < current[_MIRROR_MIN]:
-                        d[o + _SLOT_MIN] = current[_MIRROR_MIN] = latency
+                        d[current[_MIRROR_SUM] + _MIN_FROM_SUM] = current[_MIRROR_MIN] = latency
                     if latency > current[_MIRROR_MAX]:
-                        d[o + _SLOT_MAX] = current[_MIRROR_MAX] = latency
+                        d[current[_MIRROR_SUM] + _MAX_FROM_SUM] = current[_MIRROR_MAX] = latency
                 if model_window >= 0:
-                    o = model_window + shift
                     try:
                         current = extremes[model_window]
                     except KeyError:  # the slot's first request here (extremes hold the current slot's)
-                        current = extremes[model_window] = _enter_slot(d, words, o, slot)
+                        current = extremes[model_window] = _enter_slot(d, words, model_window + shift, slot)
                     try:
                         words[current[_WINDOW_ENTRIES][index]] += _ENTRY_ONE
                     except (KeyError, ValueError):  # the bucket's first count in this slot, or its entry is full
                         d = self._append_bucket_entry(current, _WINDOW_ENTRIES, index)
                         words = self._entry_words
-                    d[o + _SLOT_SUM] += latency
+                    d[current[_MIRROR_SUM]] += latency
                     if error:
-                        d[o + _SLOT_ERRORS] += 1.0
+                        d[current[_MIRROR_SUM] + _ERRORS_FROM_SUM] += 1.0
                     if latency < current[_MIRROR_MIN]:
-                        d[o + _SLOT_MIN] = current[_MIRROR_MIN] = latency
+                        d[current[_MIRROR_SUM] + _MIN_FROM_SUM] = current[_MIRROR_MIN] = latency
                     if latency > current[_MIRROR_MAX]:
-                        d[o + _SLOT_MAX] = current[_MIRROR_MAX] = latency
+                        d[current[_MIRROR_SUM] + _MAX_FROM_SUM] = current[_MIRROR_MAX] = latency
                 # The OpenTelemetry conventions' GenAI histograms (semconv.py), with their
                 # own bucket bounds: gen_ai.server.request.duration (a labelled request) or
                 # gen_ai.client.operation.duration (a successful provider call): sum, bucket.

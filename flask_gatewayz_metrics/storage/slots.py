@@ -26,7 +26,9 @@ _STRIDE = layout.slot_stride(True)
 
 MIRROR_SLOT, MIRROR_MIN, MIRROR_MAX, MIRROR_CHAIN = range(4)
 """A sketch slot's mirror (``enter_slot``): slot id, min, max, then from ``MIRROR_CHAIN``
-its {bucket: entry index} and chain state (``RecordWriter._append_bucket_entry``)."""
+its {bucket: entry index} and chain state (``RecordWriter._append_bucket_entry``), then
+at ``MIRROR_SUM`` the file index of the slot's ``SLOT_SUM`` field."""
+MIRROR_SUM = MIRROR_CHAIN + 5
 
 
 def slot_bounds(now: float, slot_seconds: float, slots: int) -> tuple[int, int, float, float]:
@@ -56,10 +58,11 @@ def plain_window_add(d: Doubles, base: int, slot: int, value: float, error: bool
 def enter_slot(d: Doubles, words: EntryWords, base: int, slot: int) -> list[Any]:
     """Make the sketch slot at ``base`` hold ``slot`` (emptying it if it held an older
     interval); its mirror for the hot path: [slot id, min, max, {bucket: entry index},
-    then where new entries go (see ``record_writer.RecordWriter._append_bucket_entry``)]."""
+    then where new entries go (see ``record_writer.RecordWriter._append_bucket_entry``),
+    then where the slot's sum is (``MIRROR_SUM``)]."""
     first = int(d[base + _SLOT_BLOCK])
     capacity = layout.stored_capacity(d, first) if first else first_block_capacity(d, base, slot)
-    start = [first, capacity, base + _SLOT_BLOCK, 0]
+    start = [first, capacity, base + _SLOT_BLOCK, 0, base + layout.SLOT_SUM]
     if d[base] != slot:
         rotate(d, base, slot, True)
         return [float(slot), d[base + 4], d[base + 5], {}, *start]
