@@ -10,7 +10,7 @@ the per-request object) is ``request_timing``.
 from __future__ import annotations
 
 from contextvars import ContextVar
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .collector import MetricsCollector
@@ -39,13 +39,15 @@ class RequestState:
     )  # fmt: skip
 
     # The fields, set for each request by ``request_timing.timed_wsgi_app`` (no __init__:
-    # a Python call less on every request).
+    # a Python call less on every request), except ``method``: see there.
     collector: MetricsCollector
     start: float
     """perf_counter() when the server handed the request over."""
     endpoint: str
     """Route template of the request (or the unmatched label), known once it is routed."""
     method: str
+    """The request method (``OTHER`` if not a known one), set once it is routed, before
+    ``endpoint``: a state whose ``endpoint`` is set has its ``method``."""
     provider: str | None
     model: str | None
     provider_recorded: bool
@@ -62,10 +64,16 @@ class RequestState:
     tenant: Tenant | None
     """Team, API key label (hashed) and user, from ``label_request`` (see ``tenants``)."""
 
+    metrics: Any = None
+    """The Flask extension's per-app state: a slot of ``request_timing.Exchange``, set for
+    each request; this class default (None) lets the timing layer test ``state.metrics``
+    on any state without a type check first."""
+
 
 current_request: ContextVar[RequestState | None] = ContextVar(
     "gatewayz_metrics_request", default=None
 )
+_get_current = current_request.get  # (bound once: an attribute lookup less per call)
 
 
 def label_request(
@@ -88,7 +96,7 @@ def label_request(
     (see ``tenants``). Returns False (and does nothing) outside a request timed by
     ``GatewayzMetrics``.
     """
-    state = current_request.get()
+    state = _get_current()
     if state is None:
         return False
     if provider is not None:
