@@ -5,7 +5,13 @@ Each variant runs in its own process under callgrind twice, with a short and a l
 loop of in-process WSGI requests; the difference divided by the extra requests is the
 instruction count of one request, start-up excluded. Overheads are variant minus bare
 Flask; ratios compare ours with prometheus_flask_exporter. Instructions are not time
-(cache misses are not counted), but they are repeatable to the last digit.
+(cache misses are not counted), and one process's count is repeatable, but it depends
+on the heap layout: CPython's type attribute cache is indexed by addresses, so an
+unrelated change that moves objects moves a variant by up to +-1,500 a request (seen
+as run-to-run swings of the ratios). So each variant is counted in ``len(PADS)`` heap
+layouts (the child allocates a pad of that many bytes before importing anything) and
+the table gives the mean per request, with the spread over layouts; every variant gets
+the same layouts.
 
     python benchmarks/bench_flask_instructions.py          # needs valgrind (Debian package)
     python benchmarks/bench_flask_instructions.py --gunicorn [sync|gthread]
@@ -24,16 +30,22 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 
 SHORT, LONG = 200, 1200
 VARIANTS = ("bare", "pfe", "pfe_multiprocess", "gatewayz", "gatewayz_labelled")
 
+PADS = (0, 3_000, 17_000, 61_000, 150_000)
+"""Bytes the child allocates before its imports: one heap layout each (see above)."""
+
 CHILD = r'''
 import os, sys, tempfile
-variant, n = sys.argv[1], int(sys.argv[2])
+variant, n, pad = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+_pad = [bytearray(64) for _ in range(pad // 64)]  # shifts every later object's address
 from flask import Flask
 from werkzeug.test import EnvironBuilder
 app = Flask("bench")
@@ -62,7 +74,7 @@ for _ in range(n):
 '''
 
 
-def instructions(variant: str, requests: int) -> int:
+def instructions(variant: str, requests: int, pad: int = 0) -> int:
     env = dict(os.environ)
     if variant == "pfe_multiprocess":
         env["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp()
@@ -70,7 +82,7 @@ def instructions(variant: str, requests: int) -> int:
     # and listing a busy one (/tmp) at each import moves the counts by thousands.
     out = subprocess.run(
         ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable, "-c", CHILD,
-         variant, str(requests)],
+         variant, str(requests), str(pad)],
         env=env, capture_output=True, text=True, check=True, cwd=tempfile.mkdtemp(),
     )
     match = re.search(r"Collected\s*:\s*(\d+)", out.stderr)
@@ -200,21 +212,28 @@ def main() -> int:
     if "--gunicorn" in sys.argv:
         rest = sys.argv[sys.argv.index("--gunicorn") + 1 :]
         return main_gunicorn(rest[0] if rest else "sync")
-    per_request = {}
-    for variant in VARIANTS:
-        per_request[variant] = (instructions(variant, LONG) - instructions(variant, SHORT)) / (LONG - SHORT)
+    def per_layout(job: tuple[str, int]) -> float:
+        variant, pad = job
+        return (instructions(variant, LONG, pad) - instructions(variant, SHORT, pad)) / (LONG - SHORT)
+
+    jobs = [(variant, pad) for variant in VARIANTS for pad in PADS]
+    with ThreadPoolExecutor(os.cpu_count() or 1) as pool:  # each job is one valgrind process
+        counts = dict(zip(jobs, pool.map(per_layout, jobs), strict=True))
+    layouts = {variant: [counts[variant, pad] for pad in PADS] for variant in VARIANTS}
+    per_request = {variant: statistics.mean(values) for variant, values in layouts.items()}
     bare = per_request["bare"]
-    print(f"## Instructions per request (callgrind, {LONG} - {SHORT} requests)\n")
-    print("| variant | instructions/request | overhead over bare Flask |")
-    print("|---|---|---|")
+    print(f"## Instructions per request (callgrind, {LONG} - {SHORT} requests, mean of {len(PADS)} heap layouts)\n")
+    print("| variant | instructions/request | min..max over layouts | overhead over bare Flask |")
+    print("|---|---|---|---|")
     for variant, count in per_request.items():
         overhead = "-" if variant == "bare" else f"{count - bare:,.0f}"
-        print(f"| {variant} | {count:,.0f} | {overhead} |")
+        spread = f"{min(layouts[variant]):,.0f}..{max(layouts[variant]):,.0f}"
+        print(f"| {variant} | {count:,.0f} | {spread} | {overhead} |")
     print("\n| ratio | value |\n|---|---|")
     for ours in ("gatewayz", "gatewayz_labelled"):
         for peer in ("pfe", "pfe_multiprocess"):
             ratio = (per_request[ours] - bare) / (per_request[peer] - bare)
-            print(f"| {ours} / {peer} | {ratio:.2f} |")
+            print(f"| {ours} / {peer} | {ratio:.3f} |")
     return 0
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import time
-from bisect import bisect_left
+from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Hashable
 from typing import TYPE_CHECKING, Any
 
@@ -41,6 +41,7 @@ _SKETCH_STRIDE = layout.slot_stride(True)
 _SKETCH_LOWEST = sketch.LOWEST
 _SKETCH_HIGHEST = sketch.HIGHEST
 _SKETCH_SCALE = sketch.SCALE
+_SKETCH_KEY_BIAS = sketch.KEY_BIAS
 _KEY_TO_SLOT = sketch.MIN_KEY - layout.SLOT_HEADER
 """Subtracted from a bucket key to give its index within a slot."""
 _UNDERFLOW_SLOT = layout.SLOT_HEADER + sketch.UNDERFLOW_INDEX
@@ -65,14 +66,21 @@ _ENTRY_ONE = layout.ENTRY_ONE
 
 def union_positions(union: tuple[float, ...]) -> tuple[int, ...]:
     """For each index within a sketch slot (``SLOT_HEADER`` + sketch bucket index): how
-    many bounds of the sorted ``union`` lie below the bucket's upper bound.
+    many bounds of the sorted ``union`` lie below the bucket's upper bound, ``n``; or
+    ``~n`` (negative) when a bound lies strictly inside the bucket.
 
-    A latency in that bucket has ``bisect_left(union, latency)`` equal to this, less the
-    bounds at or above the latency (the request path steps down past them: one
-    comparison, as bounds are far wider apart than the ~2 % buckets). So the one search
-    of the latency histograms' bounds costs a tuple lookup on top of the sketch index."""
+    A latency in a bucket of ``n`` has ``bisect_left(union, latency) == n``; in a bucket
+    of ``~n``, ``n`` less the bounds at or above the latency (the request path steps down
+    past them: one comparison each, and few buckets hold one, as bounds are far wider
+    apart than the ~2 % buckets). So the one search of the latency histograms' bounds
+    costs a tuple lookup and a sign test on top of the sketch index."""
     uppers = (*(-math.inf,) * layout.SLOT_HEADER, *sketch.UPPER_BOUNDS, math.inf)
-    return tuple(bisect_left(union, upper) for upper in uppers)
+    positions = []
+    for at, upper in enumerate(uppers):
+        below = bisect_left(union, upper)
+        lower = uppers[at - 1] if at else -math.inf
+        positions.append(~below if bisect_right(union, lower) < below else below)
+    return tuple(positions)
 
 
 class RequestPath(LabelResolution):
@@ -189,16 +197,16 @@ class RequestPath(LabelResolution):
                 elif latency > _SKETCH_HIGHEST:
                     index = _OVERFLOW_SLOT
                 else:
-                    index = _ceil(_log2(latency) * _SKETCH_SCALE) - _KEY_TO_SLOT
-                    if latency > _SLOT_UPPER_BOUNDS[index]:
+                    index = _ceil(_log2(latency) * _SKETCH_SCALE - _SKETCH_KEY_BIAS) - _KEY_TO_SLOT
+                    if latency > _SLOT_UPPER_BOUNDS[index]:  # never too high: sketch.KEY_BIAS
                         index += 1
-                    elif latency <= _SLOT_UPPER_BOUNDS[index - 1]:
-                        index -= 1
                 # Its position among the latency histograms' bounds, bisect_left(union, latency),
-                # from the sketch bucket: at most a bound or two lie inside one (union_positions).
+                # from the sketch bucket (union_positions): negative when bounds lie inside it.
                 union_index = self._union_position[index]
-                while union_index and latency <= self._latency_union[union_index - 1]:
-                    union_index -= 1
+                if union_index < 0:
+                    union_index = ~union_index
+                    while union_index and latency <= self._latency_union[union_index - 1]:
+                        union_index -= 1
                 # Since start: count, latency sum, histogram bucket, per status; errors and
                 # per-endpoint/status totals are sums of these records at read time, and so
                 # are http.server.request.duration's buckets (kinds.SERVER_KINDS).
@@ -216,8 +224,6 @@ class RequestPath(LabelResolution):
                 # Windows: the current clock-aligned slot of each windowed record.
                 if not self._slot_start <= now < self._slot_end:
                     self._slot_position(now)
-                slot = self._current_slot
-                shift = self._position * _SKETCH_STRIDE
                 extremes = self._slot_extremes
                 words = self._entry_words
                 error = failed or status >= self.error_status
@@ -233,7 +239,7 @@ class RequestPath(LabelResolution):
                     try:
                         current = extremes[endpoint_window]
                     except KeyError:  # the slot's first request here (extremes hold the current slot's)
-                        current = extremes[endpoint_window] = _enter_slot(d, words, endpoint_window + shift, slot)
+                        current = extremes[endpoint_window] = self._enter_window_slot(endpoint_window)
                     try:
                         words[current[_WINDOW_ENTRIES][index]] += _ENTRY_ONE
                     except (KeyError, ValueError):  # the bucket's first count in this slot, or its entry is full
@@ -250,7 +256,7 @@ class RequestPath(LabelResolution):
                     try:
                         current = extremes[provider_window]
                     except KeyError:  # the slot's first request here (extremes hold the current slot's)
-                        current = extremes[provider_window] = _enter_slot(d, words, provider_window + shift, slot)
+                        current = extremes[provider_window] = self._enter_window_slot(provider_window)
                     try:
                         words[current[_WINDOW_ENTRIES][index]] += _ENTRY_ONE
                     except (KeyError, ValueError):  # the bucket's first count in this slot, or its entry is full
@@ -267,7 +273,7 @@ class RequestPath(LabelResolution):
                     try:
                         current = extremes[model_window]
                     except KeyError:  # the slot's first request here (extremes hold the current slot's)
-                        current = extremes[model_window] = _enter_slot(d, words, model_window + shift, slot)
+                        current = extremes[model_window] = self._enter_window_slot(model_window)
                     try:
                         words[current[_WINDOW_ENTRIES][index]] += _ENTRY_ONE
                     except (KeyError, ValueError):  # the bucket's first count in this slot, or its entry is full
@@ -305,6 +311,12 @@ class RequestPath(LabelResolution):
             if leaving:
                 self.add_in_flight(-1)
             return self._internal_error(exc)
+
+    def _enter_window_slot(self, record: int) -> list[Any]:
+        """The mirror of the current slot of the sketch window record at payload offset
+        ``record``, entering the slot (``slots.enter_slot``) at its first request."""
+        base = record + self._position * _SKETCH_STRIDE
+        return _enter_slot(self._doubles, self._entry_words, base, self._current_slot)
 
     def _slot_position(self, now: float) -> tuple[int, int]:
         """The clock-aligned slot containing ``now`` and its position in a window record.
