@@ -233,7 +233,10 @@ def main() -> int:
     for ours in ("gatewayz", "gatewayz_labelled"):
         for peer in ("pfe", "pfe_multiprocess"):
             ratio = (per_request[ours] - bare) / (per_request[peer] - bare)
-            print(f"| {ours} / {peer} | {ratio:.3f} |")
+            each = [
+                (counts[ours, pad] - counts["bare", pad]) / (counts[peer, pad] - counts["bare", pad]) for pad in PADS
+            ]
+            print(f"| {ours} / {peer} | {ratio:.3f} (per layout {min(each):.3f}..{max(each):.3f}) |")
     return 0
 
 

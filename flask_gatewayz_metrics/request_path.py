@@ -64,6 +64,11 @@ _MIRROR_MIN, _MIRROR_MAX, _MIRROR_SUM = slots.MIRROR_MIN, slots.MIRROR_MAX, slot
 _WINDOW_ENTRIES = slots.MIRROR_CHAIN
 _ENTRY_ONE = layout.ENTRY_ONE
 
+
+class _InvalidStatus(Exception):
+    """A status code outside 100 .. 599 (found under the lock, dropped after it)."""
+
+
 def union_positions(union: tuple[float, ...]) -> tuple[int, ...]:
     """For each index within a sketch slot (``SLOT_HEADER`` + sketch bucket index): how
     many bounds of the sorted ``union`` lie below the bucket's upper bound, ``n``; or
@@ -147,9 +152,19 @@ class RequestPath(LabelResolution):
         """
         if latency.__class__ is not float:
             latency = as_number(latency)
-        if not 0.0 <= latency <= _MAX_SECONDS:
+        # The latency's sketch bucket (sketch.bucket_index, inlined; index within a slot),
+        # whose range tests also check the latency (NaN fails them all).
+        if _SKETCH_LOWEST < latency <= _SKETCH_HIGHEST:
+            index = _ceil(_log2(latency) * _SKETCH_SCALE - _SKETCH_KEY_BIAS) - _KEY_TO_SLOT
+            if latency > _SLOT_UPPER_BOUNDS[index]:  # never too high: sketch.KEY_BIAS
+                index += 1
+        elif 0.0 <= latency <= _SKETCH_LOWEST:
+            index = _UNDERFLOW_SLOT
+        elif _SKETCH_HIGHEST < latency <= _MAX_SECONDS:
+            index = _OVERFLOW_SLOT
+        else:
             return self._drop("invalid_latency", leaving)
-        if status.__class__ is not int or not 100 <= status <= 599:
+        if status.__class__ is not int:  # its range is checked with a new label combination
             return self._drop("invalid_status", leaving)
         now = self._clock()
         # acquire / release rather than ``with``: half the cost (the ``with`` statement looks
@@ -171,8 +186,11 @@ class RequestPath(LabelResolution):
                 except TypeError:  # an unhashable label value (a list, a dict): resolved, not cached
                     targets = None
                 if targets is None:
-                    # Not a combination seen lately: one lookup per part (see label_cache),
-                    # inlined as a call costs as much as a lookup.
+                    # Not a combination seen lately (a cached one has a valid status).
+                    if not 100 <= status <= 599:
+                        raise _InvalidStatus  # dropped once the lock is released
+                    # One lookup per part (see label_cache), inlined as a call costs as much
+                    # as a lookup.
                     try:
                         route = self._route_get((endpoint, method, status, failed))
                         upstream = self._provider_get((provider, status, failed))
@@ -191,15 +209,6 @@ class RequestPath(LabelResolution):
                     request, endpoint_window, provider_record, provider_window, model_record, model_window,
                     gen_ai_duration,
                 ) = targets  # fmt: skip
-                # The latency's sketch bucket (sketch.bucket_index, inlined; index within a slot).
-                if latency <= _SKETCH_LOWEST:
-                    index = _UNDERFLOW_SLOT
-                elif latency > _SKETCH_HIGHEST:
-                    index = _OVERFLOW_SLOT
-                else:
-                    index = _ceil(_log2(latency) * _SKETCH_SCALE - _SKETCH_KEY_BIAS) - _KEY_TO_SLOT
-                    if latency > _SLOT_UPPER_BOUNDS[index]:  # never too high: sketch.KEY_BIAS
-                        index += 1
                 # Its position among the latency histograms' bounds, bisect_left(union, latency),
                 # from the sketch bucket (union_positions): negative when bounds lie inside it.
                 union_index = self._union_position[index]
@@ -300,11 +309,12 @@ class RequestPath(LabelResolution):
                     if o < 0:
                         o = self._in_flight_offset = self._fixed("in_flight")
                     self._doubles[o] = self._in_flight  # an int: the memoryview stores it as float64
-                return None
             finally:
                 lock.release()
         except _InvalidLabel:
             return self._drop("invalid_label", leaving)
+        except _InvalidStatus:
+            return self._drop("invalid_status", leaving)
         except StorageUnavailable:
             return self._drop("storage_unavailable", leaving)
         except Exception as exc:  # never break the caller

@@ -206,3 +206,17 @@ def test_status_line_cache_parses_like_int() -> None:
     assert request_timing._status_code(None) == 500
     assert request_timing._status_code("abc") == 0
     assert "abc" not in request_timing._STATUS_CODES
+
+
+def test_a_status_is_checked_whether_or_not_its_combination_is_cached(metrics_dir: str) -> None:
+    """The request path checks a status's range only for a combination it has not cached
+    (a cached one was valid): an out-of-range int is dropped after valid requests of the
+    same labels as before them, and a status that merely equals a valid code (a float, a
+    bool, a string) is never recorded under the cached one."""
+    collector = MetricsCollector(metrics_dir)
+    for status in (600, 200, 600, 99, 200.0, True, "200", 200):
+        collector.observe_request("/a", "GET", 0.1, status)  # type: ignore[arg-type]
+    document = collector.to_dict()
+    assert document["storage"]["dropped"] == {"invalid_status": 6}
+    assert document["endpoints"]["/a"]["requests"] == 2
+    collector.close()
