@@ -296,10 +296,9 @@ class MetricsCollector(
         """Track requests being served by this process (``http_requests_in_flight``).
 
         The count lives in memory and its absolute value is written to the file, so a
-        new file (after a reset) starts from the right number. Every request start runs
-        a copy of this body inlined in ``request_timing.timed_wsgi_app``: change both.
+        new file (after a reset) starts from the right number.
         """
-        lock = self._lock  # acquire / release: half the cost of ``with``
+        lock = self._lock  # acquire / release: half the cost of ``with`` (once per request)
         try:
             lock.acquire()
             try:

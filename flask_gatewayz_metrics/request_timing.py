@@ -10,9 +10,8 @@ when the body is produced after the view returned, the iterable handed back to t
 server. The request is recorded exactly once, when the body is over: complete when the
 view returns (the common case: recorded at once, body handed over untouched), exhausted,
 failed, or closed by the server (PEP 3333 servers always call ``close()``).
-``Exchange.finish`` records; for the common case ``timed_wsgi_app`` does the same itself,
-as it also writes the request's start into the in-flight gauge itself (the
-``MetricsCollector.add_in_flight`` it inlines): each a Python call less per request.
+``Exchange.finish`` records; for the common case ``timed_wsgi_app`` does the same itself
+(a Python call less per request).
 
 ``OwnRoutes`` is the one rule for "a request to our own routes": neither recorded nor in
 flight (unless ``RECORD_OWN_ROUTES``), and what the metrics port serves.
@@ -32,11 +31,9 @@ from typing import TYPE_CHECKING, Any
 from flask.globals import _cv_request
 from werkzeug.wsgi import ClosingIterator
 
-from .errors import StorageUnavailable
 from .labels import KNOWN_METHODS
 from .request_state import RequestState, current_request
 from .route_rules import allowed_rule, rule_from_environ
-from .storage.layout import CONTROL_EPOCH_INDEX as _EPOCH_INDEX
 from .tenants import tenant_from_headers
 from .tracing import MODULE as _OTEL_TRACE
 from .tracing import current_trace_id, trace_id_of
@@ -104,6 +101,7 @@ def install(app: Flask, metrics: AppMetrics, own_routes: OwnRoutes) -> None:
 def timed(wsgi_app: WSGIApp, metrics: AppMetrics, own_routes: OwnRoutes) -> WSGIApp:
     """``wsgi_app`` timed from the moment the server hands it the request."""
     collector = metrics.collector
+    add_in_flight = collector.add_in_flight
     settings = metrics.settings
     tenant_headers = settings.tenant_headers
     check_own = not settings.record_own_routes
@@ -147,25 +145,7 @@ def timed(wsgi_app: WSGIApp, metrics: AppMetrics, own_routes: OwnRoutes) -> WSGI
         if "HTTP_TRACEPARENT" in environ:  # (an operator where .get is a call)
             exchange.trace_id = trace_id_of(environ["HTTP_TRACEPARENT"])
         token = _set_current(exchange)
-        # In flight from now: MetricsCollector.add_in_flight(1), inlined (a Python call
-        # less per request; the same lock, file check and error handling).
-        lock = collector._lock
-        try:
-            lock.acquire()
-            try:
-                if collector._file_epoch != collector._epoch_words[_EPOCH_INDEX] or not collector._armed[0]:
-                    collector._refresh_file()  # first, so a forked child starts from 0
-                in_flight = collector._in_flight = collector._in_flight + 1
-                o = collector._in_flight_offset
-                if o < 0:
-                    o = collector._in_flight_offset = collector._fixed("in_flight")
-                collector._doubles[o] = in_flight  # an int: stored as float64
-            finally:
-                lock.release()
-        except StorageUnavailable:
-            pass  # counted when requests are recorded; a gauge has nothing to drop
-        except Exception as exc:
-            collector._internal_error(exc)
+        add_in_flight(1)
         try:
             body = wsgi_app(environ, exchange.start_response)
         except BaseException:
