@@ -45,6 +45,7 @@ PADS = (0, 3_000, 17_000, 61_000, 150_000)
 CHILD = r'''
 import os, sys, tempfile
 variant, n, pad = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+collect = sys.argv[4:] == ["collect"]  # bench_cache_misses.py: a full collection after the warm-up
 _pad = [bytearray(64) for _ in range(pad // 64)]  # shifts every later object's address
 from flask import Flask
 from werkzeug.test import EnvironBuilder
@@ -69,6 +70,9 @@ def start_response(status, headers, exc_info=None):
     pass
 for _ in range(50):  # warm caches of labels and offsets before counting
     body = app(dict(environ), start_response); list(body); body.close()
+if collect:
+    import gc
+    gc.collect()
 for _ in range(n):
     body = app(dict(environ), start_response); list(body); body.close()
 '''

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Run every benchmark in sequence (each takes up to ~3 minutes). Pass --quick for a
 # shorter, noisier run. Output is markdown tables; redirect to a file to keep it.
-# bench_wrk.py (gunicorn + wrk, ~3.5 minutes) and bench_flask_instructions.py (valgrind)
-# run separately: see benchmarks/README.md.
+# bench_wrk.py (gunicorn + wrk, ~4 minutes), bench_flask_instructions.py and
+# bench_cache_misses.py (valgrind, ~10 minutes each) run separately: see benchmarks/README.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-python}"
