@@ -125,9 +125,12 @@ class Reading:
         try:
             self.compact()
             self._compaction_error = None
-        except OSError as exc:  # e.g. disk full: the scrape itself still succeeds
+        except Exception as exc:  # e.g. disk full: the scrape itself still succeeds
+            # Any failure, not only OSError: a file the compactor cannot handle must not
+            # fail every scrape from now on (it is reported by /metrics/health).
             self._last_compaction = time.monotonic()
-            self._compaction_error = f"{type(exc).__name__}: {exc.strerror or exc}"
+            detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+            self._compaction_error = f"{type(exc).__name__}: {detail}"
             self._log_rate_limited("metrics compaction failed: %s", self._compaction_error)
 
     def to_dict(self) -> Document:

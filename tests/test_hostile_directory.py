@@ -489,3 +489,34 @@ def test_reader_maps_only_whole_doubles(metrics_dir: str) -> None:
     snap = c.snapshot()
     assert snap.to_dict()["endpoints"]["/a"]["requests"] >= 1
     c.close()
+
+
+# ------------------------------------------------- headers the reader refuses
+@pytest.mark.parametrize("slot_seconds", [1e13, 1e-300, 5e-324, math.nan, math.inf])
+def test_a_refused_header_never_sets_the_archives_geometry(metrics_dir: str, slot_seconds: float) -> None:
+    """A worker file whose header has a slot width the reader refuses (here the newest
+    header in the directory, and no live writer's) is quarantined as corrupt. Compaction
+    must not take the new archive's geometry from it: an archive the reader then refuses
+    loses every archived request, and a width of 1e-300 overflowed out of every scrape."""
+    worker = MetricsCollector(metrics_dir, auto_compact=False)
+    for _ in range(100):
+        worker.record_request("/v1/chat", "POST", 0.2, 200)
+    worker.close()
+    compact(metrics_dir)  # what child_exit does: the 100 requests are archived
+    header = layout.HEADER.pack(
+        layout.WORKER_MAGIC, layout.VERSION, layout.HEADER_SIZE, 0, 4242, time.time() + 10, slot_seconds, 5
+    )
+    planted = os.path.join(metrics_dir, "worker-4242-00000000deadbeef" + layout.WORKER_SUFFIX)
+    with open(planted, "wb") as f:
+        f.write(header)
+    scraper = MetricsCollector(metrics_dir)  # has not recorded: no live writer's header
+    result = compact(metrics_dir)
+    assert result.quarantined == 1
+    assert not os.path.exists(planted)
+    assert any("corrupt_header" in name for name in os.listdir(os.path.join(metrics_dir, "quarantine")))
+    for _ in range(2):  # and again after the scrape's own compaction of the new archive
+        snap = _scrape(scraper)
+        assert snap.total_requests == 100
+        scraper._last_compaction = -math.inf  # the next scrape compacts again
+    assert not any("archive" in name for name in os.listdir(os.path.join(metrics_dir, "quarantine")))
+    scraper.close()

@@ -19,7 +19,7 @@ from typing import Any
 from . import kinds, layout
 from .directory import is_worker_file
 from .merge import combine
-from .reader import WorkerView, is_locked
+from .reader import WorkerView, is_locked, usable_geometry
 from .sparse import chain_buckets, encode_chain, encode_window, window_slots
 
 DEFAULT_SLOTS = layout.DEFAULT_WINDOW_SLOTS
@@ -275,7 +275,10 @@ _MAX_HEADERS_READ = 4096
 
 
 def _usable(created: float, slot_seconds: float, slots: int) -> bool:
-    return math.isfinite(created) and 0 <= slot_seconds < math.inf and 1 <= slots <= 1024
+    """A header this module may take the archive's geometry from: the reader's rule
+    (``reader.usable_geometry``), so an archive is never written with a geometry the
+    reader then refuses, and a finite creation time to order candidates by."""
+    return math.isfinite(created) and usable_geometry(slot_seconds, slots)
 
 
 def _header(dir_fd: int, name: str, trusted: frozenset[int]) -> tuple[bool, float, float, int] | None:

@@ -35,6 +35,14 @@ MAX_SLOTS = 1024
 MIN_SLOT_SECONDS = 1e-9
 MAX_SLOT_SECONDS = 1e12
 """Slot widths a header may give (0 = one slot since start): slot ids stay finite."""
+
+
+def usable_geometry(slot_seconds: float, slots: int) -> bool:
+    """Whether a header's window geometry is one the reader accepts: ``slots`` in 1 ..
+    ``MAX_SLOTS``, ``slot_seconds`` 0 or in ``MIN_SLOT_SECONDS`` .. ``MAX_SLOT_SECONDS``.
+    The one rule for every reader of headers (compaction picks the archive's geometry
+    with it, so the archive it writes is always readable)."""
+    return 1 <= slots <= MAX_SLOTS and (slot_seconds == 0.0 or MIN_SLOT_SECONDS <= slot_seconds <= MAX_SLOT_SECONDS)
 TRUSTED_UIDS_ENV = "GATEWAYZ_METRICS_TRUSTED_UIDS"
 """Comma-separated uids (besides our own) whose files in the directory are read."""
 
@@ -282,8 +290,7 @@ def _view(path: str, cached: _Indexed, header: tuple[Any, ...], live: bool) -> W
     if (
         used < layout.HEADER_SIZE
         or used % 8
-        or not 1 <= slots <= MAX_SLOTS
-        or not (slot_seconds == 0.0 or MIN_SLOT_SECONDS <= slot_seconds <= MAX_SLOT_SECONDS)
+        or not usable_geometry(slot_seconds, slots)
         or epoch >= 2**53
     ):
         raise _Skip("corrupt_header")
