@@ -41,10 +41,12 @@ def trace_id_of(traceparent: str | None) -> str | None:
     if not traceparent or len(traceparent) < 55:
         return None
     parts = traceparent.strip().split("-")
-    if len(parts) < 4 or len(parts[1]) != 32 or parts[1] == "0" * 32:
+    trace_id = parts[1].lower() if len(parts) >= 4 else ""
+    # Exactly 32 hex digits: ``int(x, 16)`` would also take "_", "+", " " and "0x", which a
+    # client can send and which then break the exemplar's 8-digit parts.
+    if len(trace_id) != 32 or trace_id == "0" * 32 or not _HEX_DIGITS.issuperset(trace_id):
         return None
-    try:
-        int(parts[1], 16)
-    except ValueError:
-        return None
-    return parts[1].lower()
+    return trace_id
+
+
+_HEX_DIGITS = frozenset("0123456789abcdef")

@@ -356,6 +356,24 @@ def test_traceparent_becomes_openmetrics_exemplar(client: Any) -> None:
     assert f'trace_id="{TRACE_ID}"' not in client.get("/metrics").get_data(as_text=True)  # 0.0.4 has none
 
 
+
+@pytest.mark.parametrize(
+    "trace_id",
+    ["1234567_89abcdef0123456789abcdef", "0x23456789abcdef0123456789abcdef", "+1234567" + "89abcdef" * 3,
+     " 1234567" + "89abcdef" * 3, "g" * 32],
+)
+def test_a_client_chosen_traceparent_never_breaks_the_request(client: Any, trace_id: str) -> None:
+    """A trace id that ``int(x, 16)`` parses but that is not 32 hex digits ("_", "+", a
+    space, "0x") is ignored: the request succeeds and is counted, with no exemplar."""
+    response = client.get("/api/items/1", headers={"traceparent": f"00-{trace_id}-00f067aa0ba902b7-01"})
+    assert response.status_code == 200
+    got = scrape(client)
+    assert got[("http_requests_total", (("endpoint", "/api/items/<int:item_id>"), ("method", "GET")))] == 1
+    text = client.get("/metrics", headers={"Accept": "application/openmetrics-text; version=1.0.0"}).get_data(
+        as_text=True
+    )
+    assert "trace_id=" not in text
+
 def test_application_metrics_served_without_duplicates(metrics_dir: str) -> None:
     """The app's own prometheus_client metrics appear on /metrics; a clash with ours is left out."""
     from prometheus_client import REGISTRY, Counter
