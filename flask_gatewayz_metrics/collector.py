@@ -36,7 +36,7 @@ from .label_cache import (
     front_entry_cost,
     part_entry_cost,
 )
-from .labels import LabelGuard, as_number
+from .labels import LabelGuard, as_number, as_status
 from .llm import GatewayRecording
 from .native_histograms import NativeRecording, native_state
 from .reading import COMPACTION_BUDGET_SECONDS, COMPACTION_INTERVAL_SECONDS, Reading
@@ -206,6 +206,8 @@ class MetricsCollector(
         Inside a request already timed by ``GatewayzMetrics`` the HTTP request is not
         counted again: only the provider and model metrics are recorded.
         """
+        if status_code.__class__ is not int:
+            status_code = as_status(status_code)  # type: ignore[assignment]  # HTTPStatus: its value
         state = current_request.get()
         if state is not None and state.collector is self:
             if provider is None and model is None:
@@ -231,6 +233,8 @@ class MetricsCollector(
         ``error`` is true (a time-out or connection failure that has no status); failed
         calls are also counted by type (``error_type``, else derived from the status).
         """
+        if status_code.__class__ is not int:
+            status_code = as_status(status_code)  # type: ignore[assignment]  # HTTPStatus: its value
         state = current_request.get()
         if state is not None and state.collector is self:
             state.provider_recorded = True

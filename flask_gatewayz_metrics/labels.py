@@ -34,6 +34,16 @@ def as_number(value: object) -> float:
     return math.nan
 
 
+def as_status(value: object) -> object:
+    """An HTTP status code as a plain ``int``: an ``int`` subclass (``http.HTTPStatus``, an
+    ``IntEnum``, which Flask accepts as a view's status) becomes its value. Anything else
+    (a bool, a float, None, a string) is returned unchanged, for the caller to drop as
+    ``invalid_status``."""
+    if isinstance(value, int) and value.__class__ is not bool:
+        return int(value)
+    return value
+
+
 def clean_label(value: object) -> str | None:
     """A label value fit for exposition, or None if ``value`` is not usable as one."""
     if not isinstance(value, str) or not value:

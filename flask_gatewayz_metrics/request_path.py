@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from . import sketch
 from .label_cache import FRONT_ADMIT_EVERY, BoundedCache
 from .label_resolution import LabelResolution
-from .labels import as_number
+from .labels import as_number, as_status
 from .record_writer import _InvalidLabel
 from .storage import StorageUnavailable, kinds, layout, slots
 from .storage.layout import Doubles, EntryWords
@@ -165,7 +165,9 @@ class RequestPath(LabelResolution):
         else:
             return self._drop("invalid_latency", leaving)
         if status.__class__ is not int:  # its range is checked with a new label combination
-            return self._drop("invalid_status", leaving)
+            status = as_status(status)  # type: ignore[assignment]  # HTTPStatus, an IntEnum: its value
+            if status.__class__ is not int:
+                return self._drop("invalid_status", leaving)
         now = self._clock()
         # acquire / release rather than ``with``: half the cost (the ``with`` statement looks
         # up and binds __enter__ and __exit__ on every request).

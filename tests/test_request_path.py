@@ -220,3 +220,22 @@ def test_a_status_is_checked_whether_or_not_its_combination_is_cached(metrics_di
     assert document["storage"]["dropped"] == {"invalid_status": 6}
     assert document["endpoints"]["/a"]["requests"] == 2
     collector.close()
+
+
+def test_an_int_subclass_status_is_recorded_as_its_value(metrics_dir: str) -> None:
+    """``http.HTTPStatus`` (an ``IntEnum``, which Flask takes as a view's status) counts as
+    its code everywhere: requests (``record_request``, ``observe_request``, which
+    ``track_request`` calls) and provider calls with their error counts; nothing is
+    dropped, so provider errors never outnumber provider requests."""
+    from http import HTTPStatus
+
+    collector = MetricsCollector(metrics_dir)
+    collector.record_request("/a", "GET", 0.1, HTTPStatus.OK)
+    collector.observe_request("/a", "GET", 0.1, HTTPStatus.CREATED)
+    collector.record_provider_call("openai", "gpt-4o", 0.2, status_code=HTTPStatus.SERVICE_UNAVAILABLE)
+    document = collector.to_dict()
+    assert document["storage"]["dropped"] == {}
+    assert document["endpoints"]["/a"]["requests"] == 2
+    provider = document["providers"]["openai"]
+    assert provider["requests"] == 1 and provider["errors"] == 1
+    collector.close()
