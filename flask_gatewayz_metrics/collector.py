@@ -255,11 +255,12 @@ class MetricsCollector(
         self._record_cache(hit=False)
 
     def _record_cache(self, hit: bool) -> None:
-        now = self._clock()
         try:
             with self._lock:
                 self._writable()
-                slot, position = self._slot_position(now)
+                # The clock under the lock: a thread that waited for it must not write
+                # into a slot older than one another thread has entered (request_path).
+                slot, position = self._slot_position(self._clock())
                 counts, window = self._fixed("cache"), self._fixed("cache_window") + position * _PLAIN_STRIDE
                 d = self._doubles
                 d[counts + (kinds.CACHE_HITS if hit else kinds.CACHE_MISSES)] += 1.0
@@ -274,11 +275,10 @@ class MetricsCollector(
         latency = as_number(latency_seconds)
         if not 0.0 <= latency <= _MAX_SECONDS:
             return self._drop("invalid_latency")
-        now = self._clock()
         try:
             with self._lock:
                 self._writable()
-                slot, position = self._slot_position(now)
+                slot, position = self._slot_position(self._clock())  # under the lock: see _record_cache
                 o, window = self._fixed("db"), self._fixed("db_window") + position * _PLAIN_STRIDE
                 d = self._doubles
                 d[o + kinds.DB_QUERIES] += 1.0

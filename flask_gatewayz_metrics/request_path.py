@@ -168,13 +168,16 @@ class RequestPath(LabelResolution):
             status = as_status(status)  # type: ignore[assignment]  # HTTPStatus, an IntEnum: its value
             if status.__class__ is not int:
                 return self._drop("invalid_status", leaving)
-        now = self._clock()
         # acquire / release rather than ``with``: half the cost (the ``with`` statement looks
         # up and binds __enter__ and __exit__ on every request).
         lock = self._lock
         try:
             lock.acquire()
             try:
+                # The clock under the lock: a thread that waited for the lock past a slot's
+                # end must not write into it after another thread entered the next slot (the
+                # older slot would replace the newer one), nor after a scrape sealed it.
+                now = self._clock()
                 d = self._doubles
                 if (
                     self._file_epoch != self._epoch_words[_EPOCH_INDEX]

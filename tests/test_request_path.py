@@ -239,3 +239,47 @@ def test_an_int_subclass_status_is_recorded_as_its_value(metrics_dir: str) -> No
     provider = document["providers"]["openai"]
     assert provider["requests"] == 1 and provider["errors"] == 1
     collector.close()
+
+
+def test_a_window_slot_never_moves_back_to_an_older_interval(metrics_dir: str) -> None:
+    """Two threads at a slot boundary: A reads the time (slot N) and is held up; B reads a
+    time of slot N + 1 and records. Each request's time is read under the writer's lock,
+    so B waits for A instead of A later writing slot N over B's newer slot (with one slot
+    per window that emptied it: the window showed 0 requests, not B's 1)."""
+    import threading
+
+    start = 1_000_000.0
+    names = {"A": start + 0.9, "B": start + 1.1}  # slot N and slot N + 1 (1 s slots)
+    b_may_start, b_done = threading.Event(), threading.Event()
+
+    def clock() -> float:
+        name = threading.current_thread().name
+        value = names.pop(name, start + 1.2)  # each thread's first reading is its own
+        if name == "A" and value == start + 0.9:
+            b_may_start.set()
+            b_done.wait(0.5)  # B runs now unless A holds the writer's lock
+        return value
+
+    collector = MetricsCollector(metrics_dir, window_seconds=1.0, window_slots=1, clock=clock)
+    names["MainThread"] = start + 0.1
+    collector.record_request("/a", "GET", 0.01, 200)  # the records exist, slot N holds 1
+
+    def a() -> None:
+        collector.record_request("/a", "GET", 0.01, 200)
+
+    def b() -> None:
+        b_may_start.wait(5)
+        collector.record_request("/a", "GET", 0.01, 200)
+        b_done.set()
+
+    threads = [threading.Thread(target=a, name="A"), threading.Thread(target=b, name="B")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert collector.to_dict()["endpoints"]["/a"]["window"]["requests"] == 1  # B's, in slot N + 1
+    # The wall clock set back by less than a window: the request adds to the newer slot.
+    names["MainThread"] = start + 0.5
+    collector.record_request("/a", "GET", 0.01, 200)
+    assert collector.to_dict()["endpoints"]["/a"]["window"]["requests"] == 2
+    collector.close()

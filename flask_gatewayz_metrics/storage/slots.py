@@ -42,8 +42,9 @@ def slot_bounds(now: float, slot_seconds: float, slots: int) -> tuple[int, int, 
 
 
 def plain_window_add(d: Doubles, base: int, slot: int, value: float, error: bool) -> None:
-    """Add one observation to the slot at ``base`` of a windowed record without sketch."""
-    if d[base] != slot:
+    """Add one observation to the slot at ``base`` of a windowed record without sketch
+    (into the newer interval it holds if the wall clock went back: see ``enter_slot``)."""
+    if d[base] != slot and not _holds_newer(d, base, slot):
         rotate(d, base, slot, False)
     d[base + 1] += 1.0
     d[base + 2] += value
@@ -55,11 +56,24 @@ def plain_window_add(d: Doubles, base: int, slot: int, value: float, error: bool
         d[base + 5] = value
 
 
+def _holds_newer(d: Doubles, base: int, slot: int) -> bool:
+    """Whether the slot at ``base`` holds an interval newer than ``slot`` by at most one
+    window (the writer's own file: its header is trusted)."""
+    return slot < d[base] <= slot + layout.header_slots(d)
+
+
 def enter_slot(d: Doubles, words: EntryWords, base: int, slot: int) -> list[Any]:
     """Make the sketch slot at ``base`` hold ``slot`` (emptying it if it held an older
     interval); its mirror for the hot path: [slot id, min, max, {bucket: entry index},
     then where new entries go (see ``record_writer.RecordWriter._append_bucket_entry``),
-    then where the slot's sum is (``MIRROR_SUM``)]."""
+    then where the slot's sum is (``MIRROR_SUM``)].
+
+    A slot does not move back to an older interval: if it holds one at most a window
+    newer (the wall clock was set back; the writer reads the clock under its lock, so
+    threads cannot cause it), the observation joins that interval instead of emptying
+    it. (Further back, the clock was reset: the slot starts over.)"""
+    if d[base] != slot and _holds_newer(d, base, slot):
+        slot = int(d[base])
     first = int(d[base + _SLOT_BLOCK])
     capacity = layout.stored_capacity(d, first) if first else first_block_capacity(d, base, slot)
     start = [first, capacity, base + _SLOT_BLOCK, 0, base + layout.SLOT_SUM]
