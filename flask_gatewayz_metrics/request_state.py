@@ -94,10 +94,10 @@ def label_request(
     make the request, its errors, tokens and cost count in ``gatewayz_tenant_*``; the
     API key is hashed at once (or replaced by ``api_key_alias``) and never kept raw
     (see ``tenants``). Returns False (and does nothing) outside a request timed by
-    ``GatewayzMetrics``.
+    ``GatewayzMetrics``, and once that request has been recorded.
     """
     state = _get_current()
-    if state is None:
+    if state is None or state.finished:  # none, or recorded already: the labels would be lost
         return False
     if provider is not None:
         state.provider = provider

@@ -195,13 +195,16 @@ def checked(process_response: Callable[[Response], Response], metrics: AppMetric
         if state is not None and state.metrics is metrics:
             body = response.response
             # A list is Flask's usual complete body: skip the is_streamed property call.
-            state.streamed = body.__class__ is not list and response.is_streamed and (
-                response.direct_passthrough
-                or response.content_length is None
-                # An HTTP error page is a finished WSGI response (force_type ran it);
-                # any other iterator is produced as the server reads it.
-                or body.__class__ is not ClosingIterator
-            )
+            try:
+                state.streamed = body.__class__ is not list and response.is_streamed and (
+                    response.direct_passthrough
+                    or response.content_length is None
+                    # An HTTP error page is a finished WSGI response (force_type ran it);
+                    # any other iterator is produced as the server reads it.
+                    or body.__class__ is not ClosingIterator
+                )
+            except Exception:  # a body whose len() raises: metrics never break the response
+                state.streamed = None  # undecided: timed_wsgi_app watches the body
         return response
 
     return processed
@@ -410,8 +413,10 @@ def _status_code(status: str | None) -> int:
     """The code of a status line (500: never started, the server answers 500; 0: malformed,
     dropped as invalid by the collector), kept in ``_STATUS_CODES`` while it has room."""
     try:
-        code = int(status[:3])  # type: ignore[index]
-    except (TypeError, ValueError):
+        # Three digits, then the end or a space: "2000 OK" is not a 200 (WSGI status lines
+        # are "<3 digits> <reason>"); int() would also take a sign or spaces.
+        code = int(status[:3]) if status[:3].isdigit() and status[3:4] in ("", " ") else 0  # type: ignore[index]
+    except (TypeError, ValueError, AttributeError):
         return 500 if status is None else 0
     if len(_STATUS_CODES) < _MAX_STATUS_LINES and status.__class__ is str:
         _STATUS_CODES[status] = code

@@ -283,3 +283,45 @@ def test_a_window_slot_never_moves_back_to_an_older_interval(metrics_dir: str) -
     collector.record_request("/a", "GET", 0.01, 200)
     assert collector.to_dict()["endpoints"]["/a"]["window"]["requests"] == 2
     collector.close()
+
+
+def test_odd_responses_are_judged_by_what_the_server_sends(metrics_dir: str) -> None:
+    """A status code of four digits is not its first three ("2000 UNKNOWN" is dropped as
+    invalid, not counted as a 200); a body whose ``len()`` raises is served as without
+    the extension (and timed); ``label_request`` from a context copied during a request
+    returns False once that request is recorded (its labels could no longer count)."""
+    import contextvars
+
+    app = Flask(__name__)
+    app.config["GATEWAYZ_METRICS_DIR"] = metrics_dir
+    GatewayzMetrics(app)
+    saved: dict[str, contextvars.Context] = {}
+
+    class Rows:
+        def __iter__(self) -> Iterator[bytes]:
+            return iter([b"row1\n", b"row2\n"])
+
+        def __len__(self) -> int:
+            return -1  # noqa: PLE0303  # deliberately: len() raises ValueError
+
+    @app.get("/s/<int:code>")
+    def status(code: int) -> Response:
+        response = Response("x")
+        response.status_code = code
+        return response
+
+    @app.get("/rows")
+    def rows() -> Response:
+        saved["context"] = contextvars.copy_context()
+        return Response(Rows())  # type: ignore[arg-type]
+
+    client = app.test_client()
+    for code in (1000, 2000, 5000, 200):
+        client.get(f"/s/{code}")
+    assert client.get("/rows").get_data() == b"row1\nrow2\n"
+    assert saved["context"].run(label_request, "openai", "gpt-4o") is False
+    document = app.extensions["gatewayz_metrics"].collector.to_dict()
+    assert document["storage"]["dropped"] == {"invalid_status": 3}
+    assert document["endpoints"]["/s/<int:code>"]["requests"] == 1
+    assert document["endpoints"]["/rows"]["requests"] == 1
+    assert document["providers"] == {}
