@@ -162,6 +162,41 @@ def test_compaction_drops_files_from_before_a_reset(metrics_dir: str) -> None:
     resetter.close()
 
 
+
+def test_a_reset_during_compaction_keeps_the_new_epochs_files(
+    metrics_dir: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reset lands after the compactor read the epoch and before it read the files, and
+    a worker records 50 requests into its new-epoch file and exits in between (gunicorn
+    recycling right after ``POST /metrics/reset``). That file is left for the next run:
+    absorbed into an archive stamped with the old epoch, which readers ignore, the 50
+    requests were lost. (The interleaving is forced by running the reset and the worker
+    when the compactor starts reading; the rest is the real code.)"""
+    from flask_gatewayz_metrics.storage.reader import DirectoryReader
+
+    old = MetricsCollector(metrics_dir, auto_compact=False)
+    old.record_request("/a", "GET", 0.1, 200)
+    old.close()  # a dead file of epoch 0: compaction has work to do
+    admin = MetricsCollector(metrics_dir, auto_compact=False)
+    read = DirectoryReader.read
+
+    def reset_first(self: DirectoryReader, dir_fd: int | None = None) -> Any:
+        monkeypatch.setattr(DirectoryReader, "read", read)
+        admin.reset()
+        worker = MetricsCollector(metrics_dir, auto_compact=False)
+        for _ in range(50):
+            worker.record_request("/b", "GET", 0.1, 200)
+        worker.close()
+        return read(self, dir_fd)
+
+    monkeypatch.setattr(DirectoryReader, "read", reset_first)
+    compact(metrics_dir)
+    compact(metrics_dir)  # the next run absorbs the new epoch's file
+    scraper = MetricsCollector(metrics_dir, auto_compact=False)
+    assert scraper.snapshot().total_requests == 50
+    scraper.close()
+    admin.close()
+
 def test_quarantine_keeps_only_the_newest(metrics_dir: str) -> None:
     """Bad files are counted and moved aside; quarantine/ keeps at most QUARANTINE_KEEP files."""
     for batch in range(3):

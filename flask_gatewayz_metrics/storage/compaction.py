@@ -141,7 +141,10 @@ def _compact_locked(
         if view.epoch < epoch:
             _unlink(dir_fd, view.name)
             result.stale_deleted += 1
-    dead = [v for v in dead if v.epoch >= epoch][:max_files]
+    # A file of a newer epoch: a reset came after we read the epoch (and its worker has
+    # exited already). It waits for the next run: an archive stamped with our epoch would
+    # hide it from every reader.
+    dead = [v for v in dead if v.epoch == epoch][:max_files]
     bad = [p for p in problems if _is_metrics_file(p.path) and _is_unheld(dir_fd, os.path.basename(p.path))]
     if not dead and not bad:
         return result
