@@ -41,6 +41,19 @@ def number(low: float, high: float) -> Callable[[Any], float]:
     return checked
 
 
+MIN_WINDOW_SECONDS = 0.001
+"""The shortest window but 0 (since start): with up to 1,024 slots, each slot stays wider
+than the 1 ns the storage reader accepts (``storage.reader.MIN_SLOT_SECONDS``)."""
+
+
+def window_seconds(value: Any) -> float:
+    """A window length: 0 (one slot since start) or ``MIN_WINDOW_SECONDS`` to one year."""
+    found = number(0.0, 366 * 86400.0)(value)
+    if 0.0 < found < MIN_WINDOW_SECONDS:
+        raise ValueError
+    return found
+
+
 def integer(low: int, high: int) -> Callable[[Any], int]:
     """A checker of ints between ``low`` and ``high`` (an integral float is taken as an int)."""
 

@@ -182,7 +182,7 @@ def check(name: str, value: Any, where: str) -> Any:
 
 _CHECKS: dict[str, Callable[[Any], Any]] = {
     "dir": setting_values.path,
-    "window_seconds": setting_values.number(0.0, 366 * 86400.0),
+    "window_seconds": setting_values.window_seconds,
     "window_slots": setting_values.integer(1, 1024),
     "error_status": setting_values.integer(100, 600),
     "strict": setting_values.flag,
@@ -214,7 +214,7 @@ _CHECKS: dict[str, Callable[[Any], Any]] = {
 }
 _EXPECTED: dict[str, str] = {
     "dir": "a path (str or os.PathLike) to a directory",
-    "window_seconds": "a number of seconds between 0 (since start) and one year",
+    "window_seconds": "a number of seconds: 0 (since start), or from 0.001 to one year",
     "window_slots": "an int between 1 and 1024",
     "error_status": "an int HTTP status between 100 and 600",
     "strict": "a bool",

@@ -64,3 +64,20 @@ def test_check_names_the_key_and_what_it_expects() -> None:
     """``settings.check`` turns a checker's bare error into one naming where the value came from."""
     with pytest.raises(ValueError, match=r"GATEWAYZ_METRICS_WINDOW_SLOTS must be an int between 1 and 1024, got int 0"):
         check("window_slots", 0, "GATEWAYZ_METRICS_WINDOW_SLOTS")
+
+
+def test_every_accepted_window_gives_files_the_reader_accepts(tmp_path: pathlib.Path) -> None:
+    """A window is 0 (since start) or 0.001 s to a year: a nanosecond window was accepted,
+    and then every worker file of it was refused by the reader as corrupt."""
+    from flask_gatewayz_metrics import MetricsCollector
+
+    with pytest.raises(ValueError, match=r"from 0\.001"):
+        check("window_seconds", 1e-9, "window_seconds=")
+    assert values.window_seconds(0) == 0.0
+    for seconds in (0.0, values.MIN_WINDOW_SECONDS):
+        directory = tmp_path / str(seconds)
+        collector = MetricsCollector(str(directory), window_seconds=seconds, window_slots=1024)
+        collector.record_request("/a", "GET", 0.1, 200)
+        snapshot = collector.snapshot()
+        assert snapshot.total_requests == 1 and not snapshot.problems
+        collector.close()
