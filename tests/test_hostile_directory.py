@@ -520,3 +520,35 @@ def test_a_refused_header_never_sets_the_archives_geometry(metrics_dir: str, slo
         scraper._last_compaction = -math.inf  # the next scrape compacts again
     assert not any("archive" in name for name in os.listdir(os.path.join(metrics_dir, "quarantine")))
     scraper.close()
+
+
+def test_a_hard_link_never_counts_a_file_twice(metrics_dir: str) -> None:
+    """A second name of a file (``ln``, ``cp -al`` by a backup script, or a group member
+    where hard links are not protected) is read once: a link to a live worker file, and
+    a link to the archive under a worker file's name, which compaction absorbed as a dead
+    worker, so the double count had become permanent. The extra name is reported
+    (``duplicate_link``); compaction quarantines it once nobody holds the file."""
+    dead = MetricsCollector(metrics_dir, auto_compact=False)
+    for _ in range(100):
+        dead.record_request("/v1/chat", "POST", 0.2, 200)
+    dead.close()
+    compact(metrics_dir)
+    live = MetricsCollector(metrics_dir, auto_compact=False)
+    for _ in range(10):
+        live.record_request("/v1/chat", "POST", 0.2, 200)
+    own = _worker_files(metrics_dir)[0]
+    link = os.path.join(metrics_dir, "worker-1-0123456789abcdef" + layout.WORKER_SUFFIX)  # sorts before ours
+    os.link(os.path.join(metrics_dir, own), link)
+    snap = _scrape(live)
+    assert snap.total_requests == 110
+    assert [p.reason for p in snap.problems] == ["duplicate_link"]
+    assert compact(metrics_dir).quarantined == 0  # the file is held: nothing moves
+    os.unlink(link)
+    archive_link = os.path.join(metrics_dir, "worker-2-0123456789abcdef" + layout.WORKER_SUFFIX)
+    os.link(os.path.join(metrics_dir, layout.ARCHIVE_NAME), archive_link)
+    assert _scrape(live).total_requests == 110
+    result = compact(metrics_dir)
+    assert result.absorbed == 0 and result.quarantined == 1
+    assert not os.path.exists(archive_link)
+    assert _scrape(live).total_requests == 110
+    live.close()

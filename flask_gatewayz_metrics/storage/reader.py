@@ -142,6 +142,9 @@ class DirectoryReader:
         self.trusted = frozenset(trusted) if trusted is not None else trusted_uids()
         """Owners whose files are read; others are skipped as ``untrusted_owner``."""
         self._index: dict[str, _Indexed] = {}
+        self._inodes: set[int] = set()
+        """Inodes of the files read so far in the current pass: a second name of one of
+        them (a hard link) is skipped, so no file counts twice."""
         self.deadline: float | None = None
         """``time.monotonic()`` after which no further worker file is read (compaction)."""
 
@@ -176,6 +179,7 @@ class DirectoryReader:
         problems: list[StorageProblem] = []
         absorbed: set[str] = set()
         seen = set()
+        self._inodes = set()
         archive = self._try_read(dir_fd, layout.ARCHIVE_NAME, problems)
         if archive is not None:
             seen.add(layout.ARCHIVE_NAME)
@@ -227,6 +231,10 @@ class DirectoryReader:
                 live = is_locked(fd)
                 if live and self.dead_only:
                     raise _Live
+                if st.st_nlink > 1 and st.st_ino in self._inodes:
+                    # Another name of a file read already (``ln``, ``cp -al``, a hostile link
+                    # to the archive): read once. (The link count tells a reused inode apart.)
+                    raise _Skip("duplicate_link")
                 cached = self._mapped(name, fd, st)
             finally:
                 os.close(fd)
@@ -235,7 +243,9 @@ class DirectoryReader:
                 break
             # ``used`` is past what we mapped: the writer grew the file since our fstat.
             self._index.pop(name, None)
-        return _view(path, cached, header, live)
+        view = _view(path, cached, header, live)
+        self._inodes.add(st.st_ino)
+        return view
 
     def _mapped(self, name: str, fd: int, st: os.stat_result) -> _Indexed:
         # Only whole float64 values are mapped: a length that is not a multiple of 8
