@@ -199,9 +199,12 @@ def checked(process_response: Callable[[Response], Response], metrics: AppMetric
                 state.streamed = body.__class__ is not list and response.is_streamed and (
                     response.direct_passthrough
                     or response.content_length is None
-                    # An HTTP error page is a finished WSGI response (force_type ran it);
-                    # any other iterator is produced as the server reads it.
+                    # An HTTP error page is a finished WSGI response (force_type ran it:
+                    # a ClosingIterator with a length and an error status); any other
+                    # iterator, a proxied stream's ClosingIterator with a length too, is
+                    # produced as the server reads it.
                     or body.__class__ is not ClosingIterator
+                    or response.status_code < 400
                 )
             except Exception:  # a body whose len() raises: metrics never break the response
                 state.streamed = None  # undecided: timed_wsgi_app watches the body

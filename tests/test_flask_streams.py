@@ -138,3 +138,48 @@ def test_flask_unlabelled_stream_records_request_at_close_only(metrics_dir: str)
     assert s[key("http_requests_in_flight")] == 0
     for name in ("llm_streams_total", "llm_stream_duration_seconds_count", "llm_time_to_first_chunk_seconds_count"):
         assert named(s, name) == {}
+
+
+def test_a_proxied_stream_with_a_length_is_timed_to_its_end(metrics_dir: str) -> None:
+    """A streaming proxy's body: a werkzeug ``ClosingIterator`` over the upstream's chunks,
+    with the upstream's Content-Length. It is produced as the server reads it, so it is
+    timed to its end and counted as a stream (it was taken for a finished error page:
+    recorded before the first chunk, its stream never counted). An error page of the same
+    shape (``abort``) is still recorded at once, and never as a stream."""
+    from flask import abort
+    from werkzeug.wsgi import ClosingIterator
+
+    app = Flask(__name__)
+    app.config["GATEWAYZ_METRICS_DIR"] = metrics_dir
+    GatewayzMetrics(app)
+
+    @app.get("/proxy")
+    def proxy() -> Response:
+        label_request("upstream", "m")
+
+        def upstream() -> Iterator[bytes]:
+            for _ in range(3):
+                time.sleep(0.05)
+                yield b"0123456789"
+
+        return Response(ClosingIterator(upstream(), lambda: None), headers={"Content-Length": "30"})
+
+    @app.get("/gone")
+    def gone() -> Response:
+        label_request("upstream", "m")
+        abort(410)
+
+    client = app.test_client()
+    response = client.get("/proxy", buffered=False)
+    before = http_scrape(app)
+    assert before[key("http_requests_in_flight")] == 1
+    assert key("http_requests_total", endpoint="/proxy", method="GET") not in before
+    assert response.get_data() == b"0123456789" * 3
+    response.close()
+    assert client.get("/gone").status_code == 410
+    after = http_scrape(app)
+    assert after[key("http_request_duration_seconds_sum", endpoint="/proxy", method="GET")] >= 0.15
+    streams = {dict(labels)["outcome"]: v for (name, labels), v in after.items() if name == "llm_streams_total" and v}
+    assert streams == {"completed": 1}
+    assert after[key("http_requests_total", endpoint="/gone", method="GET")] == 1
+    assert after[key("http_requests_in_flight")] == 0
