@@ -199,12 +199,13 @@ def checked(process_response: Callable[[Response], Response], metrics: AppMetric
                 state.streamed = body.__class__ is not list and response.is_streamed and (
                     response.direct_passthrough
                     or response.content_length is None
-                    # An HTTP error page is a finished WSGI response (force_type ran it:
-                    # a ClosingIterator with a length and an error status); any other
-                    # iterator, a proxied stream's ClosingIterator with a length too, is
-                    # produced as the server reads it.
+                    # An HTTPException's page (an error, or a routing redirect such as
+                    # strict slashes' 308) is a finished WSGI response (force_type ran it:
+                    # a ClosingIterator with a length, status 3xx-5xx); any other iterator,
+                    # a proxied 2xx stream's ClosingIterator with a length too, is produced
+                    # as the server reads it.
                     or body.__class__ is not ClosingIterator
-                    or response.status_code < 400
+                    or response.status_code < 300
                 )
             except Exception:  # a body whose len() raises: metrics never break the response
                 state.streamed = None  # undecided: timed_wsgi_app watches the body
@@ -416,11 +417,13 @@ def _status_code(status: str | None) -> int:
     """The code of a status line (500: never started, the server answers 500; 0: malformed,
     dropped as invalid by the collector), kept in ``_STATUS_CODES`` while it has room."""
     try:
-        # Three digits, then the end or a space: "2000 OK" is not a 200 (WSGI status lines
-        # are "<3 digits> <reason>"); int() would also take a sign or spaces.
-        code = int(status[:3]) if status[:3].isdigit() and status[3:4] in ("", " ") else 0  # type: ignore[index]
-    except (TypeError, ValueError, AttributeError):
+        code = int(status[:3])  # type: ignore[index]
+    except (TypeError, ValueError):
         return 500 if status is None else 0
+    if not status[:3].isdigit() or status[3:4] not in ("", " "):  # type: ignore[index]
+        # Three digits, then the end or a space: "2000 OK" is not a 200 (WSGI status lines
+        # are "<3 digits> <reason>"), nor is " 20" or "+20". Malformed: not cached.
+        return 0
     if len(_STATUS_CODES) < _MAX_STATUS_LINES and status.__class__ is str:
         _STATUS_CODES[status] = code
     return code

@@ -145,7 +145,8 @@ def test_a_proxied_stream_with_a_length_is_timed_to_its_end(metrics_dir: str) ->
     with the upstream's Content-Length. It is produced as the server reads it, so it is
     timed to its end and counted as a stream (it was taken for a finished error page:
     recorded before the first chunk, its stream never counted). An error page of the same
-    shape (``abort``) is still recorded at once, and never as a stream."""
+    shape (``abort``; a routing redirect too) is still recorded at once, and never as a
+    stream."""
     from flask import abort
     from werkzeug.wsgi import ClosingIterator
 
