@@ -48,6 +48,10 @@ def clean_label(value: object) -> str | None:
     """A label value fit for exposition, or None if ``value`` is not usable as one."""
     if not isinstance(value, str) or not value:
         return None
+    if value.__class__ is not str:
+        # A plain copy, through str's own slicing: a subclass's methods (a __hash__ of
+        # None, a __len__ that lies) are never called on what we keep.
+        value = str.__getitem__(value, slice(None))
     if len(value) > MAX_LABEL_LENGTH:
         value = value[:MAX_LABEL_LENGTH]
     if not value.isascii():

@@ -325,3 +325,21 @@ def test_odd_responses_are_judged_by_what_the_server_sends(metrics_dir: str) -> 
     assert document["endpoints"]["/s/<int:code>"]["requests"] == 1
     assert document["endpoints"]["/rows"]["requests"] == 1
     assert document["providers"] == {}
+
+
+def test_a_str_subclass_label_is_recorded_as_its_plain_text(metrics_dir: str) -> None:
+    """A label that is a ``str`` subclass, even one whose ``__hash__`` is None (a
+    mutable str-like wrapper), counts as its plain text; the request was lost before
+    (an internal error), where an unusable label drops only that label."""
+
+    class Unhashable(str):
+        __hash__ = None  # type: ignore[assignment]
+
+    collector = MetricsCollector(metrics_dir)
+    collector.record_request("/chat", "POST", 0.1, 200, provider=Unhashable("openai"), model="gpt")
+    collector.record_request("/chat", "POST", 0.1, 200, provider=["openai"], model="gpt")  # type: ignore[arg-type]
+    document = collector.to_dict()
+    assert document["endpoints"]["/chat"]["requests"] == 2
+    assert document["providers"]["openai"]["requests"] == 1
+    assert document["storage"]["dropped"] == {"invalid_label": 1}
+    collector.close()
