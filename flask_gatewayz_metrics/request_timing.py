@@ -395,7 +395,7 @@ class Exchange(RequestState):
         collector.observe_request(self.endpoint, self.method, latency, status, provider, model, failed, True)
         if self.trace_id:
             collector.record_exemplar(self.endpoint, self.method, latency, self.trace_id)
-        if self.tenant is not None:
+        if self.tenant is not None and 100 <= status <= 599:  # else dropped (and counted) once, above
             collector.record_tenant_request(self.tenant, status, failed)
         first_chunk = 0.0 if outcome is None else self.first_chunk
         if outcome is not None and self.streamed and (self.provider or self.model):

@@ -343,3 +343,18 @@ def test_a_str_subclass_label_is_recorded_as_its_plain_text(metrics_dir: str) ->
     assert document["providers"]["openai"]["requests"] == 1
     assert document["storage"]["dropped"] == {"invalid_label": 1}
     collector.close()
+
+
+def test_an_invalid_status_is_dropped_once_with_a_tenant(metrics_dir: str) -> None:
+    """A response with status 600 from a request with a tenant header counts one
+    ``invalid_status`` drop, as without a tenant (the tenant's own record was dropped
+    and counted a second time)."""
+    app = Flask(__name__)
+    app.config["GATEWAYZ_METRICS_DIR"] = metrics_dir
+    app.config["GATEWAYZ_METRICS_TENANT_HEADERS"] = {"team": "X-Team"}
+    GatewayzMetrics(app)
+    app.add_url_rule("/odd", "odd", lambda: Response("x", status=600))
+    client = app.test_client()
+    client.get("/odd", headers={"X-Team": "search"})
+    client.get("/odd")
+    assert app.extensions["gatewayz_metrics"].collector.to_dict()["storage"]["dropped"] == {"invalid_status": 2}
