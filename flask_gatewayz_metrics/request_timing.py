@@ -139,6 +139,7 @@ def timed(wsgi_app: WSGIApp, metrics: AppMetrics, own_routes: OwnRoutes) -> WSGI
          exchange.trace_id, exchange.status, exchange.streamed, exchange.provider_recorded, exchange.finished,
          exchange.output_tokens, exchange.tenant) = initial  # fmt: skip
         exchange.environ = environ
+        exchange.path = path
         exchange._start_response = start_response
         if tenant_headers:  # read at the start, so tokens recorded by the view count for the tenant too
             exchange.tenant = tenant_from_headers(environ, settings, collector)
@@ -218,11 +219,14 @@ class Exchange(RequestState):
     """One request between the WSGI server and Flask (see the module docstring); its
     fields are set by ``timed_wsgi_app``."""
 
-    __slots__ = ("_close", "_next", "_start_response", "environ", "first_chunk", "headers", "metrics", "status",
-                 "streamed")  # fmt: skip
+    __slots__ = ("_close", "_next", "_start_response", "environ", "first_chunk", "headers", "metrics", "path",
+                 "status", "streamed")  # fmt: skip
 
     metrics: AppMetrics
     environ: dict[str, Any]
+    path: str
+    """``PATH_INFO`` as the server handed it over (a middleware inside ours may rewrite
+    the environ's: ``_identify_from_environ``)."""
     _start_response: Callable[..., Any]
     status: str | None
     """The status line of the last ``start_response`` call: what the client gets."""
@@ -291,7 +295,11 @@ class Exchange(RequestState):
         app = self.metrics.app
         method = str(self.environ.get("REQUEST_METHOD", "GET")).upper()
         self.method = method if method in KNOWN_METHODS else "OTHER"  # first: see start_response
-        rule = None if app is None else rule_from_environ(app, self.environ)
+        # A path rewritten since the server handed it over (a DispatcherMiddleware inside
+        # ours handed the request to a mounted app): not a route of ours, whatever the
+        # rewritten path matches here.
+        rewritten = self.environ.get("PATH_INFO", "") != self.path
+        rule = None if app is None or rewritten else rule_from_environ(app, self.environ)
         self.endpoint = self.metrics.unmatched if rule is None else rule.rule
 
     # ------------------------------------------------------------------- body

@@ -358,3 +358,23 @@ def test_an_invalid_status_is_dropped_once_with_a_tenant(metrics_dir: str) -> No
     client.get("/odd", headers={"X-Team": "search"})
     client.get("/odd")
     assert app.extensions["gatewayz_metrics"].collector.to_dict()["storage"]["dropped"] == {"invalid_status": 2}
+
+
+def test_a_mounted_apps_requests_are_not_counted_under_the_parents_routes(metrics_dir: str) -> None:
+    """``DispatcherMiddleware`` installed on the parent's ``wsgi_app`` before the extension:
+    a request it hands to the mounted app has its path rewritten (``/sub/x`` -> ``/x``),
+    and was counted under the parent's own ``/x``. It is ``unmatched`` for the parent."""
+    from werkzeug.middleware.dispatcher import DispatcherMiddleware
+
+    parent, child = Flask("parent"), Flask("child")
+    parent.add_url_rule("/x", "x", lambda: "parent x")
+    child.add_url_rule("/x", "x", lambda: "child x")
+    parent.config["GATEWAYZ_METRICS_DIR"] = metrics_dir
+    parent.wsgi_app = DispatcherMiddleware(parent.wsgi_app, {"/sub": child})  # type: ignore[method-assign]
+    GatewayzMetrics(parent)
+    client = parent.test_client()
+    assert client.get("/x").get_data() == b"parent x"
+    assert client.get("/sub/x").get_data() == b"child x"
+    endpoints = parent.extensions["gatewayz_metrics"].collector.to_dict()["endpoints"]
+    assert endpoints["/x"]["requests"] == 1
+    assert endpoints["unmatched"]["requests"] == 1
