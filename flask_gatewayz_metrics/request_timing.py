@@ -164,8 +164,9 @@ def timed(wsgi_app: WSGIApp, metrics: AppMetrics, own_routes: OwnRoutes) -> WSGI
             if not exchange.finished:  # type: ignore[unreachable]
                 exchange.finished = True
                 latency = perf_counter() - exchange.start
-                if not exchange.endpoint:
-                    exchange._identify_from_environ()
+                if not exchange.endpoint and exchange._identify_from_environ():
+                    add_in_flight(-1)  # a view marked with GatewayzMetrics.exclude: never recorded
+                    return body
                 try:
                     status = _STATUS_CODES[exchange.status]
                 except KeyError:
@@ -289,9 +290,10 @@ class Exchange(RequestState):
             return self._start_response(status, headers)
         return self._start_response(status, headers, exc_info)
 
-    def _identify_from_environ(self) -> None:
+    def _identify_from_environ(self) -> bool:
         """The route Flask would match, found again from the environ (slow; error path only:
-        the exception escaped Flask, which has dropped its request context by now)."""
+        the exception escaped Flask, which has dropped its request context by now).
+        Returns whether its view is one marked with ``GatewayzMetrics.exclude``."""
         app = self.metrics.app
         method = str(self.environ.get("REQUEST_METHOD", "GET")).upper()
         self.method = method if method in KNOWN_METHODS else "OTHER"  # first: see start_response
@@ -301,6 +303,10 @@ class Exchange(RequestState):
         rewritten = self.environ.get("PATH_INFO", "") != self.path
         rule = None if app is None or rewritten else rule_from_environ(app, self.environ)
         self.endpoint = self.metrics.unmatched if rule is None else rule.rule
+        excluded = self.metrics.excluded_views
+        if not excluded or rule is None or app is None:
+            return False
+        return app.view_functions.get(rule.endpoint) in excluded
 
     # ------------------------------------------------------------------- body
     def watch(self, body: Any) -> Any:
@@ -379,8 +385,9 @@ class Exchange(RequestState):
             return
         self.finished = True
         latency = perf_counter() - self.start
-        if not self.endpoint:
-            self._identify_from_environ()
+        if not self.endpoint and self._identify_from_environ():
+            self.collector.add_in_flight(-1)  # a view marked with GatewayzMetrics.exclude: never recorded
+            return
         # (No outcome: the body was never iterated, and first_chunk may be unset.)
         if failed and (outcome is None or not self.first_chunk):
             status = 500

@@ -75,3 +75,24 @@ def test_bad_excluded_paths_name_the_key(tmp_path: Path) -> None:
         make(tmp_path / "a", excluded_paths=["/internal/("])
     with pytest.raises(TypeError, match="GATEWAYZ_METRICS_EXCLUDED_PATHS"):
         make(tmp_path / "b", excluded_paths="/internal/")
+
+
+def test_an_excluded_view_whose_exception_propagates_is_not_recorded(metrics_dir: str) -> None:
+    """With ``PROPAGATE_EXCEPTIONS`` (also ``TESTING`` and debug) the exception of a view
+    marked with ``exclude`` escapes Flask before any response starts: the request is
+    still not recorded, and leaves the in-flight gauge."""
+    app = Flask(__name__)
+    app.config["GATEWAYZ_METRICS_DIR"] = metrics_dir
+    app.config["PROPAGATE_EXCEPTIONS"] = True
+    metrics = GatewayzMetrics(app)
+
+    @app.get("/healthz")
+    @metrics.exclude
+    def healthz() -> str:
+        raise RuntimeError("dependency down")
+
+    with pytest.raises(RuntimeError):
+        app.test_client().get("/healthz")
+    document = app.extensions["gatewayz_metrics"].collector.to_dict()
+    assert "/healthz" not in document["endpoints"]
+    assert document["in_flight"] == 0
