@@ -157,10 +157,12 @@ def timed(wsgi_app: WSGIApp, metrics: AppMetrics, own_routes: OwnRoutes) -> WSGI
         finally:
             _reset_current(token)
         # (mypy still sees the None written above; start_response and processed have run.)
-        if exchange.streamed is False and exchange.status is not None:  # type: ignore[unreachable]
+        if exchange.streamed is False and exchange.status is not None and body.__class__ is ClosingIterator:  # type: ignore[unreachable]
             # Complete already, nothing left to time: recorded now. Exchange.finish for a
             # body that did not fail, inlined (a Python call less per request), and
             # observe_request called directly unless a field needs Exchange.record.
+            # (Flask hands back its response's body as a ClosingIterator: any other body
+            # is a middleware's inside ours, whose own stream is timed by ``watch``.)
             if not exchange.finished:  # type: ignore[unreachable]
                 exchange.finished = True
                 latency = perf_counter() - exchange.start

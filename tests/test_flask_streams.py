@@ -184,3 +184,41 @@ def test_a_proxied_stream_with_a_length_is_timed_to_its_end(metrics_dir: str) ->
     assert streams == {"completed": 1}
     assert after[key("http_requests_total", endpoint="/gone", method="GET")] == 1
     assert after[key("http_requests_in_flight")] == 0
+
+
+def test_a_middleware_inside_ours_that_streams_the_body_is_timed_to_its_end(metrics_dir: str) -> None:
+    """A middleware installed on ``app.wsgi_app`` before the extension re-chunks Flask's
+    complete body as it goes out, and fails after 0.1 s: the request is timed to the end
+    of the body the server gets, and counted as an error (it was recorded as Flask's
+    finished body: no error, a latency of microseconds)."""
+    app = Flask(__name__)
+    app.config["GATEWAYZ_METRICS_DIR"] = metrics_dir
+    app.add_url_rule("/data", "data", lambda: "x" * 100)
+    flask_wsgi = app.wsgi_app
+
+    def rechunking(environ: dict[str, object], start_response: object) -> Iterator[bytes]:
+        body = flask_wsgi(environ, start_response)  # type: ignore[arg-type]
+        if environ["PATH_INFO"] != "/data":
+            return body  # type: ignore[no-any-return]
+
+        def chunks() -> Iterator[bytes]:
+            try:
+                for chunk in body:
+                    time.sleep(0.1)
+                    yield chunk[:10]
+                    raise RuntimeError("encoder failed")
+            finally:
+                body.close()  # type: ignore[attr-defined]
+
+        return chunks()
+
+    app.wsgi_app = rechunking  # type: ignore[method-assign,assignment]
+    GatewayzMetrics(app)
+    response = app.test_client().get("/data", buffered=False)
+    with pytest.raises(RuntimeError):
+        response.get_data()
+    response.close()
+    got = http_scrape(app)
+    assert got[key("http_request_errors_total", endpoint="/data", method="GET")] == 1
+    assert got[key("http_request_duration_seconds_sum", endpoint="/data", method="GET")] >= 0.1
+    assert got[key("http_requests_in_flight")] == 0
