@@ -142,9 +142,6 @@ class DirectoryReader:
         self.trusted = frozenset(trusted) if trusted is not None else trusted_uids()
         """Owners whose files are read; others are skipped as ``untrusted_owner``."""
         self._index: dict[str, _Indexed] = {}
-        self._inodes: set[int] = set()
-        """Inodes of the files read so far in the current pass: a second name of one of
-        them (a hard link) is skipped, so no file counts twice."""
         self.deadline: float | None = None
         """``time.monotonic()`` after which no further worker file is read (compaction)."""
 
@@ -179,8 +176,8 @@ class DirectoryReader:
         problems: list[StorageProblem] = []
         absorbed: set[str] = set()
         seen = set()
-        self._inodes = set()
-        archive = self._try_read(dir_fd, layout.ARCHIVE_NAME, problems)
+        inodes: set[int] = set()  # read in this pass: a second name of one (a hard link) is skipped
+        archive = self._try_read(dir_fd, layout.ARCHIVE_NAME, problems, inodes)
         if archive is not None:
             seen.add(layout.ARCHIVE_NAME)
             views.append(archive)
@@ -198,17 +195,19 @@ class DirectoryReader:
             if self.deadline is not None and time.monotonic() > self.deadline:
                 break  # the compactor's time budget is spent: the rest waits for the next run
             seen.add(name)
-            view = self._try_read(dir_fd, name, problems)
+            view = self._try_read(dir_fd, name, problems, inodes)
             if view is not None:
                 views.append(view)
         for name in set(self._index) - seen:
             del self._index[name]
         return views, problems
 
-    def _try_read(self, dir_fd: int, name: str, problems: list[StorageProblem]) -> WorkerView | None:
+    def _try_read(
+        self, dir_fd: int, name: str, problems: list[StorageProblem], inodes: set[int]
+    ) -> WorkerView | None:
         path = os.path.join(self.directory, name)
         try:
-            return self._read_file(dir_fd, name, path)
+            return self._read_file(dir_fd, name, path, inodes)
         except _Live:
             pass
         except _Skip as skip:
@@ -223,7 +222,8 @@ class DirectoryReader:
             problems.append(StorageProblem(path, "corrupt_header"))
         return None
 
-    def _read_file(self, dir_fd: int, name: str, path: str) -> WorkerView:
+    def _read_file(self, dir_fd: int, name: str, path: str, inodes: set[int]) -> WorkerView:
+        """The view of one file; ``inodes``: those read earlier in this pass (one is added)."""
         for _ in range(_READ_ATTEMPTS):
             fd = os.open(name, OPEN_FLAGS, dir_fd=dir_fd)
             try:
@@ -231,7 +231,7 @@ class DirectoryReader:
                 live = is_locked(fd)
                 if live and self.dead_only:
                     raise _Live
-                if st.st_nlink > 1 and st.st_ino in self._inodes:
+                if st.st_nlink > 1 and st.st_ino in inodes:
                     # Another name of a file read already (``ln``, ``cp -al``, a hostile link
                     # to the archive): read once. (The link count tells a reused inode apart.)
                     raise _Skip("duplicate_link")
@@ -244,7 +244,7 @@ class DirectoryReader:
             # ``used`` is past what we mapped: the writer grew the file since our fstat.
             self._index.pop(name, None)
         view = _view(path, cached, header, live)
-        self._inodes.add(st.st_ino)
+        inodes.add(st.st_ino)
         return view
 
     def _mapped(self, name: str, fd: int, st: os.stat_result) -> _Indexed:
