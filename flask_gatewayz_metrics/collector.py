@@ -222,7 +222,7 @@ class MetricsCollector(
         provider: str | None,
         model: str | None,
         latency_seconds: float,
-        status_code: int = 200,
+        status_code: int | None = 200,
         error: bool | None = None,
         error_type: str | None = None,
     ) -> None:
@@ -230,20 +230,21 @@ class MetricsCollector(
 
         A gateway that tries several providers for one request calls this once per
         attempt. The call is an error when ``status_code >= error_status`` or when
-        ``error`` is true (a time-out or connection failure that has no status); failed
-        calls are also counted by type (``error_type``, else derived from the status).
+        ``error`` is true (a time-out or connection failure that has no status: leave
+        ``status_code`` out or pass None); failed calls are also counted by type
+        (``error_type``, else derived from the status).
         """
-        if status_code.__class__ is not int:
-            status_code = as_status(status_code)  # type: ignore[assignment]  # HTTPStatus: its value
+        # None: no HTTP status (a time-out); whether it failed is ``error``'s to say.
+        status: int = 200 if status_code is None else as_status(status_code)  # type: ignore[assignment]
         state = current_request.get()
         if state is not None and state.collector is self:
             state.provider_recorded = True
-        self.observe_request(None, None, latency_seconds, status_code, provider, model, bool(error))
-        failed = bool(error) or (isinstance(status_code, int) and status_code >= self.error_status)
+        self.observe_request(None, None, latency_seconds, status, provider, model, bool(error))
+        failed = bool(error) or (isinstance(status, int) and status >= self.error_status)
         if failed:  # gen_ai.client.operation.duration by error type (a success: observe_request)
-            self._record_client_operation(provider, model, latency_seconds, status_code, bool(error), error_type)
+            self._record_client_operation(provider, model, latency_seconds, status, bool(error), error_type)
         if failed and provider is not None:
-            self.record_provider_error(provider, status_code, error_type)
+            self.record_provider_error(provider, status, error_type)
 
     # ------------------------------------------------------- cache, db, external
     def record_cache_hit(self) -> None:

@@ -233,9 +233,13 @@ def test_an_int_subclass_status_is_recorded_as_its_value(metrics_dir: str) -> No
     collector.record_request("/a", "GET", 0.1, HTTPStatus.OK)
     collector.observe_request("/a", "GET", 0.1, HTTPStatus.CREATED)
     collector.record_provider_call("openai", "gpt-4o", 0.2, status_code=HTTPStatus.SERVICE_UNAVAILABLE)
+    # No status at all (a time-out): an error by ``error``, counted like one with a status.
+    collector.record_provider_call("google", "gemini", 30.0, status_code=None, error=True, error_type="timeout")
     document = collector.to_dict()
     assert document["storage"]["dropped"] == {}
     assert document["endpoints"]["/a"]["requests"] == 2
+    google = document["providers"]["google"]
+    assert google["requests"] == 1 and google["errors"] == 1
     provider = document["providers"]["openai"]
     assert provider["requests"] == 1 and provider["errors"] == 1
     collector.close()
