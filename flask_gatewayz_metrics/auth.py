@@ -72,8 +72,15 @@ def scrape_credentials(settings: Settings) -> Credentials:
 
 
 def reset_credentials(settings: Settings) -> Credentials:
-    """What ``/metrics/reset`` accepts: its own bearer token only, never the scrape credentials."""
+    """What ``/metrics/reset`` accepts: its own bearer token only, never the scrape
+    credentials (``ValueError`` when it equals the scrape token or password: every
+    scraper could then wipe the metrics)."""
     token = secret(settings.reset_token, settings.reset_token_file, "reset_token")
+    if token is not None and token in (
+        secret(settings.auth_token, settings.auth_token_file, "auth_token"),
+        secret(settings.auth_password, settings.auth_password_file, "auth_password"),
+    ):
+        raise ValueError("GATEWAYZ_METRICS_RESET_TOKEN must differ from the scrape token and password")
     return Credentials(token.encode() if token else None)
 
 
@@ -82,7 +89,9 @@ def secret(value: str | None, path: str | None, name: str) -> str | None:
     if value is not None and path is not None:
         raise ValueError(f"set GATEWAYZ_METRICS_{name.upper()} or its _FILE variant, not both")
     if path is None:
-        return value or None
+        if value == "":  # an empty secret must not mean "no auth": fail at start, never open
+            raise ValueError(f"GATEWAYZ_METRICS_{name.upper()} is empty: unset it, or set a value")
+        return value
     try:
         with open(path, encoding="utf-8") as f:
             content = f.read()

@@ -133,7 +133,10 @@ class PrometheusExporter(Collector):
         if accept_header and exposition_protobuf.wants_protobuf(accept_header) and exposition_protobuf.available():
             native = self.collector.native_lookup()  # read only for protobuf: text never pays
             return exposition_protobuf.encode(self.registry.collect(), native), exposition_protobuf.CONTENT_TYPE
-        encoder, content_type = choose_encoder(accept_header or "")
+        try:
+            encoder, content_type = choose_encoder(accept_header or "")
+        except Exception:  # e.g. "version=x": prometheus_client compares it as numbers
+            encoder, content_type = choose_encoder("")  # a hostile header gets text 0.0.4, never a 500
         fmt = fast_format(encoder)
         if fmt is None:  # another escaping or version: prometheus_client's own encoder
             return encoder(self.registry), content_type

@@ -66,6 +66,11 @@ def parse_static_labels(value: Any) -> dict[str, str]:
             raise ValueError(f"the value of {name!r} must have 1 to {MAX_VALUE_LENGTH} characters")
         if any(ord(c) < 32 or ord(c) == 127 for c in label_value):
             raise ValueError(f"the value of {name!r} has a control character")
+        if not label_value.isascii():
+            try:
+                label_value.encode("utf-8")
+            except UnicodeEncodeError:  # a lone surrogate: e.g. Latin-1 bytes in the environment
+                raise ValueError(f"the value of {name!r} is not valid UTF-8 text") from None
         out[name] = label_value
     return out
 

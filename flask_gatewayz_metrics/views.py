@@ -36,6 +36,7 @@ def create_blueprint(metrics: AppMetrics) -> Blueprint:
     def scrape() -> Response:
         body, content_type = metrics.exporter.render(request.headers.get("Accept"))
         response = Response(body, content_type=content_type)
+        response.vary.add("Accept")  # the format is negotiated: a cache must not mix them
         response.vary.add("Accept-Encoding")
         # Prometheus asks for gzip; an exposition of many series shrinks ~10x.
         if request.accept_encodings["gzip"] > 0 and len(body) >= GZIP_MIN_BYTES:

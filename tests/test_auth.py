@@ -83,12 +83,14 @@ def test_username_without_password_is_refused() -> None:
 
 
 def test_secret_from_a_file(tmp_path: Path) -> None:
-    """A secret file is read once, one trailing newline stripped; an empty string value means none."""
+    """A secret file is read once, one trailing newline stripped; an empty string value is
+    an error (like an empty file), never "none"."""
     path = tmp_path / "token"
     path.write_text("from-file\n")
     assert secret(None, str(path), "auth_token") == "from-file"
     assert secret("direct", None, "auth_token") == "direct"
-    assert secret("", None, "auth_token") is None
+    with pytest.raises(ValueError, match="is empty"):
+        secret("", None, "auth_token")
     assert secret(None, None, "auth_token") is None
 
 
@@ -110,3 +112,18 @@ def test_secret_and_its_file_together_are_an_error(tmp_path: Path) -> None:
     """Giving a secret and its _FILE variant is ambiguous and refused."""
     with pytest.raises(ValueError, match="not both"):
         secret("direct", str(tmp_path / "token"), "reset_token")
+
+
+def test_an_empty_secret_or_a_shared_reset_token_is_refused_at_start() -> None:
+    """An empty token or password (``GATEWAYZ_METRICS_AUTH_TOKEN=`` in a compose file) is
+    an error, not "no auth" (it left every route open); a reset token equal to the scrape
+    token or password is an error too (every scraper could reset)."""
+    with pytest.raises(ValueError, match="is empty"):
+        scrape_credentials(Settings(auth_token=""))
+    with pytest.raises(ValueError, match="is empty"):
+        reset_credentials(Settings(reset_token=""))
+    for shared in (Settings(auth_token="same", reset_token="same"),
+                   Settings(auth_username="u", auth_password="same", reset_token="same")):  # fmt: skip
+        with pytest.raises(ValueError, match="must differ"):
+            reset_credentials(shared)
+    assert reset_credentials(Settings(auth_token="scrape", reset_token="reset")).token == b"reset"

@@ -424,3 +424,17 @@ def test_prepare_metrics_dir_empties_once_per_master(tmp_path: Any, monkeypatch:
     gatewayz_gunicorn.prepare_metrics_dir(path)
     assert MetricsCollector(path).to_dict()["cache"]["hits"] == 0
     worker.close()
+
+
+@pytest.mark.parametrize(
+    "accept",
+    ["application/openmetrics-text; version=x", "application/openmetrics-text; version=1.x",
+     "text/plain; version=abc", "text/plain; version=1.0.0-rc1"],
+)
+def test_a_malformed_accept_version_gets_text_not_a_500(client: Any, accept: str) -> None:
+    """A ``version=`` that is not numbers (prometheus_client compares it as numbers) gets
+    the text format, and the response says it varies with Accept."""
+    response = client.get("/metrics", headers={"Accept": accept})
+    assert response.status_code == 200
+    assert response.content_type.startswith("text/plain; version=0.0.4")
+    assert "Accept" in response.vary

@@ -123,6 +123,7 @@ def test_from_environment_and_option(tmp_path: Path, monkeypatch: pytest.MonkeyP
         ({"region": ""}, ValueError, "1 to 256 characters"),
         ({"region": "x" * 257}, ValueError, "1 to 256 characters"),
         ({"region": "a\nb"}, ValueError, "control character"),
+        ({"region": "Z\udcfcrich"}, ValueError, "not valid UTF-8"),  # Latin-1 bytes in the environment
         ({"region": 3}, TypeError, "must be a dict"),
         (["region"], TypeError, "must be a dict"),
         ({f"l{i}": "x" for i in range(MAX_STATIC_LABELS + 1)}, ValueError, "at most"),
