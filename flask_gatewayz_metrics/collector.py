@@ -206,9 +206,7 @@ class MetricsCollector(
         Inside a request already timed by ``GatewayzMetrics`` the HTTP request is not
         counted again: only the provider and model metrics are recorded.
         """
-        if status_code.__class__ is not int:
-            status_code = as_status(status_code)  # type: ignore[assignment]  # HTTPStatus: its value
-        state = current_request.get()
+        state = current_request.get()  # (an int-subclass status: both calls below take its value)
         if state is not None and state.collector is self:
             if provider is None and model is None:
                 return

@@ -35,6 +35,8 @@ MAX_SLOTS = 1024
 MIN_SLOT_SECONDS = 1e-9
 MAX_SLOT_SECONDS = 1e12
 """Slot widths a header may give (0 = one slot since start): slot ids stay finite."""
+TRUSTED_UIDS_ENV = "GATEWAYZ_METRICS_TRUSTED_UIDS"
+"""Comma-separated uids (besides our own) whose files in the directory are read."""
 
 
 def usable_geometry(slot_seconds: float, slots: int) -> bool:
@@ -43,8 +45,6 @@ def usable_geometry(slot_seconds: float, slots: int) -> bool:
     The one rule for every reader of headers (compaction picks the archive's geometry
     with it, so the archive it writes is always readable)."""
     return 1 <= slots <= MAX_SLOTS and (slot_seconds == 0.0 or MIN_SLOT_SECONDS <= slot_seconds <= MAX_SLOT_SECONDS)
-TRUSTED_UIDS_ENV = "GATEWAYZ_METRICS_TRUSTED_UIDS"
-"""Comma-separated uids (besides our own) whose files in the directory are read."""
 
 
 def trusted_uids(extra: Iterable[int] | None = None) -> frozenset[int]:

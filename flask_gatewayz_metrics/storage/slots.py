@@ -72,7 +72,7 @@ def enter_slot(d: Doubles, words: EntryWords, base: int, slot: int) -> list[Any]
     newer (the wall clock was set back; the writer reads the clock under its lock, so
     threads cannot cause it), the observation joins that interval instead of emptying
     it. (Further back, the clock was reset: the slot starts over.)"""
-    if d[base] != slot and _holds_newer(d, base, slot):
+    if _holds_newer(d, base, slot):
         slot = int(d[base])
     first = int(d[base + _SLOT_BLOCK])
     capacity = layout.stored_capacity(d, first) if first else first_block_capacity(d, base, slot)
