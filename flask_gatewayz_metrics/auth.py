@@ -31,14 +31,30 @@ class Credentials:
         return self.token is not None or self.basic is not None
 
     def allow(self, header: str | None) -> bool:
-        """Whether the ``Authorization`` header value matches (always True when open)."""
+        """Whether the ``Authorization`` header value matches (always True when open).
+
+        ``header`` is the value as WSGI hands it over: the header's bytes decoded as
+        Latin-1 (PEP 3333). It is compared as those bytes with the secret's UTF-8 bytes,
+        so a non-ASCII token or password matches the UTF-8 a client sends (Prometheus,
+        curl). Never raises: a value that is not Latin-1 text (no WSGI server makes one)
+        matches nothing.
+        """
         if not self.required:
             return True
-        scheme, _, value = (header or "").strip().partition(" ")
+        try:
+            # Back to the bytes on the wire: re-encoding as UTF-8 would encode a UTF-8
+            # client's bytes twice, so a non-ASCII secret could never match.
+            raw = (header or "").encode("latin-1")
+        except UnicodeEncodeError:
+            return False
+        # bytes.strip and split: ASCII white space only. str.strip would also take
+        # U+0085 / U+00A0, which are the Latin-1 view of UTF-8 continuation bytes
+        # (the last byte of "à" is 0xA0).
+        scheme, _, value = raw.strip().partition(b" ")
         scheme = scheme.lower()
-        if scheme == "bearer" and self.token is not None:
-            return hmac.compare_digest(value.strip().encode("utf-8"), self.token)
-        if scheme == "basic" and self.basic is not None:
+        if scheme == b"bearer" and self.token is not None:
+            return hmac.compare_digest(value.strip(), self.token)
+        if scheme == b"basic" and self.basic is not None:
             try:
                 offered = base64.b64decode(value.strip(), validate=True)
             except (binascii.Error, ValueError):

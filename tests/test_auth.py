@@ -127,3 +127,65 @@ def test_an_empty_secret_or_a_shared_reset_token_is_refused_at_start() -> None:
         with pytest.raises(ValueError, match="must differ"):
             reset_credentials(shared)
     assert reset_credentials(Settings(auth_token="scrape", reset_token="reset")).token == b"reset"
+
+
+def wire(header: str) -> str:
+    """``header`` as a WSGI server hands it over when the client sends it UTF-8 encoded:
+    the bytes decoded as Latin-1 (PEP 3333)."""
+    return header.encode("utf-8").decode("latin-1")
+
+
+@pytest.mark.parametrize("token", ["pässwörd", "voilà", "ключ-🔑", "s3cret"])
+def test_non_ascii_bearer_token_matches_the_utf8_a_client_sends(token: str) -> None:
+    """A non-ASCII token matches the UTF-8 bytes a client sends (it never could: the
+    Latin-1 header value was encoded to UTF-8 again). "voilà" ends in the byte 0xA0, which
+    str.strip would take for white space; the Latin-1 bytes of the same text are another
+    secret and refused."""
+    credentials = scrape_credentials(Settings(auth_token=token))
+    assert credentials.allow(wire(f"Bearer {token}"))
+    assert credentials.allow(wire(f"bearer  {token} \t"))
+    assert not credentials.allow(wire(f"Bearer {token}x"))
+    if not token.isascii():
+        assert not credentials.allow(f"Bearer {token}")  # its code points as bytes: not the token's UTF-8
+
+
+def test_non_ascii_basic_password_matches() -> None:
+    """Basic credentials are base64 of the UTF-8 user:password on the wire."""
+    credentials = scrape_credentials(Settings(auth_username="prøm", auth_password="pässwörd"))
+    assert credentials.allow(wire(basic("prøm", "pässwörd")))
+    assert not credentials.allow(wire(basic("prøm", "passwörd")))
+
+
+@pytest.mark.parametrize(
+    "header",
+    ["Bearer pässwörd", "Bearer \u20ac", "Basic \u0100", "Bearer \ud800", "\U0001f511", "Basic cHJvbTpw\xff"],
+)
+def test_a_header_no_wsgi_server_makes_never_raises(header: str) -> None:
+    """Characters above U+00FF (or a lone surrogate) cannot come from a WSGI server; such a
+    value, like any other, is a mismatch, never an exception."""
+    credentials = Credentials(token="pässwörd".encode(), basic="prom:pässwörd".encode())
+    assert credentials.allow(header) is False
+
+
+def test_non_ascii_token_through_a_real_server(tmp_path: Path) -> None:
+    """End to end on werkzeug's server and a raw socket: the UTF-8 bytes of the token get 200."""
+    import socket
+    import threading
+
+    from conftest import configured_app
+    from werkzeug.serving import make_server
+
+    app, _ = configured_app(tmp_path, "utf8_token", auth_token="pässwörd")
+    server = make_server("127.0.0.1", 0, app, threaded=False)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        statuses = []
+        for token in ("pässwörd".encode(), "pässwörd".encode("latin-1"), b"wrong"):
+            with socket.create_connection(("127.0.0.1", server.server_port), timeout=10) as s:
+                s.sendall(b"GET /metrics HTTP/1.0\r\nHost: x\r\nAuthorization: Bearer " + token + b"\r\n\r\n")
+                statuses.append(s.makefile("rb").readline().split()[1])
+        assert statuses == [b"200", b"401", b"401"]
+    finally:
+        server.shutdown()
+        thread.join(timeout=10)
