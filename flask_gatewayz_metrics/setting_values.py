@@ -130,17 +130,108 @@ def limits(value: Any) -> Mapping[str, int] | None:
 
 
 def patterns(value: Any) -> tuple[str, ...]:
-    """A list of regular expressions that compile."""
+    """A list of regular expressions (``EXCLUDED_PATHS``), each one's meaning kept where
+    they are used.
+
+    The request path tries them as one alternation, ``(?:p1)|(?:p2)|...`` matched at the
+    start of the path (one ``re`` call per request, as cheap with many patterns as with
+    one; ``request_timing.timed`` builds it). What cannot stand inside such an
+    alternation is made to, or refused here with the reason, never left to fail at start
+    with a bare ``re.error`` or to change meaning silently:
+
+    - leading global flags, ``(?i)/health``, become a group scoped to the whole pattern,
+      ``(?i:/health)``: the same expression, which may stand inside the alternation;
+    - a numbered group reference (``\\1``, ``(?(1)...)``) in a pattern after one with
+      groups would mean that earlier pattern's group: refused (a named group,
+      ``(?P<n>...)`` with ``(?P=n)``, keeps its meaning);
+    - group names used in two patterns, or a global flag not at the start (a
+      deprecation, applied to every pattern, before Python 3.11): refused.
+
+    Returns the patterns as they are to be joined (unchanged but for scoped flags).
+    """
     if isinstance(value, str) or not isinstance(value, (list, tuple)):
         raise TypeError
     if not all(isinstance(pattern, str) for pattern in value):
         raise TypeError
+    joinable = []
+    groups_before = 0
     for pattern in value:
         try:
-            re.compile(pattern)
+            compiled = re.compile(pattern)
         except re.error as exc:
             raise ValueError(f"{pattern!r}: {exc}") from None
-    return tuple(value)
+        reference = _numbered_reference(pattern, verbose=bool(compiled.flags & re.VERBOSE))
+        if groups_before and reference is not None:
+            raise ValueError(
+                f"{pattern!r}: the numbered group reference {reference} would mean a group of an earlier "
+                "pattern once the patterns are tried together; use a named group, (?P<name>...) and (?P=name)"
+            )
+        groups_before += compiled.groups
+        joinable.append(_scoped_flags(pattern))
+    if joinable:
+        try:  # exactly as the request path joins them
+            joined = re.compile("|".join(f"(?:{pattern})" for pattern in joinable))
+        except re.error as exc:
+            raise ValueError(f"the patterns cannot be tried together: {exc}") from None
+        if joined.flags & ~re.UNICODE:  # only before 3.11: a global flag in the middle of a pattern
+            raise ValueError("a global flag such as (?i) must be at the start of its pattern")
+    return tuple(joinable)
+
+
+_LEADING_FLAGS = re.compile(r"(?:\(\?[aiLmsux]+\))+")
+"""Global inline flags at the start of a pattern, e.g. ``(?i)`` or ``(?i)(?s)``."""
+_OCTAL_ESCAPE = re.compile(r"[0-7]{3}")
+
+
+def _scoped_flags(pattern: str) -> str:
+    """``pattern`` with its leading global flags turned into a group scoped to the whole
+    pattern (``(?i)/a`` -> ``(?i:/a)``): the same expression, but one that may stand
+    inside an alternation (Python 3.11 refuses global flags anywhere but at the start of
+    the whole expression; earlier versions applied them to every alternative)."""
+    head = _LEADING_FLAGS.match(pattern)
+    if head is None:
+        return pattern
+    flags = "".join(dict.fromkeys(c for c in head.group() if c.isalpha()))
+    # Verbose: a comment on the last line would run on and swallow the closing
+    # parenthesis; a newline ends it (and is white space verbose mode ignores).
+    end = "\n)" if "x" in flags else ")"
+    return f"(?{flags}:{pattern[head.end():]}{end}"
+
+
+def _numbered_reference(pattern: str, verbose: bool) -> str | None:
+    """The first numbered group reference of ``pattern`` (a pattern that compiles):
+    ``\\1`` to ``\\99`` outside a character class (three octal digits are an escape),
+    or a condition on a numbered group, ``(?(1)...)``. ``verbose``: skip ``#`` comments."""
+    i, end, in_class = 0, len(pattern), False
+    while i < end:
+        c = pattern[i]
+        if c == "\\":
+            if (
+                not in_class
+                and pattern[i + 1 : i + 2] in tuple("123456789")
+                and not _OCTAL_ESCAPE.match(pattern, i + 1)
+            ):
+                digits = pattern[i + 1 : i + 3]
+                return "\\" + (digits if digits.isdigit() else digits[0])
+            i += 2
+            continue
+        if in_class:
+            in_class = c != "]"
+        elif c == "[":
+            in_class = True
+            i += 1
+            i += pattern.startswith("^", i)
+            i += pattern.startswith("]", i)  # a "]" first in a class is a literal
+            continue
+        elif verbose and c == "#":
+            newline = pattern.find("\n", i)
+            i = end if newline < 0 else newline
+        elif pattern.startswith("(?(", i):
+            name = pattern[i + 3 : pattern.find(")", i + 3)]
+            if name.isdigit():
+                return f"(?({name})"
+        i += 1
+    return None
 
 
 def function(value: Any) -> Callable[[Any], bool] | None:

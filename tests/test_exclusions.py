@@ -77,6 +77,42 @@ def test_bad_excluded_paths_name_the_key(tmp_path: Path) -> None:
         make(tmp_path / "b", excluded_paths="/internal/")
 
 
+
+def test_excluded_paths_keep_their_inline_flags(tmp_path: Path) -> None:
+    """A pattern with global inline flags (``(?i)``, verbose ``(?x)`` with a comment)
+    compiles alone and means the same beside other patterns; it used to pass the check
+    and then fail init_app with a bare re.error (Python 3.11 refuses global flags inside
+    the alternation the request path tries)."""
+    patterns = ["/static/", "(?i)/INTERNAL/", r"(?x) /items/ \d*7 $  # ids ending in 7"]
+    app, _ = make(tmp_path, excluded_paths=patterns)
+    client = app.test_client()
+    for path in ("/internal/ping", "/Internal/x", "/items/17", "/items/8", "/api/chat", "/static/a.css"):
+        client.get(path)
+    assert recorded(app) == {"/items/<int:item>": 1, "/api/chat": 1}
+
+
+def test_excluded_path_back_references_keep_their_meaning_or_are_refused(tmp_path: Path) -> None:
+    """The patterns are tried as one alternation: a numbered back-reference after a pattern
+    with groups would mean that pattern's group (``/(b)\1`` stopped excluding "/bb"), so it
+    is refused naming the key; one with no groups before it, or a named group, keeps its
+    meaning. Group names used twice are refused naming the key, not a bare re.error."""
+    with pytest.raises(ValueError, match=r"GATEWAYZ_METRICS_EXCLUDED_PATHS .*numbered group reference \\1 "):
+        make(tmp_path / "a", excluded_paths=["/(a)", r"/(b)\1"])
+    with pytest.raises(ValueError, match=r"GATEWAYZ_METRICS_EXCLUDED_PATHS .*redefinition of group name"):
+        make(tmp_path / "b", excluded_paths=["/(?P<x>a)", "/(?P<x>b)"])
+    for patterns in ([r"/(b)\1", "/(a)"], ["/(?P<a>a)", r"/(?P<b>b)(?P=b)"], [r"/(b)\1"]):
+        app, _ = make(tmp_path / str(len(str(patterns))), excluded_paths=patterns)
+
+        @app.get("/<name>")
+        def any_name(name: str) -> str:
+            return name
+
+        client = app.test_client()
+        for path in ("/bb", "/bc"):
+            client.get(path)
+        assert recorded(app) == {"/<name>": 1}, patterns  # "/bb" excluded, "/bc" recorded
+
+
 def test_an_excluded_view_whose_exception_propagates_is_not_recorded(metrics_dir: str) -> None:
     """With ``PROPAGATE_EXCEPTIONS`` (also ``TESTING`` and debug) the exception of a view
     marked with ``exclude`` escapes Flask before any response starts: the request is

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import pathlib
+import re
 from typing import Any
 
 import pytest
@@ -81,3 +82,59 @@ def test_every_accepted_window_gives_files_the_reader_accepts(tmp_path: pathlib.
         snapshot = collector.snapshot()
         assert snapshot.total_requests == 1 and not snapshot.problems
         collector.close()
+
+
+def joined(patterns: tuple[str, ...]) -> re.Pattern[str]:
+    """The patterns as the request path tries them (request_timing.timed)."""
+    return re.compile("|".join(f"(?:{p})" for p in patterns))
+
+
+@pytest.mark.parametrize(
+    "patterns",
+    [
+        ["(?i)/health"], ["/static", "(?i)/HEALTHZ"], ["(?s)/a.b", "(?m)/c$"], ["(?i)(?s)/x.", "/y"],
+        ["(?x) /a  # comment", "/b"], ["(?a)/\\w+$", "/(z)"], ["/(a)", "/(?:b)"], [r"/(b)\1", "/(a)"],
+        ["/(?P<a>a)", r"/(?P<b>b)(?P=b)"], [r"/[\1]x", "/(q)", r"/\101"], ["/a|/b", "/c"],
+    ],
+)
+def test_excluded_patterns_mean_together_what_each_means_alone(patterns: list[str]) -> None:
+    """What ``patterns`` returns, joined as the request path joins it, matches a path
+    exactly when one of the given patterns matches it alone."""
+    checked = values.patterns(patterns)
+    paths = [
+        "/health", "/HEALTH", "/healthz", "/HEALTHZ", "/a\nb", "/a-b", "/c", "/c\n", "/x\n", "/X?", "/y", "/a",
+        "/b", "/é", "/ab", "/bb", "/aa", "/bc", "/z", "/q", "/1x", "/\x01x", "/A", "/static/x",
+    ]  # fmt: skip
+    for path in paths:
+        assert bool(joined(checked).match(path)) == any(re.match(p, path) for p in patterns), (path, checked)
+
+
+def test_excluded_patterns_that_cannot_be_tried_together_are_refused() -> None:
+    """Refused with the reason: a numbered reference after a pattern with groups (it would
+    mean the earlier group), group names used twice; alone or first, a reference is fine."""
+    for bad, reason in (
+        (["/(a)", r"/(b)\1"], r"numbered group reference \\1 "),
+        (["/(a)", r"/(b)?(c)?(?(2)d|e)"], r"numbered group reference \(\?\(2\) "),
+        (["/(?P<x>a)", "/(?P<x>b)"], "redefinition of group name"),
+        (["/ok", "a(?i)"], "global flags not at the start"),
+    ):
+        with pytest.raises(ValueError, match=reason):
+            values.patterns(bad)
+    assert values.patterns([r"/(b)\1", "/(a)"]) == (r"/(b)\1", "/(a)")
+    assert values.patterns(["(?i)/a", "(?x)/b # c"]) == ("(?i:/a)", "(?x:/b # c\n)")
+
+
+@pytest.mark.parametrize(
+    ("pattern", "verbose", "found"),
+    [
+        (r"/(b)\1", False, "\\1"), (r"/(b)\12", False, "\\12"), (r"/(b)\1a", False, "\\1"),
+        (r"/(b)\18", False, "\\18"), (r"/\101", False, None), (r"/[\1]", False, None),
+        (r"/[]\1]", False, None), (r"/[^]\1]", False, None), (r"/\\1", False, None),
+        (r"/(a)(?(1)b|c)", False, "(?(1)"), (r"/(?P<n>a)(?(n)b|c)", False, None),
+        ("/(a) # \\1\n", True, None), ("/(a) # x\n\\1", True, "\\1"), (r"/\0", False, None),
+    ],
+)
+def test_numbered_references_are_found(pattern: str, verbose: bool, found: str | None) -> None:
+    """Back-references by number outside classes, and conditions on a numbered group;
+    not octal escapes, class members, escaped backslashes or verbose comments."""
+    assert values._numbered_reference(pattern, verbose) == found
