@@ -4,7 +4,8 @@ Every process of the server runs a small daemon thread. Each few seconds
 (``RETRY_SECONDS``) a thread that does not serve tries a non-blocking ``flock`` on
 ``port.lock`` in the metrics directory; the one that gets it binds
 ``GATEWAYZ_METRICS_PORT_ADDRESS:GATEWAYZ_METRICS_PORT`` and serves the metrics routes
-(everything under the URL prefix, with the same authentication) from its own thread,
+(the views of the metrics blueprint, with the same authentication; never an
+application view, even one whose rule matches a path under the URL prefix) from its own thread,
 reading the merged directory like any scrape, so the numbers are the server's, never one
 worker's. When that process dies, even by SIGKILL, the kernel drops its lock and its
 socket, and another process takes over within ``RETRY_SECONDS``. The lock, not the bind,
@@ -35,7 +36,11 @@ from types import FrameType
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
+from flask import Flask
+
 from . import election
+from .route_rules import rule_from_environ
+from .views import BLUEPRINT_NAME
 
 log = logging.getLogger("flask_gatewayz_metrics")
 LOCK_NAME = "port.lock"
@@ -44,7 +49,6 @@ RETRY_SECONDS = 2.0
 """How often a process that does not serve the port tries to take it over."""
 CLIENT_TIMEOUT_SECONDS = 10.0
 MAX_STATUS_BYTES = 4096
-WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
 
 class _Handler(WSGIRequestHandler):
@@ -63,10 +67,12 @@ class _Server(WSGIServer):
 class MetricsPort:
     """The port thread of one process, elected through ``port.lock`` in ``directory``."""
 
-    def __init__(self, app: WSGIApp, is_metrics_path: Callable[[str], bool], address: str, port: int,
+    def __init__(self, app: Flask, is_metrics_path: Callable[[str], bool], address: str, port: int,
                  directory: str) -> None:  # fmt: skip
         self.app = app
         self.is_metrics_path = is_metrics_path
+        """The cheap first test of a path (``request_timing.OwnRoutes``); the route the
+        app matches decides (``_is_ours``)."""
         self.address = address
         self.port = port
         self.directory = directory
@@ -201,11 +207,25 @@ class MetricsPort:
         return server
 
     def _serve(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-        """The metrics routes of the app; anything else is 404."""
-        if self.is_metrics_path(environ.get("PATH_INFO", "")):
+        """The metrics blueprint's routes of the app; anything else is 404, answered here
+        without running any of the app's code."""
+        if self.is_metrics_path(environ.get("PATH_INFO", "")) and self._is_ours(environ):
             return self.app(environ, start_response)
         start_response("404 Not Found", [("Content-Type", "text/plain; charset=utf-8")])
         return [b"not found: this port serves the metrics routes only\n"]
+
+    def _is_ours(self, environ: dict[str, Any]) -> bool:
+        """Whether the app routes this request to one of the metrics blueprint's views.
+
+        A path under the URL prefix is not enough: an application view may match it too
+        (a catch-all ``/<path:p>``, an SPA fallback, with prefix ``/`` the app's own
+        ``/``), and the port must never serve one, since the metrics credentials do not
+        guard it. The request is matched the way Flask will dispatch it (server name,
+        subdomain, host matching: ``route_rules.rule_from_environ``); a 405 on one of
+        our routes is ours (Flask answers it), a redirect or no match is not.
+        """
+        rule = rule_from_environ(self.app, environ)
+        return rule is not None and rule.endpoint.startswith(BLUEPRINT_NAME + ".")
 
     def _release(self) -> None:
         if self._lock_fd >= 0 and self._pid == os.getpid():

@@ -77,6 +77,88 @@ def test_port_serves_metrics_routes_with_the_same_auth(port_app: tuple[Flask, in
     assert b'endpoint="/metrics"' not in http("GET", url + "/metrics", headers=auth)[1]
 
 
+
+NOT_OURS = b"not found: this port serves the metrics routes only\n"
+"""The port's own 404 body: the request reached no view of the app."""
+
+
+def raw_get(port: int, path: bytes, headers: bytes = b"", method: bytes = b"GET") -> tuple[int, bytes]:
+    """One HTTP/1.0 request on a real socket, ``path`` sent as is (no client normalises it)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(method + b" " + path + b" HTTP/1.0\r\nHost: x\r\n" + headers + b"\r\n")
+        data = b""
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and (chunk := s.recv(65536)):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), body
+
+
+def test_port_never_serves_an_application_view(tmp_path: Path) -> None:
+    """A path under the URL prefix that an application view matches (a catch-all
+    ``/<path:p>``) is 404 on the port and the view never runs; it was served there, with
+    no metrics credentials. The metrics routes still answer, with their auth."""
+    port = free_port()
+    app, _ = configured_app(tmp_path, "catchall", port=port, auth_token="s3cret")
+    ran: list[str] = []
+
+    @app.get("/admin/secret")
+    def secret() -> str:
+        ran.append("secret")
+        return "APP SECRET"
+
+    @app.route("/<path:rest>", methods=["GET", "POST"])
+    def catchall(rest: str) -> str:
+        ran.append(rest)
+        return f"APP CATCHALL {rest}"
+
+    metrics_port = GatewayzMetrics.of(app).port
+    assert metrics_port is not None
+    auth = b"Authorization: Bearer s3cret\r\n"
+    try:
+        wait_serving(f"http://127.0.0.1:{port}/metrics", 10 * RETRY_SECONDS)
+        for path in (b"/metrics/anything", b"/metrics/%2e%2e/admin/secret", b"/metrics/../admin/secret",
+                     b"/metrics/", b"/metrics//json", b"/admin/secret", b"/metricsx"):  # fmt: skip
+            for headers in (b"", auth):
+                status, body = raw_get(port, path, headers)
+                assert (status, body) == (404, NOT_OURS), (path, headers, body)
+        # Flask routes a POST of /metrics/json to the catch-all (ours is GET only): not ours.
+        assert raw_get(port, b"/metrics/json", auth, method=b"POST") == (404, NOT_OURS)
+        assert raw_get(port, b"/metrics")[0] == 401
+        assert raw_get(port, b"/metrics", auth)[0] == 200
+        assert raw_get(port, b"/metrics/json", auth)[0] == 200
+        assert ran == []
+        assert app.test_client().get("/metrics/anything").get_data() == b"APP CATCHALL metrics/anything"  # main port
+    finally:
+        metrics_port.close()
+
+
+def test_port_with_the_root_prefix_never_serves_the_apps_own_root(tmp_path: Path) -> None:
+    """With URL prefix ``/`` the app's own ``/`` (registered first, so Flask routes ``/``
+    to it) is 404 on the port, not the app's page; ``/json`` and ``/health`` are served."""
+    port = free_port()
+    app = Flask("root_prefix")
+    app.config.update(GATEWAYZ_METRICS_DIR=str(tmp_path / "metrics"), GATEWAYZ_METRICS_URL_PREFIX="/",
+                      GATEWAYZ_METRICS_PORT=port)  # fmt: skip
+
+    @app.get("/")
+    def index() -> str:
+        return "APP INDEX"
+
+    GatewayzMetrics(app)
+    metrics_port = GatewayzMetrics.of(app).port
+    assert metrics_port is not None
+    try:
+        wait_serving(f"http://127.0.0.1:{port}/json", 10 * RETRY_SECONDS)
+        assert app.test_client().get("/").get_data() == b"APP INDEX"  # the app's view wins "/"
+        assert raw_get(port, b"/") == (404, NOT_OURS)
+        assert raw_get(port, b"/json")[0] == 200
+        assert raw_get(port, b"/health")[0] == 200
+        assert raw_get(port, b"/json", method=b"POST")[0] == 405  # one of our routes: Flask's 405
+    finally:
+        metrics_port.close()
+
+
 def test_port_taken_by_another_program_is_reported_then_taken(tmp_path: Path) -> None:
     """A port held by another program: the app works, health says why (degraded); freed, it is served."""
     port = free_port()
