@@ -195,7 +195,7 @@ def _scoped_flags(pattern: str) -> str:
     # Verbose: a comment on the last line would run on and swallow the closing
     # parenthesis; a newline ends it (and is white space verbose mode ignores).
     end = "\n)" if "x" in flags else ")"
-    return f"(?{flags}:{pattern[head.end():]}{end}"
+    return f"(?{flags}:{pattern[head.end() :]}{end}"
 
 
 def _numbered_reference(pattern: str, verbose: bool) -> str | None:

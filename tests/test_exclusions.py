@@ -77,7 +77,6 @@ def test_bad_excluded_paths_name_the_key(tmp_path: Path) -> None:
         make(tmp_path / "b", excluded_paths="/internal/")
 
 
-
 def test_excluded_paths_keep_their_inline_flags(tmp_path: Path) -> None:
     """A pattern with global inline flags (``(?i)``, verbose ``(?x)`` with a comment)
     compiles alone and means the same beside other patterns; it used to pass the check

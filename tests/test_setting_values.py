@@ -92,9 +92,17 @@ def joined(patterns: tuple[str, ...]) -> re.Pattern[str]:
 @pytest.mark.parametrize(
     "patterns",
     [
-        ["(?i)/health"], ["/static", "(?i)/HEALTHZ"], ["(?s)/a.b", "(?m)/c$"], ["(?i)(?s)/x.", "/y"],
-        ["(?x) /a  # comment", "/b"], ["(?a)/\\w+$", "/(z)"], ["/(a)", "/(?:b)"], [r"/(b)\1", "/(a)"],
-        ["/(?P<a>a)", r"/(?P<b>b)(?P=b)"], [r"/[\1]x", "/(q)", r"/\101"], ["/a|/b", "/c"],
+        ["(?i)/health"],
+        ["/static", "(?i)/HEALTHZ"],
+        ["(?s)/a.b", "(?m)/c$"],
+        ["(?i)(?s)/x.", "/y"],
+        ["(?x) /a  # comment", "/b"],
+        ["(?a)/\\w+$", "/(z)"],
+        ["/(a)", "/(?:b)"],
+        [r"/(b)\1", "/(a)"],
+        ["/(?P<a>a)", r"/(?P<b>b)(?P=b)"],
+        [r"/[\1]x", "/(q)", r"/\101"],
+        ["/a|/b", "/c"],
     ],
 )
 def test_excluded_patterns_mean_together_what_each_means_alone(patterns: list[str]) -> None:
@@ -127,11 +135,20 @@ def test_excluded_patterns_that_cannot_be_tried_together_are_refused() -> None:
 @pytest.mark.parametrize(
     ("pattern", "verbose", "found"),
     [
-        (r"/(b)\1", False, "\\1"), (r"/(b)\12", False, "\\12"), (r"/(b)\1a", False, "\\1"),
-        (r"/(b)\18", False, "\\18"), (r"/\101", False, None), (r"/[\1]", False, None),
-        (r"/[]\1]", False, None), (r"/[^]\1]", False, None), (r"/\\1", False, None),
-        (r"/(a)(?(1)b|c)", False, "(?(1)"), (r"/(?P<n>a)(?(n)b|c)", False, None),
-        ("/(a) # \\1\n", True, None), ("/(a) # x\n\\1", True, "\\1"), (r"/\0", False, None),
+        (r"/(b)\1", False, "\\1"),
+        (r"/(b)\12", False, "\\12"),
+        (r"/(b)\1a", False, "\\1"),
+        (r"/(b)\18", False, "\\18"),
+        (r"/\101", False, None),
+        (r"/[\1]", False, None),
+        (r"/[]\1]", False, None),
+        (r"/[^]\1]", False, None),
+        (r"/\\1", False, None),
+        (r"/(a)(?(1)b|c)", False, "(?(1)"),
+        (r"/(?P<n>a)(?(n)b|c)", False, None),
+        ("/(a) # \\1\n", True, None),
+        ("/(a) # x\n\\1", True, "\\1"),
+        (r"/\0", False, None),
     ],
 )
 def test_numbered_references_are_found(pattern: str, verbose: bool, found: str | None) -> None:
