@@ -17,23 +17,28 @@ Threads do not survive a fork, so the thread starts where the app is loaded, unl
 that is a pre-fork master (gunicorn ``--preload``, uWSGI without ``lazy-apps``): there
 it starts in each forked child (at-fork hook, which gunicorn runs) or at a worker's
 first request (uWSGI forks without the hooks). The server is stdlib ``wsgiref``, one
-request at a time with a socket timeout, so a slow or hostile client holds at most
-this thread, never an application request. The election (lock, fork, status file) is
-``election.py``'s, shared with the OTLP export.
+request at a time, so a slow or hostile client holds at most this thread, never an
+application request, and holds it for a bounded time: the whole request must arrive
+within ``REQUEST_DEADLINE_SECONDS`` of its connection being accepted (a per-read
+timeout alone let a client that sends a byte a second hold the port for ever), and each
+write of the response waits at most ``CLIENT_TIMEOUT_SECONDS``. The election (lock,
+fork, status file) is ``election.py``'s, shared with the OTLP export.
 """
 
 from __future__ import annotations
 
 import fcntl
+import io
 import logging
 import os
 import socket
 import sys
 import threading
+import time
 import weakref
 from collections.abc import Callable, Iterable
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
 from flask import Flask
@@ -42,17 +47,72 @@ from . import election
 from .route_rules import rule_from_environ
 from .views import BLUEPRINT_NAME
 
+if TYPE_CHECKING:
+    from _typeshed import WriteableBuffer
+
 log = logging.getLogger("flask_gatewayz_metrics")
 LOCK_NAME = "port.lock"
 STATUS_NAME = "port.status.json"
 RETRY_SECONDS = 2.0
 """How often a process that does not serve the port tries to take it over."""
 CLIENT_TIMEOUT_SECONDS = 10.0
+"""The longest one read or one write of a connection may wait."""
+REQUEST_DEADLINE_SECONDS = 5.0
+"""The whole request (request line, headers, and any body a view reads) must arrive
+within this many seconds of its connection being accepted, however its bytes trickle
+in; else the connection is closed, unanswered. A scraper sends its request at once (a
+few hundred bytes), so this is generous; and since the port serves one request at a
+time, it is the longest one client can keep the next scrape waiting."""
 MAX_STATUS_BYTES = 4096
 
 
+class _DeadlineReader(io.RawIOBase):
+    """The reading side of a connection, with one deadline for all of its reads: each
+    ``recv`` waits at most the time left (raising ``TimeoutError`` once none is left).
+
+    A socket timeout alone bounds each ``recv``, not the request: ``readline`` of the
+    request line or a header calls ``recv`` again after every byte that arrives.
+    """
+
+    def __init__(self, sock: socket.socket, deadline: float) -> None:
+        super().__init__()
+        self._sock = sock
+        self._deadline = deadline
+
+    def readable(self) -> bool:
+        """Always: this is the reading side."""
+        return True
+
+    def readinto(self, buffer: WriteableBuffer, /) -> int:
+        """Read what has arrived into ``buffer``, waiting at most until the deadline."""
+        left = self._deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError(f"request not received within {REQUEST_DEADLINE_SECONDS:g}s")
+        self._sock.settimeout(min(left, CLIENT_TIMEOUT_SECONDS))
+        try:
+            return self._sock.recv_into(buffer)
+        finally:
+            # The response's writes keep their own, per-write timeout.
+            self._sock.settimeout(CLIENT_TIMEOUT_SECONDS)
+
+
 class _Handler(WSGIRequestHandler):
-    timeout = CLIENT_TIMEOUT_SECONDS  # a client that sends nothing is dropped
+    timeout = CLIENT_TIMEOUT_SECONDS  # a write the client does not take in time fails
+
+    def setup(self) -> None:
+        """The connection's files, the reading one bounded by ``REQUEST_DEADLINE_SECONDS``
+        from now (the connection was just accepted)."""
+        super().setup()
+        self.rfile.close()  # the socket's own reader, replaced before anything read from it
+        self.rfile = io.BufferedReader(_DeadlineReader(self.connection, time.monotonic() + REQUEST_DEADLINE_SECONDS))
+
+    def handle(self) -> None:
+        """One request; a client too slow to send it is dropped quietly (wsgiref would
+        print a traceback for the ``TimeoutError``), and the server closes the socket."""
+        try:
+            super().handle()
+        except TimeoutError:
+            self.close_connection = True
 
     def log_message(self, format: str, *args: Any) -> None:
         pass  # scrapes are not worth a log line each

@@ -19,7 +19,12 @@ from flask import Flask
 from servers import free_port, http, scrape, send_concurrently, start_gateway, stop
 
 from flask_gatewayz_metrics import GatewayzMetrics
-from flask_gatewayz_metrics.metrics_port import RETRY_SECONDS, pre_fork_master, read_status
+from flask_gatewayz_metrics.metrics_port import (
+    REQUEST_DEADLINE_SECONDS,
+    RETRY_SECONDS,
+    pre_fork_master,
+    read_status,
+)
 from flask_gatewayz_metrics.settings import Settings
 
 TAKEOVER_BOUND = 5 * RETRY_SECONDS + 10
@@ -75,7 +80,6 @@ def test_port_serves_metrics_routes_with_the_same_auth(port_app: tuple[Flask, in
     assert http("GET", url + "/metricsfoo", headers=auth)[0] == 404
     # Scrapes on the port are not requests of the app.
     assert b'endpoint="/metrics"' not in http("GET", url + "/metrics", headers=auth)[1]
-
 
 
 NOT_OURS = b"not found: this port serves the metrics routes only\n"
@@ -157,6 +161,50 @@ def test_port_with_the_root_prefix_never_serves_the_apps_own_root(tmp_path: Path
         assert raw_get(port, b"/json", method=b"POST")[0] == 405  # one of our routes: Flask's 405
     finally:
         metrics_port.close()
+
+
+@pytest.mark.parametrize("sent_at_once", [b"", b"GET /metrics HTTP/1.0\r\n"], ids=["request_line", "headers"])
+def test_a_slow_client_holds_the_port_at_most_the_request_deadline(
+    port_app: tuple[Flask, int], sent_at_once: bytes
+) -> None:
+    """A client that sends a byte a second (each read well within the per-read timeout) is
+    cut off REQUEST_DEADLINE_SECONDS after it was accepted, whether it dribbles the request
+    line or the headers; a scrape sent meanwhile is answered then, and the next at once.
+    It used to hold the single-threaded port for as long as it kept sending."""
+    _, port = port_app
+    auth = b"Authorization: Bearer s3cret\r\n"
+    wait_serving(f"http://127.0.0.1:{port}/metrics", 10 * RETRY_SECONDS)
+    slack = 2.0  # a shared machine
+    with socket.create_connection(("127.0.0.1", port), timeout=1.0) as slow, ThreadPoolExecutor(1) as pool:
+        started = time.monotonic()
+        slow.sendall(sent_at_once)
+        time.sleep(0.3)  # accepted by now: the port is idle and the connection is the first
+
+        def scrape_meanwhile() -> tuple[int, float]:
+            begun = time.monotonic()
+            status, _ = raw_get(port, b"/metrics", auth)
+            return status, time.monotonic() - begun
+
+        meanwhile = pool.submit(scrape_meanwhile)
+        closed_after = None
+        for _ in range(int(3 * REQUEST_DEADLINE_SECONDS)):  # a byte a second, until the port hangs up
+            try:
+                slow.send(b"X")
+                if slow.recv(1) == b"":  # waits up to 1 s: b"" once the port closed the connection
+                    closed_after = time.monotonic() - started
+                    break
+            except TimeoutError:
+                continue
+            except OSError:  # reset: closed with our last byte unread
+                closed_after = time.monotonic() - started
+                break
+        assert closed_after is not None, "the slow client was never cut off"
+        assert REQUEST_DEADLINE_SECONDS - 0.5 <= closed_after <= REQUEST_DEADLINE_SECONDS + slack
+        status, waited = meanwhile.result(timeout=REQUEST_DEADLINE_SECONDS + 10)
+        assert status == 200 and waited <= REQUEST_DEADLINE_SECONDS + slack
+    begun = time.monotonic()
+    assert raw_get(port, b"/metrics", auth)[0] == 200
+    assert time.monotonic() - begun < slack
 
 
 def test_port_taken_by_another_program_is_reported_then_taken(tmp_path: Path) -> None:
