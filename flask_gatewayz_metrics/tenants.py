@@ -12,7 +12,10 @@ digits of HMAC-SHA256(hash key, API key), or a caller's alias (``api_key_alias``
 hash key is ``GATEWAYZ_METRICS_TENANT_HASH_KEY`` (setting or environment variable), else
 a random key kept in the metrics directory (``tenant.key``, mode 0600), which every
 process of a server shares; it changes (and so do the hashes) only when that directory
-is removed.
+is removed. ``tenant.key`` is read like every name in the directory (SECURITY.md): opened
+non-blocking without following a link, used only if it is a regular file of a trusted
+uid; anything else there (a FIFO, another user's file) leaves API keys out of the tenant
+labels, counted as ``storage_unavailable``, and is never removed.
 """
 
 from __future__ import annotations
@@ -22,16 +25,20 @@ import hmac
 import math
 import os
 import secrets
+import stat
 import threading
+import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from .record_primitives import RecordPrimitives
 from .storage import kinds
+from .storage.reader import OPEN_FLAGS, trusted_uids
 
 if TYPE_CHECKING:
     from .collector import MetricsCollector
     from .settings import Settings
+    from .storage import DirectoryAccess
 
 TENANT_LABELS = ("team", "api_key", "user")
 HASH_KEY_ENV = "GATEWAYZ_METRICS_TENANT_HASH_KEY"
@@ -40,6 +47,9 @@ KEY_BYTES = 32
 HASH_PREFIX = "key-"
 HASH_DIGITS = 16
 """64 bits of the HMAC: collisions stay negligible at the 1,000 keys a worker admits."""
+KEY_RETRY_SECONDS = 1.0
+"""After the key file was found unusable, how long API keys are left out before it is
+looked at again (so a planted FIFO costs no system calls per request)."""
 MAX_HEADER_VALUE = 512
 """Longest header value read as a tenant (longer ones are ignored, not truncated)."""
 
@@ -56,20 +66,29 @@ def hash_api_key(api_key: str, key: bytes) -> str:
 _key_lock = threading.Lock()
 
 
-def directory_key(directory: str) -> bytes:
+class KeyUnavailable(OSError):
+    """``tenant.key`` exists but is not a key we may use (not a regular file of a trusted
+    uid, or of the wrong length and not ours to replace)."""
+
+
+def directory_key(directory: str, trusted: frozenset[int] | None = None) -> bytes:
     """The hash key kept in the metrics directory, created (atomically, 0600) if missing.
 
     Every process of a server uses the same directory, so the same key: the first to
-    link its new file in wins, the others read it.
+    link its new file in wins, the others read it. ``trusted``: the uids whose file is
+    accepted (default: ``storage.reader.trusted_uids()``, the rule every file of the
+    directory is read by). Raises ``OSError`` (``KeyUnavailable``) when the name holds
+    something else; never blocks.
     """
     path = os.path.join(directory, KEY_FILE)
+    uids = trusted_uids() if trusted is None else trusted
     with _key_lock:
         for _ in range(3):
-            key = _read_key(path)
+            key = _read_key(path, uids)
             if key is not None:
                 return key
             temp = os.path.join(directory, f".{KEY_FILE}.{os.getpid()}.{secrets.token_hex(4)}")
-            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
             try:
                 os.write(fd, secrets.token_bytes(KEY_BYTES))
                 os.fsync(fd)
@@ -84,20 +103,36 @@ def directory_key(directory: str) -> bytes:
     raise OSError(f"cannot read or create the tenant hash key {path!r}")
 
 
-def _read_key(path: str) -> bytes | None:
-    """The key in ``path`` if it is a regular file of exactly ``KEY_BYTES`` bytes."""
+def _read_key(path: str, trusted: frozenset[int]) -> bytes | None:
+    """The key in ``path`` if it is a regular file of a trusted uid holding exactly
+    ``KEY_BYTES`` bytes; None if there is none (absent, or a bad one of ours, removed).
+
+    Opened like every name in the metrics directory (``storage.reader.OPEN_FLAGS``:
+    non-blocking, no link followed), then checked with ``fstat``: a FIFO, a device or
+    another user's file raises ``KeyUnavailable`` and is left where it is.
+    """
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        fd = os.open(path, OPEN_FLAGS)
     except FileNotFoundError:
         return None
     try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_uid not in trusted:
+            raise KeyUnavailable(f"{path!r} is not a regular file of a trusted user: API keys are not recorded")
         data = os.read(fd, KEY_BYTES + 1)
     finally:
         os.close(fd)
-    if len(data) != KEY_BYTES:
-        os.unlink(path)  # truncated or foreign: replace it (workers then agree on the new one)
-        return None
-    return data
+    if len(data) == KEY_BYTES:
+        return data
+    if st.st_uid == os.geteuid():
+        try:
+            now = os.stat(path, follow_symlinks=False)
+        except FileNotFoundError:
+            return None
+        if (now.st_dev, now.st_ino) == (st.st_dev, st.st_ino):
+            os.unlink(path)  # ours but truncated: replace it (workers then agree on the new one)
+            return None
+    raise KeyUnavailable(f"{path!r} does not hold a {KEY_BYTES}-byte key: API keys are not recorded")
 
 
 def header_keys(headers: Mapping[str, str] | None) -> tuple[tuple[str, str], ...]:
@@ -143,13 +178,30 @@ class TenantRecording(RecordPrimitives):
     """The API-key hash key (the ``tenant_hash_key`` setting); None: the environment
     variable, else the metrics directory's key."""
     _tenant_key: tuple[str | None, bytes] | None = None
+    _tenant_key_retry_at = 0.0
+    """Monotonic time before which the directory's key is not looked for again (it was
+    found unusable)."""
+
+    if TYPE_CHECKING:
+        _storage: DirectoryAccess
+
+        def _log_rate_limited(self, message: str, arg: object) -> None: ...
 
     def _hash_key(self, configured: str | None) -> bytes:
         configured = configured or self.tenant_hash_key or os.environ.get(HASH_KEY_ENV) or None
         cached = self._tenant_key
         if cached is not None and cached[0] == configured:
             return cached[1]
-        key = configured.encode("utf-8") if configured else directory_key(self.directory)
+        if configured is None:
+            if time.monotonic() < self._tenant_key_retry_at:
+                raise KeyUnavailable("the tenant hash key in the metrics directory is unusable")
+            try:
+                key = directory_key(self.directory, self._storage.trusted)
+            except OSError:
+                self._tenant_key_retry_at = time.monotonic() + KEY_RETRY_SECONDS
+                raise
+        else:
+            key = configured.encode("utf-8")
         self._tenant_key = (configured, key)
         return key
 
@@ -173,8 +225,10 @@ class TenantRecording(RecordPrimitives):
         elif isinstance(api_key, str) and api_key:
             try:
                 key_label = hash_api_key(api_key, self._hash_key(hash_key))
-            except OSError:
+            except OSError as exc:
                 key_label = None  # no key to hash with: the key is left out, never kept raw
+                self._log_rate_limited("tenant API keys are not recorded: %s", exc)
+                self._drop("storage_unavailable")
         elif api_key is not None:
             key_label = ""  # not a usable key: recorded as an invalid label, never raw
         if team is None and key_label is None and user is None:

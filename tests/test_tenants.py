@@ -6,8 +6,11 @@ import hashlib
 import hmac
 import os
 import shutil
+import stat
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -272,3 +275,78 @@ def test_tenants_merged_across_gunicorn_workers(tmp_path: Path) -> None:
     for path in metrics_dir.rglob("*"):
         if path.is_file():
             assert RAW_KEY.encode() not in path.read_bytes()
+
+
+def _post_in_threads(app: Flask, count: int, timeout: float) -> tuple[dict[int, int], int]:
+    """``count`` requests with an API key header, each in its own thread, joined within
+    ``timeout`` seconds: (status by request, threads still running)."""
+    answers: dict[int, int] = {}
+
+    def post(i: int) -> None:
+        answers[i] = app.test_client().post("/chat", json={}, headers={"Authorization": f"Bearer sk-{i}"}).status_code
+
+    threads = [threading.Thread(target=post, args=(i,), daemon=True) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + timeout
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    return answers, sum(thread.is_alive() for thread in threads)
+
+
+def test_a_planted_fifo_as_tenant_key_never_blocks_a_request(tmp_path: Path) -> None:
+    """A FIFO named tenant.key in a group-writable directory (SECURITY.md's threat model):
+    requests with an API key are answered at once, the key is left out and counted, and
+    the FIFO is left where it is."""
+    metrics_dir = tmp_path / "m"
+    app = tenant_app(metrics_dir, tenant_headers={"api_key": "Authorization", "team": "X-Team"})
+    os.chmod(metrics_dir, 0o770)
+    os.mkfifo(metrics_dir / KEY_FILE)
+    answers, hanging = _post_in_threads(app, 3, timeout=10.0)
+    assert hanging == 0 and answers == {0: 200, 1: 200, 2: 200}
+    client = app.test_client()
+    assert client.post("/chat", json={"tenant": {"api_key": RAW_KEY, "team": "red"}}).status_code == 200
+    assert stat.S_ISFIFO(os.lstat(metrics_dir / KEY_FILE).st_mode)  # never removed
+    got = metrics_of(app)
+    assert got["gatewayz_tenant_requests_total", labels("red", "", status_class="2xx")] == 1  # team kept, key left out
+    assert not any(name == "gatewayz_tenant_requests_total" and ("api_key", "") not in ls for (name, ls) in got)
+    assert got["gatewayz_metrics_dropped_total", frozenset({("reason", "storage_unavailable")})] >= 1
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown to another user needs root (CI runs as root)")
+@pytest.mark.parametrize("size", [32, 5], ids=["key-sized", "wrong-size"])
+def test_another_users_tenant_key_is_never_used_nor_removed(tmp_path: Path, size: int) -> None:
+    """A tenant.key of another (untrusted) uid is not the HMAC key, whatever its size, and
+    is not unlinked; trusting that uid (trusted_uids) makes a key-sized one the key."""
+    metrics_dir = tmp_path / "m"
+    collector = MetricsCollector(str(metrics_dir))
+    planted = metrics_dir / KEY_FILE
+    planted.write_bytes(b"k" * size)
+    os.chown(planted, 65534, 65534)
+    try:
+        assert collector.tenant(team="red", api_key=RAW_KEY) == ("red", None, None)
+        assert planted.read_bytes() == b"k" * size and planted.stat().st_uid == 65534
+        assert collector.snapshot().dropped().get("storage_unavailable") == 1
+    finally:
+        collector.close()
+    trusting = MetricsCollector(str(metrics_dir), trusted_uids=[65534])
+    try:
+        expected = ("red", hash_api_key(RAW_KEY, b"k" * size), None) if size == 32 else ("red", None, None)
+        assert trusting.tenant(team="red", api_key=RAW_KEY) == expected
+        assert planted.read_bytes() == b"k" * size  # a trusted user's short file is not ours to remove
+    finally:
+        trusting.close()
+
+
+def test_our_own_truncated_tenant_key_is_replaced(tmp_path: Path) -> None:
+    """A tenant.key of ours with the wrong length is replaced by a fresh 0600 key."""
+    metrics_dir = tmp_path / "m"
+    collector = MetricsCollector(str(metrics_dir))
+    (metrics_dir / KEY_FILE).write_bytes(b"short")
+    try:
+        _, hashed, _ = collector.tenant(team="red", api_key=RAW_KEY) or (None, None, None)
+        key = (metrics_dir / KEY_FILE).read_bytes()
+        assert len(key) == 32 and hashed == hash_api_key(RAW_KEY, key)
+    finally:
+        collector.close()
+
