@@ -4,8 +4,8 @@ Every process of the server runs a small daemon thread. Each few seconds
 (``RETRY_SECONDS``) a thread that does not serve tries a non-blocking ``flock`` on
 ``port.lock`` in the metrics directory; the one that gets it binds
 ``GATEWAYZ_METRICS_PORT_ADDRESS:GATEWAYZ_METRICS_PORT`` and serves the metrics routes
-(the views of the metrics blueprint, with the same authentication; never an
-application view, even one whose rule matches a path under the URL prefix) from its own thread,
+(the metrics blueprint's views, with the same authentication; never an application
+view, even one whose rule matches a path under the URL prefix) from its own thread,
 reading the merged directory like any scrape, so the numbers are the server's, never one
 worker's. When that process dies, even by SIGKILL, the kernel drops its lock and its
 socket, and another process takes over within ``RETRY_SECONDS``. The lock, not the bind,
@@ -268,7 +268,7 @@ class MetricsPort:
 
     def _serve(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         """The metrics blueprint's routes of the app; anything else is 404, answered here
-        without running any of the app's code."""
+        without running any of the app's views."""
         if self.is_metrics_path(environ.get("PATH_INFO", "")) and self._is_ours(environ):
             return self.app(environ, start_response)
         start_response("404 Not Found", [("Content-Type", "text/plain; charset=utf-8")])
