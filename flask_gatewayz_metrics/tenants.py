@@ -135,6 +135,21 @@ def _read_key(path: str, trusted: frozenset[int]) -> bytes | None:
     raise KeyUnavailable(f"{path!r} does not hold a {KEY_BYTES}-byte key: API keys are not recorded")
 
 
+def key_bytes(configured: str) -> bytes:
+    """The bytes of a configured hash key.
+
+    ``os.environ`` decodes a variable's bytes with ``surrogateescape``: bytes that are not
+    UTF-8 arrive as lone surrogates U+DC80..U+DCFF, which that handler turns back into
+    the environment's original bytes (a plain UTF-8 key is unchanged). Any other lone
+    surrogate (only a str from the app's config can hold one) is kept as its
+    ``surrogatepass`` bytes: every str is a usable key, never an error in a request.
+    """
+    try:
+        return str.encode(configured, "utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return str.encode(configured, "utf-8", "surrogatepass")
+
+
 def header_keys(headers: Mapping[str, str] | None) -> tuple[tuple[str, str], ...]:
     """(label, WSGI environ key) pairs for the tenant headers setting."""
     if not headers:
@@ -185,6 +200,7 @@ class TenantRecording(RecordPrimitives):
     if TYPE_CHECKING:
         _storage: DirectoryAccess
 
+        def _internal_error(self, exc: Exception) -> None: ...
         def _log_rate_limited(self, message: str, arg: object) -> None: ...
 
     def _hash_key(self, configured: str | None) -> bytes:
@@ -200,8 +216,10 @@ class TenantRecording(RecordPrimitives):
             except OSError:
                 self._tenant_key_retry_at = time.monotonic() + KEY_RETRY_SECONDS
                 raise
+        elif isinstance(configured, str):
+            key = key_bytes(configured)
         else:
-            key = configured.encode("utf-8")
+            raise TypeError(f"the tenant hash key must be a str, got {type(configured).__name__}")
         self._tenant_key = (configured, key)
         return key
 
@@ -229,6 +247,9 @@ class TenantRecording(RecordPrimitives):
                 key_label = None  # no key to hash with: the key is left out, never kept raw
                 self._log_rate_limited("tenant API keys are not recorded: %s", exc)
                 self._drop("storage_unavailable")
+            except Exception as exc:  # a hash key that is no str: never an error in the request
+                key_label = None
+                self._internal_error(exc)
         elif api_key is not None:
             key_label = ""  # not a usable key: recorded as an invalid label, never raw
         if team is None and key_label is None and user is None:

@@ -350,3 +350,24 @@ def test_our_own_truncated_tenant_key_is_replaced(tmp_path: Path) -> None:
     finally:
         collector.close()
 
+
+def test_hash_key_of_non_utf8_environment_bytes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """GATEWAYZ_METRICS_TENANT_HASH_KEY holding bytes that are not UTF-8 (os.environ gives
+    them as lone surrogates) hashes with the environment's own bytes; a request is never
+    failed by a hash key, whatever str (or other value) it is."""
+    monkeypatch.setitem(os.environb, b"GATEWAYZ_METRICS_TENANT_HASH_KEY", b"k3y-\xff\xfe-random")
+    app = tenant_app(tmp_path / "env")
+    assert app.test_client().post("/chat", json={"tenant": {"api_key": RAW_KEY, "team": "red"}}).status_code == 200
+    hashed = hash_api_key(RAW_KEY, b"k3y-\xff\xfe-random")
+    assert metrics_of(app)["gatewayz_tenant_requests_total", labels("red", hashed, status_class="2xx")] == 1
+    monkeypatch.delitem(os.environb, b"GATEWAYZ_METRICS_TENANT_HASH_KEY")
+    configured = tenant_app(tmp_path / "config", tenant_hash_key="k\ud800\udcff")  # lone surrogates from config
+    assert configured.test_client().post("/chat", json={"tenant": {"api_key": RAW_KEY}}).status_code == 200
+    hashed = hash_api_key(RAW_KEY, "k\ud800\udcff".encode("utf-8", "surrogatepass"))
+    assert metrics_of(configured)["gatewayz_tenant_requests_total", labels("", hashed, status_class="2xx")] == 1
+    collector = MetricsCollector(str(tmp_path / "direct"))
+    try:
+        assert collector.tenant(team="red", api_key=RAW_KEY, hash_key=5) == ("red", None, None)  # type: ignore[arg-type]
+        assert collector.snapshot().dropped().get("internal_error") == 1
+    finally:
+        collector.close()
