@@ -183,6 +183,14 @@ def _definition(
         )
     if not isinstance(documentation, str) or not documentation or len(documentation) > MAX_DOCUMENTATION:
         raise ValueError(f"metric {name!r}: documentation must be a non-empty string of at most {MAX_DOCUMENTATION}")
+    # A plain copy (a str subclass's methods are never called on what is kept), and
+    # valid UTF-8 only: a lone surrogate (text decoded with errors="surrogateescape")
+    # can be neither served nor stored in a record key that other processes read.
+    documentation = str.__getitem__(documentation, slice(None))
+    try:
+        documentation.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"metric {name!r}: documentation is not valid Unicode text (a lone surrogate)") from None
     if isinstance(labelnames, str):
         raise ValueError(f"metric {name!r}: labelnames must be a sequence of names, not a string")
     names = tuple(labelnames)

@@ -14,6 +14,7 @@ import json
 import math
 import os
 import time
+import weakref
 from bisect import bisect_left
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
@@ -33,11 +34,14 @@ _MAX_VALUE = layout.MAX_VALUE
 class _Series:
     """One label set's place in this process's file (re-found after a new file)."""
 
-    __slots__ = ("generation", "key", "offset", "pid", "storable", "value")
+    __slots__ = ("__weakref__", "generation", "key", "offset", "pid", "storable", "value")
 
     def __init__(self, kind: str, key: tuple[str, ...]) -> None:
         self.key = key
-        self.storable = len(layout.encode_key(kind, key)) <= layout.MAX_KEY_BYTES
+        try:
+            self.storable = len(layout.encode_key(kind, key)) <= layout.MAX_KEY_BYTES
+        except ValueError:  # not encodable (label values are cleaned: defence in depth)
+            self.storable = False
         """False for label values too long together to fit a record key."""
         self.generation = -1
         self.offset = -1
@@ -55,6 +59,9 @@ class _Metric:
         self._guard = LabelGuard(dict.fromkeys(definition.labelnames, max_label_values))
         self._label_set = frozenset(definition.labelnames)
         self._children: dict[tuple[str, ...], _Series] = {}
+        self._held: weakref.WeakValueDictionary[tuple[str, ...], _Series] = weakref.WeakValueDictionary()
+        """Every series a handle still holds, also once ``_children`` was emptied: one
+        label set has one ``_Series`` (a gauge's value in this process) at a time."""
         self._meta = definition.meta_labels()
         self._defined_at = time.time()
         self._bounds = bounds_label(definition.bounds) if definition.type == "histogram" else None
@@ -66,14 +73,18 @@ class _Metric:
         drop) if they do not match the label names or a value is unusable."""
         names = self.definition.labelnames
         if named:
-            if values or named.keys() != self._label_set:
+            try:
+                if values or named.keys() != self._label_set:
+                    self._dropped("invalid_label")
+                    return None
+            except Exception:  # a label name (a str subclass) whose __hash__ / __eq__ raises
                 self._dropped("invalid_label")
                 return None
             values = tuple(named[n] for n in names)
         try:
             known = self._children.get(values)  # type: ignore[arg-type]
-        except TypeError:  # an unhashable value: the guard refuses it below
-            known = None
+        except Exception:  # unhashable, or a str subclass whose __hash__ / __eq__ raises:
+            known = None  # the guard refuses (or copies) each value below
         if known is not None and known.storable:
             return known  # label values already admitted as they are
         if len(values) != len(names) or not names:
@@ -110,12 +121,16 @@ class _Metric:
     def _series(self, values: tuple[str, ...]) -> _Series:
         found = self._children.get(values)
         if found is None:
+            found = self._held.get(values)
+            if found is None:
+                # A new series (a gauge's value is read back from the file: _offset).
+                labels = json.dumps(list(values), ensure_ascii=False)
+                name = self.definition.name
+                key = (name, labels) if self._bounds is None else (name, self._bounds, labels)
+                found = self._held[values] = _Series(self.definition.kind, key)
             if len(self._children) >= MAX_CHILDREN:
-                self._children.clear()  # a gauge's value is read back from the file (_offset)
-            labels = json.dumps(list(values), ensure_ascii=False)
-            name = self.definition.name
-            key = (name, labels) if self._bounds is None else (name, self._bounds, labels)
-            found = self._children[values] = _Series(self.definition.kind, key)
+                self._children.clear()
+            self._children[values] = found
         return found
 
     def _no_labels(self) -> _Series | None:

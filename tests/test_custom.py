@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from conftest import FakeClock
 
-from flask_gatewayz_metrics import Counter, Gauge, Histogram, InvalidMetric, MetricsCollector
+from flask_gatewayz_metrics import Counter, Gauge, Histogram, InvalidMetric, MetricsCollector, custom_handles
 from flask_gatewayz_metrics.storage import kinds
 from flask_gatewayz_metrics.testing import Samples, scrape_samples
 
@@ -232,6 +232,75 @@ def test_bad_input_is_dropped_and_counted(collector: MetricsCollector) -> None:
     assert got[("gatewayz_metrics_dropped_total", (("reason", "invalid_value"),))] == 6.0
     assert got[("app_level", ())] == 0.0
     assert got[("app_size_count", ())] == 0.0
+
+
+def test_documentation_must_be_valid_unicode(make: Callable[..., MetricsCollector]) -> None:
+    """Help text with a lone surrogate (text decoded with errors="surrogateescape") is
+    refused when defined. Before, it was accepted: every scrape of that process was a
+    500, and its record key, written with surrogates, made the whole worker file
+    unreadable to every other process (all its requests gone from their scrapes)."""
+    collector, other = make(), make()
+    collector.record_request("/ok", "GET", 0.1, 200)
+    with pytest.raises(ValueError, match="not valid Unicode"):
+        collector.counter("app_bytes_seen", "Bytes seen \udcff in prompts.")
+
+    class Help(str):
+        def __str__(self) -> str:
+            raise RuntimeError("never called")
+
+    kept = collector.counter("app_helped", Help("Helped."))
+    assert kept.definition.documentation.__class__ is str
+    kept.inc()
+    for reader in (collector, other):
+        got = samples(reader)
+        assert got[("http_requests_total", (("endpoint", "/ok"), ("method", "GET")))] == 1.0
+        assert got[("app_helped_total", ())] == 1.0
+
+
+def test_a_hostile_label_value_is_dropped_not_raised(collector: MetricsCollector) -> None:
+    """A str subclass whose __hash__ or __eq__ raises, given positionally or by name:
+    the call is dropped (or the value copied) and counted, never raised into the app."""
+
+    class BadHash(str):
+        def __hash__(self) -> int:
+            raise RuntimeError("boom hash")
+
+    class BadEq(str):
+        __hash__ = str.__hash__
+
+        def __eq__(self, other: object) -> bool:
+            raise RuntimeError("boom eq")
+
+    counter = collector.counter("app_calls", "Calls.", ["team"])
+    counter.labels(BadHash("a")).inc()  # copied as a plain "a" by the guard
+    counter.labels(team=BadHash("a")).inc()
+    counter.labels(team=BadEq("a")).inc()  # compared with the cached "a": raises, then copied
+    counter.labels(team=["a"]).inc()  # unhashable: dropped
+    got = samples(collector)
+    assert got[("app_calls_total", (("team", "a"),))] == 3.0
+    assert got[("gatewayz_metrics_dropped_total", (("reason", "invalid_label"),))] == 1.0
+
+
+def test_gauge_handles_share_one_value_past_the_handle_cache(
+    collector: MetricsCollector, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A gauge child held by the app keeps working after the metric's handle cache was
+    emptied (more label sets than it keeps): a new ``.labels()`` for the same labels
+    finds the same series. Before, the two handles each kept a value and wrote it whole
+    over the other's: inc/dec were lost."""
+    monkeypatch.setattr(custom_handles, "MAX_CHILDREN", 10)
+    waiting = collector.gauge("app_waiting", "Waiting.", ["team"], mode="livesum")
+    held = waiting.labels("search")
+    held.inc(5)
+    for team in range(25):  # empties the cache twice
+        waiting.labels(f"t{team}").set(0)
+    again = waiting.labels("search")
+    again.inc()
+    held.inc()
+    assert value(collector, "app_waiting", team="search") == 7.0
+    again.dec(3)
+    held.dec()
+    assert value(collector, "app_waiting", team="search") == 3.0
 
 
 def test_strict_mode_raises_for_bad_input(metrics_dir: str) -> None:

@@ -7,8 +7,10 @@ import ast
 import pathlib
 from collections.abc import Callable
 
+import pytest
+
 import flask_gatewayz_metrics
-from flask_gatewayz_metrics.storage import kinds
+from flask_gatewayz_metrics.storage import kinds, layout
 
 PACKAGE = pathlib.Path(flask_gatewayz_metrics.__file__).parent
 
@@ -131,3 +133,12 @@ def test_the_checker_sees_numbered_reads() -> None:
     """``numbered_payload_reads`` finds ``payload[0]``, ``p[-1]``, ``payload[1:]`` and ``x.total(k)[0]``."""
     source = "a = payload[0]\nb = p[-1]\nc = payload[1:]\nd = snap.total('db')[0]\ne = payload[kinds.VALUE]\n"
     assert numbered_payload_reads(source) == [1, 2, 3, 4]
+
+
+def test_a_record_key_is_strict_utf8() -> None:
+    """Every reader decodes keys strictly, so a key with a lone surrogate (written with
+    "surrogatepass" before) made the writer's whole file unreadable to them: now writing
+    that one record fails instead."""
+    with pytest.raises(UnicodeEncodeError):
+        layout.encode_key("counter", ("bytes \udcff",))
+    assert layout.encode_key("counter", ("é",)) == '["counter","é"]'.encode()

@@ -260,7 +260,10 @@ def encode_key(kind: str, labels: Sequence[str]) -> bytes:
     """A record's key: the UTF-8 JSON array ``[kind, label values...]``."""
     # No spaces after the separators (format 4): a key is padded to 8 bytes, so the
     # 4 to 6 spaces of a 4-label key often cost a whole 8 more per record.
-    return json.dumps([kind, *labels], ensure_ascii=False, separators=(",", ":")).encode("utf-8", "surrogatepass")
+    # Strict UTF-8: every reader decodes keys strictly, and one undecodable key makes the
+    # whole file unreadable to them. A lone surrogate raises here (UnicodeEncodeError,
+    # a ValueError) and only that record is lost.
+    return json.dumps([kind, *labels], ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
 def encode_record(key: bytes, payload: Sequence[float]) -> bytes:
