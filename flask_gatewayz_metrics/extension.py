@@ -113,6 +113,7 @@ class GatewayzMetrics:
                 "app (use one GatewayzMetrics object with init_app for several apps)."
             )
         settings, custom_storage = Settings.resolve(app.config, self._options)
+        otlp = otlp_config(settings.otlp_endpoint)  # before anything is installed: may refuse the setting
 
         def make(namespace: str | None) -> MetricsCollector:
             return MetricsCollector(
@@ -149,7 +150,6 @@ class GatewayzMetrics:
             port.start_at_boot()
             if port.deferred:  # a worker forked without at-fork hooks (uWSGI) starts it on its first request
                 app.before_request(port.before_request)
-        otlp = otlp_config(settings.otlp_endpoint)
         if otlp is not None and settings.static_labels:  # the same pairs as resource attributes
             otlp = replace(otlp, resource={**otlp.resource, **settings.static_labels})
         if otlp is not None:  # each worker starts its export thread on its first request

@@ -85,6 +85,19 @@ log = logging.getLogger("flask_gatewayz_metrics")
 MAX_RESPONSE_BYTES = 1 << 20
 
 
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    """A redirect is an error, never followed: urllib would re-send the POST as a GET
+    without its body (the export lost, yet answered 200) to any host the ``Location``
+    names, with the configured headers (API keys) attached."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+_OPENER = urllib.request.build_opener(_NoRedirects())
+"""urllib's default handlers (proxies from the environment, http, https) without redirects."""
+
+
 def retry_delay(failures: int, interval: float) -> float:
     """Seconds before the next attempt after ``failures`` failed ones in a row: doubling
     from 1 s (or an eighth of a short interval), never longer than the interval, with
@@ -238,10 +251,12 @@ class OtlpExporter:
                      "User-Agent": f"flask_gatewayz_metrics/{VERSION}"},
         )  # fmt: skip
         try:
-            with urllib.request.urlopen(request, timeout=self.config.timeout) as response:
+            with _OPENER.open(request, timeout=self.config.timeout) as response:
                 answer = response.read(MAX_RESPONSE_BYTES)
         except urllib.error.HTTPError as exc:
             with exc:
+                if 300 <= exc.code < 400:
+                    return False, f"HTTP {exc.code} {exc.reason} (redirects are not followed: configure the final URL)"
                 return False, f"HTTP {exc.code} {exc.reason}"
         except (OSError, ValueError) as exc:  # refused, timed out, DNS, bad header
             reason = getattr(exc, "reason", None) or exc

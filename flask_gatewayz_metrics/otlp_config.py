@@ -39,15 +39,54 @@ class OtlpConfig:
     @property
     def shown_endpoint(self) -> str:
         """The endpoint without credentials or query, safe for logs and health."""
-        parts = urllib.parse.urlsplit(self.endpoint)
-        return f"{parts.scheme}://{parts.hostname or ''}{f':{parts.port}' if parts.port else ''}{parts.path}"
+        return shown_url(self.endpoint)
+
+
+def shown_url(url: str) -> str:
+    """``url`` without credentials, query or fragment (never raises: a port that is not
+    one is left out)."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        hostname = parts.hostname or ""
+    except ValueError:  # e.g. an unclosed IPv6 bracket
+        return "(not a valid URL)"
+    try:
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        port = ":(not a port)"
+    return f"{parts.scheme}://{hostname}{port}{parts.path}"
+
+
+def endpoint_problem(url: str) -> str | None:
+    """Why ``url`` cannot be an OTLP endpoint (None: it can): an http(s) URL with a host,
+    a port in 1..65535 if any, and no credentials (``user:password@`` would be shown in
+    errors; http.client does not send them anyway: give them as a header instead)."""
+    if not url.startswith(("http://", "https://")) or any(c.isspace() for c in url) or len(url) > 2048:
+        return "it is not an http(s) URL"
+    try:
+        parts = urllib.parse.urlsplit(url)
+        host = parts.hostname  # (parsed here: raises for an unclosed IPv6 bracket)
+    except ValueError:
+        return "it is not a valid URL"
+    try:
+        port_usable = parts.port != 0
+    except ValueError:  # not a number, or past 65535
+        port_usable = False
+    if not port_usable:
+        return "its port is not a number in 1..65535"
+    if not host:
+        return "it has no host"
+    if "@" in parts.netloc:
+        return "it holds credentials (user:password@); give them in OTEL_EXPORTER_OTLP_HEADERS instead"
+    return None
 
 
 def otlp_config(setting: str | None, environ: Mapping[str, str] | None = None) -> OtlpConfig | None:
     """The export configuration, or None when no endpoint is set (or ``OTEL_SDK_DISABLED``).
 
     Malformed environment values are logged and replaced by their defaults: metrics
-    never keep an application from starting.
+    never keep an application from starting. A malformed ``setting`` (the app's own
+    configuration) raises ``ValueError`` naming it.
     """
     env = os.environ if environ is None else environ
     if env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
@@ -58,8 +97,11 @@ def otlp_config(setting: str | None, environ: Mapping[str, str] | None = None) -
         if not base:
             return None
         endpoint = base.rstrip("/") + "/v1/metrics"  # the spec: the base URL gets the signal's path
-    if not endpoint.startswith(("http://", "https://")) or any(c.isspace() for c in endpoint):
-        log.warning("OTLP export disabled: endpoint %r is not an http(s) URL", endpoint[:200])
+    problem = endpoint_problem(endpoint)
+    if problem is not None:
+        if setting:
+            raise ValueError(f"GATEWAYZ_METRICS_OTLP_ENDPOINT {shown_url(setting)!r} is refused: {problem}")
+        log.warning("OTLP export disabled: endpoint %r is refused: %s", shown_url(endpoint)[:200], problem)
         return None
     protocol = env.get("OTEL_EXPORTER_OTLP_METRICS_PROTOCOL") or env.get("OTEL_EXPORTER_OTLP_PROTOCOL")
     if protocol and protocol.strip() != "http/protobuf":

@@ -9,9 +9,11 @@ import socket
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -101,6 +103,97 @@ def test_setting_is_checked_at_init(metrics_dir: str) -> None:
     app.config.update(GATEWAYZ_METRICS_DIR=metrics_dir, GATEWAYZ_METRICS_OTLP_ENDPOINT="collector:4318")
     with pytest.raises(ValueError, match="GATEWAYZ_METRICS_OTLP_ENDPOINT must be an http"):
         GatewayzMetrics(app)
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "problem"),
+    [
+        ("http://127.0.0.1:99999/v1/metrics", "port"),
+        ("http://collector:43l8/v1/metrics", "port"),
+        ("http://collector:0/v1/metrics", "port"),
+        ("http://[::1/v1/metrics", "not a valid URL"),
+        ("http:///v1/metrics", "no host"),
+        ("http://gateway:s3cr3t@127.0.0.1/v1/metrics", "credentials"),
+    ],
+)
+def test_a_malformed_endpoint_is_refused_at_init_and_disabled_from_the_env(
+    metrics_dir: str, endpoint: str, problem: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A URL that passes as "http(s)" but has no usable port or host, or carries
+    credentials, is refused at init_app (the setting; nothing installed) or disables the
+    export with a warning (the environment). Before, it passed, then every /metrics,
+    /metrics/json and /metrics/health raised (the shown endpoint read the port), and a
+    password came back in health and the JSON document inside the connection error."""
+    app = Flask(__name__)
+    app.config.update(GATEWAYZ_METRICS_DIR=metrics_dir, GATEWAYZ_METRICS_OTLP_ENDPOINT=endpoint)
+    with pytest.raises(ValueError, match=f"GATEWAYZ_METRICS_OTLP_ENDPOINT .* is refused: .*{problem}") as refused:
+        GatewayzMetrics(app)
+    assert "s3cr3t" not in str(refused.value)
+    assert "gatewayz_metrics" not in app.extensions and not app.blueprints  # refused before anything was installed
+
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", endpoint)
+    app = Flask(__name__)
+    app.config.update(GATEWAYZ_METRICS_DIR=metrics_dir)
+    GatewayzMetrics(app)
+    app.get("/x")(lambda: "ok")
+    client = app.test_client()
+    assert client.get("/x").status_code == 200
+    for path in ("/metrics", "/metrics/json", "/metrics/health"):
+        assert client.get(path).status_code == 200, path
+    assert "otlp" not in json.dumps(client.get("/metrics/health").get_json()).lower()
+    assert any("OTLP export disabled" in r.getMessage() and problem in r.getMessage() for r in caplog.records)
+    assert not any("s3cr3t" in r.getMessage() for r in caplog.records)
+
+
+def test_a_redirect_is_a_failed_export_and_is_not_followed(collector: MetricsCollector) -> None:
+    """A receiver answering 302 elsewhere: urllib used to re-send the export as a GET with
+    no body to whatever host Location named, headers (API key) included, and count the
+    GET's 200 as a successful export. Now the 3xx is the export's failure, reported with
+    a hint, and the other host gets nothing."""
+    seen: list[tuple[str, str | None]] = []
+
+    class Elsewhere(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            seen.append((self.path, self.headers.get("api-key")))
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        do_POST = do_GET
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    elsewhere = ThreadingHTTPServer(("127.0.0.1", 0), Elsewhere)
+    threading.Thread(target=elsewhere.serve_forever, daemon=True).start()
+
+    class Redirect(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length", "0")))
+            self.send_response(302)
+            self.send_header("Location", f"http://127.0.0.1:{elsewhere.server_address[1]}/collect")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    redirector = ThreadingHTTPServer(("127.0.0.1", 0), Redirect)
+    threading.Thread(target=redirector.serve_forever, daemon=True).start()
+    collector.record_request("/api/chat", "POST", 0.2, 200)
+    exporter = make_exporter(collector, int(redirector.server_address[1]))
+    try:
+        assert exporter._try_lead()
+        assert not exporter.export_once()
+    finally:
+        exporter.close()
+        for server in (redirector, elsewhere):
+            server.shutdown()
+            server.server_close()
+    status = read_status(collector.directory)
+    assert status is not None and status["consecutive_failures"] == 1
+    assert status["last_error"].startswith("HTTP 302") and "redirects are not followed" in status["last_error"]
+    assert seen == []
 
 
 # ----------------------------------------------------------------------------- encoding and export
