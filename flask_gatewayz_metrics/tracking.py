@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import functools
 import inspect
+import logging
+import threading
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -12,6 +14,14 @@ from .collector import get_metrics_collector
 from .request_state import label_request
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+log = logging.getLogger("flask_gatewayz_metrics")
+
+RETRY_SECONDS = 60.0
+"""Outside Flask, how long a process-wide collector that could not be made (a refused
+directory, a bad setting) is not tried again; each failure is logged once."""
+_retry_at = 0.0
+_retry_lock = threading.Lock()
 
 
 def track_request(
@@ -66,9 +76,24 @@ def _record(
     endpoint: str, method: str, start: float, status: int,
     provider: str | None, model: str | None, failed: bool = False,
 ) -> None:
-    get_metrics_collector().observe_request(
-        endpoint, method, time.perf_counter() - start, status, provider, model, failed
-    )
+    latency = time.perf_counter() - start
+    global _retry_at
+    if _retry_at and time.monotonic() < _retry_at:
+        return  # no collector could be made lately (logged): the call stays unrecorded
+    try:
+        collector = get_metrics_collector()
+    except Exception as exc:
+        # Outside Flask the collector is made at the first recorded call, after the
+        # function has run: metrics never break the caller (its result or its own
+        # exception pass through), so the problem is logged, not raised.
+        with _retry_lock:
+            _retry_at = time.monotonic() + RETRY_SECONDS
+        log.error("track_request: no metrics collector, calls are not recorded (next try in %.0f s): %s",
+                  RETRY_SECONDS, exc)
+        return
+    if _retry_at:
+        _retry_at = 0.0
+    collector.observe_request(endpoint, method, latency, status, provider, model, failed)
 
 
 def _status_of(result: object) -> int:

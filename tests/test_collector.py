@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import math
+import time
+from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -15,9 +17,11 @@ from flask_gatewayz_metrics import (
     get_metrics_collector,
     sketch,
     track_request,
+    tracking,
 )
 from flask_gatewayz_metrics import default_collector as default_collector_module
 from flask_gatewayz_metrics.storage import layout
+from flask_gatewayz_metrics.testing import sample_key, scrape_samples
 
 SLOT = 60.0  # default window: 300 s in 5 slots
 
@@ -457,6 +461,50 @@ def test_track_request_sync(default_collector: MetricsCollector) -> None:
     assert d["models"]["gpt-4"]["requests"] == 1
     assert d["endpoints"]["/api/missing"]["status"] == {"404": 1}
     assert d["endpoints"]["/api/missing"]["methods"] == {"GET": {"requests": 1, "errors": 0}}
+
+
+def test_track_request_never_breaks_the_call_without_a_collector(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Outside Flask the process-wide collector is made at the first recorded call,
+    after the function ran. A directory it refuses (world-writable here) is logged once
+    and the call goes unrecorded: the function's result and its own exception pass
+    through. Before, the wrapper raised MetricsDirectoryError after the side effect, and
+    replaced the function's own exception."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    monkeypatch.setenv("GATEWAYZ_METRICS_DIR", str(shared))
+    monkeypatch.setattr(default_collector_module, "_default", None)
+    monkeypatch.setattr(tracking, "_retry_at", 0.0)
+    charged: list[str] = []
+
+    @track_request("/tasks/charge", "POST")
+    def charge(customer: str) -> dict[str, bool]:
+        charged.append(customer)
+        return {"ok": True}
+
+    @track_request("/tasks/fail")
+    def fail() -> None:
+        raise KeyError("the task's own error")
+
+    assert charge("alice") == {"ok": True} and charge("bob") == {"ok": True}
+    with pytest.raises(KeyError, match="the task's own error"):
+        fail()
+    assert charged == ["alice", "bob"]
+    refusals = [r for r in caplog.records if "track_request: no metrics collector" in r.getMessage()]
+    assert len(refusals) == 1 and "world-writable" in refusals[0].getMessage()
+    assert default_collector_module._default is None
+    # Once the retry time has passed and the directory is fixed, calls are recorded again.
+    shared.chmod(0o700)
+    monkeypatch.setattr(tracking, "_retry_at", time.monotonic() - 1)
+    assert charge("carol") == {"ok": True}
+    made = default_collector_module._default
+    assert made is not None
+    try:
+        assert scrape_samples(made)[sample_key("http_requests_total", endpoint="/tasks/charge", method="POST")] == 1.0
+    finally:
+        made.close()
 
 
 def test_track_request_sync_exception(default_collector: MetricsCollector) -> None:
