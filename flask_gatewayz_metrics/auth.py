@@ -83,8 +83,8 @@ def scrape_credentials(settings: Settings) -> Credentials:
         raise ValueError(
             "GATEWAYZ_METRICS_AUTH_USERNAME and GATEWAYZ_METRICS_AUTH_PASSWORD(_FILE) must be set together"
         )
-    basic = f"{username}:{password}".encode() if username is not None else None
-    return Credentials(token.encode() if token else None, basic)
+    basic = _as_bytes(f"{username}:{password}", "AUTH_USERNAME / AUTH_PASSWORD") if username is not None else None
+    return Credentials(_as_bytes(token, "AUTH_TOKEN") if token else None, basic)
 
 
 def reset_credentials(settings: Settings) -> Credentials:
@@ -97,7 +97,18 @@ def reset_credentials(settings: Settings) -> Credentials:
         secret(settings.auth_password, settings.auth_password_file, "auth_password"),
     ):
         raise ValueError("GATEWAYZ_METRICS_RESET_TOKEN must differ from the scrape token and password")
-    return Credentials(token.encode() if token else None)
+    return Credentials(_as_bytes(token, "RESET_TOKEN") if token else None)
+
+
+def _as_bytes(secret_text: str, name: str) -> bytes:
+    """The bytes a client sends for ``secret_text``: its UTF-8, or, for text that came
+    from the environment as bytes that are not UTF-8 (lone surrogates from Python's
+    ``surrogateescape``), those original bytes. Any other lone surrogate is an error
+    naming the setting (it was a bare ``UnicodeEncodeError`` at start)."""
+    try:
+        return secret_text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        raise ValueError(f"GATEWAYZ_METRICS_{name} is not valid text (a lone surrogate)") from None
 
 
 def secret(value: str | None, path: str | None, name: str) -> str | None:

@@ -129,6 +129,23 @@ def test_an_empty_secret_or_a_shared_reset_token_is_refused_at_start() -> None:
     assert reset_credentials(Settings(auth_token="scrape", reset_token="reset")).token == b"reset"
 
 
+def test_a_secret_of_non_utf8_environment_bytes_is_those_bytes() -> None:
+    """A token from an environment variable holding bytes that are not UTF-8 arrives as
+    lone surrogates (``surrogateescape``): it is those original bytes, which a client
+    sends; any other lone surrogate is an error naming the setting (both were a bare
+    ``UnicodeEncodeError`` at start)."""
+    raw = b"tok\xe9n"  # Latin-1 "tokén" in the environment
+    credentials = scrape_credentials(Settings(auth_token=raw.decode("utf-8", "surrogateescape")))
+    assert credentials.token == raw
+    assert credentials.allow("Bearer " + raw.decode("latin-1"))
+    with pytest.raises(ValueError, match="GATEWAYZ_METRICS_AUTH_TOKEN is not valid text"):
+        scrape_credentials(Settings(auth_token="tok\ud800n"))
+    with pytest.raises(ValueError, match="GATEWAYZ_METRICS_RESET_TOKEN is not valid text"):
+        reset_credentials(Settings(reset_token="\ud800"))
+    with pytest.raises(ValueError, match="AUTH_USERNAME / AUTH_PASSWORD is not valid text"):
+        scrape_credentials(Settings(auth_username="u", auth_password="\ud800"))
+
+
 def wire(header: str) -> str:
     """``header`` as a WSGI server hands it over when the client sends it UTF-8 encoded:
     the bytes decoded as Latin-1 (PEP 3333)."""
