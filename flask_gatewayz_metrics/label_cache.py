@@ -18,7 +18,9 @@ in two levels, each bounded in memory and evicting its oldest entry one at a tim
 
 Memory is accounted per entry (a fixed cost measured with ``tracemalloc``, see
 ``tests/test_label_cache.py``, plus the label strings an entry keeps alive) against a
-byte budget per cache; together they stay under ``TOTAL_BUDGET_BYTES`` per collector.
+byte budget per cache; together they stay under ``TOTAL_BUDGET_BYTES`` per collector
+(and ``semconv``'s cache of GenAI offsets, the same kind of cache, under
+``CONVENTIONS_BUDGET_BYTES``).
 Label strings longer than ``MAX_CACHED_LABEL_LENGTH`` (or of a ``str`` subclass) are
 resolved every time instead of cached, so a caller passing huge raw strings cannot make
 a cache keep them.
@@ -50,7 +52,11 @@ PROVIDER_BUDGET_BYTES = 512 * 1024
 MODEL_BUDGET_BYTES = 1_536 * 1024
 FRONT_BUDGET_BYTES = 2_560 * 1024
 TOTAL_BUDGET_BYTES = ROUTE_BUDGET_BYTES + PROVIDER_BUDGET_BYTES + MODEL_BUDGET_BYTES + FRONT_BUDGET_BYTES
-"""7 MiB: the label caches of one collector, under the 8 MiB per worker the project allows."""
+"""7 MiB: the request path's label caches of one collector."""
+CONVENTIONS_BUDGET_BYTES = 512 * 1024
+"""The conventions' GenAI offsets (``semconv``): with ``TOTAL_BUDGET_BYTES``, 7.5 MiB per
+collector, under the 8 MiB per worker the project allows. An entry (a key of at most
+five items, an offset pair) is charged ``front_entry_cost``, an upper bound of its size."""
 
 
 def _strings_cost(key: tuple[object, ...]) -> int:

@@ -13,7 +13,7 @@ import math
 from bisect import bisect_left
 from typing import Any
 
-from .labels import as_number
+from .labels import MAX_LABEL_LENGTH, as_number
 from .prices import PriceTable, load_prices
 from .record_primitives import RecordPrimitives
 from .request_state import current_request
@@ -25,6 +25,7 @@ RATE_LIMITS = frozenset({"requests", "tokens"})
 STREAM_OUTCOMES = frozenset({"completed", "client_disconnect", "error"})
 TOKEN_DIRECTIONS = ("input", "output", "cached_input")
 MAX_UNPRICED_LOGGED = 100
+"""Distinct unpriced model names logged (each once, its first 200 characters) per price table."""
 log = logging.getLogger("flask_gatewayz_metrics")
 
 
@@ -112,9 +113,13 @@ class GatewayRecording(RecordPrimitives):
             return None
         cost = prices.cost(model, counts[0], counts[1], counts[2])
         unpriced = self._unpriced
-        if cost is None and unpriced is not None and model not in unpriced and len(unpriced) < MAX_UNPRICED_LOGGED:
-            unpriced.add(model)
-            log.warning("no price for model %r in the price table (%s): its cost is not recorded", model[:200], prices)
+        if cost is None and unpriced is not None and len(unpriced) < MAX_UNPRICED_LOGGED:
+            # Remembered as a label is kept: at most MAX_LABEL_LENGTH characters, so the
+            # set holds at most 100 short strings whatever size of names callers pass.
+            name = model[:MAX_LABEL_LENGTH]
+            if name not in unpriced:
+                unpriced.add(name)
+                log.warning("no price for model %r in the price table (%s): its cost is not recorded", name, prices)
         return cost
 
     def record_provider_error(self, provider: str, status_code: int = 0, error_type: str | None = None) -> None:

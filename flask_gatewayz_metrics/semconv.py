@@ -32,6 +32,7 @@ from bisect import bisect_left
 from collections.abc import Hashable
 from typing import TYPE_CHECKING
 
+from .label_cache import CONVENTIONS_BUDGET_BYTES, BoundedCache, front_entry_cost
 from .labels import as_number, method_label
 from .llm import ERROR_TYPES
 from .storage import StorageUnavailable, kinds
@@ -47,7 +48,6 @@ OTHER = "_OTHER"
 """The conventions' value for an unknown HTTP method and for an error of no known type."""
 HTTP_SERVER_ERROR_STATUS = 500
 """HTTP server conventions: a response is an error from 500 on (4xx are the client's)."""
-MAX_CACHED = 50_000
 _ROUTE_OPERATIONS = (
     ("chat/completions", "chat"),
     ("embeddings", "embeddings"),
@@ -135,24 +135,19 @@ class ConventionsRecording:
         def _internal_error(self, exc: Exception) -> None: ...
 
     _request_targets: dict[Hashable, tuple[int, ...]]
-    _conventions: dict[object, tuple[int, int]]
+    _conventions: BoundedCache
     """(kind, labels as given) -> offset of a GenAI record written outside the request
     path's own cache; valid for storage generation ``_conventions_generation`` only (a
-    new file has new offsets)."""
+    new file has new offsets). Bounded like the request path's caches (``label_cache``):
+    a byte budget, the oldest entry evicted first, and a key holding a string over
+    ``MAX_CACHED_LABEL_LENGTH`` characters (or a ``str`` subclass) never kept, so the
+    raw strings callers pass cannot grow it."""
     _conventions_generation = -2
 
     def _reset_conventions(self) -> None:
         """Forget every cached offset (call under the lock): the file changed."""
-        self._conventions = {}
+        self._conventions = BoundedCache(CONVENTIONS_BUDGET_BYTES, front_entry_cost)
         self._conventions_generation = self._generation
-
-    def _cache_conventions(self, key: tuple[object, ...], targets: tuple[int, int]) -> None:
-        if len(self._conventions) >= MAX_CACHED:
-            self._conventions.clear()
-        try:
-            self._conventions[key] = targets
-        except TypeError:  # an unhashable label value: resolved each time
-            pass
 
     def _with_conventions(self, key: tuple[object, ...], targets: tuple[int, ...]) -> tuple[int, ...]:
         """``targets`` of one ``observe_request`` label combination (just resolved) followed
@@ -224,7 +219,7 @@ class ConventionsRecording:
         if self._conventions_generation != self._generation:
             self._reset_conventions()
         try:
-            return self._conventions[key][0]
+            return self._conventions.entries[key][0]
         except (KeyError, TypeError):
             pass
         labels = self._gen_ai_labels(route, provider, model)
@@ -232,7 +227,7 @@ class ConventionsRecording:
             return -1
         offset = self._storage.offset(kind, labels if error is None else (*labels, error))
         self._map_file()  # allocating may have re-mapped the file
-        self._cache_conventions(key, (offset, -1))
+        self._conventions.put(key, (offset, -1))
         return offset
 
     def _record_client_operation(

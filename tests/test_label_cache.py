@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from flask_gatewayz_metrics import MetricsCollector, label_cache
 from flask_gatewayz_metrics.label_cache import BoundedCache, part_entry_cost
 from flask_gatewayz_metrics.storage import kinds
+from flask_gatewayz_metrics.testing import scrape_samples
 
 MEMORY_LIMIT = 8 * 1024 * 1024
 """What the project allows the label caches of one worker (issue 12)."""
@@ -94,7 +95,8 @@ def test_cache_memory_bounded_under_a_flood_of_unique_labels(tmp_path) -> None: 
     budgets = [cache.budget for cache in caches(c)]
     assert all(used <= budget for used, budget in zip(counted, budgets, strict=True))
     assert all(cache.full for cache in caches(c)) or entries[0] > 0  # the flood filled them
-    assert sum(budgets) == label_cache.TOTAL_BUDGET_BYTES <= MEMORY_LIMIT
+    assert sum(budgets) == label_cache.TOTAL_BUDGET_BYTES
+    assert label_cache.TOTAL_BUDGET_BYTES + label_cache.CONVENTIONS_BUDGET_BYTES <= MEMORY_LIMIT
     assert held <= sum(counted), (held, counted)  # the accounting is an upper bound
     assert held <= MEMORY_LIMIT
     assert min(entries) > 100  # filled, not cleared: every cache still holds the latest entries
@@ -183,3 +185,53 @@ def test_strict_mode_still_raises_for_an_invalid_part(tmp_path) -> None:  # type
     c.record_request("/a", "GET", 0.1, 200, provider="p", model="m")
     with pytest.raises(InvalidMetric):
         c.record_request("/a", "GET", 0.1, 200, provider="p", model="")
+
+
+def test_conventions_cache_never_keeps_long_model_names(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Failed upstream calls with fresh 20 KB model names (as parsed from hostile request
+    bodies): the conventions' offset cache keeps none of them (over 200 characters), so
+    the memory they take is freed, and every call is still recorded."""
+    c = MetricsCollector(str(tmp_path), window_seconds=300)
+    c.record_provider_call("openai", "warm", 0.1, 503)
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(500):
+            c.record_provider_call("openai", f"{i:08d}" + "x" * 20_000, 0.1, 503)
+        gc.collect()
+        retained = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert retained < 1024 * 1024, retained  # 500 x 20 KB = 10 MB were kept before
+    assert all(
+        len(item) <= label_cache.MAX_CACHED_LABEL_LENGTH
+        for key in c._conventions.entries
+        for item in key
+        if isinstance(item, str)
+    )
+    family = "gen_ai_client_operation_duration_seconds_count"
+    assert sum(v for (name, _), v in scrape_samples(c).items() if name == family) == 501
+
+
+def test_conventions_cache_bounded_in_bytes_under_a_flood(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A flood of unique 150-character model names on failed calls: the conventions' cache
+    stays within its byte budget (checked with tracemalloc), evicting its oldest entries."""
+    c = MetricsCollector(str(tmp_path), window_seconds=300)
+    c.record_provider_call("openai", "warm", 0.1, 503)
+    tracemalloc.start()
+    try:
+        for i in range(4_000):
+            c.record_provider_call("openai", f"{i:08d}\U0001f600" + "\u00e9" * 140, 0.1, 503)
+        cache = c._conventions
+        counted, entries, budget = cache.used, len(cache), cache.budget
+        gc.collect()
+        filled = tracemalloc.get_traced_memory()[0]
+        cache.clear()
+        gc.collect()
+        held = filled - tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    assert budget == label_cache.CONVENTIONS_BUDGET_BYTES
+    assert counted <= budget and 100 < entries < 4_000  # full, evicting one at a time, never cleared
+    assert held <= counted, (held, counted)  # the charge per entry is an upper bound

@@ -154,3 +154,20 @@ def test_keyword_option_and_table_object() -> None:
         GatewayzMetrics(prices={"m": 1})
     table = load_prices(TABLE)
     assert isinstance(table, PriceTable) and load_prices(table) is table and len(table) == 2
+
+
+def test_unpriced_models_remembered_bounded_in_size(
+    collector: MetricsCollector, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Unknown model names of 100 KB each: the set of names already logged keeps at most
+    100 of them, each cut to 200 characters (a label's length), and each is logged once."""
+    collector.set_prices(TABLE)
+    with caplog.at_level(logging.WARNING, logger="flask_gatewayz_metrics"):
+        for i in range(150):
+            name = f"{i:03d}" + "x" * 100_000
+            collector.record_tokens("openai", name, 1, 1)
+            collector.record_tokens("openai", name, 1, 1)
+    unpriced = collector._unpriced
+    assert unpriced is not None and len(unpriced) == 100
+    assert max(len(name) for name in unpriced) == 200
+    assert len([r for r in caplog.records if r.getMessage().startswith("no price for model")]) == 100
