@@ -25,23 +25,43 @@ KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPT
 
 
 def as_number(value: object) -> float:
-    """``value`` as a float if it is a real number (not a bool or string), else NaN."""
+    """``value`` as a float if it is a real number (not a bool or string), else NaN.
+
+    An int past float's range is ``inf``; an int or float subclass whose ``__float__``
+    raises is NaN (every caller drops NaN as invalid): this never raises.
+    """
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         try:
             return float(value)
         except OverflowError:
             return math.inf
+        except Exception:  # a subclass's own __float__
+            return math.nan
     return math.nan
 
 
 def as_status(value: object) -> object:
     """An HTTP status code as a plain ``int``: an ``int`` subclass (``http.HTTPStatus``, an
     ``IntEnum``, which Flask accepts as a view's status) becomes its value. Anything else
-    (a bool, a float, None, a string) is returned unchanged, for the caller to drop as
-    ``invalid_status``."""
+    (a bool, a float, None, a string) is returned unchanged, and a subclass whose ``__int__``
+    raises becomes None, for the caller to drop as ``invalid_status``; this never raises."""
     if isinstance(value, int) and value.__class__ is not bool:
-        return int(value)
+        try:
+            return int(value)
+        except Exception:  # a subclass's own __int__
+            return None
     return value
+
+
+def plain_str(value: object) -> str | None:
+    """``value`` as a plain ``str`` (None if it is no str), for comparing with a closed
+    list or formatting: a ``str`` subclass is copied through ``str``'s own slicing, so its
+    methods (a ``__hash__`` or ``__eq__`` that raises, a lying ``__str__``) never run."""
+    if type(value) is str:
+        return value
+    if isinstance(value, str):
+        return str.__getitem__(value, slice(None))
+    return None
 
 
 def clean_label(value: object) -> str | None:

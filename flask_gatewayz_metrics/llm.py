@@ -13,7 +13,7 @@ import math
 from bisect import bisect_left
 from typing import Any
 
-from .labels import MAX_LABEL_LENGTH, as_number
+from .labels import MAX_LABEL_LENGTH, as_number, as_status, plain_str
 from .prices import PriceTable, load_prices
 from .record_primitives import RecordPrimitives
 from .request_state import current_request
@@ -30,9 +30,10 @@ log = logging.getLogger("flask_gatewayz_metrics")
 
 
 def error_type_of(status_code: int, error_type: str | None = None) -> str:
-    """The closed-list error type of a failed upstream call."""
+    """The closed-list error type of a failed upstream call (``status_code``: a plain int)."""
     if error_type is not None:
-        return error_type if error_type in ERROR_TYPES else "other"
+        given = plain_str(error_type)  # a str subclass's own __hash__ / __eq__ never run
+        return given if given in ERROR_TYPES else "other"
     if status_code == 429:
         return "rate_limited"
     if status_code in (408, 504):
@@ -109,14 +110,15 @@ class GatewayRecording(RecordPrimitives):
     def _priced(self, model: str, counts: list[float]) -> float | None:
         """The table's cost of one call; an unknown model is logged once (bounded), not costed."""
         prices = self._prices
-        if prices is None or not isinstance(model, str):
+        name = plain_str(model)  # the table's lookup never runs a str subclass's __hash__ / __eq__
+        if prices is None or name is None:
             return None
-        cost = prices.cost(model, counts[0], counts[1], counts[2])
+        cost = prices.cost(name, counts[0], counts[1], counts[2])
         unpriced = self._unpriced
         if cost is None and unpriced is not None and len(unpriced) < MAX_UNPRICED_LOGGED:
             # Remembered as a label is kept: at most MAX_LABEL_LENGTH characters, so the
             # set holds at most 100 short strings whatever size of names callers pass.
-            name = model[:MAX_LABEL_LENGTH]
+            name = name[:MAX_LABEL_LENGTH]
             if name not in unpriced:
                 unpriced.add(name)
                 log.warning("no price for model %r in the price table (%s): its cost is not recorded", name, prices)
@@ -128,7 +130,8 @@ class GatewayRecording(RecordPrimitives):
         ``record_provider_call`` calls this for failed calls; call it directly for
         failures that never produced a status (time-outs, refused connections).
         """
-        kind = error_type_of(status_code if isinstance(status_code, int) else 0, error_type)
+        status = as_status(status_code)  # an int subclass's own comparisons never run
+        kind = error_type_of(status if status.__class__ is int else 0, error_type)
         self._add("provider_error_type", (("provider", provider), ("error_type", kind)), ((kinds.VALUE, 1.0),))
 
     def record_fallback(self, from_provider: str, to_provider: str) -> None:
@@ -138,9 +141,10 @@ class GatewayRecording(RecordPrimitives):
     def set_rate_limit_remaining(self, provider: str, limit: str, remaining: float) -> None:
         """Report the latest remaining rate limit (``limit``: requests or tokens); 0 is a value."""
         value = as_number(remaining)
-        if limit not in RATE_LIMITS or not 0 <= value < math.inf:
+        name = plain_str(limit)
+        if name not in RATE_LIMITS or not 0 <= value < math.inf:
             return self._drop("invalid_value")
-        self._add("rate_limit", (("provider", provider), ("limit", limit)), (), latest=(value,))
+        self._add("rate_limit", (("provider", provider), ("limit", name)), (), latest=(value,))
         return None
 
     def record_exemplar(self, endpoint: str, method: str, latency_seconds: float, trace_id: str) -> None:
@@ -150,10 +154,14 @@ class GatewayRecording(RecordPrimitives):
         The 128-bit id is stored as four exact 32-bit parts.
         """
         latency = as_number(latency_seconds)
-        if not 0 <= latency <= layout.MAX_SECONDS or trace_id_of(f"00-{trace_id}-0000000000000000-01") is None:
+        trace = plain_str(trace_id)  # formatted below: never a subclass's own __format__
+        if (
+            trace is None or not 0 <= latency <= layout.MAX_SECONDS
+            or trace_id_of(f"00-{trace}-0000000000000000-01") is None
+        ):  # fmt: skip
             return self._drop("invalid_value")
         bucket = bisect_left(self.histogram_bounds, latency)
-        parts = tuple(float(int(trace_id[i : i + 8], 16)) for i in range(0, 32, 8))
+        parts = tuple(float(int(trace[i : i + 8], 16)) for i in range(0, 32, 8))
         labels = (("endpoint", endpoint), ("method", method), ("bucket", str(bucket)))
         self._add("exemplar", labels, (), latest=(*parts, latency))
         return None
@@ -169,6 +177,7 @@ class GatewayRecording(RecordPrimitives):
         """Record one streamed response: its outcome, full duration and time to first chunk."""
         duration = as_number(duration_seconds)
         first = None if first_chunk_seconds is None else as_number(first_chunk_seconds)
+        outcome = plain_str(outcome)  # type: ignore[assignment]  # None: not in the list
         if outcome not in STREAM_OUTCOMES or not 0 <= duration <= layout.MAX_SECONDS or (
             first is not None and not 0 <= first <= layout.MAX_SECONDS
         ):

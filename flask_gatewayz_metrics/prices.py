@@ -114,11 +114,25 @@ def _parse(data: Any) -> dict[str, Price]:
             if not isinstance(number, (int, float)) or isinstance(number, bool):
                 raise TypeError(
                     f"model {model!r} field {field!r} must be a number (USD per million tokens), "
-                    f"got {type(number).__name__} {number!r:.40}"
+                    f"got {type(number).__name__} {_shown(number)}"
                 )
-            if not (math.isfinite(number) and number >= 0):
-                raise ValueError(f"model {model!r} field {field!r} must be a finite number >= 0, got {number!r}")
-            numbers[field] = float(number)
+            try:
+                value = float(number)
+            except Exception:  # OverflowError: an int past float's range; a subclass's __float__
+                value = math.nan
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"model {model!r} field {field!r} must be a finite number >= 0, got {_shown(number)}")
+            numbers[field] = value
         numbers.setdefault("cached_input", numbers["input"])
         out[model] = Price(**numbers)
     return out
+
+
+def _shown(value: object) -> str:
+    """``value`` for an error message: its repr, at most 40 characters (an int of more
+    digits than Python will convert, or a repr that raises, is shown by its type)."""
+    try:
+        text = repr(value)
+    except Exception:
+        return f"a {type(value).__name__} that cannot be shown"
+    return text if len(text) <= 40 else text[:37] + "..."

@@ -33,7 +33,7 @@ from collections.abc import Hashable
 from typing import TYPE_CHECKING
 
 from .label_cache import CONVENTIONS_BUDGET_BYTES, BoundedCache, front_entry_cost
-from .labels import as_number, method_label
+from .labels import as_number, method_label, plain_str
 from .llm import ERROR_TYPES
 from .storage import StorageUnavailable, kinds
 
@@ -113,7 +113,8 @@ def gen_ai_error_type(status: int, failed: bool, threshold: int, given: object =
     if not failed and status < threshold:
         return ""
     if given is not None:
-        return given if isinstance(given, str) and given in ERROR_TYPES else OTHER
+        name = plain_str(given)  # a str subclass's own __hash__ / __eq__ never run
+        return name if name in ERROR_TYPES else OTHER
     return str(status) if status >= threshold else OTHER
 
 

@@ -31,6 +31,7 @@ import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from .labels import as_number
 from .record_primitives import RecordPrimitives
 from .storage import kinds
 from .storage.reader import OPEN_FLAGS, trusted_uids
@@ -276,10 +277,8 @@ class TenantRecording(RecordPrimitives):
     def set_budget_remaining(self, team: str, remaining_usd: float) -> None:
         """Report the budget ``team`` has left in US dollars (``llm_budget_remaining_usd``;
         the latest value set by any process wins). Negative values are kept: overspent."""
-        if isinstance(remaining_usd, bool) or not isinstance(remaining_usd, (int, float)):
-            return self._drop("invalid_value")
-        value = float(remaining_usd)
-        if not math.isfinite(value):
+        value = as_number(remaining_usd)  # NaN for a bool, a non-number or a raising __float__
+        if not math.isfinite(value):  # inf also for an int past float's range (10**400)
             return self._drop("invalid_value")
         self._add("budget", (("team", team),), (), latest=(value,))
         return None
