@@ -67,7 +67,7 @@ def hash_api_key(api_key: str, key: bytes) -> str:
 _key_lock = threading.Lock()
 
 
-class KeyUnavailable(OSError):
+class _KeyUnavailable(OSError):
     """``tenant.key`` exists but is not a key we may use (not a regular file of a trusted
     uid, or of the wrong length and not ours to replace)."""
 
@@ -78,7 +78,7 @@ def directory_key(directory: str, trusted: frozenset[int] | None = None) -> byte
     Every process of a server uses the same directory, so the same key: the first to
     link its new file in wins, the others read it. ``trusted``: the uids whose file is
     accepted (default: ``storage.reader.trusted_uids()``, the rule every file of the
-    directory is read by). Raises ``OSError`` (``KeyUnavailable``) when the name holds
+    directory is read by). Raises ``OSError`` (``_KeyUnavailable``) when the name holds
     something else; never blocks.
     """
     path = os.path.join(directory, KEY_FILE)
@@ -110,7 +110,7 @@ def _read_key(path: str, trusted: frozenset[int]) -> bytes | None:
 
     Opened like every name in the metrics directory (``storage.reader.OPEN_FLAGS``:
     non-blocking, no link followed), then checked with ``fstat``: a FIFO, a device or
-    another user's file raises ``KeyUnavailable`` and is left where it is.
+    another user's file raises ``_KeyUnavailable`` and is left where it is.
     """
     try:
         fd = os.open(path, OPEN_FLAGS)
@@ -119,7 +119,7 @@ def _read_key(path: str, trusted: frozenset[int]) -> bytes | None:
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode) or st.st_uid not in trusted:
-            raise KeyUnavailable(f"{path!r} is not a regular file of a trusted user: API keys are not recorded")
+            raise _KeyUnavailable(f"{path!r} is not a regular file of a trusted user: API keys are not recorded")
         data = os.read(fd, KEY_BYTES + 1)
     finally:
         os.close(fd)
@@ -133,7 +133,7 @@ def _read_key(path: str, trusted: frozenset[int]) -> bytes | None:
         if (now.st_dev, now.st_ino) == (st.st_dev, st.st_ino):
             os.unlink(path)  # ours but truncated: replace it (workers then agree on the new one)
             return None
-    raise KeyUnavailable(f"{path!r} does not hold a {KEY_BYTES}-byte key: API keys are not recorded")
+    raise _KeyUnavailable(f"{path!r} does not hold a {KEY_BYTES}-byte key: API keys are not recorded")
 
 
 def key_bytes(configured: str) -> bytes:
@@ -211,7 +211,7 @@ class TenantRecording(RecordPrimitives):
             return cached[1]
         if configured is None:
             if time.monotonic() < self._tenant_key_retry_at:
-                raise KeyUnavailable("the tenant hash key in the metrics directory is unusable")
+                raise _KeyUnavailable("the tenant hash key in the metrics directory is unusable")
             try:
                 key = directory_key(self.directory, self._storage.trusted)
             except OSError:
