@@ -19,11 +19,15 @@ provider (``provider{MM % 10}``: 20 models, 2 per provider), and ``GET
   ``PROMETHEUS_MULTIPROC_DIR`` set and the ``child_exit`` hook its docs give;
 * ``ours``: ``GatewayzMetrics(app)``, under ``-c python:flask_gatewayz_metrics.gunicorn_conf``;
 * ``ours_labelled``: the same, and the chat view calls ``label_request(provider=...,
-  model=...)``.
+  model=...)``;
+* ``ours_again``: ``ours`` once more, on a server of its own: the control. Its overhead
+  differs from ``ours``'s only by the machine's noise, which the report shows beside the
+  ratios (on the shared 2-core VM of ``benchmarks/README.md``, up to 3 µs per request, or
+  0.08 of the ratio, between two identical servers in one run).
 
 Every case runs under gunicorn with sync workers (4 workers: 2 cores, and the 4 worker
 files a scrape merges in ``bench_steady_scrape.py``) and with gthread workers (2 workers x
-4 threads: one process per core, 8 threads for wrk's 8 connections). All 8 servers run at
+4 threads: one process per core, 8 threads for wrk's 8 connections). All 10 servers run at
 once (idle ones cost next to nothing) so the measurements can be interleaved.
 
 ``wrk -t1 -c8 -d3s`` (7 rounds; 2 with ``--quick``) with a Lua script: request ``n`` of a connection thread is
@@ -69,7 +73,7 @@ sys.path.insert(0, HERE)
 
 from _common import median, spread, table  # noqa: E402
 
-CASES = ("bare", "pfe", "ours", "ours_labelled")
+CASES = ("bare", "pfe", "ours", "ours_labelled", "ours_again")
 CONNECTIONS = 8
 SCRAPE_PAUSE = 0.15
 LUA = r"""
@@ -126,7 +130,7 @@ def make_app():  # type: ignore[no-untyped-def]
         from prometheus_flask_exporter.multiprocess import GunicornInternalPrometheusMetrics
 
         app.extensions["bench_pfe"] = GunicornInternalPrometheusMetrics(app, group_by="url_rule")
-    elif case in ("ours", "ours_labelled"):
+    elif case in ("ours", "ours_labelled", "ours_again"):
         from flask_gatewayz_metrics import GatewayzMetrics
 
         # BENCH_WRK_WINDOW_SECONDS: another window (bench_flask_instructions --gunicorn uses it
@@ -416,14 +420,15 @@ def report(servers: list[Server], seconds: int, rounds: int, load_before: tuple[
         pfe_min = min(by[("pfe", wc)].cpu_us) - min(bare.cpu_us)
         ratio_rows.append((
             wc, f"{median(overhead['ours']) / pfe:.2f}", f"{median(overhead['ours_labelled']) / pfe:.2f}",
+            f"{median(overhead['ours_again']) / pfe:.2f}",
             f"{(min(by[('ours', wc)].cpu_us) - min(bare.cpu_us)) / pfe_min:.2f}",
             f"{(min(by[('ours_labelled', wc)].cpu_us) - min(bare.cpu_us)) / pfe_min:.2f}",
         ))
     print(table(["workers", "case", "CPU µs/request", "min..max", "overhead vs bare µs (paired median)",
                  "overhead (min - min)", "wrk req/s"], rows))
     print("\nOverhead ratios (same run; target <= 0.33):\n")
-    print(table(["workers", "ours / pfe", "ours + label_request / pfe", "ours / pfe (min - min)",
-                 "ours + label_request / pfe (min - min)"], ratio_rows))
+    print(table(["workers", "ours / pfe", "ours + label_request / pfe", "control: ours again / pfe",
+                 "ours / pfe (min - min)", "ours + label_request / pfe (min - min)"], ratio_rows))
     print(f"\n## /metrics while wrk drives the app (scrape every ~{SCRAPE_PAUSE * 1000:.0f} ms + its own time)\n")
     rows = []
     for s in servers:
