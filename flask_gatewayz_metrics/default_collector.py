@@ -12,10 +12,12 @@ import os
 import threading
 import weakref
 from collections.abc import Callable
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from .request_state import current_request
 from .settings import collector_options_from_env
+from .storage import location
 
 if TYPE_CHECKING:
     from .collector import MetricsCollector
@@ -61,30 +63,48 @@ def collector_for_app(
     app_name: str,
     given: MetricsCollector | None,
     make: Callable[[str | None], MetricsCollector] | None,
+    name: str | None = None,
 ) -> MetricsCollector:
     """The collector of a new app: one set of numbers per app unless it is shared on purpose.
 
     ``given`` (a collector passed by the user) is used as is. Otherwise ``make(namespace)``
-    builds one (``make`` None: no storage options, the environment's settings). The first
-    such app records into the base directory (``GATEWAYZ_METRICS_DIR`` or the server's
-    automatic one), adopting the process-wide collector when it has no options; each
-    later app gets the subdirectory ``apps/<app name>-<n>``, ``n`` counting these apps in
-    the order they are initialised, which is the same in every worker of a server. The
-    first app's collector is what ``get_metrics_collector()`` returns outside a request.
+    builds one (``make`` None: no storage options, the environment's settings). An app
+    with a ``name`` (``GATEWAYZ_METRICS_APP_NAME``) records into the subdirectory
+    ``apps/named-<name>``. Otherwise the first such app records into the base directory
+    (``GATEWAYZ_METRICS_DIR`` or the server's automatic one), adopting the process-wide
+    collector when it has no options; each later app gets the subdirectory
+    ``apps/<app name>-<n>``, ``n`` counting these apps in the order they are
+    initialised, which is the same in every worker of a server only when every worker
+    creates its apps in the same order, e.g. at import. An app initialised by automatic
+    order after this process recorded anything (apps created on their first request,
+    Flask's "application dispatching") may get another app's directory in another
+    worker: it and the process's first app are then reported by ``/metrics/health``
+    (``Location.order_dependent``). The first app's collector is what
+    ``get_metrics_collector()`` returns outside a request.
     """
     global _default, _base_taken, _automatic_apps
     with _default_lock:
         collector = given
+        late_first: MetricsCollector | None = None
         if collector is None:
-            _automatic_apps += 1
-            namespace = f"{app_name}-{_automatic_apps}" if _base_taken else None
-            _base_taken = True
+            if name is not None:
+                namespace: str | None = f"named-{name}"
+            else:
+                _automatic_apps += 1
+                namespace = f"{app_name}-{_automatic_apps}" if _base_taken else None
+                _base_taken = True
+                if namespace is not None and any(c._request_targets for c in list(_live_collectors)):
+                    late_first = _default
             if namespace is None and make is None and _default is not None:
                 collector = _default
             elif make is None:
                 collector = _from_environment(namespace)
             else:
                 collector = make(namespace)
+            if late_first is not None:
+                for late in (collector, late_first):
+                    late.location = replace(late.location, order_dependent=True)
+                    location.announce(late.location, False)
         if _default is None:
             _default = collector
         return collector

@@ -136,7 +136,9 @@ class GatewayzMetrics:
         collector = self._collector
         if collector is None and settings.dir:
             collector = make(None)
-        collector = collector_for_app(app.import_name, collector, make if custom_storage else None)
+        collector = collector_for_app(
+            app.import_name, collector, make if custom_storage else None, settings.app_name
+        )
         if settings.prices is not None:
             collector.set_prices(settings.prices)
         state = AppMetrics(settings, collector, self._excluded_views)

@@ -91,6 +91,21 @@ def text(required: bool) -> Callable[[Any], str | None]:
     return checked
 
 
+APP_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_.]{0,63}")
+
+
+def app_name(value: Any) -> str | None:
+    """An app's name for its own numbers (``APP_NAME``: no "-", so that ``named-<name>``
+    never equals an automatic ``<import name>-<n>``), or None."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise TypeError
+    if not APP_NAME.fullmatch(value):
+        raise ValueError
+    return value
+
+
 def path(value: Any) -> str | None:
     """A path (str or os.PathLike) without NUL, or None."""
     if value is None:

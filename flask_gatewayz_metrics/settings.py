@@ -96,6 +96,9 @@ class Settings:
     native_histograms: bool | None = None
     """Record native-histogram buckets for protobuf scrapes (None: the environment
     variable GATEWAYZ_METRICS_NATIVE_HISTOGRAMS, else off)."""
+    app_name: str | None = None
+    """This app's own numbers in ``apps/named-<app_name>`` of the metrics directory,
+    whatever order the apps of a process are created in (None: automatic, by order)."""
 
     @classmethod
     def resolve(cls, config: Mapping[str, Any], options: Mapping[str, Any]) -> tuple[Settings, bool]:
@@ -210,6 +213,7 @@ _CHECKS: dict[str, Callable[[Any], Any]] = {
     "semconv": setting_values.semconv,
     "buckets": setting_values.buckets,
     "native_histograms": lambda value: None if value is None else setting_values.flag(value),
+    "app_name": setting_values.app_name,
     **{name: setting_values.text(required=False) for name in SECRET_KEYS},
 }
 _EXPECTED: dict[str, str] = {
@@ -247,5 +251,6 @@ _EXPECTED: dict[str, str] = {
     "buckets": f"1 to {MAX_HISTOGRAM_BUCKETS} finite, strictly increasing upper bounds > 0 in seconds "
     "(a list of numbers, or a comma-separated str; a last +Inf is implied), e.g. [0.1, 0.5, 1, 5, 30]",
     "native_histograms": "a bool (or None: the GATEWAYZ_METRICS_NATIVE_HISTOGRAMS environment variable)",
+    "app_name": "a name of 1-64 letters, digits, '_' and '.', starting with a letter (or None)",
     **dict.fromkeys(SECRET_KEYS, "a str (or None)"),
 }

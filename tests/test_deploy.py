@@ -462,3 +462,28 @@ def test_two_apps_in_one_process_keep_their_own_numbers(launch: object) -> None:
                 if sample.name == "http_requests_total"
             }
             assert totals.get("/ok") == float(count), mount  # (the readiness probe hit /pid of the first)
+
+
+def test_apps_created_on_their_first_request_keep_their_own_numbers_by_name(launch: object) -> None:
+    """Apps made on their first request (Flask's application dispatching), in whatever
+    order each of 2 recycled workers happens to get them: with ``app_name`` each app's
+    scrape shows exactly its own requests. (Found by a deployment review: by creation
+    order alone, a worker that made ``b`` first recorded it where the others keep ``a``.)"""
+    server = launch("lazy-apps", *GUNICORN, "-w", "2", "--max-requests", "7", "deploy_lazy_apps:app")  # type: ignore[operator]
+    sent = {"a": 0, "b": 0}
+    for round_number in range(ROUNDS):
+        first, second = ("a", "b") if round_number % 3 else ("b", "a")
+        batch = [("GET", f"/{first}/ok", None)] * 2 + [("GET", f"/{second}/ok", None)]
+        assert send_concurrently(server.url, batch, 3, 30.0) == Counter({200: 3})
+        sent[first] += 2
+        sent[second] += 1
+        for mount, count in sent.items():
+            status, body = http("GET", f"{server.url}/{mount}/metrics")
+            assert status == 200
+            totals = {
+                sample.labels["endpoint"]: sample.value
+                for family in text_string_to_metric_families(body.decode())
+                for sample in family.samples
+                if sample.name == "http_requests_total"
+            }
+            assert totals == {"/ok": float(count)}, (mount, round_number)

@@ -339,6 +339,43 @@ def test_two_apps_have_their_own_numbers(tmpdir_env: Path, monkeypatch: pytest.M
     assert GatewayzMetrics.of(shared).collector is first
 
 
+def test_an_app_made_after_requests_is_reported_and_a_named_app_is_not(
+    tmpdir_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A second app initialised by automatic order after the process recorded requests
+    (an app created on its first request) may get another app's directory in another
+    worker: it and the first app say so in health (degraded) and the log. An app with
+    ``app_name`` has ``apps/named-<name>`` whatever the order, and no warning."""
+    monkeypatch.setattr(default_collector, "_default", None)
+    monkeypatch.setattr(default_collector, "_base_taken", False)
+    monkeypatch.setattr(default_collector, "_automatic_apps", 0)
+    first = Flask("first_app")
+    GatewayzMetrics(first)
+    first.add_url_rule("/one", "one", lambda: "ok")
+    client = first.test_client()
+    assert client.get("/metrics/health").get_json()["status"] == "healthy"
+    client.get("/one")
+    named = Flask("named_app")
+    GatewayzMetrics(named, app_name="tenant_b")
+    named_collector = GatewayzMetrics.of(named).collector
+    assert named_collector.directory == os.path.join(
+        GatewayzMetrics.of(first).collector.directory, "apps", "named-tenant_b"
+    )
+    assert client.get("/metrics/health").get_json()["status"] == "healthy"
+    assert named.test_client().get("/metrics/health").get_json()["status"] == "healthy"
+    late = Flask("late_app")
+    GatewayzMetrics(late)
+    for app in (first, late):
+        report = app.test_client().get("/metrics/health").get_json()
+        assert report["status"] == "degraded"
+        assert any("GATEWAYZ_METRICS_APP_NAME" in reason for reason in report["reasons"]), report["reasons"]
+    for bad in ("", "a-b", "1abc", "x" * 65, "a/b", 3):
+        with pytest.raises((TypeError, ValueError), match="GATEWAYZ_METRICS_APP_NAME"):
+            app = Flask("bad")
+            app.config["GATEWAYZ_METRICS_APP_NAME"] = bad
+            GatewayzMetrics(app)
+
+
 def test_gunicorn_title_normalisation() -> None:
     """setproctitle's 'gunicorn: master [app]' and 'gunicorn: worker [app]' name one server."""
     def info(cmdline: bytes) -> process.ProcessInfo:
