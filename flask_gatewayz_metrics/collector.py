@@ -36,7 +36,7 @@ from .label_cache import (
     front_entry_cost,
     part_entry_cost,
 )
-from .labels import LabelGuard, as_number, as_status
+from .labels import LabelGuard, as_flag, as_number, as_status
 from .llm import GatewayRecording
 from .native_histograms import NativeRecording, native_state
 from .reading import COMPACTION_BUDGET_SECONDS, COMPACTION_INTERVAL_SECONDS, Reading
@@ -234,13 +234,17 @@ class MetricsCollector(
         """
         # None: no HTTP status (a time-out); whether it failed is ``error``'s to say.
         status: int = 200 if status_code is None else as_status(status_code)  # type: ignore[assignment]
+        errored = as_flag(error)
+        if errored is None:  # an ``error`` whose truth cannot be told
+            self._drop("invalid_value")
+            return
         state = current_request.get()
         if state is not None and state.collector is self:
             state.provider_recorded = True
-        self.observe_request(None, None, latency_seconds, status, provider, model, bool(error))
-        failed = bool(error) or (isinstance(status, int) and status >= self.error_status)
+        self.observe_request(None, None, latency_seconds, status, provider, model, errored)
+        failed = errored or (isinstance(status, int) and status >= self.error_status)
         if failed:  # gen_ai.client.operation.duration by error type (a success: observe_request)
-            self._record_client_operation(provider, model, latency_seconds, status, bool(error), error_type)
+            self._record_client_operation(provider, model, latency_seconds, status, errored, error_type)
         if failed and provider is not None:
             self.record_provider_error(provider, status, error_type)
 
@@ -291,7 +295,11 @@ class MetricsCollector(
 
     def record_external_api_call(self, service: str, error: bool = False) -> None:
         """Count one call to an external service (stripe, sendgrid, ...)."""
-        increments = ((kinds.EXTERNAL_CALLS, 1.0), (kinds.EXTERNAL_ERRORS, 1.0 if error else 0.0))
+        errored = as_flag(error)
+        if errored is None:  # an ``error`` whose truth cannot be told
+            self._drop("invalid_value")
+            return
+        increments = ((kinds.EXTERNAL_CALLS, 1.0), (kinds.EXTERNAL_ERRORS, 1.0 if errored else 0.0))
         self._add("external", (("service", service),), increments)
 
     # ---------------------------------------------------------------- in flight

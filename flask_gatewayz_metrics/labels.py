@@ -40,6 +40,17 @@ def as_number(value: object) -> float:
     return math.nan
 
 
+def as_flag(value: object) -> bool | None:
+    """``value``'s truth (an ``error=`` argument), or None when its ``__bool__`` (or
+    ``__len__``) raises, for the caller to drop as ``invalid_value``; this never raises."""
+    if value is None or value.__class__ is bool:
+        return bool(value)
+    try:
+        return bool(value)
+    except Exception:
+        return None
+
+
 def as_status(value: object) -> object:
     """An HTTP status code as a plain ``int``: an ``int`` subclass (``http.HTTPStatus``, an
     ``IntEnum``, which Flask accepts as a view's status) becomes its value. Anything else

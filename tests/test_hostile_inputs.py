@@ -173,3 +173,21 @@ def test_a_price_past_floats_range_is_a_configuration_error(price: object) -> No
     """A price float() cannot take is the documented ValueError naming the model and field."""
     with pytest.raises(ValueError, match=r"model 'gpt' field 'output' must be a finite number >= 0, got "):
         load_prices({"gpt": {"input": 1, "output": price}})
+
+
+class BadBool:
+    def __bool__(self) -> bool:
+        raise RuntimeError("boom bool")
+
+
+def test_an_error_flag_whose_truth_raises_is_dropped(collector: MetricsCollector) -> None:
+    """``error=`` whose ``__bool__`` raises: the call is dropped as invalid_value, nothing
+    recorded, never raised (both raised from ``bool(error)`` before); a plain flag works."""
+    collector.record_provider_call("openai", "gpt", 0.1, None, error=BadBool())
+    collector.record_external_api_call("stripe", error=BadBool())  # type: ignore[arg-type]
+    collector.record_external_api_call("stripe", error=True)
+    snapshot = collector.snapshot()
+    assert snapshot.dropped() == {"invalid_value": 2}
+    samples = scrape_samples(collector)
+    assert samples[("external_api_calls_total", (("service", "stripe"),))] == 1.0
+    assert ("provider_requests_total", (("provider", "openai"),)) not in samples
