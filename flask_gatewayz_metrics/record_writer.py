@@ -257,6 +257,14 @@ class RecordWriter:
             if self.auto_compact:
                 self._fold_if_crowded()
         d = self._map_file()
+        if self._in_flight:
+            # A new file (a reset, a re-created directory) while requests are in flight
+            # here: their count goes with it at once. Readers stop counting the old
+            # file's value as soon as this one exists, and the next add_in_flight may be
+            # a long stream away.
+            self._in_flight_offset = self._fixed("in_flight")
+            d = self._doubles
+            d[self._in_flight_offset] = self._in_flight  # an int: stored as float64
         self._file_epoch = self._storage.file_epoch
         self._sentinel.arm()
         return d

@@ -124,3 +124,34 @@ def test_combine_follows_the_kinds_rule(
     """combine adds "sum" payloads, keeps the newest "latest" one and the max / min of set gauges."""
     assert combine(kinds.KINDS[kind], current, incoming) == expected
     assert combine(kinds.KINDS[kind], None, incoming) == incoming
+
+
+def test_request_counts_are_the_buckets_total(metrics_dir: str, clock: FakeClock) -> None:
+    """The request path adds a record's count first and its bucket last: a scrape that
+    copies the file between the two, or a worker killed there, saw a count one ahead
+    of the histogram's buckets, and served http_requests_total (and the per-status
+    total) above the histogram's _count and +Inf (found by a review of the scrape side:
+    38 scrapes of a run under load). Readers now take the count from the buckets."""
+    from flask_gatewayz_metrics import MetricsCollector
+    from flask_gatewayz_metrics.testing import sample_key, scrape_samples
+
+    collector = MetricsCollector(metrics_dir, clock=clock)
+    try:
+        collector.record_request("/x", "GET", 0.2, 200, "openai", "gpt")
+        collector.record_request("/x", "GET", 0.3, 200, "openai", "gpt")
+        # A third request interrupted after its count, before its bucket: the counts only.
+        request, _, provider_record = next(iter(collector._request_targets.values()))[:3]
+        collector._doubles[request + kinds.REQ_COUNT] += 1.0
+        collector._doubles[provider_record + kinds.REQ_COUNT] += 1.0
+        samples = scrape_samples(collector)
+    finally:
+        collector.close()
+    served = {
+        "requests": samples[sample_key("http_requests_total", endpoint="/x", method="GET")],
+        "status": samples[sample_key("http_response_status_total", endpoint="/x", status="200")],
+        "count": samples[sample_key("http_request_duration_seconds_count", endpoint="/x", method="GET")],
+        "inf": samples[sample_key("http_request_duration_seconds_bucket", endpoint="/x", method="GET", le="+Inf")],
+        "provider": samples[sample_key("provider_requests_total", provider="openai")],
+        "provider count": samples[sample_key("provider_request_duration_seconds_count", provider="openai")],
+    }
+    assert set(served.values()) == {2.0}, served

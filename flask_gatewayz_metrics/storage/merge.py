@@ -150,10 +150,18 @@ def _unfold_server_kinds(merged: Merged, bounds: tuple[float, ...], with_http: b
     for kind in kinds.SERVER_KINDS:
         series = merged.totals.get(kind)
         if series:
-            merged.totals[kind] = {
-                labels: [payload[kinds.REQ_COUNT], payload[kinds.REQ_SUM], *_regroup(payload, to_latency)]
-                for labels, payload in series.items()
-            }
+            merged.totals[kind] = {labels: _counted(payload, to_latency) for labels, payload in series.items()}
+
+
+def _counted(payload: list[float], groups: tuple[tuple[int, int], ...]) -> list[float]:
+    """Count, sum and buckets (``_regroup``) of a request-like payload, the count being
+    the buckets' total rather than the stored count: the request path adds the count
+    first and the bucket last, so a scrape that copies a file between the two (or a
+    worker killed between them) would otherwise serve ``http_requests_total`` ahead of
+    the histogram's ``_count`` and ``+Inf`` bucket. (Integer-valued floats below 2**53:
+    the sum is exact.)"""
+    buckets = _regroup(payload, groups)
+    return [sum(buckets), payload[kinds.REQ_SUM], *buckets]
 
 
 def _bucket_groups(stored: tuple[float, ...], bounds: tuple[float, ...]) -> tuple[tuple[int, int], ...]:
