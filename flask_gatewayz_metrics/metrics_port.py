@@ -270,7 +270,11 @@ class MetricsPort:
         """The metrics blueprint's routes of the app; anything else is 404, answered here
         without running any of the app's views."""
         if self.is_metrics_path(environ.get("PATH_INFO", "")) and self._is_ours(environ):
-            return self.app(environ, start_response)
+            # Flask's own dispatch, not ``app.wsgi_app``: a WSGI middleware of the app
+            # (a method override, ProxyFix, a path rewrite) could otherwise send the
+            # request matched here to another view; and a port reached directly has no
+            # proxy whose headers to trust. (Requests here are never recorded.)
+            return Flask.wsgi_app(self.app, environ, start_response)
         start_response("404 Not Found", [("Content-Type", "text/plain; charset=utf-8")])
         return [b"not found: this port serves the metrics routes only\n"]
 

@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import configured_app
@@ -133,6 +134,54 @@ def test_port_never_serves_an_application_view(tmp_path: Path) -> None:
         assert raw_get(port, b"/metrics/json", auth)[0] == 200
         assert ran == []
         assert app.test_client().get("/metrics/anything").get_data() == b"APP CATCHALL metrics/anything"  # main port
+    finally:
+        metrics_port.close()
+
+
+class MethodOverride:
+    """Flask's documented ``X-HTTP-Method-Override`` middleware."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        method = environ.get("HTTP_X_HTTP_METHOD_OVERRIDE", "").upper()
+        if method in ("GET", "POST", "PUT", "DELETE"):
+            environ["REQUEST_METHOD"] = method
+        return self.app(environ, start_response)
+
+
+@pytest.mark.parametrize("before_init", [True, False], ids=["middleware inside ours", "middleware outside ours"])
+def test_port_requests_skip_the_apps_middleware(tmp_path: Path, before_init: bool) -> None:
+    """The port matches a request to our routes, then hands it to Flask's own dispatch:
+    an app's WSGI middleware (here a method override) cannot turn it into a request for
+    an application view (``POST /metrics``) after the check. It did (found by a review
+    of the port fix)."""
+    port = free_port()
+    app = Flask("override")
+    app.config.update(GATEWAYZ_METRICS_DIR=str(tmp_path / "metrics"), GATEWAYZ_METRICS_PORT=port)
+    ran: list[str] = []
+
+    @app.post("/metrics")
+    def ingest() -> str:
+        ran.append("ingest")
+        return "APP VIEW"
+
+    if before_init:
+        app.wsgi_app = MethodOverride(app.wsgi_app)  # type: ignore[method-assign]
+    GatewayzMetrics(app)
+    if not before_init:
+        app.wsgi_app = MethodOverride(app.wsgi_app)  # type: ignore[method-assign]
+    metrics_port = GatewayzMetrics.of(app).port
+    assert metrics_port is not None
+    try:
+        wait_serving(f"http://127.0.0.1:{port}/metrics", 10 * RETRY_SECONDS)
+        assert raw_get(port, b"/metrics", method=b"POST") == (404, NOT_OURS)
+        status, body = raw_get(port, b"/metrics", b"X-HTTP-Method-Override: POST\r\n")
+        assert status == 200 and body.startswith(b"# HELP"), body[:80]
+        assert ran == []
+        override = {"X-HTTP-Method-Override": "POST"}
+        assert app.test_client().get("/metrics", headers=override).get_data() == b"APP VIEW"  # main port
     finally:
         metrics_port.close()
 
