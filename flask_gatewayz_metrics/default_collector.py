@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from .request_state import current_request
 from .settings import collector_options_from_env
-from .storage import location
+from .storage import location, process
 
 if TYPE_CHECKING:
     from .collector import MetricsCollector
@@ -76,9 +76,10 @@ def collector_for_app(
     ``apps/<app name>-<n>``, ``n`` counting these apps in the order they are
     initialised, which is the same in every worker of a server only when every worker
     creates its apps in the same order, e.g. at import. An app initialised by automatic
-    order after this process recorded anything (apps created on their first request,
+    order after this process served requests (apps created on their first request,
     Flask's "application dispatching") may get another app's directory in another
-    worker: it and the process's first app are then reported by ``/metrics/health``
+    worker: in a process that looks like one of several (``_late``), it and the
+    process's first app are then reported by ``/metrics/health``
     (``Location.order_dependent``). The first app's collector is what
     ``get_metrics_collector()`` returns outside a request.
     """
@@ -93,7 +94,7 @@ def collector_for_app(
                 _automatic_apps += 1
                 namespace = f"{app_name}-{_automatic_apps}" if _base_taken else None
                 _base_taken = True
-                if namespace is not None and any(c._request_targets for c in list(_live_collectors)):
+                if namespace is not None and _late(_default):
                     late_first = _default
             if namespace is None and make is None and _default is not None:
                 collector = _default
@@ -108,6 +109,22 @@ def collector_for_app(
         if _default is None:
             _default = collector
         return collector
+
+
+def current_collector() -> MetricsCollector | None:
+    """What ``get_metrics_collector()`` returns now, without making one: the request's
+    collector, else the process-wide one, else None."""
+    state = current_request.get()
+    return state.collector if state is not None else _default
+
+
+def _late(first: MetricsCollector | None) -> bool:
+    """Whether an app initialised now, by order, may get another directory in another
+    worker: this process has served requests through an app (a timed request wrote the
+    in-flight gauge) and looks like one of several serving processes. (A recording at
+    import, or a test suite's apps made one after another in one process, are not.)"""
+    served = any(c._in_flight_offset >= 0 for c in list(_live_collectors))
+    return first is not None and served and process.multiprocess_hint() is not None
 
 
 def _after_fork_in_child() -> None:

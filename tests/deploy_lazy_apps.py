@@ -17,10 +17,13 @@ from werkzeug.exceptions import NotFound
 
 from flask_gatewayz_metrics import GatewayzMetrics
 
+NAMED = os.environ.get("DEPLOY_LAZY_NAMED", "1") == "1"
+"""``DEPLOY_LAZY_NAMED=0``: no names, the apps' directories follow creation order."""
+
 
 def create_app(prefix: str) -> Flask:
     app = Flask(__name__)
-    GatewayzMetrics(app, app_name=prefix)
+    GatewayzMetrics(app, **({"app_name": prefix} if NAMED else {}))
     app.add_url_rule("/ok", "ok", lambda: prefix)
     return app
 

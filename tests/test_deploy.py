@@ -487,3 +487,21 @@ def test_apps_created_on_their_first_request_keep_their_own_numbers_by_name(laun
                 if sample.name == "http_requests_total"
             }
             assert totals == {"/ok": float(count)}, (mount, round_number)
+
+
+def test_apps_created_on_their_first_request_without_names_are_reported(launch: object) -> None:
+    """The same apps without ``app_name``: in each worker the app made second, after the
+    first had served requests, and the first one say in /metrics/health that their
+    directories follow an order other workers may not share (degraded, naming
+    GATEWAYZ_METRICS_APP_NAME)."""
+    server = launch(  # type: ignore[operator]
+        "lazy-apps-unnamed", *GUNICORN, "-w", "2", "deploy_lazy_apps:app", DEPLOY_LAZY_NAMED="0"
+    )
+    for round_number in range(12):
+        batch = [("GET", "/a/ok", None), ("GET", "/b/ok", None)] if round_number % 2 else [("GET", "/b/ok", None)] * 2
+        assert send_concurrently(server.url, batch, 2, 30.0) == Counter({200: 2})
+    for mount in ("a", "b") * 3:
+        status, body = http("GET", f"{server.url}/{mount}/metrics/health")
+        report = json.loads(body)
+        assert status == 200 and report["status"] == "degraded", (mount, report)
+        assert any("GATEWAYZ_METRICS_APP_NAME" in reason for reason in report["reasons"]), report["reasons"]

@@ -349,23 +349,33 @@ def test_an_app_made_after_requests_is_reported_and_a_named_app_is_not(
     monkeypatch.setattr(default_collector, "_default", None)
     monkeypatch.setattr(default_collector, "_base_taken", False)
     monkeypatch.setattr(default_collector, "_automatic_apps", 0)
+    record_at_import = Flask("import_app")  # a recording before any app: not a served request
+    GatewayzMetrics(record_at_import)
+    default_collector.get_metrics_collector().record_request("/warm", "GET", 0.1, 200)
     first = Flask("first_app")
     GatewayzMetrics(first)
     first.add_url_rule("/one", "one", lambda: "ok")
     client = first.test_client()
     assert client.get("/metrics/health").get_json()["status"] == "healthy"
     client.get("/one")
+    # One process (a test suite making apps one after another): nothing to mix.
+    alone = Flask("alone_app")
+    GatewayzMetrics(alone)
+    assert alone.test_client().get("/metrics/health").get_json()["status"] == "healthy"
+    # The same in a process that looks like one of several workers (the real case is
+    # test_deploy's, under gunicorn).
+    monkeypatch.setattr(process, "multiprocess_hint", lambda: "one of several workers")
     named = Flask("named_app")
     GatewayzMetrics(named, app_name="tenant_b")
     named_collector = GatewayzMetrics.of(named).collector
     assert named_collector.directory == os.path.join(
-        GatewayzMetrics.of(first).collector.directory, "apps", "named-tenant_b"
+        GatewayzMetrics.of(record_at_import).collector.directory, "apps", "named-tenant_b"
     )
     assert client.get("/metrics/health").get_json()["status"] == "healthy"
     assert named.test_client().get("/metrics/health").get_json()["status"] == "healthy"
     late = Flask("late_app")
     GatewayzMetrics(late)
-    for app in (first, late):
+    for app in (record_at_import, late):
         report = app.test_client().get("/metrics/health").get_json()
         assert report["status"] == "degraded"
         assert any("GATEWAYZ_METRICS_APP_NAME" in reason for reason in report["reasons"]), report["reasons"]
