@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from .collector import get_metrics_collector
+from .default_collector import current_collector
 from .request_state import label_request
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -78,10 +79,12 @@ def _record(
 ) -> None:
     latency = time.perf_counter() - start
     global _retry_at
-    if _retry_at and time.monotonic() < _retry_at:
+    collector = current_collector()  # (an app made since a failure provides one)
+    if collector is None and _retry_at and time.monotonic() < _retry_at:
         return  # no collector could be made lately (logged): the call stays unrecorded
     try:
-        collector = get_metrics_collector()
+        if collector is None:
+            collector = get_metrics_collector()
     except Exception as exc:
         # Outside Flask the collector is made at the first recorded call, after the
         # function has run: metrics never break the caller (its result or its own

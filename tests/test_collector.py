@@ -507,6 +507,28 @@ def test_track_request_never_breaks_the_call_without_a_collector(
         made.close()
 
 
+def test_track_request_records_at_once_when_an_app_made_a_collector_since(
+    collector: MetricsCollector, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failed attempt to make the process-wide collector (a bad environment setting
+    that the app's own config then overrides) must not blind track_request for the
+    retry minute once an app has made one (found by a review: 5 calls lost)."""
+    monkeypatch.setattr(default_collector_module, "_default", None)
+    monkeypatch.setattr(tracking, "_retry_at", 0.0)
+    monkeypatch.setenv("GATEWAYZ_METRICS_ERROR_STATUS", "five hundred")
+
+    @track_request("/tasks/charge", "POST")
+    def charge() -> str:
+        return "ok"
+
+    assert charge() == "ok"  # logged, unrecorded, retry in a minute
+    assert tracking._retry_at > time.monotonic()
+    monkeypatch.setattr(default_collector_module, "_default", collector)  # an app made it since
+    for _ in range(5):
+        assert charge() == "ok"
+    assert scrape_samples(collector)[sample_key("http_requests_total", endpoint="/tasks/charge", method="POST")] == 5.0
+
+
 def test_track_request_sync_exception(default_collector: MetricsCollector) -> None:
     """An exception from a decorated function is re-raised and counted as a 500 error."""
 
