@@ -36,8 +36,9 @@ class Credentials:
         ``header`` is the value as WSGI hands it over: the header's bytes decoded as
         Latin-1 (PEP 3333). It is compared as those bytes with the secret's UTF-8 bytes,
         so a non-ASCII token or password matches the UTF-8 a client sends (Prometheus,
-        curl). Never raises: a value that is not Latin-1 text (no WSGI server makes one)
-        matches nothing.
+        curl), and also with its Latin-1 bytes when it has some (Python's http.client
+        and requests send header text and basic credentials as Latin-1). Never raises: a
+        value that is not Latin-1 text (no WSGI server makes one) matches nothing.
         """
         if not self.required:
             return True
@@ -53,14 +54,15 @@ class Credentials:
         scheme, _, value = raw.strip().partition(b" ")
         scheme = scheme.lower()
         if scheme == b"bearer" and self.token is not None:
-            return hmac.compare_digest(value.strip(), self.token)
+            return _matches(value.strip(), self.token)
         if scheme == b"basic" and self.basic is not None:
             try:
                 offered = base64.b64decode(value.strip(), validate=True)
             except (binascii.Error, ValueError):
                 return False
-            return hmac.compare_digest(offered, self.basic)
+            return _matches(offered, self.basic)
         return False
+
 
     @property
     def challenge(self) -> str:
@@ -128,3 +130,18 @@ def secret(value: str | None, path: str | None, name: str) -> str | None:
     if not content:
         raise ValueError(f"GATEWAYZ_METRICS_{name.upper()}_FILE {path!r} is empty")
     return content
+
+
+def _matches(offered: bytes, secret: bytes) -> bool:
+    """Whether ``offered`` is ``secret`` (UTF-8) or the same text's Latin-1 bytes, each
+    compared in constant time (both comparisons always run)."""
+    forms = [secret]
+    try:
+        latin1 = secret.decode("utf-8").encode("latin-1")
+    except (UnicodeDecodeError, UnicodeEncodeError):  # not UTF-8 text, or past U+00FF
+        latin1 = secret
+    forms.append(latin1)
+    matched = False
+    for form in forms:
+        matched |= hmac.compare_digest(offered, form)
+    return matched
