@@ -50,6 +50,8 @@ def shown_url(url: str) -> str:
         hostname = parts.hostname or ""
     except ValueError:  # e.g. an unclosed IPv6 bracket
         return "(not a valid URL)"
+    if ":" in hostname:
+        hostname = f"[{hostname}]"  # an IPv6 literal keeps its brackets
     try:
         port = f":{parts.port}" if parts.port else ""
     except ValueError:

@@ -145,6 +145,14 @@ def test_a_malformed_endpoint_is_refused_at_init_and_disabled_from_the_env(
     assert not any("s3cr3t" in r.getMessage() for r in caplog.records)
 
 
+def test_shown_endpoint_keeps_an_ipv6_literal_parseable() -> None:
+    """The endpoint shown in logs and health: no credentials or query, and an IPv6
+    literal with its brackets (``http://::1:4318`` could not be read back)."""
+    assert OtlpConfig("http://[::1]:4318/v1/metrics?token=x").shown_endpoint == "http://[::1]:4318/v1/metrics"
+    assert OtlpConfig("https://u:p@collector/v1/metrics").shown_endpoint == "https://collector/v1/metrics"
+    assert otlp_config("http://[::1]:4318/v1/metrics", {}) is not None
+
+
 def test_a_redirect_is_a_failed_export_and_is_not_followed(collector: MetricsCollector) -> None:
     """A receiver answering 302 elsewhere: urllib used to re-send the export as a GET with
     no body to whatever host Location named, headers (API key) included, and count the
