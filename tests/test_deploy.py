@@ -442,6 +442,18 @@ def _answers(url: str) -> bool:
         return False
 
 
+def requests_by_endpoint(url: str) -> dict[str, float]:
+    """``http_requests_total`` by endpoint in one scrape of ``url`` (which must answer 200)."""
+    status, body = http("GET", url)
+    assert status == 200
+    return {
+        sample.labels["endpoint"]: sample.value
+        for family in text_string_to_metric_families(body.decode())
+        for sample in family.samples
+        if sample.name == "http_requests_total"
+    }
+
+
 def test_two_apps_in_one_process_keep_their_own_numbers(launch: object) -> None:
     """Two apps in each of 3 recycled gunicorn workers: each app's scrape shows exactly its own
     requests (the workers agree on each app's directory without configuration)."""
@@ -453,14 +465,7 @@ def test_two_apps_in_one_process_keep_their_own_numbers(launch: object) -> None:
         sent["a"] += 3
         sent["b"] += 1
         for mount, count in sent.items():
-            status, body = http("GET", f"{server.url}/{mount}/metrics")
-            assert status == 200
-            totals = {
-                sample.labels["endpoint"]: sample.value
-                for family in text_string_to_metric_families(body.decode())
-                for sample in family.samples
-                if sample.name == "http_requests_total"
-            }
+            totals = requests_by_endpoint(f"{server.url}/{mount}/metrics")
             assert totals.get("/ok") == float(count), mount  # (the readiness probe hit /pid of the first)
 
 
@@ -478,14 +483,7 @@ def test_apps_created_on_their_first_request_keep_their_own_numbers_by_name(laun
         sent[first] += 2
         sent[second] += 1
         for mount, count in sent.items():
-            status, body = http("GET", f"{server.url}/{mount}/metrics")
-            assert status == 200
-            totals = {
-                sample.labels["endpoint"]: sample.value
-                for family in text_string_to_metric_families(body.decode())
-                for sample in family.samples
-                if sample.name == "http_requests_total"
-            }
+            totals = requests_by_endpoint(f"{server.url}/{mount}/metrics")
             assert totals == {"/ok": float(count)}, (mount, round_number)
 
 
