@@ -12,6 +12,7 @@ import itertools
 import math
 import os
 import re
+import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -168,6 +169,21 @@ def patterns(value: Any) -> tuple[str, ...]:
         raise TypeError
     if not all(isinstance(pattern, str) for pattern in value):
         raise TypeError
+    with warnings.catch_warnings():
+        # Python 3.10 only warns of a global flag not at the start (3.11 refuses it):
+        # refused here on every version, with 3.11's words.
+        warnings.simplefilter("error", DeprecationWarning)
+        try:
+            return _joinable(value)
+        except DeprecationWarning:
+            raise ValueError(f"{_FLAG_NOT_AT_START}: a global flag such as (?i) must start its pattern") from None
+
+
+_FLAG_NOT_AT_START = "global flags not at the start of the expression"
+
+
+def _joinable(value: list[str] | tuple[str, ...]) -> tuple[str, ...]:
+    """``patterns``' checks and result (``DeprecationWarning`` raised as an error)."""
     joinable = []
     groups_before = 0
     for pattern in value:
@@ -189,7 +205,7 @@ def patterns(value: Any) -> tuple[str, ...]:
         except re.error as exc:
             raise ValueError(f"the patterns cannot be tried together: {exc}") from None
         if joined.flags & ~re.UNICODE:  # only before 3.11: a global flag in the middle of a pattern
-            raise ValueError("a global flag such as (?i) must be at the start of its pattern")
+            raise ValueError(f"{_FLAG_NOT_AT_START}: a global flag such as (?i) must start its pattern")
     return tuple(joinable)
 
 
