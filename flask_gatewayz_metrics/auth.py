@@ -63,7 +63,6 @@ class Credentials:
             return _matches(offered, self.basic)
         return False
 
-
     @property
     def challenge(self) -> str:
         """``WWW-Authenticate`` value naming the schemes this route accepts."""
@@ -135,13 +134,10 @@ def secret(value: str | None, path: str | None, name: str) -> str | None:
 def _matches(offered: bytes, secret: bytes) -> bool:
     """Whether ``offered`` is ``secret`` (UTF-8) or the same text's Latin-1 bytes, each
     compared in constant time (both comparisons always run)."""
-    forms = [secret]
     try:
         latin1 = secret.decode("utf-8").encode("latin-1")
     except (UnicodeDecodeError, UnicodeEncodeError):  # not UTF-8 text, or past U+00FF
         latin1 = secret
-    forms.append(latin1)
-    matched = False
-    for form in forms:
-        matched |= hmac.compare_digest(offered, form)
-    return matched
+    as_utf8 = hmac.compare_digest(offered, secret)
+    as_latin1 = hmac.compare_digest(offered, latin1)
+    return as_utf8 or as_latin1

@@ -61,6 +61,7 @@ from .custom_handles import (
     _Metric,
 )
 from .exposition import our_sample_names
+from .labels import plain_str
 from .storage import kinds, layout
 
 if TYPE_CHECKING:
@@ -181,14 +182,14 @@ def _definition(
             f"metric name {name!r} is not a Prometheus metric name ([a-zA-Z_][a-zA-Z0-9_]*, "
             f"at most {MAX_NAME_LENGTH} characters, no colons)"
         )
-    if not isinstance(documentation, str) or not documentation or len(documentation) > MAX_DOCUMENTATION:
-        raise ValueError(f"metric {name!r}: documentation must be a non-empty string of at most {MAX_DOCUMENTATION}")
     # A plain copy (a str subclass's methods are never called on what is kept), and
     # valid UTF-8 only: a lone surrogate (text decoded with errors="surrogateescape")
     # can be neither served nor stored in a record key that other processes read.
-    documentation = str.__getitem__(documentation, slice(None))
+    text = plain_str(documentation)
+    if not text or len(text) > MAX_DOCUMENTATION:
+        raise ValueError(f"metric {name!r}: documentation must be a non-empty string of at most {MAX_DOCUMENTATION}")
     try:
-        documentation.encode("utf-8")
+        text.encode("utf-8")
     except UnicodeEncodeError:
         raise ValueError(f"metric {name!r}: documentation is not valid Unicode text (a lone surrogate)") from None
     if isinstance(labelnames, str):
@@ -199,7 +200,7 @@ def _definition(
             raise ValueError(f"metric {name!r}: {label!r} is not a valid label name")
     if len(set(names)) != len(names) or len(names) > MAX_LABEL_NAMES:
         raise ValueError(f"metric {name!r}: label names must be distinct, at most {MAX_LABEL_NAMES}")
-    definition = Definition(name, type_, kind, documentation, names, bounds)
+    definition = Definition(name, type_, kind, text, names, bounds)
     clash = set(definition.sample_names()) & _reserved()
     if clash:
         raise ValueError(

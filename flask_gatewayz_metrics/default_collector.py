@@ -40,14 +40,13 @@ def get_metrics_collector() -> MetricsCollector:
     ``GATEWAYZ_METRICS_WINDOW_SLOTS``, ``GATEWAYZ_METRICS_ERROR_STATUS`` (and the first app
     without storage options then adopts it).
     """
-    state = current_request.get()
-    if state is not None:
-        return state.collector
+    found = current_collector()
+    if found is not None:
+        return found
     global _default
-    if _default is None:
-        with _default_lock:
-            if _default is None:
-                _default = _from_environment()
+    with _default_lock:
+        if _default is None:
+            _default = _from_environment()
     return _default
 
 

@@ -43,8 +43,6 @@ def as_number(value: object) -> float:
 def as_flag(value: object) -> bool | None:
     """``value``'s truth (an ``error=`` argument), or None when its ``__bool__`` (or
     ``__len__``) raises, for the caller to drop as ``invalid_value``; this never raises."""
-    if value is None or value.__class__ is bool:
-        return bool(value)
     try:
         return bool(value)
     except Exception:
@@ -77,12 +75,9 @@ def plain_str(value: object) -> str | None:
 
 def clean_label(value: object) -> str | None:
     """A label value fit for exposition, or None if ``value`` is not usable as one."""
-    if not isinstance(value, str) or not value:
+    value = plain_str(value)  # a subclass's methods (a __hash__ of None) never run on what we keep
+    if not value:
         return None
-    if value.__class__ is not str:
-        # A plain copy, through str's own slicing: a subclass's methods (a __hash__ of
-        # None, a __len__ that lies) are never called on what we keep.
-        value = str.__getitem__(value, slice(None))
     if len(value) > MAX_LABEL_LENGTH:
         value = value[:MAX_LABEL_LENGTH]
     if not value.isascii():

@@ -21,6 +21,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from .labels import as_number
+
 MAX_FILE_BYTES = 1 << 20
 MAX_MODELS = 10_000
 FIELDS = ("input", "output", "cached_input")
@@ -116,10 +118,7 @@ def _parse(data: Any) -> dict[str, Price]:
                     f"model {model!r} field {field!r} must be a number (USD per million tokens), "
                     f"got {type(number).__name__} {_shown(number)}"
                 )
-            try:
-                value = float(number)
-            except Exception:  # OverflowError: an int past float's range; a subclass's __float__
-                value = math.nan
+            value = as_number(number)  # inf past float's range, NaN for a subclass's raising __float__
             if not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"model {model!r} field {field!r} must be a finite number >= 0, got {_shown(number)}")
             numbers[field] = value

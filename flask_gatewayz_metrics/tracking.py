@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
-import threading
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -22,7 +21,6 @@ RETRY_SECONDS = 60.0
 """Outside Flask, how long a process-wide collector that could not be made (a refused
 directory, a bad setting) is not tried again; each failure is logged once."""
 _retry_at = 0.0
-_retry_lock = threading.Lock()
 
 
 def track_request(
@@ -80,21 +78,19 @@ def _record(
     latency = time.perf_counter() - start
     global _retry_at
     collector = current_collector()  # (an app made since a failure provides one)
-    if collector is None and _retry_at and time.monotonic() < _retry_at:
-        return  # no collector could be made lately (logged): the call stays unrecorded
-    try:
-        if collector is None:
+    if collector is None:
+        if _retry_at and time.monotonic() < _retry_at:
+            return  # no collector could be made lately (logged): the call stays unrecorded
+        try:
             collector = get_metrics_collector()
-    except Exception as exc:
-        # Outside Flask the collector is made at the first recorded call, after the
-        # function has run: metrics never break the caller (its result or its own
-        # exception pass through), so the problem is logged, not raised.
-        with _retry_lock:
+        except Exception as exc:
+            # Outside Flask the collector is made at the first recorded call, after the
+            # function has run: metrics never break the caller (its result or its own
+            # exception pass through), so the problem is logged, not raised.
             _retry_at = time.monotonic() + RETRY_SECONDS
-        log.error("track_request: no metrics collector, calls are not recorded (next try in %.0f s): %s",
-                  RETRY_SECONDS, exc)
-        return
-    if _retry_at:
+            log.error("track_request: no metrics collector, calls are not recorded (next try in %.0f s): %s",
+                      RETRY_SECONDS, exc)
+            return
         _retry_at = 0.0
     collector.observe_request(endpoint, method, latency, status, provider, model, failed)
 

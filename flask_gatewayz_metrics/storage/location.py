@@ -69,15 +69,15 @@ class Location:
     server_root_pid: int | None = None
     order_dependent: bool = False
     """An app's automatic directory chosen by creation order after the process had
-    recorded (``default_collector.collector_for_app``): other workers may give it to
-    another app."""
+    served requests (``default_collector.collector_for_app``): other workers may give it
+    to another app."""
 
     def warning(self) -> str | None:
         """Why numbers may be partial or mixed: a private directory in a multi-process
         server, or an app directory that depends on the order apps were created in."""
         if self.order_dependent:
             return (
-                "an app was initialised after this process had recorded requests (an app created "
+                "an app was initialised after this process had served requests (an app created "
                 "on its first request?): the automatic per-app directories follow the order apps "
                 "are created in, which other workers may not share, mixing apps' numbers; give each "
                 "such app GATEWAYZ_METRICS_APP_NAME (or its own GATEWAYZ_METRICS_DIR)"
