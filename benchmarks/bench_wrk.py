@@ -2,53 +2,68 @@
 ``/metrics`` latency during load, for bare Flask, prometheus_flask_exporter
 (multiprocess), ours, and ours + ``label_request`` (issue 12).
 
-Usage: python benchmarks/bench_wrk.py [--quick]
+Usage: python benchmarks/bench_wrk.py [--quick] [--rounds N]
        (needs ``wrk``: ``apt-get install -y wrk``; run it in a network namespace of its
        own if other jobs bind ports: ``unshare -n sh -c 'ip link set lo up && python
        benchmarks/bench_wrk.py'``)
 
-The app (``make_app()`` below, loaded by gunicorn as ``bench_wrk:make_app()``): 50 POST
-routes ``/v1/eNN/chat`` (NN = 00..49, one URL rule each) whose view parses the JSON body
-``{"model": "model-MM"}`` and answers a small JSON document naming the model and its
-provider (``provider{MM % 10}``: 20 models, 2 per provider), and ``GET
-/api/items/<int:item_id>``. Cases (``BENCH_WRK_CASE``):
+The app (``make_app()`` below): 50 POST routes ``/v1/eNN/chat`` (NN = 00..49, one URL
+rule each) whose view parses the JSON body ``{"model": "model-MM"}`` and answers a small
+JSON document naming the model and its provider (``provider{MM % 10}``: 20 models, 2 per
+provider), and ``GET /api/items/<int:item_id>``. Cases:
 
 * ``bare``: no metrics;
 * ``pfe``: prometheus_flask_exporter's ``GunicornInternalPrometheusMetrics(app,
   group_by="url_rule")`` (multiprocess mode, ``/metrics`` on the app itself), with
   ``PROMETHEUS_MULTIPROC_DIR`` set and the ``child_exit`` hook its docs give;
-* ``ours``: ``GatewayzMetrics(app)``, under ``-c python:flask_gatewayz_metrics.gunicorn_conf``;
+* ``ours``: ``GatewayzMetrics(app)``, with ``flask_gatewayz_metrics.gunicorn``'s hooks;
 * ``ours_labelled``: the same, and the chat view calls ``label_request(provider=...,
   model=...)``;
-* ``ours_again``: ``ours`` once more, on a server of its own: the control. Its overhead
-  differs from ``ours``'s only by the machine's noise, which the report shows beside the
-  ratios (on the shared 2-core VM of ``benchmarks/README.md``, up to 3 µs per request, or
-  0.08 of the ratio, between two identical servers in one run).
+* ``ours_again``: ``ours`` once more, as an app of its own: the control. Its overhead
+  differs from ``ours``'s only by the noise of the measurement, which the report shows
+  beside the ratios.
 
-Every case runs under gunicorn with sync workers (4 workers: 2 cores, and the 4 worker
-files a scrape merges in ``bench_steady_scrape.py``) and with gthread workers (2 workers x
-4 threads: one process per core, 8 threads for wrk's 8 connections). All 10 servers run at
-once (idle ones cost next to nothing) so the measurements can be interleaved.
+**CPU per request: every case in the same worker processes.** One gunicorn server per
+worker class (sync: 4 workers, 2 cores and the 4 worker files a scrape merges in
+``bench_steady_scrape.py``; gthread: 2 workers x 4 threads, one process per core, 8
+threads for wrk's 8 connections) serves every case, each its own Flask app mounted under
+``/<case>`` (``make_shared_app()``: a dispatcher that moves the first path segment to
+``SCRIPT_NAME``, the same few operations for every case). Earlier versions ran one server
+per case; two servers running identical code then differed by up to 0.1 of the ratio in
+one run (benchmarks/README.md, "Session 9"): a per-server effect (memory layout, which
+core the workers ran on, their neighbours) as large as the differences measured. In one
+set of processes it is the same for every case and cancels out of the differences.
 
-``wrk -t1 -c8 -d3s`` (7 rounds; 2 with ``--quick``) with a Lua script: request ``n`` of a connection thread is
-``GET /api/items/<n % 1000>`` when ``n % 4 == 0``, else ``POST /v1/e<n % 50>/chat`` with
-model ``(n + n // 50) % 20`` (50 endpoints x 10 providers x 20 models).
+``wrk -t1 -c8 -d3s`` runs one case at a time (``--rounds`` rounds, default 15; 2 with
+``--quick``; the order of the cases reverses every round) with a Lua script: request
+``n`` of a connection thread is ``GET /<case>/api/items/<n % 1000>`` when ``n % 4 == 0``,
+else ``POST /<case>/v1/e<n % 50>/chat`` with model ``(n + n // 50) % 20`` (50 endpoints x
+10 providers x 20 models). Two CPU figures per wrk run, each divided by the requests the
+server answered in it:
 
-* **CPU per request**: the run time of every thread of the master and of every worker
-  (``/proc/<pid>/task/<tid>/schedstat``, nanoseconds; user and system time: earlier runs
-  summed ``/proc/<pid>/stat``'s clock ticks, 10 ms each) before and after a wrk run
-  without any scraper, divided by the requests wrk completed. Overhead = case - bare Flask of the same worker
-  class and round; the ratio ours / pfe compares overheads. Rounds interleave every case
-  (the order reverses every round); medians over rounds.
-* **/metrics during load**: a separate, longer wrk run per case (6 s; 4 s with ``--quick``)
-  with a scraper thread that fetches ``/metrics`` (a new connection each time) and sleeps
-  150 ms between scrapes; p50 / p99 of the scrape's wall time (with ~30-50 scrapes, p99 is
-  close to the maximum).
+* **server**: the run time of every thread of the master and of every worker
+  (``/proc/<pid>/task/<tid>/schedstat``, nanoseconds, user and system), sockets,
+  HTTP parsing and all;
+* **app**: the CPU time of the thread that served each request (``time.thread_time_ns``)
+  from gunicorn's ``pre_request`` hook to its ``post_request`` hook (the WSGI call, the
+  body iterated and written to the socket; not accepting the connection and parsing the
+  request), summed per worker in a small shared file (``APP_CPU_HOOKS``). Everything a
+  metrics extension adds to a request happens in that span, and it leaves out most of
+  the kernel's network work, whose noise is as large as the overheads compared.
 
-Checks (any failure raises): no non-2xx response from wrk; for ours and pfe the server's
+Overhead = case - bare of the same round; the ratio compares medians of the per-round
+overheads with pfe's.
+
+**/metrics during load**: a server of its own per worker class and case (pfe, ours,
+ours + ``label_request``; ``make_app()`` chosen by ``BENCH_WRK_CASE``), a wrk run of 6 s
+(4 s with ``--quick``) with a scraper thread that fetches ``/metrics`` (a new connection
+each time) and sleeps 150 ms between scrapes; p50 / p99 of the scrape's wall time (with
+~30-50 scrapes, p99 is close to the maximum).
+
+Checks (any failure raises): no non-2xx response from wrk; for ours and pfe each app's
 own request total (``http_requests_total``, pfe's ``flask_http_request_total``) is at
-least what wrk completed on that server (plus readiness probes) and at most that plus 8
-per run (requests in flight when wrk stopped); for ``ours_labelled`` the chat routes'
+least what wrk completed on it (plus readiness probes) and at most that plus 8 per run
+(requests in flight when wrk stopped); for ``ours_labelled`` the chat routes'
 ``http_requests_total`` equals ``model_requests_total``.
 """
 
@@ -60,6 +75,7 @@ import shutil
 import signal
 import socket
 import statistics
+import struct
 import subprocess
 import sys
 import tempfile
@@ -74,6 +90,8 @@ sys.path.insert(0, HERE)
 from _common import median, spread, table  # noqa: E402
 
 CASES = ("bare", "pfe", "ours", "ours_labelled", "ours_again")
+SCRAPED = ("pfe", "ours", "ours_labelled")
+WORKER_CLASSES = ("sync", "gthread")
 CONNECTIONS = 8
 SCRAPE_PAUSE = 0.15
 LUA = r"""
@@ -82,9 +100,9 @@ local headers = {["Content-Type"] = "application/json"}
 request = function()
   n = n + 1
   if n % 4 == 0 then
-    return wrk.format("GET", "/api/items/" .. (n % 1000))
+    return wrk.format("GET", PREFIX .. "/api/items/" .. (n % 1000))
   end
-  local path = string.format("/v1/e%02d/chat", n % 50)
+  local path = PREFIX .. string.format("/v1/e%02d/chat", n % 50)
   local body = string.format('{"model": "model-%02d"}', (n + math.floor(n / 50)) % 20)
   return wrk.format("POST", path, headers, body)
 end
@@ -96,14 +114,54 @@ from prometheus_flask_exporter.multiprocess import GunicornInternalPrometheusMet
 def child_exit(server, worker):
     GunicornInternalPrometheusMetrics.mark_process_dead_on_child_exit(worker.pid)
 """
+SHARED_CONF = """
+from prometheus_flask_exporter.multiprocess import GunicornInternalPrometheusMetrics
+
+from flask_gatewayz_metrics.gunicorn import child_exit as gatewayz_child_exit
+from flask_gatewayz_metrics.gunicorn import on_exit, prepare_metrics_dir
+
+prepare_metrics_dir()
 
 
-# ----------------------------------------------------------------- the app (in gunicorn)
-def make_app():  # type: ignore[no-untyped-def]
-    """The benchmark app for ``BENCH_WRK_CASE`` (gunicorn: ``bench_wrk:make_app()``)."""
+def child_exit(server, worker):
+    GunicornInternalPrometheusMetrics.mark_process_dead_on_child_exit(worker.pid)
+    gatewayz_child_exit(server, worker)
+"""
+APP_CPU_HOOKS = """
+import mmap as _mmap
+import os as _os
+import struct as _struct
+import time as _time
+
+_cpu = {}
+
+
+def post_fork(server, worker):
+    # Two int64 per worker, in a file of its own: CPU ns of the requests served, and their count.
+    fd = _os.open(_os.path.join(_os.environ["BENCH_WRK_APP_CPU"], str(_os.getpid())), _os.O_RDWR | _os.O_CREAT)
+    _os.ftruncate(fd, 16)
+    _cpu["map"] = _mmap.mmap(fd, 16)
+    _os.close(fd)
+
+
+def pre_request(worker, req):
+    req.bench_cpu_start = _time.thread_time_ns()
+
+
+def post_request(worker, req, environ, resp):
+    spent = _time.thread_time_ns() - req.bench_cpu_start
+    total, count = _struct.unpack_from("qq", _cpu["map"])
+    _struct.pack_into("qq", _cpu["map"], 0, total + spent, count + 1)
+"""
+
+
+# ----------------------------------------------------------------- the apps (in gunicorn)
+def make_app(case: str | None = None):  # type: ignore[no-untyped-def]
+    """The benchmark app for ``case`` (default ``BENCH_WRK_CASE``; gunicorn:
+    ``bench_wrk:make_app()``)."""
     from flask import Flask, abort, request
 
-    case = os.environ["BENCH_WRK_CASE"]
+    case = case or os.environ["BENCH_WRK_CASE"]
     app = Flask("bench_wrk")
     labelled = case == "ours_labelled"
     if labelled:
@@ -133,13 +191,31 @@ def make_app():  # type: ignore[no-untyped-def]
     elif case in ("ours", "ours_labelled", "ours_again"):
         from flask_gatewayz_metrics import GatewayzMetrics
 
+        options: dict[str, object] = {"app_name": case}  # several in one process: a directory each
         # BENCH_WRK_WINDOW_SECONDS: another window (bench_flask_instructions --gunicorn uses it
         # to keep a slot rotation out of the few counted requests).
         window = os.environ.get("BENCH_WRK_WINDOW_SECONDS")
-        GatewayzMetrics(app, **({"window_seconds": float(window)} if window else {}))
+        if window:
+            options["window_seconds"] = float(window)
+        GatewayzMetrics(app, **options)
     elif case != "bare":
         raise ValueError(case)
     return app
+
+
+def make_shared_app():  # type: ignore[no-untyped-def]
+    """Every case's app in one WSGI app, each under ``/<case>`` (gunicorn:
+    ``bench_wrk:make_shared_app()``)."""
+    apps = {case: make_app(case).wsgi_app for case in CASES}
+    # (app.wsgi_app, what app.__call__ calls: the same for every case, and one call less.)
+
+    def dispatch(environ, start_response):  # type: ignore[no-untyped-def]
+        _, case, rest = environ["PATH_INFO"].split("/", 2)
+        environ["SCRIPT_NAME"] = "/" + case
+        environ["PATH_INFO"] = "/" + rest
+        return apps[case](environ, start_response)
+
+    return dispatch
 
 
 # ----------------------------------------------------------------- servers
@@ -151,25 +227,22 @@ def free_port() -> int:
 
 @dataclass
 class Server:
-    case: str
+    """One gunicorn server: every case mounted under ``/<case>`` (``case`` None), or one
+    case's app at the root."""
+
     worker_class: str
+    case: str | None = None
     port: int = 0
     proc: subprocess.Popen[bytes] | None = None
-    completed: int = 0  # requests wrk completed plus readiness probes
-    runs: int = 0
-    cpu_us: list[float] = field(default_factory=list)
-    rps: list[float] = field(default_factory=list)
-    scrape_ms: list[float] = field(default_factory=list)
-    scrape_bytes: int = 0
+    app_cpu_dir: str = ""
 
     @property
     def name(self) -> str:
-        return f"{self.case}/{self.worker_class}"
+        return f"{self.case or 'shared'}/{self.worker_class}"
 
     def start(self, tmp: str, log: str) -> None:
         self.port = free_port()
         env = {k: v for k, v in os.environ.items() if k not in ("PROMETHEUS_MULTIPROC_DIR", "GATEWAYZ_METRICS_DIR")}
-        env["BENCH_WRK_CASE"] = self.case
         args = [sys.executable, "-m", "gunicorn", "-b", f"127.0.0.1:{self.port}", "--pythonpath", HERE,
                 "--log-level", "warning", "--timeout", "60"]
         if self.worker_class == "sync":
@@ -178,29 +251,41 @@ class Server:
             args += ["-k", "gthread", "-w", "2", "--threads", "4"]
         directory = os.path.join(tmp, self.name.replace("/", "-"))
         os.makedirs(directory)
-        if self.case == "pfe":
-            env["PROMETHEUS_MULTIPROC_DIR"] = directory
-            conf = os.path.join(tmp, "pfe_gunicorn_conf.py")
+        conf = os.path.join(directory, "gunicorn_conf.py")
+        if self.case is None:
+            env["PROMETHEUS_MULTIPROC_DIR"] = os.path.join(directory, "prometheus")
+            env["GATEWAYZ_METRICS_DIR"] = os.path.join(directory, "gatewayz")
+            env["BENCH_WRK_APP_CPU"] = self.app_cpu_dir = os.path.join(directory, "app-cpu")
+            for path in (env["PROMETHEUS_MULTIPROC_DIR"], self.app_cpu_dir):
+                os.makedirs(path)
             with open(conf, "w") as f:
-                f.write(PFE_CONF)
-            args += ["-c", conf]
-        elif self.case.startswith("ours"):
-            env["GATEWAYZ_METRICS_DIR"] = directory
-            args += ["-c", "python:flask_gatewayz_metrics.gunicorn_conf"]
-        args.append("bench_wrk:make_app()")
+                f.write(SHARED_CONF + APP_CPU_HOOKS)
+            args += ["-c", conf, "bench_wrk:make_shared_app()"]
+        else:
+            env["BENCH_WRK_CASE"] = self.case
+            if self.case == "pfe":
+                env["PROMETHEUS_MULTIPROC_DIR"] = directory
+                with open(conf, "w") as f:
+                    f.write(PFE_CONF)
+                args += ["-c", conf]
+            elif self.case.startswith("ours"):
+                env["GATEWAYZ_METRICS_DIR"] = directory
+                args += ["-c", "python:flask_gatewayz_metrics.gunicorn_conf"]
+            args.append("bench_wrk:make_app()")
         with open(log, "ab") as out:
             self.proc = subprocess.Popen(args, env=env, stdout=out, stderr=out, cwd=os.path.dirname(HERE))
 
-    def wait_ready(self) -> None:
+    def wait_ready(self, completed: dict[str, int]) -> None:
+        """Until every worker runs (each readiness probe counted in ``completed``)."""
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             assert self.proc is not None
             if self.proc.poll() is not None:
                 raise RuntimeError(f"{self.name}: gunicorn exited with {self.proc.returncode}")
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/api/items/1", timeout=5) as r:
-                    r.read()
-                self.completed += 1
+                for case in CASES if self.case is None else ("",):
+                    self.get(f"/{case}/api/items/1" if case else "/api/items/1")
+                    completed[case or str(self.case)] += 1
                 if len(worker_pids(self.proc.pid)) == (4 if self.worker_class == "sync" else 2):
                     return
             except OSError:
@@ -220,6 +305,16 @@ class Server:
     def get(self, path: str) -> bytes:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=30) as r:
             return r.read()  # type: ignore[no-any-return]
+
+    def app_cpu(self) -> tuple[int, int]:
+        """CPU ns of the requests the workers served so far (``APP_CPU_HOOKS``), and their count."""
+        total = count = 0
+        for name in os.listdir(self.app_cpu_dir):
+            with open(os.path.join(self.app_cpu_dir, name), "rb") as f:
+                spent, served = struct.unpack("qq", f.read(16))
+            total += spent
+            count += served
+        return total, count
 
 
 def worker_pids(master: int) -> list[int]:
@@ -258,6 +353,14 @@ def tree_ns(master: int) -> int:
 
 
 # ----------------------------------------------------------------- wrk
+def lua_script(tmp: str, prefix: str) -> str:
+    """The request mix under ``prefix`` ("" or "/<case>"), as a wrk script file."""
+    path = os.path.join(tmp, f"mix{prefix.replace('/', '-')}.lua")
+    with open(path, "w") as f:
+        f.write(f'PREFIX = "{prefix}"\n{LUA}')
+    return path
+
+
 def run_wrk(port: int, seconds: int, script: str) -> tuple[int, float, str]:
     out = subprocess.run(
         ["wrk", "-t1", f"-c{CONNECTIONS}", f"-d{seconds}s", "-s", script, f"http://127.0.0.1:{port}/"],
@@ -274,25 +377,40 @@ def run_wrk(port: int, seconds: int, script: str) -> tuple[int, float, str]:
     return int(match.group(1)), int(match.group(1)) / elapsed, errors.group(0) if errors else ""
 
 
-def measure_cpu(server: Server, seconds: int, script: str) -> float:
-    """Server CPU µs per completed request over one wrk run (no scraper)."""
+@dataclass
+class CpuRuns:
+    """The CPU figures of one case under one worker class, a value per round."""
+
+    server_us: list[float] = field(default_factory=list)
+    app_us: list[float] = field(default_factory=list)
+    rps: list[float] = field(default_factory=list)
+
+
+def measure_cpu(server: Server, seconds: int, script: str, runs: CpuRuns) -> int:
+    """One wrk run (no scraper) against the shared ``server``: its CPU µs per request
+    appended to ``runs``; returns the requests wrk completed."""
     assert server.proc is not None
-    before = tree_ns(server.proc.pid)
+    before, app_before = tree_ns(server.proc.pid), server.app_cpu()
     done, rps, _ = run_wrk(server.port, seconds, script)
     time.sleep(0.3)  # let the last in-flight requests finish
-    after = tree_ns(server.proc.pid)
-    server.completed += done
-    server.runs += 1
-    server.rps.append(rps)
-    return (after - before) / 1e3 / done
+    after, app_after = tree_ns(server.proc.pid), server.app_cpu()
+    served = app_after[1] - app_before[1]
+    runs.server_us.append((after - before) / 1e3 / served)
+    runs.app_us.append((app_after[0] - app_before[0]) / 1e3 / served)
+    runs.rps.append(rps)
+    return done
 
 
-def measure_scrapes(server: Server, seconds: int, script: str) -> None:
-    """wrk drives the app while a thread scrapes ``/metrics`` every ~150 ms."""
+def measure_scrapes(server: Server, seconds: int, script: str) -> tuple[list[float], int, int]:
+    """wrk drives the app while a thread scrapes ``/metrics`` every ~150 ms: the scrapes'
+    wall times in ms, the last body's size, and the requests wrk completed."""
     stop = threading.Event()
     errors: list[str] = []
+    times: list[float] = []
+    size = 0
 
     def scraper() -> None:
+        nonlocal size
         while not stop.is_set():
             t0 = time.perf_counter()
             try:
@@ -300,8 +418,8 @@ def measure_scrapes(server: Server, seconds: int, script: str) -> None:
             except OSError as exc:
                 errors.append(repr(exc))
             else:
-                server.scrape_ms.append((time.perf_counter() - t0) * 1000)
-                server.scrape_bytes = len(body)
+                times.append((time.perf_counter() - t0) * 1000)
+                size = len(body)
             stop.wait(SCRAPE_PAUSE)
 
     thread = threading.Thread(target=scraper)
@@ -311,10 +429,9 @@ def measure_scrapes(server: Server, seconds: int, script: str) -> None:
     finally:
         stop.set()
         thread.join()
-    server.completed += done
-    server.runs += 1
     if errors:
         raise RuntimeError(f"{server.name}: /metrics failed: {errors[:3]}")
+    return times, size, done
 
 
 # ----------------------------------------------------------------- checks
@@ -326,22 +443,25 @@ def sample_sum(body: str, name: str, label_filter: str = "") -> float:
     return total
 
 
-def check(server: Server) -> str:
-    if server.case == "bare":
+def check(server: Server, case: str, completed: int, runs: int) -> str:
+    """That ``case``'s app on ``server`` counted what wrk completed on it (see the module
+    docstring); a line for the report."""
+    if case == "bare":
         return ""
     time.sleep(0.5)
-    body = server.get("/metrics").decode()
-    name = "flask_http_request_total" if server.case == "pfe" else "http_requests_total"
+    body = server.get("/metrics" if server.case else f"/{case}/metrics").decode()
+    name = "flask_http_request_total" if case == "pfe" else "http_requests_total"
     total = sample_sum(body, name)
-    low, high = server.completed, server.completed + CONNECTIONS * server.runs
+    low, high = completed, completed + CONNECTIONS * runs
+    where = f"{case} ({server.name})"
     if not low <= total <= high:
-        raise RuntimeError(f"{server.name}: server counted {total:,.0f} requests, wrk completed {low:,} (max {high:,})")
-    note = f"{server.name}: server counted {total:,.0f}, wrk + probes completed {low:,}"
-    if server.case == "ours_labelled":
+        raise RuntimeError(f"{where}: counted {total:,.0f} requests, wrk completed {low:,} (max {high:,})")
+    note = f"{where}: counted {total:,.0f}, wrk + probes completed {low:,}"
+    if case == "ours_labelled":
         chats = sample_sum(body, "http_requests_total", 'endpoint="/v1/e')
         models = sample_sum(body, "model_requests_total")
         if chats != models or not chats:
-            raise RuntimeError(f"{server.name}: chat requests {chats:,.0f} but model requests {models:,.0f}")
+            raise RuntimeError(f"{where}: chat requests {chats:,.0f} but model requests {models:,.0f}")
         note += f"; chat requests = model requests = {models:,.0f}"
     return note
 
@@ -357,31 +477,50 @@ def main() -> None:
     quick = "--quick" in sys.argv
     seconds = 3
     scrape_seconds = 4 if quick else 6
-    rounds = 2 if quick else 7
+    rounds = int(sys.argv[sys.argv.index("--rounds") + 1]) if "--rounds" in sys.argv else 2 if quick else 15
     tmp = tempfile.mkdtemp(prefix="bench-wrk-")
-    script = os.path.join(tmp, "mix.lua")
-    with open(script, "w") as f:
-        f.write(LUA)
+    scripts = {case: lua_script(tmp, f"/{case}") for case in CASES}
+    root_script = lua_script(tmp, "")
     log = os.path.join(tmp, "gunicorn.log")
-    servers = [Server(case, wc) for wc in ("sync", "gthread") for case in CASES]
+    shared = {wc: Server(wc) for wc in WORKER_CLASSES}
+    alone = {(wc, case): Server(wc, case) for wc in WORKER_CLASSES for case in SCRAPED}
+    servers = [*shared.values(), *alone.values()]
+    completed: dict[tuple[str, str], int] = {}  # (server name, case): requests completed
+    wrk_runs: dict[tuple[str, str], int] = {}
+    cpu = {(wc, case): CpuRuns() for wc in WORKER_CLASSES for case in CASES}
+    scrapes: dict[tuple[str, str], tuple[list[float], int]] = {}
     load_before = os.getloadavg()
     started = time.monotonic()
     notes: list[str] = []
+
+    def count(server: Server, case: str, done: int) -> None:
+        completed[(server.name, case)] = completed.get((server.name, case), 0) + done
+        wrk_runs[(server.name, case)] = wrk_runs.get((server.name, case), 0) + 1
+
     try:
         for s in servers:
             s.start(tmp, log)
         for s in servers:
-            s.wait_ready()
-        for s in servers:  # warm-up: imports, first label sets, files
-            s.completed += run_wrk(s.port, 1, script)[0]
-            s.runs += 1
+            probes: dict[str, int] = dict.fromkeys(CASES, 0)
+            s.wait_ready(probes)
+            for case, n in probes.items():
+                completed[(s.name, case)] = n
+        for s in shared.values():  # warm-up: imports, first label sets, files
+            for case in CASES:
+                count(s, case, run_wrk(s.port, 1, scripts[case])[0])
+        order = [(wc, case) for wc in WORKER_CLASSES for case in CASES]
         for r in range(rounds):
-            for s in servers if r % 2 == 0 else servers[::-1]:
-                s.cpu_us.append(measure_cpu(s, seconds, script))
+            for wc, case in order if r % 2 == 0 else order[::-1]:
+                count(shared[wc], case, measure_cpu(shared[wc], seconds, scripts[case], cpu[(wc, case)]))
+        for (wc, case), s in alone.items():
+            times, size, done = measure_scrapes(s, scrape_seconds, root_script)
+            count(s, case, done)
+            scrapes[(wc, case)] = (times, size)
         for s in servers:
-            if s.case != "bare":
-                measure_scrapes(s, scrape_seconds, script)
-        notes = [n for n in (check(s) for s in servers) if n]
+            for case in CASES if s.case is None else (s.case,):
+                note = check(s, case, completed[(s.name, case)], wrk_runs.get((s.name, case), 0))
+                if note:
+                    notes.append(note)
     except Exception:
         with open(log) as f:
             sys.stderr.write(f.read()[-4000:])
@@ -390,51 +529,47 @@ def main() -> None:
         for s in servers:
             s.stop()
         shutil.rmtree(tmp, ignore_errors=True)
-    report(servers, seconds, rounds, load_before, time.monotonic() - started, notes)
+    report(cpu, scrapes, seconds, rounds, load_before, time.monotonic() - started, notes)
 
 
-def report(servers: list[Server], seconds: int, rounds: int, load_before: tuple[float, ...], took: float,
-           notes: list[str]) -> None:
+def report(cpu: dict[tuple[str, str], CpuRuns], scrapes: dict[tuple[str, str], tuple[list[float], int]],
+           seconds: int, rounds: int, load_before: tuple[float, ...], took: float, notes: list[str]) -> None:
     print(f"Python {sys.version.split()[0]}, {os.cpu_count()} CPUs; load average before "
           f"{' '.join(f'{x:.2f}' for x in load_before)}, after "
           f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}; {took:.0f} s\n")
-    print(f"## Server CPU time per request under gunicorn, wrk -t1 -c{CONNECTIONS} -d{seconds}s "
-          f"(median of {rounds} interleaved rounds; master + workers run time (schedstat), µs per request)\n")
-    by = {(s.case, s.worker_class): s for s in servers}
+    print(f"## CPU time per request under gunicorn, every case in the same workers, wrk -t1 -c{CONNECTIONS} "
+          f"-d{seconds}s (median of {rounds} interleaved rounds, µs per request)\n")
     rows = []
     ratio_rows = []
-    for wc in ("sync", "gthread"):
-        bare = by[("bare", wc)]
-        overhead: dict[str, list[float]] = {}
-        for case in CASES:
-            s = by[(case, wc)]
-            if case != "bare":
-                overhead[case] = [a - b for a, b in zip(s.cpu_us, bare.cpu_us, strict=True)]
-            rows.append((
-                wc, case, f"{median(s.cpu_us):.0f}", spread(s.cpu_us),
-                f"{median(overhead[case]):.0f}" if case in overhead else "-",
-                f"{min(s.cpu_us) - min(bare.cpu_us):.0f}" if case in overhead else "-",
-                f"{median(s.rps):,.0f}",
+    for wc in WORKER_CLASSES:
+        for what in ("server", "app"):
+            values = {case: cpu[(wc, case)].server_us if what == "server" else cpu[(wc, case)].app_us
+                      for case in CASES}
+            bare = values["bare"]
+            overhead = {case: [a - b for a, b in zip(values[case], bare, strict=True)] for case in CASES[1:]}
+            for case in CASES:
+                rows.append((
+                    wc, what, case, f"{median(values[case]):.1f}", spread(values[case]),
+                    f"{median(overhead[case]):.1f}" if case in overhead else "-",
+                    f"{median(cpu[(wc, case)].rps):,.0f}" if what == "server" else "",
+                ))
+            pfe = median(overhead["pfe"])
+            ratio_rows.append((
+                wc, what, *(f"{median(overhead[case]) / pfe:.2f}" for case in ("ours", "ours_labelled", "ours_again")),
+                f"{median([o / p for o, p in zip(overhead['ours'], overhead['pfe'], strict=True)]):.2f}",
             ))
-        pfe = median(overhead["pfe"])
-        pfe_min = min(by[("pfe", wc)].cpu_us) - min(bare.cpu_us)
-        ratio_rows.append((
-            wc, f"{median(overhead['ours']) / pfe:.2f}", f"{median(overhead['ours_labelled']) / pfe:.2f}",
-            f"{median(overhead['ours_again']) / pfe:.2f}",
-            f"{(min(by[('ours', wc)].cpu_us) - min(bare.cpu_us)) / pfe_min:.2f}",
-            f"{(min(by[('ours_labelled', wc)].cpu_us) - min(bare.cpu_us)) / pfe_min:.2f}",
-        ))
-    print(table(["workers", "case", "CPU µs/request", "min..max", "overhead vs bare µs (paired median)",
-                 "overhead (min - min)", "wrk req/s"], rows))
-    print("\nOverhead ratios (same run; target <= 0.33):\n")
-    print(table(["workers", "ours / pfe", "ours + label_request / pfe", "control: ours again / pfe",
-                 "ours / pfe (min - min)", "ours + label_request / pfe (min - min)"], ratio_rows))
-    print(f"\n## /metrics while wrk drives the app (scrape every ~{SCRAPE_PAUSE * 1000:.0f} ms + its own time)\n")
+    print(table(["workers", "CPU", "case", "µs/request", "min..max", "overhead vs bare µs (paired median)",
+                 "wrk req/s"], rows))
+    print("\nserver: master + workers run time (schedstat); app: the serving thread's CPU time from "
+          "pre_request to post_request.\n\nOverhead ratios (same run; target <= 0.33):\n")
+    print(table(["workers", "CPU", "ours / pfe", "ours + label_request / pfe", "control: ours again / pfe",
+                 "ours / pfe (median of per-round ratios)"], ratio_rows))
+    print(f"\n## /metrics while wrk drives the app (a server per case; scrape every ~{SCRAPE_PAUSE * 1000:.0f} ms "
+          "+ its own time)\n")
     rows = []
-    for s in servers:
-        if s.case != "bare":
-            rows.append((s.worker_class, s.case, len(s.scrape_ms), f"{median(s.scrape_ms):.1f}",
-                         f"{p99(s.scrape_ms):.1f}", f"{max(s.scrape_ms):.1f}", f"{s.scrape_bytes:,}"))
+    for (wc, case), (times, size) in scrapes.items():
+        rows.append((wc, case, len(times), f"{median(times):.1f}", f"{p99(times):.1f}", f"{max(times):.1f}",
+                     f"{size:,}"))
     print(table(["workers", "case", "scrapes", "p50 ms", "p99 ms", "max ms", "body bytes"], rows))
     print("\nWorkers: sync 4 workers; gthread 2 workers x 4 threads.")
     print("Checks passed (no non-2xx; server-side counts match wrk):")
