@@ -63,7 +63,7 @@ def endpoint_problem(url: str) -> str | None:
     """Why ``url`` cannot be an OTLP endpoint (None: it can): an http(s) URL with a host,
     a port in 1..65535 if any, and no credentials (``user:password@`` would be shown in
     errors; http.client does not send them anyway: give them as a header instead)."""
-    if not url.startswith(("http://", "https://")) or any(c.isspace() for c in url) or len(url) > 2048:
+    if not url[:8].lower().startswith(("http://", "https://")) or any(c.isspace() for c in url) or len(url) > 2048:
         return "it is not an http(s) URL"
     try:
         parts = urllib.parse.urlsplit(url)
@@ -100,6 +100,10 @@ def otlp_config(setting: str | None, environ: Mapping[str, str] | None = None) -
             return None
         endpoint = base.rstrip("/") + "/v1/metrics"  # the spec: the base URL gets the signal's path
     problem = endpoint_problem(endpoint)
+    if problem is None and not endpoint.startswith(("http://", "https://")):
+        # A scheme is case-insensitive (RFC 3986, 3.1): ``HTTP://`` is http, written the usual way.
+        scheme, rest = endpoint.split(":", 1)
+        endpoint = scheme.lower() + ":" + rest
     if problem is not None:
         if setting:
             raise ValueError(f"GATEWAYZ_METRICS_OTLP_ENDPOINT {shown_url(setting)!r} is refused: {problem}")

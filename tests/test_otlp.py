@@ -67,6 +67,16 @@ def test_endpoint_precedence_and_signal_path() -> None:
     assert otlp_config(None, {"OTEL_EXPORTER_OTLP_ENDPOINT": "ftp://x"}) is None
 
 
+def test_the_scheme_is_case_insensitive() -> None:
+    """``HTTP://`` and ``Https://`` are http(s) (RFC 3986: schemes are case-insensitive),
+    exported to with the scheme written in lower case; the rest of the URL is kept."""
+    config = otlp_config("HTTP://Collector:4318/V1/metrics", {})
+    assert config is not None and config.endpoint == "http://Collector:4318/V1/metrics"
+    config = otlp_config(None, {"OTEL_EXPORTER_OTLP_ENDPOINT": "Https://m.example"})
+    assert config is not None and config.endpoint == "https://m.example/v1/metrics"
+    assert otlp_config(None, {"OTEL_EXPORTER_OTLP_ENDPOINT": "HTTPX://m.example"}) is None
+
+
 def test_headers_timeout_interval_and_resource_from_env(caplog: pytest.LogCaptureFixture) -> None:
     """Headers (percent-decoded, metrics variant first), ms timeout/interval, service name and resource attributes."""
     config = otlp_config(None, {
