@@ -12,7 +12,9 @@
   or the server looks multi-process but the metrics directory is private to one
   process (each scrape would show one process's numbers), or the separate metrics port
   (``GATEWAYZ_METRICS_PORT``) cannot be listened on (see ``metrics_port``), or latency
-  histogram series recorded with other bucket bounds are skipped (``storage.layout``).
+  histogram series recorded with other bucket bounds are skipped (``storage.layout``),
+  or this process records API keys without their hash because the directory's
+  ``tenant.key`` is unusable (``tenants``).
 - ``healthy`` (HTTP 200) otherwise.
 """
 

@@ -197,6 +197,9 @@ class TenantRecording(RecordPrimitives):
     _tenant_key_retry_at = 0.0
     """Monotonic time before which the directory's key is not looked for again (it was
     found unusable)."""
+    tenant_key_problem: str | None = None
+    """Why this process records API keys without their hash (the directory's key is
+    unusable), for ``/metrics/health``; None once a key was found."""
 
     if TYPE_CHECKING:
         _storage: DirectoryAccess
@@ -214,9 +217,11 @@ class TenantRecording(RecordPrimitives):
                 raise _KeyUnavailable("the tenant hash key in the metrics directory is unusable")
             try:
                 key = directory_key(self.directory, self._storage.trusted)
-            except OSError:
+            except OSError as exc:
                 self._tenant_key_retry_at = time.monotonic() + KEY_RETRY_SECONDS
+                self.tenant_key_problem = f"tenant API keys are not recorded: {exc}"
                 raise
+            self.tenant_key_problem = None
         elif isinstance(configured, str):
             key = key_bytes(configured)
         else:

@@ -71,8 +71,10 @@ def create_blueprint(metrics: AppMetrics) -> Blueprint:
     @bp.get("/health")
     @guarded(scrape_auth, metrics.settings.auth_check)
     def health() -> tuple[Response, int]:
-        port_reasons = metrics.port.health_reasons() if metrics.port is not None else []
-        report, status = health_report(metrics.collector.snapshot(), metrics.settings, port_reasons)
+        reasons = metrics.port.health_reasons() if metrics.port is not None else []
+        if metrics.collector.tenant_key_problem:
+            reasons.append(metrics.collector.tenant_key_problem)
+        report, status = health_report(metrics.collector.snapshot(), metrics.settings, reasons)
         return jsonify(report), status
 
     @bp.post("/reset")

@@ -311,6 +311,9 @@ def test_a_planted_fifo_as_tenant_key_never_blocks_a_request(tmp_path: Path) -> 
     assert got["gatewayz_tenant_requests_total", labels("red", "", status_class="2xx")] == 1  # team kept, key left out
     assert not any(name == "gatewayz_tenant_requests_total" and ("api_key", "") not in ls for (name, ls) in got)
     assert got["gatewayz_metrics_dropped_total", frozenset({("reason", "storage_unavailable")})] >= 1
+    health = client.get("/metrics/health")
+    assert health.status_code == 200 and health.json["status"] == "degraded"
+    assert any("tenant API keys are not recorded" in r and KEY_FILE in r for r in health.json["reasons"])
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="chown to another user needs root (CI runs as root)")
