@@ -53,8 +53,8 @@ _ceil = math.ceil
 _EPOCH_INDEX = layout.CONTROL_EPOCH_INDEX
 # Payload fields (storage/kinds.py and layout.py name them; bound here, read as fast as a literal).
 _REQ_SUM = kinds.REQ_SUM
-if kinds.REQ_COUNT != 0:  # the request path adds the count at a record's offset itself
-    raise ImportError("request_path expects REQ_COUNT at payload index 0")
+if kinds.VALUE != 0:  # the request path adds a model record's count at its offset itself
+    raise ImportError("request_path expects VALUE at payload index 0")
 # A sketch slot's fields, from its SLOT_SUM (whose file index its mirror keeps: MIRROR_SUM).
 _ERRORS_FROM_SUM = layout.SLOT_ERRORS - layout.SLOT_SUM
 _MIN_FROM_SUM = layout.SLOT_MIN - layout.SLOT_SUM
@@ -147,7 +147,7 @@ class RequestPath(LabelResolution):
         ``leaving``: the request also stops counting as in flight, in the same locked write).
 
         ``endpoint`` and ``method`` None: a provider call that is not an HTTP request.
-        This is the hot path: about a dozen float additions into the mmap, no
+        This is the hot path: about ten float additions into the mmap, no
         allocation beyond the cache-key tuple, no syscall.
         """
         if latency.__class__ is not float:
@@ -221,16 +221,17 @@ class RequestPath(LabelResolution):
                     union_index = ~union_index
                     while union_index and latency <= self._latency_union[union_index - 1]:
                         union_index -= 1
-                # Since start: count, latency sum, histogram bucket, per status; errors and
+                # Since start: latency sum and histogram bucket, per status; errors and
                 # per-endpoint/status totals are sums of these records at read time, and so
-                # are http.server.request.duration's buckets (kinds.SERVER_KINDS).
+                # are http.server.request.duration's buckets (kinds.SERVER_KINDS). The
+                # count (REQ_COUNT) of these records is left unwritten: readers take it as
+                # the buckets' total (merge._counted, ArchiveBuilder), one memoryview
+                # read-modify-write less per record.
                 bucket = self._request_bucket[union_index]
                 if request >= 0:
-                    d[request] += 1.0  # the count: REQ_COUNT is 0 (checked at import)
                     d[request + _REQ_SUM] += latency
                     d[request + bucket] += 1.0
                 if provider_record >= 0:
-                    d[provider_record] += 1.0
                     d[provider_record + _REQ_SUM] += latency
                     d[provider_record + bucket] += 1.0
                 if model_record >= 0:

@@ -149,7 +149,15 @@ class DirectoryAccess:
         assert self._file is not None
         d = self._file.doubles
         try:
-            return float(sum(d[o] for (kind, _), o in self._offsets.items() if kind in kinds.REQUEST_KINDS))
+            # The buckets' total: the request path does not write the stored count
+            # (kinds.UNCOUNTED_KINDS).
+            return float(
+                sum(
+                    sum(d[o + kinds.REQ_BUCKETS : o + kinds.KINDS[kind].size])
+                    for (kind, _), o in self._offsets.items()
+                    if kind in kinds.REQUEST_KINDS
+                )
+            )
         except (ValueError, IndexError):
             return 0.0
 

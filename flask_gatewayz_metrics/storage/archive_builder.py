@@ -91,6 +91,8 @@ class ArchiveBuilder:
                 self.payloads[key] = combine_native(current, [buckets])
                 continue
             incoming = list(view.doubles[record.offset : record.offset + kind.size])
+            if record.kind in kinds.UNCOUNTED_KINDS:  # a count the request path leaves unwritten
+                incoming[kinds.REQ_COUNT] = sum(incoming[kinds.REQ_BUCKETS :])
             self.payloads[key] = incoming if current is None else combine(kind, current, incoming)
         if lost_native:
             self.count_error(NATIVE_CHAIN_REASON, lost_native)

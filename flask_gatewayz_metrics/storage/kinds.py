@@ -208,6 +208,12 @@ KINDS.update({
 })
 REQUEST_KINDS = frozenset(kind for kind in KINDS if kind == "request" or kind.startswith("request_le"))
 """The kinds holding HTTP requests, whatever their bucket bounds."""
+UNCOUNTED_KINDS = frozenset(
+    kind for kind in KINDS for base in SERVER_KINDS if kind == base or kind.startswith(f"{base}_le")
+)
+"""``SERVER_KINDS`` whatever their bucket bounds: the request path leaves their stored
+count (``REQ_COUNT``) unwritten, and readers take it as the buckets' total (from
+``REQ_BUCKETS`` to the payload's end; ``merge._counted``, the archive builder)."""
 
 
 def bounds_fingerprint(bounds: Sequence[float]) -> str:

@@ -155,11 +155,12 @@ def _unfold_server_kinds(merged: Merged, bounds: tuple[float, ...], with_http: b
 
 def _counted(payload: list[float], groups: tuple[tuple[int, int], ...]) -> list[float]:
     """Count, sum and buckets (``_regroup``) of a request-like payload, the count being
-    the buckets' total rather than the stored count: the request path adds the count
-    first and the bucket last, so a scrape that copies a file between the two (or a
-    worker killed between them) would otherwise serve ``http_requests_total`` ahead of
-    the histogram's ``_count`` and ``+Inf`` bucket. (Integer-valued floats below 2**53:
-    the sum is exact.)"""
+    the buckets' total rather than the stored count: the request path does not write the
+    count of these records (``kinds.UNCOUNTED_KINDS``: one write less per request), and
+    the total can never be ahead of or behind the histogram's ``_count`` and ``+Inf``
+    bucket, as a stored count written apart from the bucket could be for a scrape that
+    copies a file between the two writes. (Integer-valued floats below 2**53: the sum is
+    exact.)"""
     buckets = _regroup(payload, groups)
     return [sum(buckets), payload[kinds.REQ_SUM], *buckets]
 
