@@ -134,6 +134,9 @@ class MetricsCollector(
         self._latency_union, self._request_bucket, self._gen_ai_bucket = latency_bucket_tables(bounds)
         """The request path's one search (``semconv.latency_bucket_tables``)."""
         self._union_position = union_positions(self._latency_union)
+        # The same, indexed by the sketch bucket (-1: bounds lie inside it, see _union_index).
+        self._request_bucket_at = tuple(-1 if at < 0 else self._request_bucket[at] for at in self._union_position)
+        self._gen_ai_bucket_at = tuple(-1 if at < 0 else self._gen_ai_bucket[at] for at in self._union_position)
         self.location = location.resolve(directory, namespace)
         self.directory = self.location.path
         announce = not os.path.exists(os.path.join(self.directory, layout.CONTROL_NAME))
@@ -162,9 +165,10 @@ class MetricsCollector(
         self._provider_cache = BoundedCache(PROVIDER_BUDGET_BYTES, part_entry_cost)
         self._model_cache = BoundedCache(MODEL_BUDGET_BYTES, part_entry_cost)
         self._request_targets = self._front_cache.entries
-        """Whole combinations -> offsets (the request's own, then those of its OpenTelemetry
-        conventions' records, ``semconv.ConventionsRecording._with_conventions``): the
-        request path's one lookup (``label_cache``)."""
+        """Whole combinations -> offsets (the request's own, two flags,
+        ``RequestPath._flagged``, then the offsets of its OpenTelemetry conventions'
+        records, ``semconv.ConventionsRecording._with_conventions``): the request path's
+        one lookup (``label_cache``)."""
         self._front_misses = 0
         # Bound once: the caches are cleared in place, never replaced.
         self._route_get = self._route_cache.entries.get

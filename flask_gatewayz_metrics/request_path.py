@@ -75,10 +75,12 @@ def union_positions(union: tuple[float, ...]) -> tuple[int, ...]:
     ``~n`` (negative) when a bound lies strictly inside the bucket.
 
     A latency in a bucket of ``n`` has ``bisect_left(union, latency) == n``; in a bucket
-    of ``~n``, ``n`` less the bounds at or above the latency (the request path steps down
+    of ``~n``, ``n`` less the bounds at or above the latency (``_union_index`` steps down
     past them: one comparison each, and few buckets hold one, as bounds are far wider
-    apart than the ~2 % buckets). So the one search of the latency histograms' bounds
-    costs a tuple lookup and a sign test on top of the sketch index."""
+    apart than the ~2 % buckets). The collector maps the positions to payload indexes
+    per sketch bucket (``_request_bucket_at``, ``_gen_ai_bucket_at``: -1 for a bucket of
+    ``~n``), so the one search of the latency histograms' bounds costs a tuple lookup and
+    a sign test on top of the sketch index."""
     uppers = (*(-math.inf,) * layout.SLOT_HEADER, *sketch.UPPER_BOUNDS, math.inf)
     positions = []
     for at, upper in enumerate(uppers):
@@ -107,6 +109,8 @@ class RequestPath(LabelResolution):
         _union_position: tuple[int, ...]
         _request_bucket: tuple[int, ...]
         _gen_ai_bucket: tuple[int, ...]
+        _request_bucket_at: tuple[int, ...]
+        _gen_ai_bucket_at: tuple[int, ...]
         _slot_seconds: float
         _slots: int
         _current_slot: int
@@ -187,7 +191,9 @@ class RequestPath(LabelResolution):
                     d = self._writable()
                 key = (endpoint, method, status, provider, model, failed)
                 try:
-                    targets = self._request_targets.get(key)
+                    targets = self._request_targets[key]  # (a subscript: a third of .get's cost)
+                except KeyError:
+                    targets = None
                 except TypeError:  # an unhashable label value (a list, a dict): resolved, not cached
                     targets = None
                 if targets is None:
@@ -203,45 +209,42 @@ class RequestPath(LabelResolution):
                     except TypeError:  # an unhashable label value: resolved, never cached
                         route = None
                     if route is None or upstream is None or used_model is None:
-                        targets = self._with_conventions(key, self._resolve_parts(key))
+                        targets = self._with_conventions(key, self._flagged(key, self._resolve_parts(key)))
                     else:
-                        targets = self._with_conventions(key, route + upstream + used_model)
+                        targets = self._with_conventions(key, self._flagged(key, route + upstream + used_model))
                         self._front_misses = misses = self._front_misses + 1
                         if not misses % FRONT_ADMIT_EVERY or not self._front_cache.full:
                             self._front_cache.put(key, targets)
                     d = self._doubles  # resolving may have grown (re-mapped) the file
                 (
                     request, endpoint_window, provider_record, provider_window, model_record, model_window,
-                    gen_ai_duration,
+                    error, more, gen_ai_duration,
                 ) = targets  # fmt: skip
-                # Its position among the latency histograms' bounds, bisect_left(union, latency),
-                # from the sketch bucket (union_positions): negative when bounds lie inside it.
-                union_index = self._union_position[index]
-                if union_index < 0:
-                    union_index = ~union_index
-                    while union_index and latency <= self._latency_union[union_index - 1]:
-                        union_index -= 1
+                # The latency's bucket in the request and provider records, from its sketch
+                # bucket (union_positions): one lookup, unless bounds lie inside that bucket.
+                bucket = self._request_bucket_at[index]
+                if bucket < 0:
+                    bucket = self._request_bucket[self._union_index(index, latency)]
                 # Since start: latency sum and histogram bucket, per status; errors and
                 # per-endpoint/status totals are sums of these records at read time, and so
                 # are http.server.request.duration's buckets (kinds.SERVER_KINDS). The
                 # count (REQ_COUNT) of these records is left unwritten: readers take it as
                 # the buckets' total (merge._counted, ArchiveBuilder), one memoryview
                 # read-modify-write less per record.
-                bucket = self._request_bucket[union_index]
                 if request >= 0:
                     d[request + _REQ_SUM] += latency
                     d[request + bucket] += 1.0
-                if provider_record >= 0:
-                    d[provider_record + _REQ_SUM] += latency
-                    d[provider_record + bucket] += 1.0
-                if model_record >= 0:
-                    d[model_record] += 1.0  # its one value: the count
+                if more:  # (``_flagged``: a provider or model, or native histograms)
+                    if provider_record >= 0:
+                        d[provider_record + _REQ_SUM] += latency
+                        d[provider_record + bucket] += 1.0
+                    if model_record >= 0:
+                        d[model_record] += 1.0  # its one value: the count
                 # Windows: the current clock-aligned slot of each windowed record.
                 if not self._slot_start <= now < self._slot_end:
                     self._slot_position(now)
                 extremes = self._slot_extremes
                 words = self._entry_words
-                error = failed or status >= self.error_status
                 # Each window slot (layout: SLOT_ID ... SLOT_MAX, SLOT_BLOCK): SLOT_COUNT stays
                 # unused (the buckets hold it). Slot id, min and max of the current slot are
                 # mirrored in ``extremes`` (reading the mmap costs several times more; emptied
@@ -267,48 +270,52 @@ class RequestPath(LabelResolution):
                         d[current[_MIRROR_SUM] + _MIN_FROM_SUM] = current[_MIRROR_MIN] = latency
                     if latency > current[_MIRROR_MAX]:
                         d[current[_MIRROR_SUM] + _MAX_FROM_SUM] = current[_MIRROR_MAX] = latency
-                if provider_window >= 0:
-                    try:
-                        current = extremes[provider_window]
-                    except KeyError:  # the slot's first request here (extremes hold the current slot's)
-                        current = extremes[provider_window] = self._enter_window_slot(provider_window)
-                    try:
-                        words[current[_WINDOW_ENTRIES][index]] += _ENTRY_ONE
-                    except (KeyError, ValueError):  # the bucket's first count in this slot, or its entry is full
-                        d = self._append_bucket_entry(current, _WINDOW_ENTRIES, index)
-                        words = self._entry_words
-                    d[current[_MIRROR_SUM]] += latency
-                    if error:
-                        d[current[_MIRROR_SUM] + _ERRORS_FROM_SUM] += 1.0
-                    if latency < current[_MIRROR_MIN]:
-                        d[current[_MIRROR_SUM] + _MIN_FROM_SUM] = current[_MIRROR_MIN] = latency
-                    if latency > current[_MIRROR_MAX]:
-                        d[current[_MIRROR_SUM] + _MAX_FROM_SUM] = current[_MIRROR_MAX] = latency
-                if model_window >= 0:
-                    try:
-                        current = extremes[model_window]
-                    except KeyError:  # the slot's first request here (extremes hold the current slot's)
-                        current = extremes[model_window] = self._enter_window_slot(model_window)
-                    try:
-                        words[current[_WINDOW_ENTRIES][index]] += _ENTRY_ONE
-                    except (KeyError, ValueError):  # the bucket's first count in this slot, or its entry is full
-                        d = self._append_bucket_entry(current, _WINDOW_ENTRIES, index)
-                        words = self._entry_words
-                    d[current[_MIRROR_SUM]] += latency
-                    if error:
-                        d[current[_MIRROR_SUM] + _ERRORS_FROM_SUM] += 1.0
-                    if latency < current[_MIRROR_MIN]:
-                        d[current[_MIRROR_SUM] + _MIN_FROM_SUM] = current[_MIRROR_MIN] = latency
-                    if latency > current[_MIRROR_MAX]:
-                        d[current[_MIRROR_SUM] + _MAX_FROM_SUM] = current[_MIRROR_MAX] = latency
-                # The OpenTelemetry conventions' GenAI histograms (semconv.py), with their
-                # own bucket bounds: gen_ai.server.request.duration (a labelled request) or
-                # gen_ai.client.operation.duration (a successful provider call): sum, bucket.
-                if gen_ai_duration >= 0:
-                    d[gen_ai_duration] += latency  # the payload starts with the sum
-                    d[gen_ai_duration + self._gen_ai_bucket[union_index]] += 1.0
-                if self._native_state is not None:  # native histograms: native_histograms.py
-                    self._native_add(request, provider_record, index)
+                if more:
+                    if provider_window >= 0:
+                        try:
+                            current = extremes[provider_window]
+                        except KeyError:  # the slot's first request here (extremes hold the current slot's)
+                            current = extremes[provider_window] = self._enter_window_slot(provider_window)
+                        try:
+                            words[current[_WINDOW_ENTRIES][index]] += _ENTRY_ONE
+                        except (KeyError, ValueError):  # the bucket's first count in this slot, or its entry is full
+                            d = self._append_bucket_entry(current, _WINDOW_ENTRIES, index)
+                            words = self._entry_words
+                        d[current[_MIRROR_SUM]] += latency
+                        if error:
+                            d[current[_MIRROR_SUM] + _ERRORS_FROM_SUM] += 1.0
+                        if latency < current[_MIRROR_MIN]:
+                            d[current[_MIRROR_SUM] + _MIN_FROM_SUM] = current[_MIRROR_MIN] = latency
+                        if latency > current[_MIRROR_MAX]:
+                            d[current[_MIRROR_SUM] + _MAX_FROM_SUM] = current[_MIRROR_MAX] = latency
+                    if model_window >= 0:
+                        try:
+                            current = extremes[model_window]
+                        except KeyError:  # the slot's first request here (extremes hold the current slot's)
+                            current = extremes[model_window] = self._enter_window_slot(model_window)
+                        try:
+                            words[current[_WINDOW_ENTRIES][index]] += _ENTRY_ONE
+                        except (KeyError, ValueError):  # the bucket's first count in this slot, or its entry is full
+                            d = self._append_bucket_entry(current, _WINDOW_ENTRIES, index)
+                            words = self._entry_words
+                        d[current[_MIRROR_SUM]] += latency
+                        if error:
+                            d[current[_MIRROR_SUM] + _ERRORS_FROM_SUM] += 1.0
+                        if latency < current[_MIRROR_MIN]:
+                            d[current[_MIRROR_SUM] + _MIN_FROM_SUM] = current[_MIRROR_MIN] = latency
+                        if latency > current[_MIRROR_MAX]:
+                            d[current[_MIRROR_SUM] + _MAX_FROM_SUM] = current[_MIRROR_MAX] = latency
+                    # The OpenTelemetry conventions' GenAI histograms (semconv.py), with their
+                    # own bucket bounds: gen_ai.server.request.duration (a labelled request) or
+                    # gen_ai.client.operation.duration (a successful provider call): sum, bucket.
+                    if gen_ai_duration >= 0:
+                        gen_ai_bucket = self._gen_ai_bucket_at[index]
+                        if gen_ai_bucket < 0:
+                            gen_ai_bucket = self._gen_ai_bucket[self._union_index(index, latency)]
+                        d[gen_ai_duration] += latency  # the payload starts with the sum
+                        d[gen_ai_duration + gen_ai_bucket] += 1.0
+                    if self._native_state is not None:  # native histograms: native_histograms.py
+                        self._native_add(request, provider_record, index)
                 if leaving:
                     self._in_flight -= 1
                     o = self._in_flight_offset
@@ -327,6 +334,27 @@ class RequestPath(LabelResolution):
             if leaving:
                 self.add_in_flight(-1)
             return self._internal_error(exc)
+
+    def _flagged(self, key: tuple[Any, ...], parts: tuple[int, ...]) -> tuple[int, ...]:
+        """``parts`` (the six record offsets of a new label combination ``key``) followed by
+        what ``observe_request`` reads from its cache entry rather than work out per
+        request: whether the request is an error (the key holds its status and
+        ``failed``), and whether it writes more than a plain request's record and window
+        (a provider or model record, hence maybe a conventions' one, or native
+        histograms, which ``native_state`` decides once)."""
+        status, failed = key[2], key[5]
+        error = failed or status >= self.error_status
+        more = parts[2] >= 0 or parts[4] >= 0 or self._native_state is not None
+        return (*parts, error, more)
+
+    def _union_index(self, index: int, latency: float) -> int:
+        """``bisect_left(self._latency_union, latency)`` for a latency in sketch slot index
+        ``index`` that bounds lie inside (``union_positions``: negative there): the position
+        past the bucket's bounds, stepped down past those at or above the latency."""
+        union_index = ~self._union_position[index]
+        while union_index and latency <= self._latency_union[union_index - 1]:
+            union_index -= 1
+        return union_index
 
     def _enter_window_slot(self, record: int) -> list[Any]:
         """The mirror of the current slot of the sketch window record at payload offset
