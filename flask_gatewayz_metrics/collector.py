@@ -160,6 +160,7 @@ class MetricsCollector(
         self._directory_check_at = _monotonic() + record_writer.DIRECTORY_CHECK_SECONDS
         self._current_slot = self._position = 0
         self._slot_start = self._slot_end = 0.0
+        self._span_start = self._span_end = 0.0  # the request path's (RequestPath._renew_span)
         self._front_cache = BoundedCache(FRONT_BUDGET_BYTES, front_entry_cost)
         self._route_cache = BoundedCache(ROUTE_BUDGET_BYTES, part_entry_cost)
         self._provider_cache = BoundedCache(PROVIDER_BUDGET_BYTES, part_entry_cost)

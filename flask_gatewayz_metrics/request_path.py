@@ -35,6 +35,8 @@ if TYPE_CHECKING:
 
 _MAX_SECONDS = layout.MAX_SECONDS
 _monotonic = time.monotonic
+_wall_clock = time.time
+"""The collectors' default clock, which elapses with the monotonic one (``_renew_span``)."""
 _SKETCH_STRIDE = layout.slot_stride(True)
 # sketch.bucket_index, shifted to index a slot directly (its buckets follow the header);
 # every constant comes from sketch.py, so the inlined copy cannot drift from it.
@@ -102,6 +104,8 @@ class RequestPath(LabelResolution):
         _epoch_words: memoryview
         _armed: memoryview
         _directory_check_at: float
+        _span_start: float
+        _span_end: float
         _clock: Callable[[], float]
         _in_flight: int
         _in_flight_offset: int
@@ -183,11 +187,12 @@ class RequestPath(LabelResolution):
                 # older slot would replace the newer one), nor after a scrape sealed it.
                 now = self._clock()
                 d = self._doubles
-                if (
-                    self._file_epoch != self._epoch_words[_EPOCH_INDEX]
-                    or not self._armed[0]
-                    or _monotonic() >= self._directory_check_at
-                ):
+                # One range test for two things (a C call less per request): the clock still
+                # in the current window slot, and the directory check (DIRECTORY_CHECK_SECONDS
+                # on the monotonic clock) not yet due; ``_renew_span`` otherwise.
+                if not self._span_start <= now < self._span_end:
+                    d = self._renew_span(now)
+                elif self._file_epoch != self._epoch_words[_EPOCH_INDEX] or not self._armed[0]:
                     d = self._writable()
                 key = (endpoint, method, status, provider, model, failed)
                 try:
@@ -240,9 +245,8 @@ class RequestPath(LabelResolution):
                         d[provider_record + bucket] += 1.0
                     if model_record >= 0:
                         d[model_record] += 1.0  # its one value: the count
-                # Windows: the current clock-aligned slot of each windowed record.
-                if not self._slot_start <= now < self._slot_end:
-                    self._slot_position(now)
+                # Windows: the current clock-aligned slot of each windowed record (the span
+                # check above entered it).
                 extremes = self._slot_extremes
                 words = self._entry_words
                 # Each window slot (layout: SLOT_ID ... SLOT_MAX, SLOT_BLOCK): SLOT_COUNT stays
@@ -356,6 +360,25 @@ class RequestPath(LabelResolution):
             union_index -= 1
         return union_index
 
+    def _renew_span(self, now: float) -> Doubles:
+        """The request path's check once the clock left ``_span_start`` .. ``_span_end``:
+        enter the slot of ``now``, check the directory if due and refresh the file if needed
+        (``_writable``), then the next span: the slot's, ended early where the directory
+        check falls due. Returns the file's view (call under the lock).
+
+        The span is in the collector's clock, the directory check's deadline on the
+        monotonic one: the span ends that much later than ``now`` (so a wall clock set back
+        within a span delays the check by as much, under one span's length), and starts at
+        ``now``, so a clock set back further ends it at once. A clock of the caller's own
+        (tests) says nothing of elapsed time: its spans stay empty and each request checks
+        here, as the monotonic clock says."""
+        self._slot_position(now)
+        d = self._writable()
+        if self._clock is _wall_clock:
+            self._span_start = max(self._slot_start, now)
+            self._span_end = min(self._slot_end, now + (self._directory_check_at - _monotonic()))
+        return d
+
     def _enter_window_slot(self, record: int) -> list[Any]:
         """The mirror of the current slot of the sketch window record at payload offset
         ``record``, entering the slot (``slots.enter_slot``) at its first request."""
@@ -366,7 +389,8 @@ class RequestPath(LabelResolution):
         """The clock-aligned slot containing ``now`` and its position in a window record.
 
         Cached with the slot's time bounds, so most calls compare two floats instead of
-        dividing; the request hot path inlines the same check. A new slot empties the
+        dividing; the request hot path checks a span within them (``_renew_span``). A new
+        slot ends that span, and empties the
         sketch slots' mirrors (``_slot_extremes``): each holds the current slot only, so
         the request path finds a mirror or enters the slot, without comparing slot ids.
         """
@@ -375,5 +399,6 @@ class RequestPath(LabelResolution):
                 now, self._slot_seconds, self._slots
             )
             self._slot_extremes.clear()
+            self._span_end = -math.inf  # the request path's span lay in the old slot
         return self._current_slot, self._position
 
