@@ -87,9 +87,11 @@ class BoundedCache:
     """A dict bounded by a byte budget that evicts its oldest entry one at a time.
 
     ``entries`` is the plain dict readers look up directly (the request path binds
-    ``entries.get``); only ``put`` adds to it, so the insertion queue and the byte
-    count stay exact. ``clear`` empties it in place (after a reset or fork, when every
-    offset changes), keeping the dict object others hold.
+    ``entries.get``); only ``put`` adds to it and only ``put`` and ``discard`` remove
+    from it, so the insertion queue and the byte count stay exact (a discarded entry's
+    place in the queue stays charged until it comes up for eviction). ``clear`` empties
+    it in place (after a reset or fork, when every offset changes), keeping the dict
+    object others hold.
     """
 
     __slots__ = ("_cost", "_order", "budget", "entries", "evictions", "full", "used")
@@ -122,12 +124,19 @@ class BoundedCache:
         while self.used + cost > self.budget:
             self.full = True
             oldest = order.popleft()
-            del entries[oldest]
+            entries.pop(oldest, None)  # (absent: discarded; or put again, and queued again too)
             self.used -= self._cost(oldest)
             self.evictions += 1
         entries[key] = value
         order.append(key)
         self.used += cost
+
+    def discard(self, key: Hashable) -> None:
+        """Forget ``key``'s entry if there is one (an unhashable key has none)."""
+        try:
+            self.entries.pop(key, None)
+        except TypeError:
+            pass
 
     def clear(self) -> None:
         """Forget every entry (the dict object stays the same)."""

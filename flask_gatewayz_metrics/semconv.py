@@ -136,6 +136,8 @@ class ConventionsRecording:
         def _internal_error(self, exc: Exception) -> None: ...
 
     _request_targets: dict[Hashable, tuple[int, ...]]
+    _front_cache: BoundedCache
+    """The request path's label-combination cache (``_request_targets`` is its dict)."""
     _conventions: BoundedCache
     """(kind, labels as given) -> offset of a GenAI record written outside the request
     path's own cache; valid for storage generation ``_conventions_generation`` only (a
@@ -180,10 +182,7 @@ class ConventionsRecording:
         except StorageUnavailable:
             # The request itself is recorded; resolve these again next time (the cache
             # must not keep an entry without them).
-            try:
-                self._request_targets.pop(key, None)
-            except TypeError:
-                pass
+            self._front_cache.discard(key)
             return (*targets, -1)
         finally:
             self._map_file()

@@ -65,6 +65,23 @@ def test_bounded_cache_evicts_oldest_one_at_a_time() -> None:
     assert cache.used == sum(part_entry_cost(k) for k in cache.entries)
 
 
+def test_a_discarded_entry_is_evicted_later_without_error() -> None:
+    """An entry discarded (semconv: its conventions' records could not be resolved) keeps
+    its place in the eviction queue: evicting it later, or after it was put again, raises
+    nothing and keeps the byte count exact."""
+    cache = BoundedCache(4 * part_entry_cost(("k",)), part_entry_cost)
+    for i in range(4):
+        cache.put((f"{i}",), (i, i))
+    cache.discard(("0",))
+    cache.discard(([],))  # unhashable: nothing to forget
+    assert ("0",) not in cache.entries and len(cache) == 3
+    cache.put(("0",), (7, 7))  # put again: queued twice, charged twice
+    for i in range(20):
+        cache.put((f"n{i}",), (i, i))  # evicts the discarded place, then everything
+        assert cache.used <= cache.budget
+    assert cache.used == sum(part_entry_cost(k) for k in cache.entries) and list(cache.entries)[-1] == ("n19",)
+
+
 def test_bounded_cache_refuses_long_and_subclassed_strings() -> None:
     """Strings past the label length, or of a str subclass, are never kept."""
 
