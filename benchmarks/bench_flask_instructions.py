@@ -11,7 +11,8 @@ unrelated change that moves objects moves a variant by up to +-1,500 a request (
 as run-to-run swings of the ratios). So each variant is counted in ``len(PADS)`` heap
 layouts (the child allocates a pad of that many bytes before importing anything) and
 the table gives the mean per request, with the spread over layouts; every variant gets
-the same layouts.
+the same layouts, each layout with a hash seed of its own (``PYTHONHASHSEED`` 1..5, shared
+by its short and long run; a seed set in the environment is used for all).
 
     python benchmarks/bench_flask_instructions.py          # needs valgrind (Debian package)
     python benchmarks/bench_flask_instructions.py --gunicorn [sync|gthread]
@@ -80,6 +81,11 @@ for _ in range(n):
 
 def instructions(variant: str, requests: int, pad: int = 0) -> int:
     env = dict(os.environ)
+    # One hash seed per layout, the same for the short and the long run (and for every
+    # variant): with a random seed each, their start-ups differ by millions of
+    # instructions, which lands in the per-request difference (~2,000 a request between
+    # two runs of the same code; with a shared seed a layout repeats to ~40).
+    env.setdefault("PYTHONHASHSEED", str(PADS.index(pad) + 1 if pad in PADS else 1))
     if variant == "pfe_multiprocess":
         env["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp()
     # In an empty directory: ``python -c`` puts the working directory first on sys.path,
