@@ -100,15 +100,14 @@ def otlp_config(setting: str | None, environ: Mapping[str, str] | None = None) -
             return None
         endpoint = base.rstrip("/") + "/v1/metrics"  # the spec: the base URL gets the signal's path
     problem = endpoint_problem(endpoint)
-    if problem is None and not endpoint.startswith(("http://", "https://")):
-        # A scheme is case-insensitive (RFC 3986, 3.1): ``HTTP://`` is http, written the usual way.
-        scheme, rest = endpoint.split(":", 1)
-        endpoint = scheme.lower() + ":" + rest
     if problem is not None:
         if setting:
             raise ValueError(f"GATEWAYZ_METRICS_OTLP_ENDPOINT {shown_url(setting)!r} is refused: {problem}")
         log.warning("OTLP export disabled: endpoint %r is refused: %s", shown_url(endpoint)[:200], problem)
         return None
+    # A scheme is case-insensitive (RFC 3986, 3.1): ``HTTP://`` is http, written the usual way.
+    scheme, rest = endpoint.split(":", 1)
+    endpoint = scheme.lower() + ":" + rest
     protocol = env.get("OTEL_EXPORTER_OTLP_METRICS_PROTOCOL") or env.get("OTEL_EXPORTER_OTLP_PROTOCOL")
     if protocol and protocol.strip() != "http/protobuf":
         log.warning("OTLP protocol %r is not supported; exporting with http/protobuf", protocol[:40])

@@ -390,9 +390,9 @@ class RequestPath(LabelResolution):
 
         Cached with the slot's time bounds, so most calls compare two floats instead of
         dividing; the request hot path checks a span within them (``_renew_span``). A new
-        slot ends that span, and empties the
-        sketch slots' mirrors (``_slot_extremes``): each holds the current slot only, so
-        the request path finds a mirror or enters the slot, without comparing slot ids.
+        slot ends that span, and empties the sketch slots' mirrors (``_slot_extremes``):
+        each holds the current slot only, so the request path finds a mirror or enters the
+        slot, without comparing slot ids.
         """
         if not self._slot_start <= now < self._slot_end:
             self._current_slot, self._position, self._slot_start, self._slot_end = slot_bounds(
