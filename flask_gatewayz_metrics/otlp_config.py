@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from ._version import VERSION
+from .setting_values import is_http_url
 
 log = logging.getLogger("flask_gatewayz_metrics")
 MAX_PAIRS = 64
@@ -63,7 +64,7 @@ def endpoint_problem(url: str) -> str | None:
     """Why ``url`` cannot be an OTLP endpoint (None: it can): an http(s) URL with a host,
     a port in 1..65535 if any, and no credentials (``user:password@`` would be shown in
     errors; http.client does not send them anyway: give them as a header instead)."""
-    if not url[:8].lower().startswith(("http://", "https://")) or any(c.isspace() for c in url) or len(url) > 2048:
+    if not is_http_url(url):
         return "it is not an http(s) URL"
     try:
         parts = urllib.parse.urlsplit(url)

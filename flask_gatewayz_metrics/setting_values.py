@@ -322,13 +322,21 @@ def address(value: Any) -> str:
     return value
 
 
+def is_http_url(value: str) -> bool:
+    """Whether ``value`` looks like an http:// or https:// URL: that scheme in any case
+    (RFC 3986: schemes are case-insensitive), no whitespace, at most 2048 characters."""
+    return value[:8].lower().startswith(("http://", "https://")) and not any(c.isspace() for c in value) and (
+        len(value) <= 2048
+    )
+
+
 def http_url(value: Any) -> str | None:
-    """An http:// or https:// URL, or None."""
+    """An http:// or https:// URL (``is_http_url``), or None."""
     if value is None:
         return None
     if not isinstance(value, str):
         raise TypeError
-    if not value.startswith(("http://", "https://")) or any(c.isspace() for c in value) or len(value) > 2048:
+    if not is_http_url(value):
         raise ValueError
     return value
 

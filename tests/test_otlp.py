@@ -77,6 +77,19 @@ def test_the_scheme_is_case_insensitive() -> None:
     assert otlp_config(None, {"OTEL_EXPORTER_OTLP_ENDPOINT": "HTTPX://m.example"}) is None
 
 
+def test_an_upper_case_scheme_is_accepted_as_the_app_setting(metrics_dir: str) -> None:
+    """The app's own GATEWAYZ_METRICS_OTLP_ENDPOINT with ``HTTP://`` is accepted at init
+    (the setting's check is the same as the exporter's) and exported to as http."""
+    app = Flask(__name__)
+    app.config.update(GATEWAYZ_METRICS_DIR=metrics_dir, GATEWAYZ_METRICS_OTLP_ENDPOINT="HTTP://127.0.0.1:9/v1/metrics")
+    GatewayzMetrics(app)
+    exporter = otlp_module._exporters[metrics_dir]
+    try:
+        assert exporter.config.endpoint == "http://127.0.0.1:9/v1/metrics"
+    finally:
+        exporter.close()
+
+
 def test_headers_timeout_interval_and_resource_from_env(caplog: pytest.LogCaptureFixture) -> None:
     """Headers (percent-decoded, metrics variant first), ms timeout/interval, service name and resource attributes."""
     config = otlp_config(None, {
