@@ -24,7 +24,8 @@ NAMED = os.environ.get("DEPLOY_LAZY_NAMED", "1") == "1"
 def create_app(prefix: str) -> Flask:
     app = Flask(__name__)
     GatewayzMetrics(app, **({"app_name": prefix} if NAMED else {}))
-    app.add_url_rule("/ok", "ok", lambda: prefix)
+    # The body names the worker, so a test can tell which workers made which apps.
+    app.add_url_rule("/ok", "ok", lambda: f"{prefix} {os.getpid()}")
     return app
 
 
