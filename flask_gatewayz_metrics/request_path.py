@@ -42,7 +42,7 @@ _SKETCH_STRIDE = layout.slot_stride(True)
 # every constant comes from sketch.py, so the inlined copy cannot drift from it.
 _SKETCH_LOWEST = sketch.LOWEST
 _SKETCH_HIGHEST = sketch.HIGHEST
-_SKETCH_SCALE = sketch.SCALE
+_SKETCH_SCALE = float(sketch.SCALE)  # a float: float * int has no specialised opcode (a generic multiply)
 _SKETCH_KEY_BIAS = sketch.KEY_BIAS
 _KEY_TO_SLOT = sketch.MIN_KEY - layout.SLOT_HEADER
 """Subtracted from a bucket key to give its index within a slot."""
@@ -185,7 +185,8 @@ class RequestPath(LabelResolution):
                 # The clock under the lock: a thread that waited for the lock past a slot's
                 # end must not write into it after another thread entered the next slot (the
                 # older slot would replace the newer one), nor after a scrape sealed it.
-                now = self._clock()
+                clock = self._clock  # (a slot read, then a call: a method call on a slot is not specialised)
+                now = clock()
                 d = self._doubles
                 # One range test for two things (a C call less per request): the clock still
                 # in the current window slot, and the directory check (DIRECTORY_CHECK_SECONDS

@@ -102,6 +102,8 @@ def timed(wsgi_app: WSGIApp, metrics: AppMetrics, own_routes: OwnRoutes) -> WSGI
     """``wsgi_app`` timed from the moment the server hands it the request."""
     collector = metrics.collector
     add_in_flight = collector.add_in_flight
+    # Bound once: the collector's many mixins leave its method lookups unspecialised.
+    observe_request = collector.observe_request
     settings = metrics.settings
     tenant_headers = settings.tenant_headers
     check_own = not settings.record_own_routes
@@ -176,7 +178,7 @@ def timed(wsgi_app: WSGIApp, metrics: AppMetrics, own_routes: OwnRoutes) -> WSGI
                 if exchange.provider_recorded or exchange.trace_id or exchange.tenant is not None:
                     exchange.record(latency, status, False, None)
                 else:
-                    collector.observe_request(
+                    observe_request(
                         exchange.endpoint, exchange.method, latency, status, exchange.provider, exchange.model,
                         False, True,
                     )  # fmt: skip
@@ -288,9 +290,11 @@ class Exchange(RequestState):
                         self.collector.add_in_flight(-1)
                 except Exception:  # metrics never break the response
                     self._identify_from_environ()
+        # (Read, then called: a method call on a slot is not specialised.)
+        start_response = self._start_response
         if exc_info is None:
-            return self._start_response(status, headers)
-        return self._start_response(status, headers, exc_info)
+            return start_response(status, headers)
+        return start_response(status, headers, exc_info)
 
     def _identify_from_environ(self) -> bool:
         """The route Flask would match, found again from the environ (slow; error path only:
