@@ -86,7 +86,12 @@ def make_call(client: openai.OpenAI, call: Call) -> Result:
     messages = [{"role": "user", "content": f"hello {call.model}, how are you today?"}]
     headers = {}
     if call.hang_up:
-        headers["x-simulate-chunk-delay"] = "0.05"  # a long stream: the gateway notices the hang-up mid-way
+        # A long stream, so the gateway notices the hang-up mid-way: it does at its first write
+        # after the client's close, and a stream whose last chunk went out before that close
+        # is rightly "completed". Its answer has at least 9 words, so 0.25 s between tokens
+        # leaves the client at least 2 s to close after the first one (0.05 s left 0.4 s, a
+        # thread's stall on a loaded 2-core machine).
+        headers["x-simulate-chunk-delay"] = "0.25"
     if call.broken:
         headers["x-simulate-stream-error"] = "true"
     try:

@@ -658,7 +658,10 @@ def test_real_prometheus_scrapes_gunicorn(tmp_path: Path, example_upstreams: dic
         assert target["labels"] == {"instance": f"127.0.0.1:{app_port}", "job": JOB}
         assert target["scrapeUrl"] == f"{app.url}/metrics"
         assert target["lastError"] == ""
-        assert api.value(f'up{{job="{JOB}"}}') == 1.0
+        # Prometheus marks the target up before it commits that scrape's samples (``up``
+        # among them): right after its first scrape, the query can still find no sample.
+        up = f'up{{job="{JOB}"}}'
+        assert wait_for("the up sample", lambda: api.value(up), deadline, 10, done=lambda v: v is not None) == 1.0
 
         # Traffic of a known shape. First one successful request per series, scraped before
         # anything else: a series is exported from its first use, and rate() cannot see

@@ -21,10 +21,24 @@ CHAT = {
 FAST = ("--latency-scale", "0", "--error-rate", "0", "--billing-error-rate", "0", "--max-filler", "0")
 
 
+def with_the_clock_minute_left(seconds: float = 10.0) -> None:
+    """Return once at least ``seconds`` of the current clock minute are left (sleeping into
+    the next minute if need be: at most ``seconds`` + 0.5 s).
+
+    A simulated provider's rate-limit budget renews at every clock minute
+    (``int(time.time() // 60)``), so a test that asserts what is left of it must send its
+    requests within one minute: called just before them, not before the simulator
+    starts (its start-up on a loaded machine can take seconds)."""
+    left = 60.0 - time.time() % 60
+    if left < seconds:
+        time.sleep(left + 0.5)
+
+
 def test_plain_and_streamed_answers_in_openai_format(tmp_path: Path) -> None:
     """A completion and a stream agree on text and usage; every answer carries rate-limit headers."""
     with running_simulator(tmp_path, *FAST, upstreams=("openai",)) as sim, httpx.Client(trust_env=False) as client:
         url = f"http://127.0.0.1:{sim.ports['openai']}/v1/chat/completions"
+        with_the_clock_minute_left()  # the remaining counts below are of one minute's budget
         plain = client.post(url, json=CHAT)
         assert plain.status_code == 200
         body = plain.json()
@@ -51,12 +65,11 @@ def test_plain_and_streamed_answers_in_openai_format(tmp_path: Path) -> None:
 
 def test_spent_budget_is_429_and_the_gateway_falls_back(tmp_path: Path) -> None:
     """Past its per-minute budget a provider answers 429 (retry-after); the gateway reports 0 and falls back."""
-    if time.time() % 60 > 55:  # the budget is per clock minute: do not start just before it renews
-        time.sleep(61 - time.time() % 60)
     with running_simulator(tmp_path, *FAST, "--requests-per-minute", "2") as sim:
         config = {"GATEWAYZ_METRICS_DIR": str(tmp_path / "metrics"), "GATEWAY_DB_PATH": str(tmp_path / "m.db")}
         client: FlaskClient = create_app({**config, **sim.config}).test_client()
         body = {"model": "gpt-4", "messages": [{"role": "user", "content": "hi"}]}
+        with_the_clock_minute_left()  # all four in one minute's budget of two
         answers = [client.post("/v1/chat/completions", json=body) for _ in range(4)]
         assert [a.status_code for a in answers] == [200] * 4
         # openai's budget is spent after two: anthropic answers the others.
