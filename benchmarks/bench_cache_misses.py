@@ -17,6 +17,20 @@ collection after start-up, which lands in some variants' counted requests and no
 others', does not decide the comparison.
 
     python benchmarks/bench_cache_misses.py          # needs valgrind (Debian package)
+    python benchmarks/bench_cache_misses.py --cold
+
+``--cold``: before each counted request the child overwrites a buffer twice the size of
+that last level, so every request starts with caches holding none of its lines, as
+under four workers on two cores (``bench_cold_requests.py`` measures the same condition
+in time; this counts it). The copy is the same in every variant and cancels out in the
+difference to bare Flask; what is left is the lines a request of that variant misses:
+the number that sets its CPU time on a busy server, where an instruction count does not
+(session 11, benchmarks/README.md). Fewer requests are counted (the copies are slow
+under valgrind); in this mode the child also stretches the collector's periodic
+directory check and its window slots (``bench_flask_instructions.CHILD``), which under
+valgrind's slowed clock would land every few requests at moments that differ between
+runs, and turns the garbage collector off for the counted requests (a full collection
+in one run and not the other moved a variant by hundreds of lines a request).
 """
 
 from __future__ import annotations
@@ -66,8 +80,15 @@ def _count(label: str, text: str) -> int:
     return int(match.group(1).replace(",", ""))
 
 
-def events(variant: str, requests: int, pad: int, geometry: tuple[int, int, int]) -> tuple[int, ...]:
-    """The four ``EVENTS`` of one child run under cachegrind."""
+COLD_SHORT, COLD_LONG = 40, 120
+"""Requests of the short and long run with ``--cold``."""
+
+
+def events(
+    variant: str, requests: int, pad: int, geometry: tuple[int, int, int], cold: bool = False
+) -> tuple[int, ...]:
+    """The four ``EVENTS`` of one child run under cachegrind (``cold``: caches flushed
+    before each request)."""
     env = dict(os.environ)
     if variant == "pfe_multiprocess":
         env["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp()
@@ -75,7 +96,7 @@ def events(variant: str, requests: int, pad: int, geometry: tuple[int, int, int]
     out = subprocess.run(
         ["valgrind", "--tool=cachegrind", "--cache-sim=yes", f"--LL={size},{ways},{line}",
          "--cachegrind-out-file=/dev/null", sys.executable, "-c", CHILD, variant, str(requests), str(pad),
-         "collect"],
+         "collect", *(["cold", str(2 * size)] if cold else [])],
         env=env, capture_output=True, text=True, check=True, cwd=tempfile.mkdtemp(),
     )
     text = out.stderr
@@ -85,19 +106,23 @@ def events(variant: str, requests: int, pad: int, geometry: tuple[int, int, int]
 
 def main() -> int:
     geometry = l2_geometry()
+    cold = "--cold" in sys.argv[1:]
+    few, many = (COLD_SHORT, COLD_LONG) if cold else (SHORT, LONG)
 
     def per_request(job: tuple[str, int]) -> list[float]:
         variant, pad = job
-        short, long = events(variant, SHORT, pad, geometry), events(variant, LONG, pad, geometry)
-        return [(b - a) / (LONG - SHORT) for a, b in zip(short, long, strict=True)]
+        short, long = events(variant, few, pad, geometry, cold), events(variant, many, pad, geometry, cold)
+        return [(b - a) / (many - few) for a, b in zip(short, long, strict=True)]
 
     jobs = [(variant, pad) for variant in VARIANTS for pad in PADS]
     with ThreadPoolExecutor(os.cpu_count() or 1) as pool:  # each job is two valgrind processes in turn
         counts = dict(zip(jobs, pool.map(per_request, jobs), strict=True))
     mean = {v: [statistics.mean(counts[v, pad][e] for pad in PADS) for e in range(len(EVENTS))] for v in VARIANTS}
     size, ways, line = geometry
-    print(f"## Cache misses per request (cachegrind; last level = this machine's L2: {size // 1024} KiB, "
-          f"{ways}-way, {line}-byte lines; {LONG} - {SHORT} requests, mean of {len(PADS)} heap layouts)\n")
+    state = "caches flushed before each request" if cold else "a loop of requests"
+    print(f"## Cache misses per request ({state}; cachegrind; last level = this machine's L2: "
+          f"{size // 1024} KiB, {ways}-way, {line}-byte lines; {many} - {few} requests, mean of "
+          f"{len(PADS)} heap layouts)\n")
     print("| variant | " + " | ".join(EVENTS) + " |")
     print("|---|" + "---|" * len(EVENTS))
     for v in VARIANTS:

@@ -46,7 +46,8 @@ PADS = (0, 3_000, 17_000, 61_000, 150_000)
 CHILD = r'''
 import os, sys, tempfile
 variant, n, pad = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-collect = sys.argv[4:] == ["collect"]  # bench_cache_misses.py: a full collection after the warm-up
+collect = "collect" in sys.argv[4:]  # bench_cache_misses.py: a full collection after the warm-up
+cold = "cold" in sys.argv[4:]  # bench_cache_misses.py --cold: caches flushed before each request
 _pad = [bytearray(64) for _ in range(pad // 64)]  # shifts every later object's address
 from flask import Flask
 from werkzeug.test import EnvironBuilder
@@ -58,6 +59,14 @@ labelled = variant == "gatewayz_labelled"
 if variant.startswith("gatewayz"):
     from flask_gatewayz_metrics import GatewayzMetrics, label_request
     app.config["GATEWAYZ_METRICS_DIR"] = tempfile.mkdtemp()
+    if cold:
+        # Under valgrind time runs ~50x slower, and the cold loop's copies slower still:
+        # the 1 s directory check and the window's slot changes, amortised over thousands
+        # of requests in real time, would land every few requests, at a moment that
+        # differs between runs.
+        from flask_gatewayz_metrics import record_writer
+        record_writer.DIRECTORY_CHECK_SECONDS = 1e6
+        app.config["GATEWAYZ_METRICS_WINDOW_SECONDS"] = 86_400
     GatewayzMetrics(app)
 
 @app.post("/api/chat/<int:x>")
@@ -71,10 +80,19 @@ def start_response(status, headers, exc_info=None):
     pass
 for _ in range(50):  # warm caches of labels and offsets before counting
     body = app(dict(environ), start_response); list(body); body.close()
+import gc
 if collect:
-    import gc
     gc.collect()
+flush = bytearray(int(sys.argv[sys.argv.index("cold") + 1]) if cold else 0)  # the same in every variant
+if cold:
+    # No collections among the counted requests: a full one walks the whole heap (tens of
+    # thousands of lines missed at once), and whether it falls in the short or the long run
+    # moved a variant by hundreds of lines a request from one run to the next.
+    gc.disable()
+filler = bytes(len(flush))
 for _ in range(n):
+    if cold:
+        flush[:] = filler
     body = app(dict(environ), start_response); list(body); body.close()
 '''
 
