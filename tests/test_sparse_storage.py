@@ -9,6 +9,7 @@ import os
 import random
 import struct
 import subprocess
+import time
 from typing import Any
 
 import pytest
@@ -290,7 +291,10 @@ def test_readers_never_see_a_half_written_block(metrics_dir: str, clock: FakeClo
 
 def _new_buckets_on_a_full_disk(directory: str, mount: str) -> None:
     access.RETRY_SECONDS = 0.0
-    c = MetricsCollector(directory, auto_compact=False)
+    # A clock standing still: on the wall clock a new window slot could start mid-test,
+    # and its first request of a bucket needs a new block, which the full disk refuses.
+    now = time.time()
+    c = MetricsCollector(directory, auto_compact=False, clock=lambda: now)
     for k in range(50):  # every series exists before the disk fills: only blocks need room
         c.record_request(f"/full{k}", "GET", 0.1, 200)
     fill_file_system(os.path.join(mount, "filler"))
