@@ -83,13 +83,13 @@ for _ in range(50):  # warm caches of labels and offsets before counting
 import gc
 if collect:
     gc.collect()
-flush = bytearray(int(sys.argv[sys.argv.index("cold") + 1]) if cold else 0)  # the same in every variant
 if cold:
+    flush = bytearray(int(sys.argv[sys.argv.index("cold") + 1]))  # the same in every variant
+    filler = bytes(len(flush))
     # No collections among the counted requests: a full one walks the whole heap (tens of
     # thousands of lines missed at once), and whether it falls in the short or the long run
     # moved a variant by hundreds of lines a request from one run to the next.
     gc.disable()
-filler = bytes(len(flush))
 for _ in range(n):
     if cold:
         flush[:] = filler

@@ -9,7 +9,6 @@ import os
 import random
 import struct
 import subprocess
-import time
 from typing import Any
 
 import pytest
@@ -289,12 +288,11 @@ def test_readers_never_see_a_half_written_block(metrics_dir: str, clock: FakeClo
     reader.close()
 
 
-def _new_buckets_on_a_full_disk(directory: str, mount: str) -> None:
+def _new_buckets_on_a_full_disk(directory: str, mount: str, clock: FakeClock) -> None:
     access.RETRY_SECONDS = 0.0
     # A clock standing still: on the wall clock a new window slot could start mid-test,
     # and its first request of a bucket needs a new block, which the full disk refuses.
-    now = time.time()
-    c = MetricsCollector(directory, auto_compact=False, clock=lambda: now)
+    c = MetricsCollector(directory, auto_compact=False, clock=clock)
     for k in range(50):  # every series exists before the disk fills: only blocks need room
         c.record_request(f"/full{k}", "GET", 0.1, 200)
     fill_file_system(os.path.join(mount, "filler"))
@@ -314,14 +312,14 @@ def _new_buckets_on_a_full_disk(directory: str, mount: str) -> None:
 
 
 @needs_root
-def test_a_full_disk_fails_block_growth_cleanly_never_sigbus(tmp_path: Any) -> None:
+def test_a_full_disk_fails_block_growth_cleanly_never_sigbus(tmp_path: Any, clock: FakeClock) -> None:
     """Bucket blocks on a full tmpfs: growth fails as StorageUnavailable (counted), no SIGBUS; recording resumes."""
     mount = str(tmp_path / "tiny")
     os.makedirs(mount)
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", mount], check=True)
     try:
         child = multiprocessing.get_context("fork").Process(
-            target=_new_buckets_on_a_full_disk, args=(os.path.join(mount, "metrics"), mount)
+            target=_new_buckets_on_a_full_disk, args=(os.path.join(mount, "metrics"), mount, clock)
         )
         child.start()
         child.join(120)
